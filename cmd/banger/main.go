@@ -1,0 +1,12 @@
+// Command banger is the CLI of banger and, as `banger daemon`, the daemon.
+package main
+
+import (
+	"os"
+
+	"github.com/bangerdev/banger/internal/cli"
+)
+
+func main() {
+	os.Exit(cli.Main(os.Args[1:]))
+}

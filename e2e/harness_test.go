@@ -1,0 +1,354 @@
+// Package e2e is banger's end-to-end suite: the real CLI talks to a real
+// daemon on a real socket, which boots real VMs under QEMU from a real
+// image. It runs one VM at a time (these machines have 2 cores).
+//
+// Under CI=true a test that cannot run fails with the reason; elsewhere it
+// skips with the reason.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/config"
+	"github.com/bangerdev/banger/internal/image"
+	"github.com/bangerdev/banger/internal/paths"
+)
+
+var (
+	repoRoot   string
+	bangerBin  string
+	cannotRun  string // why VM tests cannot run here, "" when they can
+	sharedInst *instance
+	sharedOnce sync.Once
+	sharedErr  error
+)
+
+func TestMain(m *testing.M) {
+	wd, _ := os.Getwd()
+	repoRoot = filepath.Dir(wd)
+	bangerBin = filepath.Join(repoRoot, "bin", "banger")
+	cannotRun = checkHost()
+	code := m.Run()
+	if sharedInst != nil {
+		sharedInst.shutdown()
+	}
+	os.Exit(code)
+}
+
+// checkHost says why VM tests cannot run on this machine.
+func checkHost() string {
+	if os.Geteuid() != 0 {
+		return "the end-to-end suite needs root (image build bootstraps a rootfs)"
+	}
+	for _, tool := range []string{"qemu-system-x86_64", "qemu-img", "mkfs.ext4", "mmdebstrap", "lz4", "ssh"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return tool + " is not installed (run `make deps`)"
+		}
+	}
+	for _, b := range []string{"banger", "banger-agent"} {
+		if _, err := os.Stat(filepath.Join(repoRoot, "bin", b)); err != nil {
+			return "bin/" + b + " is missing (run `make build`)"
+		}
+	}
+	return ""
+}
+
+// requireVM fails under CI and skips elsewhere when VMs cannot run.
+func requireVM(t testing.TB) {
+	t.Helper()
+	if cannotRun == "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("end-to-end test cannot run: %s", cannotRun)
+	}
+	t.Skipf("end-to-end test cannot run: %s", cannotRun)
+}
+
+// instance is one private banger: its own BANGER_HOME, daemon and socket.
+type instance struct {
+	t      testing.TB
+	home   string
+	daemon *exec.Cmd
+	logf   *os.File
+	waitc  chan error
+}
+
+func newInstance(t testing.TB, configTOML string) *instance {
+	t.Helper()
+	// A short home keeps socket paths well under 108 bytes.
+	home, err := os.MkdirTemp("/tmp", "bge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if configTOML != "" {
+		if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(configTOML), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inst := &instance{t: t, home: home}
+	inst.startDaemon()
+	return inst
+}
+
+func (in *instance) env() []string {
+	env := []string{}
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "BANGER_") {
+			env = append(env, e)
+		}
+	}
+	return append(env, "BANGER_HOME="+in.home)
+}
+
+func (in *instance) socket() string { return filepath.Join(in.home, "banger.sock") }
+
+func (in *instance) startDaemon() {
+	in.t.Helper()
+	logf, err := os.OpenFile(filepath.Join(in.home, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	cmd := exec.Command(bangerBin, "daemon", "--log-level", "debug")
+	cmd.Env = in.env()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		in.t.Fatalf("start daemon: %v", err)
+	}
+	in.daemon, in.logf = cmd, logf
+	in.waitc = make(chan error, 1)
+	go func() { in.waitc <- cmd.Wait() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("unix", in.socket()); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case err := <-in.waitc:
+			in.t.Fatalf("daemon exited at start: %v\n%s", err, in.daemonLog())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	in.t.Fatalf("daemon did not listen within 30s\n%s", in.daemonLog())
+}
+
+// killDaemon SIGKILLs the daemon: no cleanup of any kind runs.
+func (in *instance) killDaemon() {
+	in.daemon.Process.Kill()
+	<-in.waitc
+	in.logf.Close()
+}
+
+func (in *instance) stopDaemon() {
+	in.daemon.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-in.waitc:
+	case <-time.After(15 * time.Second):
+		in.daemon.Process.Kill()
+		<-in.waitc
+	}
+	in.logf.Close()
+}
+
+func (in *instance) daemonLog() string {
+	b, _ := os.ReadFile(filepath.Join(in.home, "daemon.log"))
+	if len(b) > 6000 {
+		b = b[len(b)-6000:]
+	}
+	return string(b)
+}
+
+// shutdown deletes every VM (so no QEMU outlives the suite), stops the
+// daemon and removes the home.
+func (in *instance) shutdown() {
+	res := in.run(nil, "vm", "list", "--json")
+	var vms []api.VM
+	_ = json.Unmarshal([]byte(res.stdout), &vms)
+	for _, vm := range vms {
+		in.run(nil, "vm", "delete", "--force", vm.Name)
+	}
+	in.stopDaemon()
+	killInstanceProcesses(in.home)
+	os.RemoveAll(in.home)
+}
+
+// killInstanceProcesses is the last line of defence against leaked VMs.
+func killInstanceProcesses(home string) {
+	for _, pid := range instanceProcesses(home) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// instanceProcesses lists processes named with this instance's prefix.
+func instanceProcesses(home string) []int {
+	prefix := paths.Resolve(func(k string) string {
+		if k == "BANGER_HOME" {
+			return home
+		}
+		return ""
+	}, 0).InstancePrefix()
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && bytes.Contains(cmdline, []byte(prefix+"-")) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+}
+
+// run runs the real CLI against this instance.
+func (in *instance) run(stdin io.Reader, args ...string) result {
+	return in.runCtx(context.Background(), stdin, args...)
+}
+
+func (in *instance) runCtx(ctx context.Context, stdin io.Reader, args ...string) result {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bangerBin, args...)
+	cmd.Env = in.env()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != nil {
+		cmd.Stdin = stdin
+	}
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+		errb.WriteString(err.Error())
+	}
+	return result{stdout: out.String(), stderr: errb.String(), code: code}
+}
+
+// must runs a command that has to succeed.
+func (in *instance) must(t testing.TB, args ...string) result {
+	t.Helper()
+	r := in.run(nil, args...)
+	if r.code != 0 {
+		t.Fatalf("banger %s: %s\ndaemon log:\n%s", strings.Join(args, " "), r, in.daemonLog())
+	}
+	return r
+}
+
+func (in *instance) vm(t testing.TB, name string) api.VM {
+	t.Helper()
+	var vm api.VM
+	r := in.must(t, "vm", "show", name, "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &vm); err != nil {
+		t.Fatalf("parse vm show: %v\n%s", err, r.stdout)
+	}
+	return vm
+}
+
+// createVM creates a VM with no egress and retries once when the boot
+// hung with no console progress (TCG boots occasionally do).
+func (in *instance) createVM(t testing.TB, name string, extra ...string) api.VM {
+	t.Helper()
+	args := append([]string{"vm", "create", name, "--egress", "none", "--json"}, extra...)
+	for attempt := 1; ; attempt++ {
+		r := in.run(nil, args...)
+		if r.code == 0 {
+			var vm api.VM
+			if err := json.Unmarshal([]byte(r.stdout), &vm); err != nil {
+				t.Fatalf("parse vm create output: %v\n%s", err, r.stdout)
+			}
+			return vm
+		}
+		if attempt == 1 && noBootProgress(r.stderr) {
+			t.Logf("boot of %s made no progress; retrying once: %s", name, r.stderr)
+			continue
+		}
+		t.Fatalf("vm create %s: %s\ndaemon log:\n%s", name, r, in.daemonLog())
+	}
+}
+
+// noBootProgress recognises a boot that hung before the kernel printed
+// anything to the console.
+func noBootProgress(stderr string) bool {
+	return strings.Contains(stderr, "did not answer within") && !strings.Contains(stderr, "systemd")
+}
+
+// shared returns the suite's instance with an image ready: imported from
+// the cache outside the clone when its fingerprint is there, else built
+// once and exported into the cache.
+func shared(t testing.TB) *instance {
+	t.Helper()
+	requireVM(t)
+	sharedOnce.Do(func() {
+		inst := newInstance(t, "[vm]\nboot_timeout = \"100s\"\n")
+		sharedInst = inst
+		sharedErr = ensureImage(t, inst)
+	})
+	if sharedErr != nil {
+		t.Fatal(sharedErr)
+	}
+	return sharedInst
+}
+
+func imageCacheDir() string {
+	if d := os.Getenv("BANGER_TEST_CACHE"); d != "" {
+		return d
+	}
+	return "/var/cache/banger-test"
+}
+
+func ensureImage(t testing.TB, inst *instance) error {
+	cfg := config.Default()
+	spec := image.DefaultSpec(cfg.Image.Suite, cfg.Image.Mirror, cfg.Image.SecurityMirror)
+	cached := filepath.Join(imageCacheDir(), "images", spec.Fingerprint())
+	if _, err := image.ReadMeta(cached); err == nil {
+		t0 := time.Now()
+		if r := inst.run(nil, "image", "import", cached); r.code != 0 {
+			return fmt.Errorf("import cached image: %s", r)
+		}
+		t.Logf("imported cached image %s in %s", spec.Fingerprint()[:12], time.Since(t0).Round(time.Millisecond))
+		return nil
+	}
+	t0 := time.Now()
+	r := inst.run(nil, "image", "build")
+	if r.code != 0 {
+		return fmt.Errorf("image build: %s\ndaemon log:\n%s", r, inst.daemonLog())
+	}
+	t.Logf("built image in %s:\n%s", time.Since(t0).Round(time.Second), r.stderr)
+	tmp := cached + ".tmp"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(filepath.Dir(cached), 0o755); err != nil {
+		return err
+	}
+	if r := inst.run(nil, "image", "export", spec.Name, tmp); r.code != 0 {
+		return fmt.Errorf("export image to cache: %s", r)
+	}
+	return os.Rename(tmp, cached)
+}

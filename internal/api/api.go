@@ -1,0 +1,216 @@
+// Package api holds the wire types shared by the banger daemon, its Go
+// client (and so the CLI), and the guest agent. JSON keys are snake_case,
+// times RFC 3339, sizes are bytes in *_bytes fields.
+package api
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Version is the prefix of every daemon route.
+const Version = "v1"
+
+// MaxBodyBytes caps every JSON request body the daemon reads.
+const MaxBodyBytes = 1 << 20
+
+// VM states.
+const (
+	VMCreating = "creating"
+	VMRunning  = "running"
+	VMStopping = "stopping"
+	VMStopped  = "stopped"
+	VMError    = "error"
+)
+
+// Operation and stage states.
+const (
+	OpRunning   = "running"
+	OpSucceeded = "succeeded"
+	OpFailed    = "failed"
+)
+
+// NamePattern is what VM (and image) names must match: they end up in
+// host names, process names and paths.
+var NamePattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,30}$`)
+
+// ValidateName explains what is wrong with a name.
+func ValidateName(kind, name string) error {
+	if !NamePattern.MatchString(name) {
+		return &Error{
+			Message: fmt.Sprintf("invalid %s name %q", kind, name),
+			Hint:    "use 1-31 characters: a lowercase letter first, then lowercase letters, digits or '-'",
+			Code:    CodeInvalid,
+		}
+	}
+	return nil
+}
+
+// Error codes map to HTTP statuses and CLI exit codes.
+const (
+	CodeInvalid     = "invalid"
+	CodeNotFound    = "not_found"
+	CodeConflict    = "conflict"
+	CodeUnavailable = "unavailable"
+	CodeInternal    = "internal"
+)
+
+// Error is every failed daemon answer: `{"error":{"message":..,"hint":..}}`.
+type Error struct {
+	Message string `json:"message"`
+	Hint    string `json:"hint,omitempty"`
+	Code    string `json:"code,omitempty"`
+	// OperationID links a failed operation, when there is one.
+	OperationID string `json:"operation_id,omitempty"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// ErrorBody is the envelope of Error on the wire.
+type ErrorBody struct {
+	Error *Error `json:"error"`
+}
+
+// Errorf builds an *Error with a hint.
+func Errorf(code, hint, format string, args ...any) *Error {
+	return &Error{Code: code, Hint: hint, Message: fmt.Sprintf(format, args...)}
+}
+
+// VersionInfo answers GET /v1/version.
+type VersionInfo struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit,omitempty"`
+	PID       int    `json:"pid"`
+	Home      string `json:"home"`
+	Accel     string `json:"accel"`
+	AccelNote string `json:"accel_note,omitempty"`
+}
+
+// VM is the public view of a VM.
+type VM struct {
+	ID            string    `json:"id"`
+	Name          string    `json:"name"`
+	State         string    `json:"state"`
+	Image         string    `json:"image"`
+	CPUs          int       `json:"cpus"`
+	MemoryBytes   int64     `json:"memory_bytes"`
+	WorkDiskBytes int64     `json:"work_disk_bytes"`
+	Egress        string    `json:"egress"`
+	Accel         string    `json:"accel"`
+	VMM           string    `json:"vmm"`
+	PID           int       `json:"pid,omitempty"`
+	SSHPort       int       `json:"ssh_port,omitempty"`
+	SSHHostKeyPin string    `json:"-"`
+	Dir           string    `json:"dir"`
+	CreatedAt     time.Time `json:"created_at"`
+	LastError     string    `json:"last_error,omitempty"`
+	Ports         []Port    `json:"ports,omitempty"`
+	AgentVersion  string    `json:"agent_version,omitempty"`
+}
+
+// Port is a guest port forwarded to 127.0.0.1 on the host.
+type Port struct {
+	HostPort  int `json:"host_port"`
+	GuestPort int `json:"guest_port"`
+}
+
+// CreateVMRequest is the body of POST /v1/vms.
+type CreateVMRequest struct {
+	Name      string `json:"name,omitempty"`
+	Image     string `json:"image,omitempty"`
+	CPUs      int    `json:"cpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	DiskGiB   int    `json:"disk_gib,omitempty"`
+	Egress    string `json:"egress,omitempty"`
+}
+
+// StopVMRequest is the body of POST /v1/vms/{name}/stop.
+type StopVMRequest struct {
+	Force bool `json:"force,omitempty"`
+}
+
+// SSHInfo is what the CLI needs to hand the terminal to OpenSSH.
+type SSHInfo struct {
+	Host           string `json:"host"`
+	Port           int    `json:"port"`
+	User           string `json:"user"`
+	IdentityFile   string `json:"identity_file"`
+	KnownHostsFile string `json:"known_hosts_file"`
+	HostKeyAlias   string `json:"host_key_alias"`
+}
+
+// Health answers GET /v1/vms/{name}/health.
+type Health struct {
+	VM       string       `json:"vm"`
+	State    string       `json:"state"`
+	VMM      string       `json:"vmm"`
+	VMMAlive bool         `json:"vmm_alive"`
+	Agent    *AgentHealth `json:"agent,omitempty"`
+	AgentErr string       `json:"agent_error,omitempty"`
+}
+
+// Image is the public view of an image.
+type Image struct {
+	ID            string            `json:"id"`
+	Name          string            `json:"name"`
+	Default       bool              `json:"default"`
+	State         string            `json:"state"`
+	Fingerprint   string            `json:"fingerprint"`
+	Suite         string            `json:"suite"`
+	KernelVersion string            `json:"kernel_version"`
+	SizeBytes     int64             `json:"size_bytes"`
+	Dir           string            `json:"dir"`
+	CreatedAt     time.Time         `json:"created_at"`
+	Packages      map[string]string `json:"packages,omitempty"`
+	UsedBy        []string          `json:"used_by,omitempty"`
+}
+
+// BuildImageRequest is the body of POST /v1/images/build.
+type BuildImageRequest struct {
+	Name  string `json:"name,omitempty"`
+	Force bool   `json:"force,omitempty"`
+}
+
+// PathRequest carries a host path (image export and import).
+type PathRequest struct {
+	Path string `json:"path"`
+}
+
+// OperationRef is the immediate answer to a request that starts long work.
+type OperationRef struct {
+	ID string `json:"operation_id"`
+}
+
+// Operation is long work with persisted, streamed stages.
+type Operation struct {
+	ID          string     `json:"id"`
+	Kind        string     `json:"kind"`
+	Target      string     `json:"target"`
+	State       string     `json:"state"`
+	Error       string     `json:"error,omitempty"`
+	Hint        string     `json:"hint,omitempty"`
+	ConsoleTail string     `json:"console_tail,omitempty"`
+	Result      any        `json:"result,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+	FinishedAt  *time.Time `json:"finished_at,omitempty"`
+	Stages      []Stage    `json:"stages"`
+}
+
+// Stage is one named step of an operation.
+type Stage struct {
+	Seq        int        `json:"seq"`
+	Name       string     `json:"name"`
+	State      string     `json:"state"`
+	StartedAt  time.Time  `json:"started_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	Error      string     `json:"error,omitempty"`
+}
+
+// Event is one line of GET /v1/operations/{id}/events (NDJSON): a stage
+// changed, or the operation finished (Operation set, Done true).
+type Event struct {
+	Stage     *Stage     `json:"stage,omitempty"`
+	Done      bool       `json:"done,omitempty"`
+	Operation *Operation `json:"operation,omitempty"`
+}

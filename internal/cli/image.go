@@ -1,0 +1,154 @@
+package cli
+
+import (
+	"fmt"
+	"path/filepath"
+	"sort"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bangerdev/banger/internal/api"
+)
+
+func newImageCmd(g *globals) *cobra.Command {
+	img := &cobra.Command{Use: "image", Short: "Build and manage VM images"}
+	var build api.BuildImageRequest
+	var noWait bool
+	buildCmd := &cobra.Command{
+		Use:   "build",
+		Short: "Build the default Debian image (a no-op when its inputs are unchanged)",
+		Args:  args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c := g.client()
+			ref, err := c.BuildImage(cmd.Context(), build)
+			if err != nil {
+				return err
+			}
+			if noWait {
+				if g.json {
+					return g.printJSON(ref)
+				}
+				fmt.Fprintln(g.stdout, ref.ID)
+				return nil
+			}
+			if !g.json {
+				fmt.Fprintf(g.stderr, "building image (operation %s)\n", ref.ID)
+			}
+			op, err := g.watch(cmd.Context(), ref.ID)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(op.Result)
+			}
+			fmt.Fprintf(g.stdout, "image %s is ready.\n", op.Target)
+			return nil
+		},
+	}
+	buildCmd.Flags().StringVar(&build.Name, "name", "", "image name (default debian-<suite>)")
+	buildCmd.Flags().BoolVar(&build.Force, "force", false, "rebuild even when the inputs are unchanged")
+	buildCmd.Flags().BoolVar(&noWait, "no-wait", false, "print the operation id and return at once")
+
+	list := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List images",
+		Args:    args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			imgs, err := g.client().ListImages(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(imgs)
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tDEFAULT\tSTATE\tKERNEL\tSIZE\tFINGERPRINT\tUSED BY")
+			for _, i := range imgs {
+				def := ""
+				if i.Default {
+					def = "*"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1fGiB\t%.12s\t%d\n", i.Name, def, i.State, i.KernelVersion, float64(i.SizeBytes)/(1<<30), i.Fingerprint, len(i.UsedBy))
+			}
+			return tw.Flush()
+		},
+	}
+	show := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show an image and its package manifest",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			i, err := g.client().GetImage(cmd.Context(), a[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(i)
+			}
+			fmt.Fprintf(g.stdout, "name:        %s\ndefault:     %t\nstate:       %s\nsuite:       %s\nkernel:      %s\nfingerprint: %s\ndir:         %s\nused by:     %v\npackages:    %d\n",
+				i.Name, i.Default, i.State, i.Suite, i.KernelVersion, i.Fingerprint, i.Dir, i.UsedBy, len(i.Packages))
+			names := make([]string, 0, len(i.Packages))
+			for n := range i.Packages {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			for _, n := range names {
+				fmt.Fprintf(g.stdout, "  %s %s\n", n, i.Packages[n])
+			}
+			return nil
+		},
+	}
+	del := &cobra.Command{
+		Use:     "delete NAME",
+		Aliases: []string{"rm"},
+		Short:   "Delete an image (refused while a VM uses it)",
+		Args:    args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			if err := g.client().DeleteImage(cmd.Context(), a[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "image %s deleted.\n", a[0])
+			return nil
+		},
+	}
+	export := &cobra.Command{
+		Use:   "export NAME DIR",
+		Short: "Copy an image into DIR (for `image import` elsewhere)",
+		Args:  args(cobra.ExactArgs(2)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			dir, err := filepath.Abs(a[1])
+			if err != nil {
+				return err
+			}
+			if err := g.client().ExportImage(cmd.Context(), a[0], dir); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "image %s exported to %s.\n", a[0], dir)
+			return nil
+		},
+	}
+	imp := &cobra.Command{
+		Use:   "import DIR",
+		Short: "Register an image written by `image export`",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			dir, err := filepath.Abs(a[0])
+			if err != nil {
+				return err
+			}
+			i, err := g.client().ImportImage(cmd.Context(), dir)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(i)
+			}
+			fmt.Fprintf(g.stdout, "image %s imported.\n", i.Name)
+			return nil
+		},
+	}
+	img.AddCommand(buildCmd, list, show, del, export, imp)
+	return img
+}

@@ -1,0 +1,171 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/buildinfo"
+	"github.com/bangerdev/banger/internal/config"
+	"github.com/bangerdev/banger/internal/daemon"
+	"github.com/bangerdev/banger/internal/doctor"
+	"github.com/bangerdev/banger/internal/paths"
+)
+
+func newVersionCmd(g *globals) *cobra.Command {
+	var vmName string
+	cmd := &cobra.Command{
+		Use:   "version",
+		Short: "Print the CLI's, the daemon's and (with --vm) a guest agent's version",
+		Args:  args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out := map[string]any{"cli": buildinfo.Version}
+			c := g.client()
+			if v, err := c.Version(cmd.Context()); err == nil {
+				out["daemon"] = v.Version
+				out["accel"] = v.Accel
+			} else {
+				out["daemon_error"] = err.Error()
+			}
+			agents := map[string]string{}
+			var names []string
+			if vmName != "" {
+				names = []string{vmName}
+			} else if vms, err := c.ListVMs(cmd.Context()); err == nil {
+				for _, v := range vms {
+					if v.State == api.VMRunning {
+						names = append(names, v.Name)
+					}
+				}
+			}
+			for _, n := range names {
+				if h, err := c.Health(cmd.Context(), n); err == nil && h.Agent != nil {
+					agents[n] = h.Agent.Version
+				} else if vmName != "" {
+					if err == nil {
+						err = fmt.Errorf("agent not answering: %s", h.AgentErr)
+					}
+					return err
+				}
+			}
+			out["agents"] = agents
+			if g.json {
+				return g.printJSON(out)
+			}
+			fmt.Fprintf(g.stdout, "cli:     %s\n", buildinfo.Version)
+			if d, ok := out["daemon"]; ok {
+				fmt.Fprintf(g.stdout, "daemon:  %s (accel %s)\n", d, out["accel"])
+			} else {
+				fmt.Fprintf(g.stdout, "daemon:  not reachable (%s)\n", out["daemon_error"])
+			}
+			for n, v := range agents {
+				fmt.Fprintf(g.stdout, "agent:   %s (vm %s)\n", v, n)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&vmName, "vm", "", "also print this VM's agent version")
+	return cmd
+}
+
+func newDoctorCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "doctor",
+		Short: "Check the host and the daemon, with a fix for each problem",
+		Args:  args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			checks := g.doctor(cmd.Context())
+			if g.json {
+				if err := g.printJSON(checks); err != nil {
+					return err
+				}
+			} else {
+				for _, c := range checks {
+					fmt.Fprintf(g.stdout, "%-4s  %-20s %s\n", c.Status, c.Name, c.Detail)
+					if c.Status != doctor.OK && c.Fix != "" {
+						fmt.Fprintf(g.stdout, "      %-20s fix: %s\n", "", c.Fix)
+					}
+				}
+			}
+			if doctor.Failed(checks) {
+				return &exitError{code: ExitError}
+			}
+			return nil
+		},
+	}
+}
+
+// doctor gathers the daemon's host checks when it answers, and always the
+// checks only the client can make (is a daemon reachable, is its socket
+// private).
+func (g *globals) doctor(ctx context.Context) []doctor.Check {
+	c := g.client()
+	sock := c.Socket()
+	var checks []doctor.Check
+	daemonCheck := doctor.Check{Name: "daemon", Required: true}
+	if v, err := c.Version(ctx); err != nil {
+		daemonCheck.Status, daemonCheck.Detail = doctor.Fail, err.Error()
+		daemonCheck.Fix = "start it: `banger daemon` (or `systemctl start banger`)"
+	} else {
+		daemonCheck.Status, daemonCheck.Detail = doctor.OK, fmt.Sprintf("version %s, pid %d, %s", v.Version, v.PID, sock)
+		if dc, err := c.Doctor(ctx); err == nil {
+			checks = append(checks, dc...)
+		}
+	}
+	checks = append(checks, daemonCheck)
+	sockCheck := doctor.Check{Name: "socket", Required: true}
+	if st, err := os.Stat(sock); err != nil {
+		sockCheck.Status, sockCheck.Detail = doctor.Warn, "no socket at "+sock
+	} else if st.Mode().Perm() != 0o600 {
+		sockCheck.Status, sockCheck.Detail = doctor.Fail, fmt.Sprintf("%s has mode %o", sock, st.Mode().Perm())
+		sockCheck.Fix = "restart the daemon; it creates the socket 0600"
+	} else {
+		sockCheck.Status, sockCheck.Detail = doctor.OK, sock+" is 0600"
+	}
+	return append(checks, sockCheck)
+}
+
+func newDaemonCmd(g *globals) *cobra.Command {
+	var logLevel string
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the banger daemon in the foreground",
+		Args:  args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDaemon(cmd.Context(), logLevel)
+		},
+	}
+	cmd.Flags().StringVar(&logLevel, "log-level", "", "debug, info, warn or error (default from the config, else info)")
+	return cmd
+}
+
+func runDaemon(ctx context.Context, logLevel string) error {
+	layout := paths.Resolve(os.Getenv, os.Getuid())
+	cfg, err := config.Load(layout.ConfigFile)
+	if err != nil {
+		return err
+	}
+	if logLevel == "" {
+		logLevel = cfg.Daemon.LogLevel
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return &usageError{fmt.Errorf("bad log level %q: use debug, info, warn or error", logLevel)}
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	d, err := daemon.New(ctx, daemon.Options{Layout: layout, Config: cfg, Logger: log, AgentPath: cfg.Daemon.AgentPath})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	// VMs keep running after the daemon exits; the next daemon adopts them.
+	return d.Serve(ctx)
+}

@@ -1,0 +1,99 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bangerdev/banger/client"
+	"github.com/bangerdev/banger/internal/api"
+)
+
+func newOpCmd(g *globals) *cobra.Command {
+	op := &cobra.Command{Use: "op", Short: "Follow long-running operations"}
+	op.AddCommand(&cobra.Command{
+		Use:   "watch ID",
+		Short: "Reattach to an operation and print its stages; exits non-zero if it failed",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			res, err := g.watch(cmd.Context(), a[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(res)
+			}
+			return nil
+		},
+	}, &cobra.Command{
+		Use:   "show ID",
+		Short: "Show an operation's record",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			op, err := g.client().GetOperation(cmd.Context(), a[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(op)
+			}
+			printStages(g, op)
+			return nil
+		},
+	})
+	return op
+}
+
+// watch prints an operation's stages live with their durations (to stderr,
+// so stdout stays clean for results) and returns the finished operation,
+// or an error carrying the operation's error, hint and console tail.
+func (g *globals) watch(ctx context.Context, id string) (api.Operation, error) {
+	c := g.client()
+	op, err := c.WatchOperation(ctx, id, func(ev api.Event) {
+		if ev.Stage == nil || g.json {
+			return
+		}
+		s := ev.Stage
+		switch s.State {
+		case api.OpRunning:
+			fmt.Fprintf(g.stderr, "  … %s\n", s.Name)
+		case api.OpSucceeded:
+			fmt.Fprintf(g.stderr, "  ✓ %-12s %s\n", s.Name, stageDuration(*s))
+		default:
+			fmt.Fprintf(g.stderr, "  ✗ %-12s %s: %s\n", s.Name, stageDuration(*s), s.Error)
+		}
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return op, fmt.Errorf("stopped watching; the operation goes on: banger op watch %s", id)
+		}
+		return op, err
+	}
+	if op.State == api.OpFailed {
+		if op.ConsoleTail != "" && !g.json {
+			fmt.Fprintf(g.stderr, "--- console tail ---\n%s\n--------------------\n", strings.TrimRight(op.ConsoleTail, "\n"))
+		}
+		return op, client.OperationError(op)
+	}
+	return op, nil
+}
+
+func stageDuration(s api.Stage) string {
+	if s.FinishedAt == nil {
+		return ""
+	}
+	return s.FinishedAt.Sub(s.StartedAt).Round(100 * time.Millisecond).String()
+}
+
+func printStages(g *globals, op api.Operation) {
+	fmt.Fprintf(g.stdout, "operation %s (%s %s): %s\n", op.ID, op.Kind, op.Target, op.State)
+	for _, s := range op.Stages {
+		fmt.Fprintf(g.stdout, "  %-10s %-12s %s %s\n", s.State, s.Name, stageDuration(s), s.Error)
+	}
+	if op.Error != "" {
+		fmt.Fprintf(g.stdout, "error: %s\n", op.Error)
+	}
+}

@@ -1,0 +1,237 @@
+// Package config loads the daemon's TOML configuration. Every key has a
+// default, so a missing file is a valid config; a present file is checked
+// strictly, because a misspelt key silently ignored is worse than an
+// error at start.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+var (
+	// ErrUnknownKey reports a key the config schema does not have.
+	ErrUnknownKey = errors.New("unknown config key")
+	// ErrInvalid reports a value outside what its key allows.
+	ErrInvalid = errors.New("invalid config value")
+)
+
+// Egress modes for VM networking.
+const (
+	EgressAll  = "all"  // the guest reaches anything the host can
+	EgressNone = "none" // only the host's forwards reach the guest
+)
+
+// Accelerators; AccelAuto picks KVM when /dev/kvm is usable.
+const (
+	AccelAuto = ""
+	AccelTCG  = "tcg"
+	AccelKVM  = "kvm"
+)
+
+// Limits enforced by Validate.
+const (
+	MinCPUs      = 1
+	MaxCPUs      = 64
+	MinMemoryMiB = 128
+	MinDiskGiB   = 1
+)
+
+// Config is the daemon's configuration.
+type Config struct {
+	VM     VM     `toml:"vm"`
+	Image  Image  `toml:"image"`
+	Daemon Daemon `toml:"daemon"`
+}
+
+// VM holds defaults for new VMs; API requests may override them.
+type VM struct {
+	CPUs        int      `toml:"cpus"`
+	MemoryMiB   int      `toml:"memory_mib"`
+	DiskGiB     int      `toml:"disk_gib"`
+	Egress      string   `toml:"egress"`
+	BootTimeout Duration `toml:"boot_timeout"`
+}
+
+// Image holds what `image build` bootstraps from.
+type Image struct {
+	Suite          string `toml:"suite"`
+	Mirror         string `toml:"mirror"`
+	SecurityMirror string `toml:"security_mirror"`
+}
+
+// Daemon holds settings of the daemon process itself.
+type Daemon struct {
+	LogLevel string `toml:"log_level"`
+	// Accel forces an accelerator; empty means auto.
+	Accel string `toml:"accel"`
+	// AgentPath overrides the banger-agent binary delivered to VMs;
+	// empty means the one installed next to banger.
+	AgentPath string `toml:"agent_path"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("180s",
+// "3m") in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration; want a number with a unit such as \"180s\" or \"3m\"", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+
+// Default returns the configuration used for every key a file omits.
+func Default() Config {
+	return Config{
+		VM: VM{
+			CPUs:        2,
+			MemoryMiB:   1024,
+			DiskGiB:     4,
+			Egress:      EgressAll,
+			BootTimeout: Duration{180 * time.Second},
+		},
+		Image: Image{
+			Suite:          "bookworm",
+			Mirror:         "http://deb.debian.org/debian",
+			SecurityMirror: "http://deb.debian.org/debian-security",
+		},
+		Daemon: Daemon{
+			LogLevel: "info",
+			Accel:    AccelAuto,
+		},
+	}
+}
+
+// Load reads the config file at path. A missing file (or an empty path)
+// yields Default(); any other problem names the file.
+func Load(path string) (Config, error) {
+	if path == "" {
+		return Default(), nil
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Default(), nil
+	}
+	if err != nil {
+		return Config{}, fmt.Errorf("load config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes TOML on top of Default() and validates the result.
+func Parse(b []byte) (Config, error) {
+	c := Default()
+	md, err := toml.NewDecoder(bytes.NewReader(b)).Decode(&c)
+	if err != nil {
+		return Config{}, fmt.Errorf("parse: %w", err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		return Config{}, unknownKeys(undecoded)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// unknownKeys names each unknown key once: an unknown table is reported
+// without listing every key inside it.
+func unknownKeys(undecoded []toml.Key) error {
+	var names, quoted []string
+	for _, k := range undecoded {
+		name := k.String()
+		if slices.ContainsFunc(names, func(parent string) bool { return strings.HasPrefix(name, parent+".") }) {
+			continue
+		}
+		names = append(names, name)
+		quoted = append(quoted, strconv.Quote(name))
+	}
+	return fmt.Errorf("%w %s; known keys: %s", ErrUnknownKey, strings.Join(quoted, ", "), strings.Join(KnownKeys(), ", "))
+}
+
+// KnownKeys lists every key of the schema as "table.key", derived from
+// the struct tags so it cannot drift from them.
+func KnownKeys() []string {
+	var keys []string
+	top := reflect.TypeFor[Config]()
+	for i := range top.NumField() {
+		table := top.Field(i)
+		for j := range table.Type.NumField() {
+			keys = append(keys, table.Tag.Get("toml")+"."+table.Type.Field(j).Tag.Get("toml"))
+		}
+	}
+	return keys
+}
+
+// Validate checks every value and reports all problems at once.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key string, value any, allowed string) {
+		errs = append(errs, fmt.Errorf("%w: %s = %#v; %s", ErrInvalid, key, value, allowed))
+	}
+	if c.VM.CPUs < MinCPUs || c.VM.CPUs > MaxCPUs {
+		bad("vm.cpus", c.VM.CPUs, fmt.Sprintf("want %d to %d", MinCPUs, MaxCPUs))
+	}
+	if c.VM.MemoryMiB < MinMemoryMiB {
+		bad("vm.memory_mib", c.VM.MemoryMiB, fmt.Sprintf("want at least %d", MinMemoryMiB))
+	}
+	if c.VM.DiskGiB < MinDiskGiB {
+		bad("vm.disk_gib", c.VM.DiskGiB, fmt.Sprintf("want at least %d", MinDiskGiB))
+	}
+	if !slices.Contains([]string{EgressAll, EgressNone}, c.VM.Egress) {
+		bad("vm.egress", c.VM.Egress, `want "all" or "none"`)
+	}
+	if c.VM.BootTimeout.Duration <= 0 {
+		bad("vm.boot_timeout", c.VM.BootTimeout.String(), `want a positive duration such as "180s"`)
+	}
+	if c.Image.Suite == "" || strings.ContainsFunc(c.Image.Suite, notSuiteRune) {
+		bad("image.suite", c.Image.Suite, `want a Debian suite name such as "bookworm"`)
+	}
+	if !httpURL(c.Image.Mirror) {
+		bad("image.mirror", c.Image.Mirror, "want an http:// or https:// URL")
+	}
+	if !httpURL(c.Image.SecurityMirror) {
+		bad("image.security_mirror", c.Image.SecurityMirror, "want an http:// or https:// URL")
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Daemon.LogLevel) {
+		bad("daemon.log_level", c.Daemon.LogLevel, `want "debug", "info", "warn" or "error"`)
+	}
+	if !slices.Contains([]string{AccelAuto, AccelTCG, AccelKVM}, c.Daemon.Accel) {
+		bad("daemon.accel", c.Daemon.Accel, `want "" (auto), "tcg" or "kvm"`)
+	}
+	if c.Daemon.AgentPath != "" && !strings.HasPrefix(c.Daemon.AgentPath, "/") {
+		bad("daemon.agent_path", c.Daemon.AgentPath, "want an absolute path, or empty for the bundled agent")
+	}
+	return errors.Join(errs...)
+}
+
+func notSuiteRune(r rune) bool {
+	return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_')
+}
+
+func httpURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}

@@ -1,0 +1,206 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+func TestDefaultIsValid(t *testing.T) {
+	d := Default()
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		VM:     VM{CPUs: 2, MemoryMiB: 1024, DiskGiB: 4, Egress: "all", BootTimeout: Duration{180 * time.Second}},
+		Image:  Image{Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security"},
+		Daemon: Daemon{LogLevel: "info"},
+	}
+	if d != want {
+		t.Fatalf("Default() = %+v", d)
+	}
+}
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		check   func(Config) bool
+		wantErr []string // substrings; nil means success
+		wantIs  error
+	}{
+		{name: "empty", in: "", check: func(c Config) bool { return c == Default() }},
+		{
+			name: "partial keeps defaults",
+			in:   "[vm]\ncpus = 4\nboot_timeout = \"3m\"\n[daemon]\naccel = \"tcg\"\n",
+			check: func(c Config) bool {
+				return c.VM.CPUs == 4 && c.VM.MemoryMiB == 1024 && c.VM.BootTimeout.Duration == 3*time.Minute &&
+					c.Daemon.Accel == "tcg" && c.Image.Suite == "bookworm"
+			},
+		},
+		{
+			name: "everything",
+			in: `[vm]
+cpus = 64
+memory_mib = 128
+disk_gib = 1
+egress = "none"
+boot_timeout = "1s"
+[image]
+suite = "trixie"
+mirror = "https://mirror.example/debian"
+security_mirror = "https://mirror.example/debian-security"
+[daemon]
+log_level = "debug"
+accel = "kvm"
+agent_path = "/opt/banger/banger-agent"
+`,
+			check: func(c Config) bool {
+				return c.VM.CPUs == 64 && c.VM.Egress == "none" && c.Image.Suite == "trixie" &&
+					c.Daemon.AgentPath == "/opt/banger/banger-agent"
+			},
+		},
+		{name: "unknown key", in: "[vm]\ncpu = 4\n", wantErr: []string{`"vm.cpu"`, "vm.cpus"}, wantIs: ErrUnknownKey},
+		{name: "unknown table reported once", in: "[network]\nmode = \"tap\"\nbridge = \"br0\"\n", wantErr: []string{`unknown config key "network";`}, wantIs: ErrUnknownKey},
+		{name: "unknown top-level key", in: "cpus = 2\n", wantErr: []string{`"cpus"`}, wantIs: ErrUnknownKey},
+		{name: "cpus zero", in: "[vm]\ncpus = 0\n", wantErr: []string{"vm.cpus = 0", "1 to 64"}, wantIs: ErrInvalid},
+		{name: "cpus too many", in: "[vm]\ncpus = 65\n", wantErr: []string{"vm.cpus = 65"}, wantIs: ErrInvalid},
+		{name: "memory", in: "[vm]\nmemory_mib = 64\n", wantErr: []string{"vm.memory_mib = 64", "at least 128"}, wantIs: ErrInvalid},
+		{name: "disk", in: "[vm]\ndisk_gib = 0\n", wantErr: []string{"vm.disk_gib = 0"}, wantIs: ErrInvalid},
+		{name: "egress", in: "[vm]\negress = \"some\"\n", wantErr: []string{`vm.egress = "some"`, `"all" or "none"`}, wantIs: ErrInvalid},
+		{name: "duration syntax", in: "[vm]\nboot_timeout = \"soon\"\n", wantErr: []string{"vm.boot_timeout", `"soon"`, "180s"}},
+		{name: "duration bare number", in: "[vm]\nboot_timeout = 180\n", wantErr: []string{"vm.boot_timeout", "180s"}},
+		{name: "duration not positive", in: "[vm]\nboot_timeout = \"0s\"\n", wantErr: []string{"vm.boot_timeout", "positive"}, wantIs: ErrInvalid},
+		{name: "accel", in: "[daemon]\naccel = \"hvf\"\n", wantErr: []string{`daemon.accel = "hvf"`, `"tcg" or "kvm"`}, wantIs: ErrInvalid},
+		{name: "log level", in: "[daemon]\nlog_level = \"loud\"\n", wantErr: []string{"daemon.log_level"}, wantIs: ErrInvalid},
+		{name: "agent path relative", in: "[daemon]\nagent_path = \"bin/agent\"\n", wantErr: []string{"daemon.agent_path"}, wantIs: ErrInvalid},
+		{name: "mirror", in: "[image]\nmirror = \"ftp://x\"\n", wantErr: []string{"image.mirror"}, wantIs: ErrInvalid},
+		{name: "suite", in: "[image]\nsuite = \"../x\"\n", wantErr: []string{"image.suite"}, wantIs: ErrInvalid},
+		{name: "wrong type", in: "[vm]\ncpus = \"two\"\n", wantErr: []string{"vm.cpus"}},
+		{name: "syntax", in: "[vm\n", wantErr: []string{"parse: toml: line"}},
+		{
+			name:    "all problems at once",
+			in:      "[vm]\ncpus = 0\nmemory_mib = 1\n",
+			wantErr: []string{"vm.cpus", "vm.memory_mib"},
+			wantIs:  ErrInvalid,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.in))
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !tt.check(c) {
+					t.Fatalf("unexpected config %+v", c)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("no error; config %+v", c)
+			}
+			for _, s := range tt.wantErr {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not mention %q", err, s)
+				}
+			}
+			if tt.wantIs != nil && !errors.Is(err, tt.wantIs) {
+				t.Errorf("error %v is not %v", err, tt.wantIs)
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Load(filepath.Join(dir, "missing.toml"))
+	if err != nil || c != Default() {
+		t.Fatalf("missing file: %+v, %v", c, err)
+	}
+	if c, err := Load(""); err != nil || c != Default() {
+		t.Fatalf("empty path: %+v, %v", c, err)
+	}
+
+	p := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(p, []byte("[vm]\nmemory_mib = 2048\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Load(p)
+	if err != nil || c.VM.MemoryMiB != 2048 {
+		t.Fatalf("Load = %+v, %v", c, err)
+	}
+
+	if err := os.WriteFile(p, []byte("[vm]\nmemroy_mib = 2048\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Load(p)
+	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "vm.memroy_mib") {
+		t.Fatalf("unknown key error %v must name the file and the key", err)
+	}
+
+	// A directory is not "missing": it is an error.
+	if _, err := Load(dir); err == nil {
+		t.Fatal("loading a directory succeeded")
+	}
+}
+
+func TestKnownKeysMatchSchema(t *testing.T) {
+	// Every key KnownKeys lists must decode, so the error hint is true.
+	var b strings.Builder
+	if err := toml.NewEncoder(&b).Encode(Default()); err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]map[string]any
+	if _, err := toml.Decode(b.String(), &m); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for table, kv := range m {
+		for k := range kv {
+			n++
+			if !strings.Contains(strings.Join(KnownKeys(), " "), table+"."+k) {
+				t.Errorf("key %s.%s missing from KnownKeys", table, k)
+			}
+		}
+	}
+	if n != len(KnownKeys()) {
+		t.Errorf("encoded %d keys, KnownKeys has %d", n, len(KnownKeys()))
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(""))
+	f.Add([]byte("[vm]\ncpus = 4\nboot_timeout = \"3m\"\n"))
+	f.Add([]byte("[image]\nmirror = \"https://m/debian\"\n[daemon]\naccel = \"kvm\"\n"))
+	f.Add([]byte("[vm]\ncpu = 4\n"))
+	f.Add([]byte("[[vm]]\n"))
+	f.Add([]byte("vm = 3\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err != nil {
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Parse accepted an invalid config: %v", err)
+		}
+		// What parsed must survive a round trip through the encoder.
+		var buf bytes.Buffer
+		if err := toml.NewEncoder(&buf).Encode(c); err != nil {
+			t.Fatalf("encode: %v", err)
+		}
+		c2, err := Parse(buf.Bytes())
+		if err != nil {
+			t.Fatalf("reparse %q: %v", buf.String(), err)
+		}
+		if c2 != c {
+			t.Fatalf("round trip changed config:\n%+v\n%+v", c, c2)
+		}
+	})
+}

@@ -1,0 +1,98 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/bangerdev/banger/internal/doctor"
+	"github.com/bangerdev/banger/internal/image"
+	"github.com/bangerdev/banger/internal/store"
+	"github.com/bangerdev/banger/internal/system"
+	"github.com/bangerdev/banger/internal/vmm/qemu"
+)
+
+// accelChoice is the accelerator VMs get and why.
+type accelChoice struct {
+	Accel  string `json:"accel"`
+	Note   string `json:"note"`
+	BootID string `json:"boot_id"`
+	Probed bool   `json:"probed"`
+}
+
+const fileAccelCache = "accel.json"
+
+// chooseAccel applies BANGER_ACCEL, then the config, then the cached probe
+// result of this host boot. Probing itself needs a kernel, so it happens
+// at the first VM boot (accelFor), not at daemon start.
+func (d *Daemon) chooseAccel(ctx context.Context) accelChoice {
+	if v := os.Getenv("BANGER_ACCEL"); v == "tcg" || v == "kvm" {
+		return accelChoice{Accel: v, Note: "set by BANGER_ACCEL"}
+	}
+	if d.cfg.Daemon.Accel == "tcg" || d.cfg.Daemon.Accel == "kvm" {
+		return accelChoice{Accel: d.cfg.Daemon.Accel, Note: "set by the config file"}
+	}
+	bootID, _ := system.BootID()
+	var cached accelChoice
+	if data, err := os.ReadFile(filepath.Join(d.layout.CacheDir, fileAccelCache)); err == nil &&
+		json.Unmarshal(data, &cached) == nil && cached.BootID == bootID && cached.Probed {
+		return cached
+	}
+	return accelChoice{Accel: "tcg", Note: "KVM not probed yet (it is probed at the first boot)", BootID: bootID}
+}
+
+// accelFor probes KVM once per host boot, with the image's own kernel.
+func (d *Daemon) accelFor(ctx context.Context, img store.Image) accelChoice {
+	d.mu.Lock()
+	cur := d.accel
+	d.mu.Unlock()
+	if cur.Probed || cur.Note == "set by BANGER_ACCEL" || cur.Note == "set by the config file" {
+		return cur
+	}
+	ok, why := qemu.ProbeKVM(ctx, "", filepath.Join(img.Dir, image.FileKernel), 20*time.Second)
+	choice := accelChoice{Accel: "tcg", Note: "KVM unusable: " + why, BootID: cur.BootID, Probed: true}
+	if ok {
+		choice.Accel, choice.Note = "kvm", why
+	}
+	d.log.Info("KVM probe", "usable", ok, "why", why)
+	if data, err := json.Marshal(choice); err == nil {
+		_ = system.WriteFileAtomic(filepath.Join(d.layout.CacheDir, fileAccelCache), data, 0o600)
+	}
+	d.mu.Lock()
+	d.accel = choice
+	d.mu.Unlock()
+	return choice
+}
+
+// Preflight check sets.
+const (
+	checksForCreate = iota
+	checksForBuild
+)
+
+// preflight runs the doctor checks an action needs and fails with their
+// fixes, before anything is created.
+func (d *Daemon) preflight(ctx context.Context, which int) error {
+	checks := append(doctor.QEMU(ctx, d.runner), doctor.Mkfs(ctx, d.runner))
+	if which == checksForBuild {
+		checks = append(checks, doctor.ImageTools(ctx, d.runner)...)
+		checks = append(checks, doctor.FreeDisk(d.layout.DataDir, 4<<30))
+	} else {
+		checks = append(checks, doctor.FreeDisk(d.layout.DataDir, 256<<20))
+	}
+	return doctor.Error(checks)
+}
+
+// Doctor runs every host-side check the daemon can answer for.
+func (d *Daemon) Doctor(ctx context.Context) []doctor.Check {
+	checks := doctor.QEMU(ctx, d.runner)
+	checks = append(checks, doctor.Mkfs(ctx, d.runner))
+	checks = append(checks, doctor.ImageTools(ctx, d.runner)...)
+	d.mu.Lock()
+	acc := d.accel
+	d.mu.Unlock()
+	checks = append(checks, doctor.KVM(acc.Accel == "kvm", acc.Note), doctor.Root(), doctor.FreeDisk(d.layout.DataDir, 4<<30))
+	return checks
+}

@@ -1,0 +1,151 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/store"
+	"github.com/bangerdev/banger/internal/vmm"
+)
+
+// stopTimeout is how long a polite stop waits for the guest to power off
+// before the VMM is killed.
+const stopTimeout = 30 * time.Second
+
+func (d *Daemon) getVM(ctx context.Context, name string) (store.VM, error) {
+	vm, err := d.store.GetVM(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return vm, api.Errorf(api.CodeNotFound, "see `banger vm list`", "no VM named %q", name)
+	}
+	return vm, err
+}
+
+func (d *Daemon) proc(vm store.VM) vmm.Process {
+	return vmm.Process{PID: vm.PID, StartTime: vm.PIDStartTime}
+}
+
+// StartVM boots a stopped VM with the disks it already has.
+func (d *Daemon) StartVM(ctx context.Context, name string) (store.VM, error) {
+	vm, err := d.getVM(ctx, name)
+	if err != nil {
+		return vm, err
+	}
+	unlock := d.lockVM(vm.Name)
+	defer unlock()
+	if vm, err = d.getVM(ctx, name); err != nil {
+		return vm, err
+	}
+	if vm.State == api.VMRunning && d.driver.Alive(d.proc(vm)) {
+		return vm, nil
+	}
+	if vm.State == api.VMCreating {
+		return vm, api.Errorf(api.CodeConflict, "wait for the create operation to finish", "VM %q is still being created", vm.Name)
+	}
+	img, err := d.store.GetImage(ctx, vm.ImageID)
+	if err != nil {
+		return vm, fmt.Errorf("image of %s: %w", vm.Name, err)
+	}
+	if err := d.preflight(ctx, checksForCreate); err != nil {
+		return vm, err
+	}
+	var undo cleanup
+	noStages := func(name string, fn func(ctx context.Context) error) error { return fn(ctx) }
+	proc, err := d.boot(ctx, &vm, img, noStages, &undo, true)
+	if err != nil {
+		undo.run()
+		_ = d.store.SetVMState(ctx, vm.ID, api.VMStopped, err.Error())
+		var oe *opError
+		if errors.As(err, &oe) && oe.consoleTail != "" {
+			return vm, api.Errorf(api.CodeUnavailable, "console tail:\n"+oe.consoleTail, "start %s: %v", vm.Name, err)
+		}
+		return vm, fmt.Errorf("start %s: %w", vm.Name, err)
+	}
+	vm.PID, vm.PIDStartTime, vm.State, vm.LastError = proc.PID, proc.StartTime, api.VMRunning, ""
+	return vm, d.store.UpdateVM(ctx, &vm)
+}
+
+// StopVM powers a VM off: the agent asks systemd for a clean poweroff, the
+// VMM gets an ACPI power button press, and whatever is still alive after
+// stopTimeout is killed. force kills at once.
+func (d *Daemon) StopVM(ctx context.Context, name string, force bool) (store.VM, error) {
+	vm, err := d.getVM(ctx, name)
+	if err != nil {
+		return vm, err
+	}
+	unlock := d.lockVM(vm.Name)
+	defer unlock()
+	return d.stopLocked(ctx, name, force)
+}
+
+func (d *Daemon) stopLocked(ctx context.Context, name string, force bool) (store.VM, error) {
+	vm, err := d.getVM(ctx, name)
+	if err != nil {
+		return vm, err
+	}
+	if vm.State == api.VMStopped && !d.driver.Alive(d.proc(vm)) {
+		return vm, nil
+	}
+	if err := d.store.SetVMState(ctx, vm.ID, api.VMStopping, ""); err != nil {
+		return vm, err
+	}
+	if !force && d.driver.Alive(d.proc(vm)) {
+		d.politePoweroff(ctx, vm)
+	}
+	d.dropAgent(vm.ID)
+	if err := d.driver.Stop(ctx, vm.Dir, d.proc(vm), force, stopTimeout); err != nil {
+		_ = d.store.SetVMState(ctx, vm.ID, api.VMError, err.Error())
+		return vm, fmt.Errorf("stop %s: %w", vm.Name, err)
+	}
+	vm.State, vm.PID, vm.PIDStartTime, vm.LastError = api.VMStopped, 0, 0, ""
+	return vm, d.store.UpdateVM(ctx, &vm)
+}
+
+// politePoweroff asks the guest to shut down. Debian minbase has no
+// logind to act on the ACPI power button, so the agent is the clean way.
+func (d *Daemon) politePoweroff(ctx context.Context, vm store.VM) {
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := d.agent(actx, vm)
+	if err != nil {
+		d.log.Warn("polite poweroff: agent unreachable", "vm", vm.Name, "err", err)
+		return
+	}
+	conn, err := c.Exec(actx, api.ExecRequest{Argv: []string{"systemctl", "poweroff", "--no-block"}})
+	if err != nil {
+		d.log.Warn("polite poweroff failed", "vm", vm.Name, "err", err)
+		return
+	}
+	conn.Close()
+}
+
+// RestartVM stops and starts a VM.
+func (d *Daemon) RestartVM(ctx context.Context, name string) (store.VM, error) {
+	if _, err := d.StopVM(ctx, name, false); err != nil {
+		return store.VM{}, err
+	}
+	return d.StartVM(ctx, name)
+}
+
+// DeleteVM stops a VM if needed and removes its disks, ports and record.
+func (d *Daemon) DeleteVM(ctx context.Context, name string, force bool) error {
+	vm, err := d.getVM(ctx, name)
+	if err != nil {
+		return err
+	}
+	if d.isCreating(vm.Name) && !force {
+		return api.Errorf(api.CodeConflict, "wait for the create to finish, or use --force", "VM %q is being created", vm.Name)
+	}
+	unlock := d.lockVM(vm.Name)
+	defer unlock()
+	if _, err := d.stopLocked(ctx, name, force); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(vm.Dir); err != nil {
+		return fmt.Errorf("remove vm dir: %w", err)
+	}
+	return d.store.DeleteVM(ctx, vm.ID)
+}

@@ -1,0 +1,69 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/vmm/qemu"
+)
+
+// reconcile re-adopts the VMs a previous daemon left running. SQLite says
+// what should exist; /proc (PID plus start time), QMP and the agent say
+// what does. Only this instance's records are touched, so another banger
+// instance's VMs are never affected.
+func (d *Daemon) reconcile(ctx context.Context) error {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, vm := range vms {
+		log := d.log.With("vm", vm.Name, "id", vm.ID)
+		alive := d.driver.Alive(d.proc(vm))
+		switch {
+		case vm.State == api.VMCreating:
+			// The create operation died with the previous daemon: unwind
+			// it fully, as a failed create would have.
+			if alive {
+				_ = d.driver.Stop(ctx, vm.Dir, d.proc(vm), true, 0)
+			}
+			os.RemoveAll(vm.Dir)
+			if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
+				return err
+			}
+			log.Warn("removed VM whose create was interrupted by a daemon restart")
+		case alive:
+			if st, err := qemu.Status(vm.Dir); err != nil {
+				log.Warn("adopted VMM does not answer QMP", "err", err)
+			} else {
+				log.Info("re-adopted running VM", "pid", vm.PID, "qmp_status", st)
+			}
+			if vm.State != api.VMRunning {
+				if err := d.store.SetVMState(ctx, vm.ID, api.VMRunning, ""); err != nil {
+					return err
+				}
+			}
+			vm.State = api.VMRunning
+			// Reconnect the agent in the background; exec redials anyway.
+			go func() {
+				actx, cancel := context.WithTimeout(d.ops.base, 30*time.Second)
+				defer cancel()
+				if _, err := d.agent(actx, vm); err != nil {
+					log.Warn("agent of adopted VM not answering", "err", err)
+					return
+				}
+				log.Info("agent reconnected")
+			}()
+		default:
+			if vm.State != api.VMStopped {
+				if err := d.store.SetVMState(ctx, vm.ID, api.VMStopped, vm.LastError); err != nil {
+					return err
+				}
+				vm.PID, vm.PIDStartTime = 0, 0
+				log.Info("VM's VMM is gone; marked stopped")
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,539 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/bangerdev/banger/internal/agentclient"
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/buildinfo"
+	"github.com/bangerdev/banger/internal/image"
+	"github.com/bangerdev/banger/internal/paths"
+	"github.com/bangerdev/banger/internal/sshkeys"
+	"github.com/bangerdev/banger/internal/store"
+	"github.com/bangerdev/banger/internal/system"
+	"github.com/bangerdev/banger/internal/vmm"
+)
+
+// Guest ports forwarded to 127.0.0.1 for the VM's whole life.
+const (
+	guestSSHPort      = 22
+	guestOpencodePort = 4096
+)
+
+// File names in a VM directory that only the daemon uses.
+const (
+	fileHostKey = "ssh_host_ed25519_key"
+	fileHostPub = "ssh_host_ed25519_key.pub"
+	dirSeed     = "seed"
+)
+
+// seedConfig is what banger-agent init reads from the seed disk.
+type seedConfig struct {
+	Hostname       string            `json:"hostname"`
+	SSHHostKeys    map[string]string `json:"ssh_host_keys"`
+	AuthorizedKeys string            `json:"authorized_keys"`
+}
+
+// cleanup is a LIFO stack of undo steps: a failed create or boot unwinds
+// everything it made, in reverse order.
+type cleanup []func()
+
+func (c *cleanup) push(f func()) { *c = append(*c, f) }
+func (c *cleanup) run() {
+	for i := len(*c) - 1; i >= 0; i-- {
+		(*c)[i]()
+	}
+	*c = nil
+}
+
+// validateCreate checks a create request and fills defaults. Everything
+// here fails before any resource exists.
+func (d *Daemon) validateCreate(ctx context.Context, req *api.CreateVMRequest) (store.Image, error) {
+	if req.Name == "" {
+		req.Name = d.generateName(ctx)
+	}
+	if err := api.ValidateName("VM", req.Name); err != nil {
+		return store.Image{}, err
+	}
+	if req.CPUs == 0 {
+		req.CPUs = d.cfg.VM.CPUs
+	}
+	if req.MemoryMiB == 0 {
+		req.MemoryMiB = d.cfg.VM.MemoryMiB
+	}
+	if req.DiskGiB == 0 {
+		req.DiskGiB = d.cfg.VM.DiskGiB
+	}
+	if req.Egress == "" {
+		req.Egress = d.cfg.VM.Egress
+	}
+	if req.CPUs < 1 || req.CPUs > 64 {
+		return store.Image{}, api.Errorf(api.CodeInvalid, "choose --cpus between 1 and 64", "impossible vCPU count %d", req.CPUs)
+	}
+	if total := hostMemoryMiB(); req.MemoryMiB < 128 || (total > 0 && req.MemoryMiB > total) {
+		return store.Image{}, api.Errorf(api.CodeInvalid, fmt.Sprintf("choose --memory between 128 and %d MiB (this host's memory)", total), "impossible memory size %d MiB", req.MemoryMiB)
+	}
+	if req.DiskGiB < 1 || req.DiskGiB > 2048 {
+		return store.Image{}, api.Errorf(api.CodeInvalid, "choose --disk between 1 and 2048 GiB", "impossible work disk size %d GiB", req.DiskGiB)
+	}
+	if req.Egress != "all" && req.Egress != "none" {
+		return store.Image{}, api.Errorf(api.CodeInvalid, "use --egress all or --egress none", "unknown egress mode %q", req.Egress)
+	}
+	if _, err := d.store.GetVM(ctx, req.Name); err == nil {
+		return store.Image{}, api.Errorf(api.CodeConflict, fmt.Sprintf("pick another name, or remove the old VM with `banger vm delete %s`", req.Name), "a VM named %q already exists", req.Name)
+	}
+	img, err := d.resolveImage(ctx, req.Image)
+	if err != nil {
+		return store.Image{}, err
+	}
+	if err := d.preflight(ctx, checksForCreate); err != nil {
+		return store.Image{}, err
+	}
+	return img, nil
+}
+
+func (d *Daemon) resolveImage(ctx context.Context, name string) (store.Image, error) {
+	if name == "" {
+		img, err := d.store.DefaultImage(ctx)
+		if errors.Is(err, store.ErrNotFound) {
+			return img, api.Errorf(api.CodeNotFound, "build one with `banger image build` (or import one with `banger image import DIR`)", "no image yet")
+		}
+		return img, err
+	}
+	img, err := d.store.GetImage(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return img, api.Errorf(api.CodeNotFound, "see `banger image list`", "unknown image %q", name)
+	}
+	return img, err
+}
+
+var nameWords = [2][]string{
+	{"brisk", "calm", "eager", "fuzzy", "gentle", "happy", "jolly", "keen", "lucky", "merry", "nimble", "plucky", "quiet", "rapid", "sunny", "witty"},
+	{"otter", "falcon", "badger", "heron", "lynx", "marten", "newt", "osprey", "panda", "quail", "raven", "stoat", "tapir", "vole", "wren", "yak"},
+}
+
+func (d *Daemon) generateName(ctx context.Context) string {
+	for range 50 {
+		n := fmt.Sprintf("%s-%s-%d", nameWords[0][rand.IntN(16)], nameWords[1][rand.IntN(16)], rand.IntN(100))
+		if _, err := d.store.GetVM(ctx, n); errors.Is(err, store.ErrNotFound) && !d.isCreating(n) {
+			return n
+		}
+	}
+	return "vm-" + newID(3)
+}
+
+func (d *Daemon) isCreating(name string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.creating[name]
+}
+
+// CreateVM validates at once (so bad input fails synchronously with a
+// clear error) and runs the rest as an operation.
+func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string, error) {
+	img, err := d.validateCreate(ctx, &req)
+	if err != nil {
+		return "", err
+	}
+	d.mu.Lock()
+	if d.creating[req.Name] {
+		d.mu.Unlock()
+		return "", api.Errorf(api.CodeConflict, "wait for it with `banger op watch`, or choose another name", "VM %q is being created right now", req.Name)
+	}
+	d.creating[req.Name] = true
+	d.mu.Unlock()
+	id, err := d.ops.start(ctx, "vm.create", req.Name, func(ctx context.Context, stage stageFunc) (any, error) {
+		defer func() {
+			d.mu.Lock()
+			delete(d.creating, req.Name)
+			d.mu.Unlock()
+		}()
+		vm, err := d.createVM(ctx, req, img, stage)
+		if err != nil {
+			return nil, err
+		}
+		return d.vmView(ctx, vm), nil
+	})
+	if err != nil {
+		d.mu.Lock()
+		delete(d.creating, req.Name)
+		d.mu.Unlock()
+	}
+	return id, err
+}
+
+func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img store.Image, stage stageFunc) (vm store.VM, err error) {
+	unlock := d.lockVM(req.Name)
+	defer unlock()
+	var undo cleanup
+	defer func() {
+		if err != nil {
+			undo.run()
+		}
+	}()
+	vmID := newID(4)
+	dir := d.layout.VMDir(vmID)
+	vm = store.VM{
+		ID: vmID, Name: req.Name, ImageID: img.ID, State: api.VMCreating,
+		CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, WorkDiskBytes: int64(req.DiskGiB) << 30,
+		Egress: req.Egress, Dir: dir, CreatedAt: time.Now().UTC(),
+	}
+
+	err = stage("prepare", func(ctx context.Context) error {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create vm dir: %w", err)
+		}
+		undo.push(func() { os.RemoveAll(dir) })
+		if err := d.store.CreateVM(ctx, &vm); err != nil {
+			if errors.Is(err, store.ErrExists) {
+				return api.Errorf(api.CodeConflict, "pick another name", "a VM named %q already exists", vm.Name)
+			}
+			return fmt.Errorf("record vm: %w", err)
+		}
+		undo.push(func() {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = d.store.DeleteVM(dctx, vmID)
+		})
+		priv, pub, err := sshkeys.GenerateEd25519()
+		if err != nil {
+			return fmt.Errorf("generate host key: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, fileHostKey), priv, 0o600); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, fileHostPub), pub, 0o644); err != nil {
+			return err
+		}
+		if err := sshkeys.WriteKnownHosts(filepath.Join(dir, paths.FileKnownHosts), hostKeyAlias(vm.Name), pub); err != nil {
+			return fmt.Errorf("pin host key: %w", err)
+		}
+		for _, gp := range []int{guestSSHPort, guestOpencodePort} {
+			hp, err := d.store.AllocatePort(ctx, vmID, gp, freeLocalPort)
+			if err != nil {
+				return fmt.Errorf("allocate host port for guest port %d: %w", gp, err)
+			}
+			if gp == guestSSHPort {
+				vm.SSHPort = hp
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return vm, err
+	}
+	err = stage("disks", func(ctx context.Context) error {
+		if _, err := d.runner.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
+			"-b", filepath.Join(img.Dir, image.FileRootfs), "-F", "raw",
+			filepath.Join(dir, paths.FileRootDisk)); err != nil {
+			return fmt.Errorf("create root overlay: %w", err)
+		}
+		return d.makeWorkDisk(ctx, img, dir, vm.WorkDiskBytes)
+	})
+	if err != nil {
+		return vm, err
+	}
+	vm.Accel = d.accelFor(ctx, img).Accel
+	proc, err := d.boot(ctx, &vm, img, stage, &undo, true)
+	if err != nil {
+		return vm, err
+	}
+	vm.PID, vm.PIDStartTime = proc.PID, proc.StartTime
+	vm.State = api.VMRunning
+	if err := d.store.UpdateVM(ctx, &vm); err != nil {
+		return vm, fmt.Errorf("record running vm: %w", err)
+	}
+	return vm, nil
+}
+
+// boot writes a fresh seed disk, starts the VMM and waits until the agent
+// answers. On failure it stops what it started and the error carries the
+// console's tail.
+func (d *Daemon) boot(ctx context.Context, vm *store.VM, img store.Image, stage stageFunc, undo *cleanup, persist bool) (vmm.Process, error) {
+	var proc vmm.Process
+	err := stage("seed", func(ctx context.Context) error { return d.makeSeedDisk(ctx, vm) })
+	if err != nil {
+		return proc, err
+	}
+	spec, err := d.vmSpec(ctx, vm, img)
+	if err != nil {
+		return proc, err
+	}
+	err = stage("boot", func(ctx context.Context) error {
+		os.Remove(filepath.Join(vm.Dir, paths.FileConsoleLog))
+		p, err := d.driver.Start(ctx, spec)
+		if err != nil {
+			return err
+		}
+		proc = p
+		undo.push(func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+			defer cancel()
+			_ = d.driver.Stop(sctx, vm.Dir, p, true, 0)
+		})
+		// Record the PID at once: a daemon that dies now still finds it.
+		vm.PID, vm.PIDStartTime = p.PID, p.StartTime
+		if !persist {
+			return nil
+		}
+		return d.store.UpdateVM(ctx, vm)
+	})
+	if err != nil {
+		return proc, d.withConsole(vm.Dir, err)
+	}
+	err = stage("agent", func(ctx context.Context) error {
+		c, err := d.waitAgent(ctx, vm, proc)
+		if err != nil {
+			return err
+		}
+		d.setAgent(vm.ID, c)
+		return nil
+	})
+	if err != nil {
+		return proc, d.withConsole(vm.Dir, err)
+	}
+	return proc, nil
+}
+
+// withConsole attaches the tail of the VM's console log to a boot error:
+// it is the first thing anyone debugging a boot wants to see.
+func (d *Daemon) withConsole(dir string, err error) error {
+	tail := system.TailFile(filepath.Join(dir, paths.FileConsoleLog), 3000)
+	return &opError{err: err, consoleTail: tail, hint: "see the console tail below; `banger doctor` checks the host"}
+}
+
+func (d *Daemon) waitAgent(ctx context.Context, vm *store.VM, proc vmm.Process) (*agentclient.Client, error) {
+	timeout := d.cfg.VM.BootTimeout.Duration
+	if timeout <= 0 {
+		timeout = 3 * time.Minute
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	// Give up early when the VMM dies instead of waiting out the deadline.
+	go func() {
+		for wctx.Err() == nil {
+			if !d.driver.Alive(proc) {
+				cancel()
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	c, err := agentclient.WaitReady(wctx, func(ctx context.Context) (net.Conn, error) {
+		return d.driver.DialAgent(ctx, vm.Dir)
+	}, 3*time.Second)
+	if err != nil {
+		if !d.driver.Alive(proc) {
+			return nil, fmt.Errorf("the VM exited during boot")
+		}
+		if ctx.Err() == nil && wctx.Err() != nil {
+			return nil, fmt.Errorf("guest agent did not answer within %s", timeout)
+		}
+		return nil, fmt.Errorf("wait for guest agent: %w", err)
+	}
+	h, err := c.Health(ctx)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("agent health: %w", err)
+	}
+	if h.Version != buildinfo.Version {
+		d.log.Warn("agent version differs from daemon", "vm", vm.Name, "agent", h.Version, "daemon", buildinfo.Version)
+	}
+	return c, nil
+}
+
+func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm.Spec, error) {
+	ports, err := d.store.PortsForVM(ctx, vm.ID)
+	if err != nil {
+		return vmm.Spec{}, err
+	}
+	var fwd []vmm.Forward
+	for _, p := range ports {
+		fwd = append(fwd, vmm.Forward{HostPort: p.Port, GuestPort: p.GuestPort})
+	}
+	return vmm.Spec{
+		ID:          vm.ID,
+		ProcessName: d.layout.InstancePrefix() + "-" + vm.ID,
+		Dir:         vm.Dir,
+		Kernel:      filepath.Join(img.Dir, image.FileKernel),
+		Initrd:      filepath.Join(img.Dir, image.FileInitrd),
+		Cmdline:     image.KernelCmdline("banger.ip=10.0.2.15/24", "banger.gw=10.0.2.2", "banger.dns=10.0.2.3"),
+		Disks: []vmm.Disk{
+			{Path: filepath.Join(vm.Dir, paths.FileRootDisk), Format: "qcow2"},
+			{Path: filepath.Join(vm.Dir, paths.FileSeedDisk), Format: "raw", ReadOnly: true},
+			{Path: filepath.Join(vm.Dir, paths.FileWorkDisk), Format: "raw"},
+		},
+		CPUs:      vm.CPUs,
+		MemoryMiB: vm.MemoryMiB,
+		Accel:     vm.Accel,
+		Egress:    vm.Egress,
+		Forwards:  fwd,
+	}, nil
+}
+
+// makeWorkDisk creates the VM's /root from the image's skeleton, without a
+// loop mount.
+func (d *Daemon) makeWorkDisk(ctx context.Context, img store.Image, dir string, size int64) error {
+	p := filepath.Join(dir, paths.FileWorkDisk)
+	if err := system.CreateSparse(p, size); err != nil {
+		return fmt.Errorf("create work disk: %w", err)
+	}
+	args := []string{"-q", "-F", "-L", image.LabelWork, "-E", "root_owner=0:0"}
+	if seed := filepath.Join(img.Dir, image.DirWorkSeed); dirExists(seed) {
+		args = append(args, "-d", seed)
+	}
+	if _, err := d.runner.Run(ctx, "mkfs.ext4", append(args, p)...); err != nil {
+		return fmt.Errorf("format work disk: %w", err)
+	}
+	return nil
+}
+
+// makeSeedDisk writes the small read-only disk that delivers banger-agent
+// and this VM's identity. It is rebuilt at every boot, so a new banger
+// build reaches old VMs and old images.
+func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM) error {
+	seedDir := filepath.Join(vm.Dir, dirSeed)
+	defer os.RemoveAll(seedDir)
+	if err := os.MkdirAll(seedDir, 0o700); err != nil {
+		return err
+	}
+	agent, err := d.agentBinary()
+	if err != nil {
+		return err
+	}
+	if err := system.CloneFile(ctx, agent, filepath.Join(seedDir, "banger-agent")); err != nil {
+		return fmt.Errorf("copy banger-agent: %w", err)
+	}
+	if err := os.Chmod(filepath.Join(seedDir, "banger-agent"), 0o755); err != nil {
+		return err
+	}
+	hostKey, err := os.ReadFile(filepath.Join(vm.Dir, fileHostKey))
+	if err != nil {
+		return fmt.Errorf("read host key: %w", err)
+	}
+	_, clientPub, err := sshkeys.EnsureClientKey(d.layout.SSHDir)
+	if err != nil {
+		return fmt.Errorf("client key: %w", err)
+	}
+	cfg, err := json.Marshal(seedConfig{
+		Hostname:       vm.Name,
+		SSHHostKeys:    map[string]string{"ed25519": string(hostKey)},
+		AuthorizedKeys: string(clientPub),
+	})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(seedDir, "config.json"), cfg, 0o600); err != nil {
+		return err
+	}
+	p := filepath.Join(vm.Dir, paths.FileSeedDisk)
+	st, err := os.Stat(agent)
+	if err != nil {
+		return err
+	}
+	if err := system.CreateSparse(p, st.Size()+8<<20); err != nil {
+		return fmt.Errorf("create seed disk: %w", err)
+	}
+	if _, err := d.runner.Run(ctx, "mkfs.ext4", "-q", "-F", "-L", image.LabelSeed, "-d", seedDir, p); err != nil {
+		return fmt.Errorf("format seed disk: %w", err)
+	}
+	return os.Chmod(p, 0o600)
+}
+
+// agentBinary finds the banger-agent delivered to guests: the configured
+// path, then next to the banger binary, then the system location.
+func (d *Daemon) agentBinary() (string, error) {
+	var candidates []string
+	if d.agentPath != "" {
+		candidates = append(candidates, d.agentPath)
+	}
+	if exe, err := os.Executable(); err == nil {
+		candidates = append(candidates, filepath.Join(filepath.Dir(exe), "banger-agent"))
+	}
+	candidates = append(candidates, "/usr/local/lib/banger/banger-agent", "/usr/lib/banger/banger-agent")
+	for _, c := range candidates {
+		if st, err := os.Stat(c); err == nil && st.Mode().IsRegular() {
+			return c, nil
+		}
+	}
+	return "", api.Errorf(api.CodeUnavailable, "run `make build` (it puts bin/banger-agent next to bin/banger) or set agent_path in the config", "banger-agent binary not found (looked in %v)", candidates)
+}
+
+func hostKeyAlias(name string) string { return "banger-" + name }
+
+func freeLocalPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func dirExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
+}
+
+func hostMemoryMiB() int {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	var kb int
+	if _, err := fmt.Sscanf(string(data), "MemTotal: %d kB", &kb); err != nil {
+		return 0
+	}
+	return kb / 1024
+}
+
+// setAgent caches the agent session of a VM.
+func (d *Daemon) setAgent(vmID string, c *agentclient.Client) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if old := d.agents[vmID]; old != nil && old != c {
+		old.Close()
+	}
+	d.agents[vmID] = c
+}
+
+func (d *Daemon) dropAgent(vmID string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c := d.agents[vmID]; c != nil {
+		c.Close()
+		delete(d.agents, vmID)
+	}
+}
+
+// agent returns a live agent session for a running VM, redialing when the
+// previous one died (daemon restart, agent restart).
+func (d *Daemon) agent(ctx context.Context, vm store.VM) (*agentclient.Client, error) {
+	if vm.State != api.VMRunning {
+		return nil, api.Errorf(api.CodeConflict, fmt.Sprintf("start it with `banger vm start %s`", vm.Name), "VM %q is %s", vm.Name, vm.State)
+	}
+	d.mu.Lock()
+	c := d.agents[vm.ID]
+	d.mu.Unlock()
+	if c != nil && !c.IsClosed() {
+		return c, nil
+	}
+	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	c, err := agentclient.WaitReady(dctx, func(ctx context.Context) (net.Conn, error) {
+		return d.driver.DialAgent(ctx, vm.Dir)
+	}, 3*time.Second)
+	if err != nil {
+		return nil, api.Errorf(api.CodeUnavailable, fmt.Sprintf("check `banger vm health %s` and `banger vm logs %s`", vm.Name, vm.Name), "guest agent of %q is not answering: %v", vm.Name, err)
+	}
+	d.setAgent(vm.ID, c)
+	return c, nil
+}

@@ -1,0 +1,260 @@
+package image
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/bangerdev/banger/internal/system"
+)
+
+// StageFunc runs one named step of a long operation; the daemon records it
+// as an operation stage so the CLI can print live progress.
+type StageFunc func(name string, fn func(ctx context.Context) error) error
+
+// Builder turns a Spec into an image directory. Every host command goes
+// through Runner, so the steps are testable without root.
+type Builder struct {
+	Runner system.Runner
+	// Log receives the streamed output of long commands (mmdebstrap).
+	Log io.Writer
+}
+
+// Build bootstraps a rootfs in workDir and writes the finished image into
+// outDir (which must not exist yet). workDir is removed afterwards.
+func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, stage StageFunc) (Meta, error) {
+	meta := Meta{Name: spec.Name, Fingerprint: spec.Fingerprint(), Suite: spec.Suite, Spec: spec}
+	rootDir := filepath.Join(workDir, "rootfs")
+	defer os.RemoveAll(workDir)
+	if err := os.RemoveAll(workDir); err != nil {
+		return meta, fmt.Errorf("clean build dir: %w", err)
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return meta, fmt.Errorf("create image dir: %w", err)
+	}
+	log := b.Log
+	if log == nil {
+		log = io.Discard
+	}
+
+	steps := []struct {
+		name string
+		fn   func(ctx context.Context) error
+	}{
+		{"bootstrap", func(ctx context.Context) error {
+			if err := os.MkdirAll(workDir, 0o755); err != nil {
+				return err
+			}
+			args := []string{
+				"--variant=minbase",
+				"--include=" + strings.Join(spec.Packages, ","),
+				"--components=main",
+				// Keep the image free of apt lists and caches; the guest
+				// runs apt-get update itself when it needs to.
+				"--aptopt=Acquire::Languages \"none\"",
+				spec.Suite, rootDir,
+			}
+			args = append(args, spec.Sources()...)
+			_, err := b.Runner.RunIn(ctx, system.RunOpts{Stdout: log, Stderr: log}, "mmdebstrap", args...)
+			return err
+		}},
+		{"customize", func(ctx context.Context) error { return Customize(rootDir) }},
+		{"kernel", func(ctx context.Context) error {
+			kver, err := b.extractKernel(ctx, rootDir, outDir)
+			meta.KernelVersion = kver
+			return err
+		}},
+		{"manifest", func(ctx context.Context) error {
+			st, err := os.ReadFile(filepath.Join(rootDir, "var/lib/dpkg/status"))
+			if err != nil {
+				return err
+			}
+			pkgs := ParseDpkgStatus(st)
+			m := Manifest{Suite: spec.Suite, KernelVersion: meta.KernelVersion, Fingerprint: meta.Fingerprint, Packages: pkgs}
+			data, err := json.MarshalIndent(m, "", "  ")
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(outDir, FileManifest), data, 0o644); err != nil {
+				return err
+			}
+			return CopyTree(filepath.Join(rootDir, "root"), filepath.Join(outDir, DirWorkSeed))
+		}},
+		{"mkfs", func(ctx context.Context) error {
+			size, err := rootfsSize(rootDir)
+			if err != nil {
+				return err
+			}
+			img := filepath.Join(outDir, FileRootfs)
+			if err := system.CreateSparse(img, size); err != nil {
+				return err
+			}
+			// mkfs.ext4 -d fills the filesystem from a directory: no loop
+			// mount, no root-only mount namespace tricks.
+			if _, err := b.Runner.Run(ctx, "mkfs.ext4", "-q", "-F", "-L", LabelRoot,
+				"-E", "root_owner=0:0", "-d", rootDir, img); err != nil {
+				return err
+			}
+			meta.SizeBytes = size
+			return WriteMeta(outDir, meta)
+		}},
+	}
+	for _, s := range steps {
+		if err := stage(s.name, s.fn); err != nil {
+			return meta, fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	return meta, nil
+}
+
+// rootfsSize leaves room for the guest to install packages into its
+// copy-on-write root: at least 2 GiB, at least twice what the tree holds.
+func rootfsSize(dir string) (int64, error) {
+	var used int64
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if info, err := d.Info(); err == nil && info.Mode().IsRegular() {
+			used += info.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("measure rootfs: %w", err)
+	}
+	size := int64(2 << 30)
+	if 2*used > size {
+		size = (2*used + (1<<20 - 1)) &^ (1<<20 - 1)
+	}
+	return size, nil
+}
+
+// extractKernel copies the kernel and initrd that the kernel package
+// installed inside the rootfs, and makes the ELF vmlinux Firecracker boots.
+func (b *Builder) extractKernel(ctx context.Context, rootDir, outDir string) (string, error) {
+	matches, err := filepath.Glob(filepath.Join(rootDir, "boot", "vmlinuz-*"))
+	if err != nil || len(matches) == 0 {
+		return "", fmt.Errorf("no kernel in rootfs /boot: is linux-image-cloud-amd64 in the package list?")
+	}
+	sort.Strings(matches)
+	vmlinuz := matches[len(matches)-1]
+	kver := strings.TrimPrefix(filepath.Base(vmlinuz), "vmlinuz-")
+	initrd := filepath.Join(rootDir, "boot", "initrd.img-"+kver)
+	if _, err := os.Stat(filepath.Join(rootDir, "lib/modules", kver)); err != nil {
+		return "", fmt.Errorf("kernel %s has no modules in the rootfs: %w", kver, err)
+	}
+	for src, dst := range map[string]string{vmlinuz: FileKernel, initrd: FileInitrd} {
+		if err := system.CloneFile(ctx, src, filepath.Join(outDir, dst)); err != nil {
+			return "", fmt.Errorf("copy %s: %w", filepath.Base(src), err)
+		}
+	}
+	if err := b.makeVmlinux(ctx, filepath.Join(outDir, FileKernel), filepath.Join(outDir, FileVmlinux)); err != nil {
+		return "", err
+	}
+	return kver, nil
+}
+
+// lz4Legacy is the magic of the LZ4 legacy frame Debian compresses x86
+// kernels with; the payload after it is the ELF vmlinux.
+var lz4Legacy = []byte{0x02, 0x21, 0x4c, 0x18}
+
+func (b *Builder) makeVmlinux(ctx context.Context, vmlinuz, out string) error {
+	data, err := os.ReadFile(vmlinuz)
+	if err != nil {
+		return err
+	}
+	off := bytes.Index(data, lz4Legacy)
+	if off < 0 {
+		return fmt.Errorf("make vmlinux: %s is not LZ4-compressed", vmlinuz)
+	}
+	tail := out + ".lz4"
+	if err := os.WriteFile(tail, data[off:], 0o644); err != nil {
+		return err
+	}
+	defer os.Remove(tail)
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// lz4 warns about the trailing data after the frame; the ELF is whole.
+	_, runErr := b.Runner.RunIn(ctx, system.RunOpts{Stdout: f}, "lz4", "-dc", tail)
+	head := make([]byte, 4)
+	if _, err := f.ReadAt(head, 0); err != nil || !bytes.Equal(head, []byte("\x7fELF")) {
+		return fmt.Errorf("make vmlinux: output is not ELF (lz4: %v)", runErr)
+	}
+	return nil
+}
+
+// Manifest is the sidecar that records what an image contains.
+type Manifest struct {
+	Suite         string            `json:"suite"`
+	KernelVersion string            `json:"kernel_version"`
+	Fingerprint   string            `json:"fingerprint"`
+	Packages      map[string]string `json:"packages"`
+}
+
+// ParseDpkgStatus returns name → version of the installed packages in a
+// dpkg status file.
+func ParseDpkgStatus(data []byte) map[string]string {
+	out := map[string]string{}
+	for _, para := range strings.Split(string(data), "\n\n") {
+		var name, version, status string
+		for _, line := range strings.Split(para, "\n") {
+			k, v, ok := strings.Cut(line, ": ")
+			if !ok {
+				continue
+			}
+			switch k {
+			case "Package":
+				name = v
+			case "Version":
+				version = v
+			case "Status":
+				status = v
+			}
+		}
+		if name != "" && strings.HasSuffix(status, " installed") {
+			out[name] = version
+		}
+	}
+	return out
+}
+
+// WriteMeta writes image.json into dir.
+func WriteMeta(dir string, m Meta) error {
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return system.WriteFileAtomic(filepath.Join(dir, FileMeta), data, 0o644)
+}
+
+// ReadMeta reads and checks an image directory.
+func ReadMeta(dir string) (Meta, error) {
+	var m Meta
+	data, err := os.ReadFile(filepath.Join(dir, FileMeta))
+	if err != nil {
+		return m, fmt.Errorf("%w: %s has no %s: %v", ErrInvalid, dir, FileMeta, err)
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return m, fmt.Errorf("%w: parse %s: %v", ErrInvalid, FileMeta, err)
+	}
+	for _, f := range []string{FileRootfs, FileKernel, FileInitrd, FileManifest} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return m, fmt.Errorf("%w: %s is missing %s", ErrInvalid, dir, f)
+		}
+	}
+	if m.Name == "" || m.Fingerprint == "" {
+		return m, fmt.Errorf("%w: %s lacks a name or fingerprint", ErrInvalid, FileMeta)
+	}
+	return m, nil
+}

@@ -1,0 +1,96 @@
+package image
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseDpkgStatus(t *testing.T) {
+	status := "Package: adduser\nStatus: install ok installed\nVersion: 3.134\n\n" +
+		"Package: gone\nStatus: deinstall ok config-files\nVersion: 1.0\n\n" +
+		"Package: git\nStatus: install ok installed\nPriority: optional\nVersion: 1:2.39.5-0+deb12u2\nDescription: fast\n multi-line: yes\n"
+	got := ParseDpkgStatus([]byte(status))
+	want := map[string]string{"adduser": "3.134", "git": "1:2.39.5-0+deb12u2"}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Fatalf("%s: got %q want %q", k, got[k], v)
+		}
+	}
+}
+
+func FuzzParseDpkgStatus(f *testing.F) {
+	f.Add([]byte("Package: a\nStatus: install ok installed\nVersion: 1\n"))
+	f.Fuzz(func(t *testing.T, b []byte) { ParseDpkgStatus(b) })
+}
+
+func TestFingerprint(t *testing.T) {
+	a := DefaultSpec("bookworm", "http://m/debian", "http://m/sec")
+	b := DefaultSpec("bookworm", "http://m/debian", "http://m/sec")
+	b.Packages = append([]string{b.Packages[len(b.Packages)-1]}, b.Packages[:len(b.Packages)-1]...)
+	if a.Fingerprint() != b.Fingerprint() {
+		t.Fatal("package order changed the fingerprint")
+	}
+	c := a
+	c.Suite = "trixie"
+	if a.Fingerprint() == c.Fingerprint() {
+		t.Fatal("suite did not change the fingerprint")
+	}
+	d := DefaultSpec("bookworm", "http://m/debian", "http://m/sec")
+	d.Packages = append(d.Packages, "curl")
+	if a.Fingerprint() == d.Fingerprint() {
+		t.Fatal("packages did not change the fingerprint")
+	}
+}
+
+func TestCustomize(t *testing.T) {
+	root := t.TempDir()
+	for _, p := range []string{"etc/ssh/ssh_host_rsa_key", "etc/ssh/ssh_host_rsa_key.pub", "etc/machine-id", "var/lib/dbus/machine-id"} {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+		os.WriteFile(filepath.Join(root, p), []byte("baked"), 0o600)
+	}
+	os.MkdirAll(filepath.Join(root, "etc/systemd/system/timers.target.wants"), 0o755)
+	os.Symlink("/lib/systemd/system/apt-daily.timer", filepath.Join(root, "etc/systemd/system/timers.target.wants/apt-daily.timer"))
+	if err := Customize(root); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _ := filepath.Glob(filepath.Join(root, "etc/ssh/ssh_host_*")); len(keys) != 0 {
+		t.Fatalf("baked host keys left: %v", keys)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "etc/machine-id")); len(b) != 0 {
+		t.Fatalf("machine-id baked: %q", b)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "var/lib/dbus/machine-id")); !os.IsNotExist(err) {
+		t.Fatal("dbus machine-id left")
+	}
+	if _, err := os.Lstat(filepath.Join(root, "etc/systemd/system/timers.target.wants/apt-daily.timer")); !os.IsNotExist(err) {
+		t.Fatal("apt timer still wanted")
+	}
+	for _, masked := range []string{"apt-daily.timer", "systemd-timesyncd.service", "systemd-firstboot.service"} {
+		if l, _ := os.Readlink(filepath.Join(root, "etc/systemd/system", masked)); l != "/dev/null" {
+			t.Fatalf("%s not masked: %q", masked, l)
+		}
+	}
+	for _, enabled := range []string{"sysinit.target.wants/banger-init.service", "multi-user.target.wants/banger-agent.service", "multi-user.target.wants/systemd-networkd.service"} {
+		if _, err := os.Readlink(filepath.Join(root, "etc/systemd/system", enabled)); err != nil {
+			t.Fatalf("%s not enabled: %v", enabled, err)
+		}
+	}
+	fstab, _ := os.ReadFile(filepath.Join(root, "etc/fstab"))
+	for _, l := range []string{LabelRoot, LabelWork, LabelSeed} {
+		if !strings.Contains(string(fstab), "LABEL="+l) {
+			t.Fatalf("fstab lacks %s:\n%s", l, fstab)
+		}
+	}
+}
+
+func TestKernelCmdlineHasNoSecrets(t *testing.T) {
+	c := KernelCmdline("banger.ip=10.0.2.15/24")
+	if !strings.Contains(c, "root=LABEL="+LabelRoot) || !strings.Contains(c, "console=ttyS0") || !strings.HasSuffix(c, "banger.ip=10.0.2.15/24") {
+		t.Fatalf("cmdline: %s", c)
+	}
+}

@@ -1,0 +1,229 @@
+// Package paths decides where one banger instance keeps its state,
+// sockets and config. Everything is derived from the environment by pure
+// functions so the rules are unit-tested without touching the machine.
+package paths
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// ErrSocketPathTooLong reports a Unix socket path the kernel cannot bind.
+var ErrSocketPathTooLong = errors.New("unix socket path too long")
+
+// ErrBadID reports a VM or image id that is not a single path element.
+var ErrBadID = errors.New("invalid id")
+
+// Environment variables banger reads.
+const (
+	EnvHome   = "BANGER_HOME"
+	EnvSocket = "BANGER_SOCKET"
+)
+
+// File and directory names inside an instance's directories.
+const (
+	FileConfig = "config.toml"
+	FileSocket = "banger.sock"
+	FileDB     = "state.db"
+
+	DirRun    = "run"
+	DirImages = "images"
+	DirVMs    = "vms"
+	DirLogs   = "logs"
+	DirSSH    = "ssh"
+	DirCache  = "cache"
+)
+
+// File names inside a VM's directory (Layout.VMDir).
+const (
+	FileQMPSocket   = "qmp.sock"
+	FileAgentSocket = "agent.sock"
+	FileConsoleLog  = "console.log"
+	FileQEMULog     = "qemu.log"
+	FilePID         = "qemu.pid"
+	FileRootDisk    = "root.qcow2"
+	FileWorkDisk    = "work.ext4"
+	FileSeedDisk    = "seed.ext4"
+	FileKnownHosts  = "known_hosts"
+)
+
+// System-wide locations used when the daemon runs as root.
+const (
+	rootDataDir    = "/var/lib/banger"
+	rootRunDir     = "/run/banger"
+	rootConfigFile = "/etc/banger/config.toml"
+)
+
+// maxSocketPath is sizeof(sun_path) minus the terminating NUL.
+const maxSocketPath = 107
+
+// Layout is where one banger instance keeps things.
+type Layout struct {
+	Home       string // the instance's root: BANGER_HOME, or DataDir
+	DataDir    string
+	RunDir     string
+	ConfigFile string
+	Socket     string
+	DBPath     string
+	ImagesDir  string
+	VMsDir     string
+	LogDir     string
+	SSHDir     string
+	CacheDir   string
+}
+
+// Resolve computes the layout for a process with the given environment
+// lookup (os.Getenv in production) and uid.
+//
+// BANGER_HOME puts everything under one directory, which is how tests
+// and side-by-side instances get private state. Otherwise root uses the
+// FHS locations and other users the XDG ones.
+func Resolve(env func(string) string, uid int) Layout {
+	if home := cleanAbs(env(EnvHome)); home != "" {
+		l := layoutUnder(home)
+		l.RunDir = filepath.Join(home, DirRun)
+		// The socket sits directly in BANGER_HOME, not under run/, to
+		// keep it short: sun_path is only 108 bytes.
+		l.Socket = filepath.Join(home, FileSocket)
+		l.ConfigFile = filepath.Join(home, FileConfig)
+		return l
+	}
+	if uid == 0 {
+		l := layoutUnder(rootDataDir)
+		l.RunDir = rootRunDir
+		l.Socket = filepath.Join(rootRunDir, FileSocket)
+		l.ConfigFile = rootConfigFile
+		return l
+	}
+
+	fallback := fallbackDir(uid)
+	userHome := cleanAbs(env("HOME"))
+	dataHome := cleanAbs(env("XDG_DATA_HOME"))
+	if dataHome == "" {
+		dataHome = filepath.Join(userHome, ".local", "share")
+		if userHome == "" {
+			dataHome = filepath.Join(fallback, "data")
+		}
+	}
+	configHome := cleanAbs(env("XDG_CONFIG_HOME"))
+	if configHome == "" {
+		configHome = filepath.Join(userHome, ".config")
+		if userHome == "" {
+			configHome = filepath.Join(fallback, "config")
+		}
+	}
+	runDir := fallback
+	if rt := cleanAbs(env("XDG_RUNTIME_DIR")); rt != "" {
+		runDir = filepath.Join(rt, "banger")
+	}
+
+	l := layoutUnder(filepath.Join(dataHome, "banger"))
+	l.RunDir = runDir
+	l.Socket = filepath.Join(runDir, FileSocket)
+	l.ConfigFile = filepath.Join(configHome, "banger", FileConfig)
+	return l
+}
+
+// layoutUnder fills in everything that lives in the data directory.
+func layoutUnder(data string) Layout {
+	return Layout{
+		Home:      data,
+		DataDir:   data,
+		DBPath:    filepath.Join(data, FileDB),
+		ImagesDir: filepath.Join(data, DirImages),
+		VMsDir:    filepath.Join(data, DirVMs),
+		LogDir:    filepath.Join(data, DirLogs),
+		SSHDir:    filepath.Join(data, DirSSH),
+		// The cache sits next to the images rather than in
+		// XDG_CACHE_HOME so build artefacts can be reflinked into them.
+		CacheDir: filepath.Join(data, DirCache),
+	}
+}
+
+// fallbackDir is used when XDG_RUNTIME_DIR (or HOME) is missing, as under
+// some sudo and cron setups. The uid keeps users apart.
+func fallbackDir(uid int) string {
+	return "/tmp/banger-" + strconv.Itoa(uid)
+}
+
+// cleanAbs returns p cleaned if it is absolute, else "". The XDG spec
+// says relative values must be ignored, and a relative BANGER_HOME would
+// make the daemon's paths depend on its working directory.
+func cleanAbs(p string) string {
+	if !filepath.IsAbs(p) {
+		return ""
+	}
+	return filepath.Clean(p)
+}
+
+// SocketPath is where a client looks for the daemon: the --socket flag,
+// then BANGER_SOCKET, then the socket of the layout Resolve would pick
+// ($BANGER_HOME/banger.sock, /run/banger/banger.sock for root,
+// $XDG_RUNTIME_DIR/banger/banger.sock otherwise).
+func SocketPath(flag string, env func(string) string, uid int) string {
+	if flag != "" {
+		return flag
+	}
+	if s := env(EnvSocket); s != "" {
+		return s
+	}
+	return Resolve(env, uid).Socket
+}
+
+// VMDir is the directory holding one VM's disks, sockets and logs. id
+// must satisfy CheckID.
+func (l Layout) VMDir(id string) string { return filepath.Join(l.VMsDir, id) }
+
+// ImageDir is the directory holding one image. id must satisfy CheckID.
+func (l Layout) ImageDir(id string) string { return filepath.Join(l.ImagesDir, id) }
+
+// InstancePrefix is a short tag that names every host resource this
+// instance creates (TAP devices, process names, nftables objects), so
+// that cleanup in one instance never touches another's. It is stable for
+// a given data directory. At 8 bytes it leaves room for a per-VM suffix
+// within a 15-byte interface name.
+func (l Layout) InstancePrefix() string {
+	sum := sha256.Sum256([]byte(l.DataDir))
+	return "bg" + hex.EncodeToString(sum[:])[:6]
+}
+
+// CheckID rejects ids that would escape VMsDir or ImagesDir when joined.
+func CheckID(id string) error {
+	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\\\x00") {
+		return fmt.Errorf("%w: %q", ErrBadID, id)
+	}
+	return nil
+}
+
+// CheckSocketPath fails early, with advice, for a socket path the kernel
+// would refuse (sun_path holds 108 bytes including the NUL).
+func CheckSocketPath(p string) error {
+	if len(p) > maxSocketPath {
+		return fmt.Errorf("%w: %q is %d bytes, the limit is %d; set a shorter %s (e.g. under /tmp)",
+			ErrSocketPathTooLong, p, len(p), maxSocketPath, EnvHome)
+	}
+	return nil
+}
+
+// EnsureDirs creates the layout's directories with mode 0700. Existing
+// directories keep their mode. The config file's directory is not
+// created: the daemon only reads config.
+func EnsureDirs(l Layout) error {
+	dirs := []string{l.DataDir, l.RunDir, filepath.Dir(l.Socket), filepath.Dir(l.DBPath),
+		l.ImagesDir, l.VMsDir, l.LogDir, l.SSHDir, l.CacheDir}
+	for _, d := range dirs {
+		if d == "" || d == "." {
+			continue
+		}
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("create state dir: %w", err)
+		}
+	}
+	return nil
+}

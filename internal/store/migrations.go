@@ -1,0 +1,156 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// migrations are applied in order; migration i (0-based) brings the schema
+// to version i+1. Never edit or reorder an entry that has shipped: append a
+// new one. Each runs in its own transaction with foreign_keys on, and
+// SQLite ignores PRAGMA foreign_keys inside a transaction, so a migration
+// that rebuilds a referenced table must keep the references valid.
+var migrations = []string{
+	// 1: initial schema.
+	`
+CREATE TABLE images (
+	id             TEXT PRIMARY KEY,
+	name           TEXT NOT NULL UNIQUE,
+	fingerprint    TEXT NOT NULL DEFAULT '',
+	dir            TEXT NOT NULL,
+	is_default     INTEGER NOT NULL DEFAULT 0 CHECK (is_default IN (0, 1)),
+	state          TEXT NOT NULL,
+	suite          TEXT NOT NULL DEFAULT '',
+	kernel_version TEXT NOT NULL DEFAULT '',
+	size_bytes     INTEGER NOT NULL DEFAULT 0,
+	created_at     TEXT NOT NULL,
+	manifest       TEXT NOT NULL DEFAULT ''
+);
+-- At most one default image, enforced by the database rather than by
+-- every code path that changes the default.
+CREATE UNIQUE INDEX images_one_default ON images (is_default) WHERE is_default = 1;
+CREATE INDEX images_fingerprint ON images (fingerprint);
+
+CREATE TABLE vms (
+	id              TEXT PRIMARY KEY,
+	name            TEXT NOT NULL UNIQUE,
+	-- RESTRICT: an image a VM boots from must not disappear under it.
+	image_id        TEXT NOT NULL REFERENCES images (id) ON DELETE RESTRICT,
+	state           TEXT NOT NULL,
+	cpus            INTEGER NOT NULL DEFAULT 0,
+	memory_mib      INTEGER NOT NULL DEFAULT 0,
+	work_disk_bytes INTEGER NOT NULL DEFAULT 0,
+	egress          TEXT NOT NULL DEFAULT '',
+	accel           TEXT NOT NULL DEFAULT '',
+	pid             INTEGER NOT NULL DEFAULT 0,
+	pid_start_time  INTEGER NOT NULL DEFAULT 0,
+	dir             TEXT NOT NULL DEFAULT '',
+	ssh_port        INTEGER NOT NULL DEFAULT 0,
+	created_at      TEXT NOT NULL,
+	updated_at      TEXT NOT NULL,
+	last_error      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX vms_image_id ON vms (image_id);
+
+CREATE TABLE ports (
+	port       INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535),
+	vm_id      TEXT NOT NULL REFERENCES vms (id) ON DELETE CASCADE,
+	guest_port INTEGER NOT NULL CHECK (guest_port BETWEEN 1 AND 65535),
+	proto      TEXT NOT NULL DEFAULT 'tcp'
+);
+CREATE INDEX ports_vm_id ON ports (vm_id);
+
+CREATE TABLE operations (
+	id           TEXT PRIMARY KEY,
+	kind         TEXT NOT NULL,
+	target       TEXT NOT NULL DEFAULT '',
+	state        TEXT NOT NULL,
+	error        TEXT NOT NULL DEFAULT '',
+	hint         TEXT NOT NULL DEFAULT '',
+	console_tail TEXT NOT NULL DEFAULT '',
+	result_json  TEXT NOT NULL DEFAULT '',
+	created_at   TEXT NOT NULL,
+	finished_at  TEXT
+);
+CREATE INDEX operations_created_at ON operations (created_at);
+-- FailDanglingOperations runs on every daemon start; keep it off a scan of
+-- the whole history.
+CREATE INDEX operations_running ON operations (state) WHERE state = 'running';
+
+CREATE TABLE stages (
+	op_id       TEXT NOT NULL REFERENCES operations (id) ON DELETE CASCADE,
+	seq         INTEGER NOT NULL,
+	name        TEXT NOT NULL,
+	state       TEXT NOT NULL,
+	started_at  TEXT NOT NULL,
+	finished_at TEXT,
+	error       TEXT NOT NULL DEFAULT '',
+	detail      TEXT NOT NULL DEFAULT '',
+	PRIMARY KEY (op_id, seq)
+);
+`,
+}
+
+// migrate brings db to the newest schema this binary knows. It is safe to
+// run from two processes at once: each migration re-checks the version
+// inside its own write transaction.
+func migrate(ctx context.Context, db *sql.DB) error {
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+	version    INTEGER PRIMARY KEY,
+	applied_at TEXT NOT NULL
+)`); err != nil {
+		return fmt.Errorf("create schema_migrations: %w", err)
+	}
+	current, err := schemaVersion(ctx, db)
+	if err != nil {
+		return err
+	}
+	if current > len(migrations) {
+		return fmt.Errorf("schema version %d, this binary knows up to %d (upgrade banger): %w",
+			current, len(migrations), ErrSchemaTooNew)
+	}
+	for v := current + 1; v <= len(migrations); v++ {
+		if err := applyMigration(ctx, db, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func schemaVersion(ctx context.Context, q querier) (int, error) {
+	var v int
+	if err := q.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	return v, nil
+}
+
+func applyMigration(ctx context.Context, db *sql.DB, version int) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate to version %d: %w", version, err)
+	}
+	defer func() { _ = tx.Rollback() }()
+
+	// Another process may have migrated while we waited for the lock.
+	current, err := schemaVersion(ctx, tx)
+	if err != nil {
+		return err
+	}
+	if current >= version {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, migrations[version-1]); err != nil {
+		return fmt.Errorf("migrate to version %d: %w", version, err)
+	}
+	if _, err := tx.ExecContext(ctx,
+		`INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`,
+		version, formatTime(now())); err != nil {
+		return fmt.Errorf("record schema version %d: %w", version, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate to version %d: commit: %w", version, err)
+	}
+	return nil
+}

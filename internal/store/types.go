@@ -1,0 +1,140 @@
+package store
+
+import "time"
+
+// Image states. The first image built becomes the default and is ready;
+// later builds stay staged until promoted, so a bad build never becomes
+// what new VMs boot by accident.
+const (
+	ImageStateReady  = "ready"
+	ImageStateStaged = "staged"
+)
+
+// VM states.
+const (
+	VMStateCreating = "creating"
+	VMStateRunning  = "running"
+	VMStateStopping = "stopping"
+	VMStateStopped  = "stopped"
+	VMStateError    = "error"
+)
+
+// Operation states. An operation is running until FinishOperation, or until
+// a restarted daemon finds it dangling (FailDanglingOperations).
+const (
+	OpStateRunning   = "running"
+	OpStateSucceeded = "succeeded"
+	OpStateFailed    = "failed"
+)
+
+// Stage states.
+const (
+	StageStateRunning   = "running"
+	StageStateSucceeded = "succeeded"
+	StageStateFailed    = "failed"
+	StageStateSkipped   = "skipped"
+)
+
+// Operation kinds the daemon starts. Kind is free text in the database, so
+// a new kind needs no migration; these exist so producers and the CLI agree
+// on spelling.
+const (
+	OpKindVMCreate         = "vm.create"
+	OpKindVMStart          = "vm.start"
+	OpKindVMStop           = "vm.stop"
+	OpKindVMDelete         = "vm.delete"
+	OpKindImageBuild       = "image.build"
+	OpKindWorkspacePrepare = "workspace.prepare"
+)
+
+// ProtoTCP is the protocol AllocatePort records; QEMU user-mode forwards
+// are TCP unless asked otherwise.
+const ProtoTCP = "tcp"
+
+// DanglingOpError is the error FailDanglingOperations records on
+// operations and stages a previous daemon left running.
+const DanglingOpError = "daemon restarted during operation"
+
+// Image is a registered VM image: a directory holding a rootfs, kernel,
+// initrd and manifest.
+type Image struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// Fingerprint hashes the build inputs, so an unchanged build is
+	// skipped and an outdated image is noticed.
+	Fingerprint   string    `json:"fingerprint"`
+	Dir           string    `json:"dir"`
+	Default       bool      `json:"default"`
+	State         string    `json:"state"`
+	Suite         string    `json:"suite"`
+	KernelVersion string    `json:"kernel_version"`
+	SizeBytes     int64     `json:"size_bytes"`
+	CreatedAt     time.Time `json:"created_at"`
+	// Manifest is the image's manifest as JSON text; the store does not
+	// look inside it.
+	Manifest string `json:"manifest"`
+}
+
+// VM is one microVM and what the daemon needs to re-adopt it after a
+// restart.
+type VM struct {
+	ID            string `json:"id"`
+	Name          string `json:"name"`
+	ImageID       string `json:"image_id"`
+	State         string `json:"state"`
+	CPUs          int    `json:"cpus"`
+	MemoryMiB     int    `json:"memory_mib"`
+	WorkDiskBytes int64  `json:"work_disk_bytes"`
+	Egress        string `json:"egress"`
+	Accel         string `json:"accel"`
+	// PID and PIDStartTime identify the VMM process; the start time (from
+	// /proc/PID/stat) tells a live VMM from an unrelated process that
+	// reused the PID.
+	PID          int       `json:"pid"`
+	PIDStartTime uint64    `json:"pid_start_time"`
+	Dir          string    `json:"dir"`
+	SSHPort      int       `json:"ssh_port"`
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
+	LastError    string    `json:"last_error"`
+}
+
+// Port is a host port forwarded to a VM. It stays reserved for the VM's
+// whole life, so a VM restarted (or re-adopted) keeps its forwards.
+type Port struct {
+	Port      int    `json:"port"`
+	VMID      string `json:"vm_id"`
+	GuestPort int    `json:"guest_port"`
+	Proto     string `json:"proto"`
+}
+
+// Operation is a long-running request (vm create, image build, ...) whose
+// progress outlives the client that started it.
+type Operation struct {
+	ID     string `json:"id"`
+	Kind   string `json:"kind"`
+	Target string `json:"target"`
+	State  string `json:"state"`
+	Error  string `json:"error"`
+	Hint   string `json:"hint"`
+	// ConsoleTail is the end of the VM console log when a boot failed,
+	// kept so the failure can be diagnosed after the VM is gone.
+	ConsoleTail string     `json:"console_tail"`
+	ResultJSON  string     `json:"result_json"`
+	CreatedAt   time.Time  `json:"created_at"`
+	FinishedAt  *time.Time `json:"finished_at,omitempty"`
+	Stages      []Stage    `json:"stages"`
+}
+
+// Stage is one named step of an operation; Seq orders the stages of one
+// operation starting at 1.
+type Stage struct {
+	OpID       string     `json:"op_id"`
+	Seq        int        `json:"seq"`
+	Name       string     `json:"name"`
+	State      string     `json:"state"`
+	StartedAt  time.Time  `json:"started_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	Error      string     `json:"error"`
+	Detail     string     `json:"detail"`
+}

@@ -1,0 +1,244 @@
+package system
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// CloneMethod says how CloneFileMethod produced its copy.
+type CloneMethod string
+
+const (
+	// CloneReflink: the destination shares extents with the source
+	// (FICLONE on btrfs, XFS, bcachefs...), instant and free until written.
+	CloneReflink CloneMethod = "reflink"
+	// CloneSparseCopy: data was copied, skipping holes and zero blocks.
+	CloneSparseCopy CloneMethod = "sparse-copy"
+)
+
+// CloneFile copies src to dst as cheaply as the filesystem allows; see
+// CloneFileMethod.
+func CloneFile(ctx context.Context, src, dst string) error {
+	_, err := CloneFileMethod(ctx, src, dst)
+	return err
+}
+
+// CloneFileMethod copies src to dst, creating or truncating dst with
+// src's permission bits, and reports how. It tries a reflink first and
+// falls back to a sparse copy, so a 4 GiB rootfs with 600 MiB of data
+// costs 600 MiB at most. On failure dst is removed, so a half-written
+// disk is never mistaken for a good one.
+func CloneFileMethod(ctx context.Context, src, dst string) (method CloneMethod, err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", fmt.Errorf("clone file: %w", err)
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return "", fmt.Errorf("clone file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("clone file: %s is not a regular file", src)
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fi.Mode().Perm())
+	if err != nil {
+		return "", fmt.Errorf("clone file: %w", err)
+	}
+	defer func() {
+		if cerr := out.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("clone file: %w", cerr)
+		}
+		if err != nil {
+			os.Remove(dst)
+		}
+	}()
+
+	// Any FICLONE failure (EOPNOTSUPP, EXDEV across filesystems, EINVAL
+	// on unaligned sizes, ENOTTY...) just means "copy instead".
+	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
+		return CloneReflink, nil
+	}
+	if err := sparseCopy(ctx, in, out, fi.Size()); err != nil {
+		return "", fmt.Errorf("clone file %s to %s: %w", src, dst, err)
+	}
+	if err := out.Sync(); err != nil {
+		return "", fmt.Errorf("clone file: sync: %w", err)
+	}
+	return CloneSparseCopy, nil
+}
+
+const (
+	copyChunk = 1 << 20
+	// zeroBlock is the granularity at which all-zero data is skipped;
+	// 4 KiB matches the block size of every filesystem we care about.
+	zeroBlock = 4 << 10
+)
+
+// sparseCopy copies the data regions of in to out and leaves holes where
+// in has holes or all-zero blocks. out must be empty.
+func sparseCopy(ctx context.Context, in, out *os.File, size int64) error {
+	buf := make([]byte, copyChunk)
+	for off := int64(0); off < size; {
+		start, end, err := nextData(in, off, size)
+		if err != nil {
+			return err
+		}
+		if start >= size {
+			break
+		}
+		for pos := start; pos < end; {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n := int(min(int64(len(buf)), end-pos))
+			if _, err := in.ReadAt(buf[:n], pos); err != nil {
+				return fmt.Errorf("read at %d: %w", pos, err)
+			}
+			if err := writeNonZero(out, buf[:n], pos); err != nil {
+				return err
+			}
+			pos += int64(n)
+		}
+		off = end
+	}
+	// Trailing holes and skipped zero blocks leave the file short.
+	if err := out.Truncate(size); err != nil {
+		return fmt.Errorf("truncate: %w", err)
+	}
+	return nil
+}
+
+// nextData returns the next data region at or after off. Filesystems
+// without SEEK_DATA get the whole rest of the file as one region; zero
+// blocks are still skipped by writeNonZero.
+func nextData(f *os.File, off, size int64) (start, end int64, err error) {
+	start, err = unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+	switch {
+	case errors.Is(err, unix.ENXIO):
+		return size, size, nil // only a hole remains
+	case err != nil:
+		return off, size, nil
+	}
+	end, err = unix.Seek(int(f.Fd()), start, unix.SEEK_HOLE)
+	if err != nil {
+		return start, size, nil
+	}
+	return start, min(end, size), nil
+}
+
+// writeNonZero writes the non-zero blocks of b at offset off, coalescing
+// runs of them into single writes.
+func writeNonZero(out *os.File, b []byte, off int64) error {
+	runStart := -1
+	flush := func(end int) error {
+		if runStart < 0 {
+			return nil
+		}
+		if _, err := out.WriteAt(b[runStart:end], off+int64(runStart)); err != nil {
+			return fmt.Errorf("write at %d: %w", off+int64(runStart), err)
+		}
+		runStart = -1
+		return nil
+	}
+	for i := 0; i < len(b); i += zeroBlock {
+		j := min(i+zeroBlock, len(b))
+		if isZero(b[i:j]) {
+			if err := flush(i); err != nil {
+				return err
+			}
+		} else if runStart < 0 {
+			runStart = i
+		}
+	}
+	return flush(len(b))
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// CreateSparse creates path (mode 0600) or resizes it to size bytes
+// without allocating blocks.
+func CreateSparse(path string, size int64) error {
+	if size < 0 {
+		return fmt.Errorf("create sparse file %s: negative size %d", path, size)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("create sparse file: %w", err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return fmt.Errorf("create sparse file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("create sparse file: %w", err)
+	}
+	return nil
+}
+
+// WriteFileAtomic replaces path with data so that readers, and a crash,
+// see either the old content or the new, never a mix: it writes a temp
+// file in the same directory, fsyncs it, renames it over path and fsyncs
+// the directory.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := tmp.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("write %s: sync: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	// The rename is only durable once the directory entry is.
+	if d, derr := os.Open(dir); derr == nil {
+		derr = d.Sync()
+		d.Close()
+		if derr != nil {
+			return fmt.Errorf("write %s: sync dir: %w", path, derr)
+		}
+	}
+	return nil
+}
+
+// FreeBytes returns the bytes available to unprivileged users on the
+// filesystem holding path.
+func FreeBytes(path string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}

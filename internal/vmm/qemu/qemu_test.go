@@ -1,0 +1,39 @@
+package qemu
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/bangerdev/banger/internal/vmm"
+)
+
+func TestArgs(t *testing.T) {
+	spec := vmm.Spec{
+		ID: "ab12cd34", ProcessName: "bg123456-ab12cd34", Dir: "/v/ab12cd34",
+		Kernel: "/i/vmlinuz", Initrd: "/i/initrd.img", Cmdline: "console=ttyS0",
+		Disks:  []vmm.Disk{{Path: "/v/root.qcow2", Format: "qcow2"}, {Path: "/v/seed.ext4", Format: "raw", ReadOnly: true}},
+		CPUs:   2, MemoryMiB: 1024, Accel: "tcg", Egress: "none",
+		Forwards: []vmm.Forward{{HostPort: 40022, GuestPort: 22}},
+	}
+	got := strings.Join(Args(spec), " ")
+	for _, want := range []string{
+		"-M microvm,acpi=on -accel tcg -cpu max -smp 2 -m 1024",
+		"-serial file:/v/ab12cd34/console.log",
+		"-qmp unix:/v/ab12cd34/qmp.sock,server=on,wait=off",
+		"-drive id=d0,file=/v/root.qcow2,format=qcow2,if=none,discard=unmap -device virtio-blk-device,drive=d0",
+		"file=/v/seed.ext4,format=raw,if=none,discard=unmap,readonly=on",
+		"-chardev socket,path=/v/ab12cd34/agent.sock,server=on,wait=off,id=agent",
+		"-device virtserialport,chardev=agent,name=banger.agent",
+		"-netdev user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22",
+		"-name bg123456-ab12cd34,process=bg123456-ab12cd34",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("args lack %q:\n%s", want, got)
+		}
+	}
+	spec.Accel, spec.Egress = "kvm", "all"
+	got = strings.Join(Args(spec), " ")
+	if !strings.Contains(got, "-accel kvm -cpu host") || strings.Contains(got, "restrict=on") {
+		t.Errorf("kvm/egress all args wrong:\n%s", got)
+	}
+}

@@ -1,0 +1,67 @@
+// Package vmm defines what banger needs from a virtual machine monitor.
+// Drivers live in subpackages (qemu, firecracker); they are the only code
+// besides the shell-out layer that starts processes, because starting the
+// VMM is their whole job.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"net"
+	"time"
+)
+
+// ErrNotSupported is returned for an optional capability a driver lacks.
+var ErrNotSupported = errors.New("not supported by this VMM")
+
+// Disk is one block device. The root disk comes first.
+type Disk struct {
+	Path     string
+	Format   string // "raw" or "qcow2"
+	ReadOnly bool
+}
+
+// Forward exposes a guest TCP port on 127.0.0.1 of the host.
+type Forward struct {
+	HostPort  int
+	GuestPort int
+}
+
+// Spec is everything a driver needs to boot one VM.
+type Spec struct {
+	ID string
+	// ProcessName names the VMM process; it carries the instance prefix so
+	// one banger instance never mistakes another's processes for its own.
+	ProcessName string
+	// Dir holds the VM's sockets, pid file and logs. Socket paths in it
+	// must stay under 108 bytes.
+	Dir       string
+	Kernel    string
+	Initrd    string
+	Cmdline   string
+	Disks     []Disk
+	CPUs      int
+	MemoryMiB int
+	Accel     string // "tcg" or "kvm"
+	Egress    string // "all" or "none"
+	Forwards  []Forward
+}
+
+// Process identifies a running VMM. A PID alone is not enough after a
+// daemon restart: the start time guards against PID reuse.
+type Process struct {
+	PID       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+}
+
+// Driver starts and stops VMs. VMM processes must outlive the daemon.
+type Driver interface {
+	Name() string
+	Start(ctx context.Context, spec Spec) (Process, error)
+	// Stop asks the guest to power off and waits up to timeout, then kills
+	// the VMM. force skips the polite part.
+	Stop(ctx context.Context, dir string, p Process, force bool, timeout time.Duration) error
+	Alive(p Process) bool
+	// DialAgent connects to the host end of the guest agent's channel.
+	DialAgent(ctx context.Context, dir string) (net.Conn, error)
+}

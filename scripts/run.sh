@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The quick start: build the image once, make sure a daemon runs, boot a VM,
+# run a command in it and print what to do next. Called by `make run`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+banger=./bin/banger
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "make run needs root (image build bootstraps a Debian rootfs): try 'sudo make run'" >&2
+  exit 1
+fi
+
+# The daemon: reuse one that answers, otherwise start one in the background.
+if ! $banger version --json 2>/dev/null | grep -q '"daemon"'; then
+  logdir=${BANGER_HOME:-/var/lib/banger}/logs
+  mkdir -p "$logdir"
+  echo "starting banger daemon (log: $logdir/daemon.log)"
+  nohup $banger daemon >>"$logdir/daemon.log" 2>&1 &
+  for _ in $(seq 1 100); do
+    $banger version --json 2>/dev/null | grep -q '"daemon"' && break
+    sleep 0.1
+  done
+fi
+$banger doctor || true
+
+# A no-op when the image's inputs did not change.
+$banger image build
+
+name=${VM_NAME:-quickstart-$(date +%H%M%S)}
+$banger vm create "$name"
+echo
+echo "\$ banger vm exec $name -- uname -a"
+$banger vm exec "$name" -- uname -a
+cat <<NEXT
+
+Your VM "$name" is running. Next steps:
+  banger vm ssh $name                 # a shell in the VM (OpenSSH, pinned host key)
+  banger vm exec $name -- CMD ARGS    # run one command; exits with its status
+  banger vm list                      # all VMs
+  banger vm stop $name                # power it off (disks are kept)
+  banger vm delete $name              # remove it and its disks
+NEXT
