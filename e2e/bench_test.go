@@ -99,7 +99,7 @@ func rawBoot(b testing.TB, img api.Image) time.Duration {
 	spec := vmm.Spec{
 		ID: "raw", ProcessName: "banger-raw-bench", Dir: dir,
 		Kernel: filepath.Join(img.Dir, image.FileKernel), Initrd: filepath.Join(img.Dir, image.FileInitrd),
-		Cmdline: image.KernelCmdline("banger.ip=10.0.2.15/24", "banger.gw=10.0.2.2", "banger.dns=10.0.2.3"),
+		Cmdline: image.KernelCmdline(append([]string{"banger.ip=10.0.2.15/24", "banger.gw=10.0.2.2", "banger.dns=10.0.2.3"}, qemu.TCGKernelArgs()...)...),
 		Disks: []vmm.Disk{
 			{Path: filepath.Join(dir, "root.qcow2"), Format: "qcow2"},
 			{Path: filepath.Join(dir, "seed.ext4"), Format: "raw", ReadOnly: true},

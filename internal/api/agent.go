@@ -38,3 +38,21 @@ type ExitStatus struct {
 
 // MuxProtocol is the Upgrade token of exec and attach streams.
 const MuxProtocol = "banger-mux/1"
+
+// Agent routes, shared by the agent and internal/agentclient.
+const (
+	AgentHealthPath = "/healthz"
+	AgentExecPath   = "/v1/exec"
+)
+
+// SeedConfig is /run/banger/seed/config.json, this VM's identity as
+// `banger-agent init` applies it at boot. It holds private key material:
+// it travels on the VM's read-only seed disk, never on the kernel
+// command line.
+type SeedConfig struct {
+	Hostname string `json:"hostname"`
+	// SSHHostKeys maps a key type ("ed25519", "ecdsa", "rsa") to an
+	// OpenSSH private key in PEM form.
+	SSHHostKeys    map[string]string `json:"ssh_host_keys,omitempty"`
+	AuthorizedKeys string            `json:"authorized_keys,omitempty"`
+}

@@ -303,7 +303,10 @@ func newVMExecCmd(g *globals) *cobra.Command {
 			return nil
 		}),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			o.name, o.argv = a[0], a[1:]
+			o.name, o.argv = a[0], stripDashes(a[1:])
+			if len(o.argv) == 0 {
+				return &usageError{errors.New("usage: banger vm exec [-i] [-t] NAME -- CMD [ARGS...]")}
+			}
 			code, err := g.exec(cmd.Context(), o)
 			if err != nil {
 				return &exitError{code: ExitBanger, err: err}
@@ -402,7 +405,7 @@ func newVMSSHCmd(g *globals) *cobra.Command {
 		Short: "Open an SSH session to a VM (OpenSSH, pinned host key)",
 		Args:  args(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			o.name, o.argv = a[0], a[1:]
+			o.name, o.argv = a[0], stripDashes(a[1:])
 			return g.ssh(cmd.Context(), o)
 		},
 	}
@@ -446,4 +449,13 @@ func (g *globals) ssh(ctx context.Context, o sshOptions) error {
 		return &exitError{code: ExitBanger, err: fmt.Errorf("run ssh: %w", runErr)}
 	}
 	return nil
+}
+
+// stripDashes drops the "--" that separates NAME from the guest command:
+// with interspersed flags off, cobra hands it through as an argument.
+func stripDashes(a []string) []string {
+	if len(a) > 0 && a[0] == "--" {
+		return a[1:]
+	}
+	return a
 }

@@ -32,7 +32,9 @@ func (d *Daemon) routes() http.Handler {
 	m.HandleFunc("GET "+v+"/vms/{name}", d.handleGetVM)
 	m.HandleFunc("DELETE "+v+"/vms/{name}", d.handleDeleteVM)
 	m.HandleFunc("POST "+v+"/vms/{name}/start", d.vmAction(func(ctx context.Context, name string, _ *http.Request) (store.VM, error) { return d.StartVM(ctx, name) }))
-	m.HandleFunc("POST "+v+"/vms/{name}/restart", d.vmAction(func(ctx context.Context, name string, _ *http.Request) (store.VM, error) { return d.RestartVM(ctx, name) }))
+	m.HandleFunc("POST "+v+"/vms/{name}/restart", d.vmAction(func(ctx context.Context, name string, _ *http.Request) (store.VM, error) {
+		return d.RestartVM(ctx, name)
+	}))
 	m.HandleFunc("POST "+v+"/vms/{name}/stop", d.vmAction(func(ctx context.Context, name string, r *http.Request) (store.VM, error) {
 		var req api.StopVMRequest
 		if err := decodeBody(r, &req); err != nil {

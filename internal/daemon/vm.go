@@ -20,6 +20,7 @@ import (
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/vmm"
+	"github.com/bangerdev/banger/internal/vmm/qemu"
 )
 
 // Guest ports forwarded to 127.0.0.1 for the VM's whole life.
@@ -355,6 +356,10 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 	if err != nil {
 		return vmm.Spec{}, err
 	}
+	args := []string{"banger.ip=10.0.2.15/24", "banger.gw=10.0.2.2", "banger.dns=10.0.2.3"}
+	if vm.Accel != "kvm" {
+		args = append(args, qemu.TCGKernelArgs()...)
+	}
 	var fwd []vmm.Forward
 	for _, p := range ports {
 		fwd = append(fwd, vmm.Forward{HostPort: p.Port, GuestPort: p.GuestPort})
@@ -365,7 +370,7 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		Dir:         vm.Dir,
 		Kernel:      filepath.Join(img.Dir, image.FileKernel),
 		Initrd:      filepath.Join(img.Dir, image.FileInitrd),
-		Cmdline:     image.KernelCmdline("banger.ip=10.0.2.15/24", "banger.gw=10.0.2.2", "banger.dns=10.0.2.3"),
+		Cmdline:     image.KernelCmdline(args...),
 		Disks: []vmm.Disk{
 			{Path: filepath.Join(vm.Dir, paths.FileRootDisk), Format: "qcow2"},
 			{Path: filepath.Join(vm.Dir, paths.FileSeedDisk), Format: "raw", ReadOnly: true},

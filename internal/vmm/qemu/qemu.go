@@ -234,3 +234,35 @@ func (d *Driver) DialAgent(ctx context.Context, dir string) (net.Conn, error) {
 func tailFile(path string, n int64) string {
 	return system.TailFile(path, n)
 }
+
+// TCGKernelArgs are kernel arguments a guest needs under TCG. The guest's
+// early TSC calibration against the emulated PIT fails when the host is
+// busy ("could not calculate TSC khz") and the kernel then hangs before
+// printing anything; telling it the TSC rate skips that calibration. Under
+// TCG the guest TSC ticks at the host's rate.
+func TCGKernelArgs() []string {
+	return []string{"tsc_early_khz=" + strconv.Itoa(hostTSCkHz())}
+}
+
+func hostTSCkHz() int {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 2000000
+	}
+	return parseCPUkHz(string(data))
+}
+
+// parseCPUkHz reads the first "cpu MHz" line of /proc/cpuinfo.
+func parseCPUkHz(cpuinfo string) int {
+	for _, line := range strings.Split(cpuinfo, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(k) != "cpu MHz" {
+			continue
+		}
+		mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err == nil && mhz > 100 {
+			return int(mhz * 1000)
+		}
+	}
+	return 2000000
+}

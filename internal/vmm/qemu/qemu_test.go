@@ -11,8 +11,8 @@ func TestArgs(t *testing.T) {
 	spec := vmm.Spec{
 		ID: "ab12cd34", ProcessName: "bg123456-ab12cd34", Dir: "/v/ab12cd34",
 		Kernel: "/i/vmlinuz", Initrd: "/i/initrd.img", Cmdline: "console=ttyS0",
-		Disks:  []vmm.Disk{{Path: "/v/root.qcow2", Format: "qcow2"}, {Path: "/v/seed.ext4", Format: "raw", ReadOnly: true}},
-		CPUs:   2, MemoryMiB: 1024, Accel: "tcg", Egress: "none",
+		Disks: []vmm.Disk{{Path: "/v/root.qcow2", Format: "qcow2"}, {Path: "/v/seed.ext4", Format: "raw", ReadOnly: true}},
+		CPUs:  2, MemoryMiB: 1024, Accel: "tcg", Egress: "none",
 		Forwards: []vmm.Forward{{HostPort: 40022, GuestPort: 22}},
 	}
 	got := strings.Join(Args(spec), " ")
@@ -35,5 +35,18 @@ func TestArgs(t *testing.T) {
 	got = strings.Join(Args(spec), " ")
 	if !strings.Contains(got, "-accel kvm -cpu host") || strings.Contains(got, "restrict=on") {
 		t.Errorf("kvm/egress all args wrong:\n%s", got)
+	}
+}
+
+func TestParseCPUkHz(t *testing.T) {
+	for in, want := range map[string]int{
+		"processor\t: 0\ncpu MHz\t\t: 2100.000\n": 2100000,
+		"cpu MHz : 3392.412\ncpu MHz : 1.0\n":     3392412,
+		"nothing here":                            2000000,
+		"cpu MHz : garbage":                       2000000,
+	} {
+		if got := parseCPUkHz(in); got != want {
+			t.Errorf("%q: got %d want %d", in, got, want)
+		}
 	}
 }

@@ -1,0 +1,87 @@
+// Command banger-agent runs inside every banger guest: `init` applies the
+// VM's identity at boot, `serve` is the host's control channel.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/bangerdev/banger/internal/agent"
+	"github.com/bangerdev/banger/internal/buildinfo"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+const usage = `usage: banger-agent serve [--port PATH]
+       banger-agent init [--seed PATH] [--cmdline PATH] [--root DIR]
+       banger-agent version
+`
+
+func run(args []string, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	// journald adds its own timestamps.
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey && len(groups) == 0 {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+	slog.SetDefault(log)
+	fs := flag.NewFlagSet("banger-agent "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	switch args[0] {
+	case "serve":
+		port := fs.String("port", agent.DefaultPort, "virtio-serial port to the host")
+		if fs.Parse(args[1:]) != nil {
+			return 2
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		log.Info("banger-agent serving", "version", buildinfo.Version, "port", *port)
+		if err := agent.NewServer(log).Serve(ctx, agent.VirtioPort(*port)); err != nil && ctx.Err() == nil {
+			log.Error("serve", "err", err)
+			return 1
+		}
+		return 0
+	case "init":
+		opts := agent.DefaultInitOptions()
+		fs.StringVar(&opts.SeedConfig, "seed", opts.SeedConfig, "seed config (JSON)")
+		fs.StringVar(&opts.Cmdline, "cmdline", opts.Cmdline, "kernel command line")
+		fs.StringVar(&opts.Root, "root", opts.Root, "root of the files written")
+		if fs.Parse(args[1:]) != nil {
+			return 2
+		}
+		if opts.Root != "/" {
+			// Only the real root gets the kernel host name too.
+			opts.SetHostname = nil
+		}
+		opts.Log = log
+		if err := agent.Init(opts); err != nil {
+			log.Error("init", "err", err)
+			return 1
+		}
+		log.Info("guest identity applied")
+		return 0
+	case "version", "--version", "-v":
+		fmt.Fprintln(stderr, buildinfo.Version, buildinfo.Commit)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stderr, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "banger-agent: unknown command %q\n%s", args[0], usage)
+	return 2
+}

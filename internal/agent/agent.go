@@ -1,0 +1,169 @@
+// Package agent is banger-agent, the guest side of banger's control
+// channel: an HTTP server (health, exec) spoken over a yamux session on a
+// host connection, plus the boot-time identity setup (`banger-agent init`).
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/buildinfo"
+)
+
+// Transport yields one host connection at a time: it blocks until a host
+// is there (or ctx ends). Serve closes each connection when its session
+// ends and then asks for the next one.
+type Transport func(ctx context.Context) (io.ReadWriteCloser, error)
+
+// Server is the agent's HTTP service.
+type Server struct {
+	log *slog.Logger
+	// procDir is /proc; tests point it elsewhere.
+	procDir string
+	// defaultDir is where commands run without an explicit dir.
+	defaultDir string
+}
+
+// NewServer returns a Server that logs to log (nil: slog.Default()).
+func NewServer(log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Server{log: log, procDir: "/proc", defaultDir: "/root"}
+}
+
+// Handler serves the agent's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+api.AgentHealthPath, s.handleHealth)
+	mux.HandleFunc("POST "+api.AgentExecPath, s.handleExec)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path), "this agent serves GET /healthz and POST /v1/exec")
+	})
+	return mux
+}
+
+// Serve runs sessions over the host connections t yields, one after
+// another, until ctx ends. A host that goes away (daemon restart) ends
+// its session; the next host gets a fresh one.
+func (s *Server) Serve(ctx context.Context, t Transport) error {
+	var lastErr string
+	for {
+		conn, err := t(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// Log a persisting failure once, not every second.
+			if msg := err.Error(); msg != lastErr {
+				s.log.Warn("waiting for host connection", "err", err)
+				lastErr = msg
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		lastErr = ""
+		s.log.Info("host connected")
+		err = s.ServeConn(ctx, conn)
+		s.log.Info("host session ended", "err", err)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// ServeConn runs one yamux server session with the HTTP service on conn
+// until the session dies or ctx ends, and closes conn.
+func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
+	sess, err := yamux.Server(conn, yamuxConfig(s.log))
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("start yamux session: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+	hs := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(_ net.Listener) context.Context { return ctx },
+	}
+	// A yamux session is a net.Listener whose connections are streams.
+	err = hs.Serve(sess)
+	sess.Close()
+	hs.Close()
+	if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func yamuxConfig(log *slog.Logger) *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	// Keepalive notices a host that vanished without the port telling us.
+	cfg.EnableKeepAlive = true
+	cfg.KeepAliveInterval = 15 * time.Second
+	cfg.LogOutput = nil
+	cfg.Logger = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	return cfg
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {
+	h := api.AgentHealth{Version: buildinfo.Version}
+	if b, err := os.ReadFile(s.procDir + "/sys/kernel/random/boot_id"); err == nil {
+		h.BootID = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile(s.procDir + "/uptime"); err == nil {
+		h.UptimeSeconds = parseUptime(string(b))
+	}
+	h.Hostname, _ = os.Hostname()
+	writeJSON(w, http.StatusOK, h)
+}
+
+// parseUptime reads the first field of /proc/uptime ("12.34 56.78").
+func parseUptime(s string) float64 {
+	f := strings.Fields(s)
+	if len(f) == 0 {
+		return 0
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg, hint string) {
+	code := api.CodeInternal
+	switch status {
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+		code = api.CodeInvalid
+	case http.StatusNotFound:
+		code = api.CodeNotFound
+	}
+	writeJSON(w, status, api.ErrorBody{Error: &api.Error{Message: msg, Hint: hint, Code: code}})
+}

@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/bangerdev/banger/internal/api"
+)
+
+func TestDecodeExecRequest(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want api.ExecRequest
+		err  string
+	}{
+		{name: "minimal", in: `{"argv":["true"]}`, want: api.ExecRequest{Argv: []string{"true"}}},
+		{name: "full", in: `{"argv":["sh","-c","x"],"env":{"A":"1"},"dir":"/tmp","tty":true,"rows":24,"cols":80,"stdin":true}`,
+			want: api.ExecRequest{Argv: []string{"sh", "-c", "x"}, Env: map[string]string{"A": "1"}, Dir: "/tmp", TTY: true, Rows: 24, Cols: 80, Stdin: true}},
+		{name: "unknown field ignored", in: `{"argv":["true"],"future":1}`, want: api.ExecRequest{Argv: []string{"true"}}},
+		{name: "trailing space", in: "{\"argv\":[\"true\"]}\n", want: api.ExecRequest{Argv: []string{"true"}}},
+		{name: "empty body", in: ``, err: "decode exec request"},
+		{name: "null", in: `null`, err: "empty command"},
+		{name: "empty argv", in: `{"argv":[]}`, err: "empty command"},
+		{name: "empty argv0", in: `{"argv":[""]}`, err: "empty command"},
+		{name: "NUL in arg", in: `{"argv":["a\u0000b"]}`, err: "NUL"},
+		{name: "bad env name", in: `{"argv":["true"],"env":{"A=B":"1"}}`, err: "environment variable name"},
+		{name: "empty env name", in: `{"argv":["true"],"env":{"":"1"}}`, err: "environment variable name"},
+		{name: "NUL in env", in: `{"argv":["true"],"env":{"A":"\u0000"}}`, err: "NUL"},
+		{name: "NUL in dir", in: `{"argv":["true"],"dir":"\u0000"}`, err: "NUL"},
+		{name: "rows overflow", in: `{"argv":["true"],"rows":70000}`, err: "decode exec request"},
+		{name: "two objects", in: `{"argv":["true"]}{}`, err: "trailing data"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := DecodeExecRequest(strings.NewReader(tt.in))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("got %v, want error with %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// FuzzDecodeExecRequest: no panic; an accepted request is valid and
+// survives a JSON round trip unchanged.
+func FuzzDecodeExecRequest(f *testing.F) {
+	f.Add(`{"argv":["sh","-c","echo hi"],"env":{"A":"1"},"tty":true,"rows":24}`)
+	f.Add(`{"argv":[]}`)
+	f.Add(`{"argv":["x"]} trailing`)
+	f.Add(`[1,2,3]`)
+	f.Fuzz(func(t *testing.T, in string) {
+		req, err := DecodeExecRequest(strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		if len(req.Argv) == 0 || req.Argv[0] == "" {
+			t.Fatal("accepted an empty command")
+		}
+		b, err := json.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := DecodeExecRequest(strings.NewReader(string(b)))
+		if err != nil {
+			t.Fatalf("re-encoded request rejected: %v", err)
+		}
+		if !reflect.DeepEqual(req, again) {
+			t.Fatalf("round trip: %+v vs %+v", req, again)
+		}
+		env := commandEnv(req)
+		if !slices.IsSorted(env) {
+			t.Fatal("environment not sorted")
+		}
+	})
+}
+
+func TestLookPath(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	os.Mkdir(bin, 0o755)
+	os.WriteFile(filepath.Join(bin, "tool"), []byte("#!/bin/sh\n"), 0o755)
+	os.WriteFile(filepath.Join(bin, "data"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(dir, "local"), []byte("#!/bin/sh\n"), 0o755)
+	os.Mkdir(filepath.Join(dir, "other"), 0o755)
+	os.WriteFile(filepath.Join(dir, "other", "data"), []byte("#!/bin/sh\n"), 0o755)
+
+	tests := []struct {
+		name, file, path string
+		want             string
+		code             int
+	}{
+		{"in path", "tool", bin, filepath.Join(bin, "tool"), 0},
+		{"first executable wins", "data", bin + ":" + filepath.Join(dir, "other"), filepath.Join(dir, "other", "data"), 0},
+		{"relative path entry", "tool", "bin", filepath.Join(dir, "bin", "tool"), 0},
+		{"empty entry is dir", "local", ":" + bin, filepath.Join(dir, "local"), 0},
+		{"slash relative", "./local", "", "./local", 0},
+		{"absolute", filepath.Join(bin, "tool"), "", filepath.Join(bin, "tool"), 0},
+		{"missing", "nope", bin, "", 127},
+		{"missing absolute", "/nonexistent/nope", bin, "", 127},
+		{"not executable only", "data", bin, "", 126},
+		{"directory", bin, "", "", 126},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := lookPath(tt.file, tt.path, dir)
+			if tt.code != 0 {
+				var se *startError
+				if !errors.As(err, &se) || se.code != tt.code {
+					t.Fatalf("got %q %v, want code %d", got, err, tt.code)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("got %q %v, want %q", got, err, tt.want)
+			}
+		})
+	}
+}
