@@ -21,6 +21,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/buildinfo"
+	"github.com/bangerdev/banger/internal/mux"
 )
 
 // Transport yields one host connection at a time: it blocks until a host
@@ -35,6 +36,9 @@ type Server struct {
 	procDir string
 	// defaultDir is where commands run without an explicit dir.
 	defaultDir string
+	// keepAlive and writeTimeout bound how long a session survives a host
+	// that stopped answering; tests shorten them.
+	keepAlive, writeTimeout time.Duration
 }
 
 // NewServer returns a Server that logs to log (nil: slog.Default()).
@@ -42,7 +46,7 @@ func NewServer(log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{log: log, procDir: "/proc", defaultDir: "/root"}
+	return &Server{log: log, procDir: "/proc", defaultDir: "/root", keepAlive: 15 * time.Second, writeTimeout: 10 * time.Second}
 }
 
 // Handler serves the agent's routes.
@@ -90,13 +94,22 @@ func (s *Server) Serve(ctx context.Context, t Transport) error {
 }
 
 // ServeConn runs one yamux server session with the HTTP service on conn
-// until the session dies or ctx ends, and closes conn.
+// until the session dies or ctx ends, and closes conn. The session starts
+// after the link preamble (see mux.LinkGuest), which is what makes a new
+// host get a new session even when the port never reported the old one
+// leaving.
 func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
-	sess, err := yamux.Server(conn, yamuxConfig(s.log))
+	linked, err := mux.LinkGuest(ctx, conn)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	sess, err := yamux.Server(linked, s.yamuxConfig())
 	if err != nil {
 		conn.Close()
 		return fmt.Errorf("start yamux session: %w", err)
 	}
+	s.log.Debug("host session started")
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
 	hs := &http.Server{
@@ -116,13 +129,16 @@ func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
 	return err
 }
 
-func yamuxConfig(log *slog.Logger) *yamux.Config {
+func (s *Server) yamuxConfig() *yamux.Config {
 	cfg := yamux.DefaultConfig()
-	// Keepalive notices a host that vanished without the port telling us.
+	// Keepalive notices a host that vanished without the port telling
+	// us, including one that died in the middle of a frame (the next
+	// host's preamble would then be swallowed as payload).
 	cfg.EnableKeepAlive = true
-	cfg.KeepAliveInterval = 15 * time.Second
+	cfg.KeepAliveInterval = s.keepAlive
+	cfg.ConnectionWriteTimeout = s.writeTimeout
 	cfg.LogOutput = nil
-	cfg.Logger = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	cfg.Logger = slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
 	return cfg
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/mux"
 )
 
 // DialFunc connects to the guest agent's transport.
@@ -42,14 +43,16 @@ type Client struct {
 	http *http.Client
 }
 
-// Dial connects with dial and starts a yamux client session. It does not
-// talk to the agent; use Health (or WaitReady) to know it answers.
+// Dial connects with dial, runs the link preamble (see mux.LinkHost) and
+// starts a yamux client session. It returns once the agent answered the
+// preamble, so it blocks while the guest has not opened its end yet;
+// bound it with ctx (or use WaitReady).
 func Dial(ctx context.Context, dial DialFunc) (*Client, error) {
 	conn, err := dial(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("dial agent: %w", err)
 	}
-	return New(conn)
+	return New(ctx, conn)
 }
 
 // DialUnix dials the agent through a Unix socket (QEMU's chardev).
@@ -60,8 +63,14 @@ func DialUnix(ctx context.Context, path string) (*Client, error) {
 	})
 }
 
-// New starts a yamux client session on conn, which the Client then owns.
-func New(conn io.ReadWriteCloser) (*Client, error) {
+// New runs the link preamble on a fresh connection to the agent and starts
+// a yamux client session on it. The Client owns conn, also on error.
+func New(ctx context.Context, conn net.Conn) (*Client, error) {
+	linked, err := mux.LinkHost(ctx, conn)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("agent handshake: %w", err)
+	}
 	cfg := yamux.DefaultConfig()
 	// Keepalive turns a guest that stopped answering into a closed
 	// session, which is what tells the daemon to redial.
@@ -69,7 +78,7 @@ func New(conn io.ReadWriteCloser) (*Client, error) {
 	cfg.KeepAliveInterval = 15 * time.Second
 	cfg.LogOutput = nil
 	cfg.Logger = slog.NewLogLogger(slog.Default().Handler(), slog.LevelDebug)
-	sess, err := yamux.Client(conn, cfg)
+	sess, err := yamux.Client(linked, cfg)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("start yamux session: %w", err)

@@ -17,33 +17,46 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/mux"
 )
 
-// fakeAgent serves each yamux stream of one session with handle.
-func fakeAgent(t *testing.T, handle func(s net.Conn)) *Client {
+// fakeAgent serves each yamux stream of one session with handle. Closing
+// guest is the guest side going away.
+func fakeAgent(t *testing.T, handle func(s net.Conn)) (c *Client, guest net.Conn) {
 	t.Helper()
 	host, guest := net.Pipe()
+	go serveGuest(guest, handle)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := New(ctx, host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); guest.Close() })
+	return c, guest
+}
+
+// serveGuest is the agent's half of a connection: preamble, yamux, handle
+// per stream.
+func serveGuest(conn net.Conn, handle func(s net.Conn)) {
+	linked, err := mux.LinkGuest(context.Background(), conn)
+	if err != nil {
+		return
+	}
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = io.Discard
-	sess, err := yamux.Server(guest, cfg)
+	sess, err := yamux.Server(linked, cfg)
 	if err != nil {
-		t.Fatal(err)
+		return
 	}
-	go func() {
-		for {
-			s, err := sess.Accept()
-			if err != nil {
-				return
-			}
-			go handle(s)
+	defer sess.Close()
+	for {
+		s, err := sess.Accept()
+		if err != nil {
+			return
 		}
-	}()
-	c, err := New(host)
-	if err != nil {
-		t.Fatal(err)
+		go handle(s)
 	}
-	t.Cleanup(func() { c.Close(); sess.Close() })
-	return c
 }
 
 // answer reads one request and writes raw as the response.
@@ -65,7 +78,7 @@ func silent(s net.Conn) { io.Copy(io.Discard, s) }
 
 func TestHealth(t *testing.T) {
 	body := `{"version":"v1.2","boot_id":"b","uptime_seconds":1.5,"hostname":"vm"}`
-	c := fakeAgent(t, answer("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body))
+	c, _ := fakeAgent(t, answer("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body))
 	h, err := c.Health(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +89,7 @@ func TestHealth(t *testing.T) {
 }
 
 func TestHealthNeverAnswered(t *testing.T) {
-	c := fakeAgent(t, silent)
+	c, _ := fakeAgent(t, silent)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	t0 := time.Now()
@@ -111,7 +124,7 @@ func TestExec(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := fakeAgent(t, answer(tt.raw))
+			c, _ := fakeAgent(t, answer(tt.raw))
 			conn, err := c.Exec(context.Background(), api.ExecRequest{Argv: []string{"true"}})
 			if tt.rest != "" {
 				if err != nil {
@@ -149,7 +162,7 @@ func TestExec(t *testing.T) {
 // expects.
 func TestExecRequestOnTheWire(t *testing.T) {
 	got := make(chan *http.Request, 1)
-	c := fakeAgent(t, func(s net.Conn) {
+	c, _ := fakeAgent(t, func(s net.Conn) {
 		req, err := http.ReadRequest(bufio.NewReader(s))
 		if err != nil {
 			return
@@ -173,7 +186,7 @@ func TestExecRequestOnTheWire(t *testing.T) {
 }
 
 func TestExecHandshakeTimeout(t *testing.T) {
-	c := fakeAgent(t, silent)
+	c, _ := fakeAgent(t, silent)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	t0 := time.Now()
@@ -189,7 +202,7 @@ func TestExecHandshakeTimeout(t *testing.T) {
 // Close on a returned stream must wake a reader blocked on it, which a
 // bare yamux stream does not do.
 func TestStreamCloseWakesReader(t *testing.T) {
-	c := fakeAgent(t, silent)
+	c, _ := fakeAgent(t, silent)
 	s, err := c.OpenStream(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -212,12 +225,7 @@ func TestStreamCloseWakesReader(t *testing.T) {
 }
 
 func TestDone(t *testing.T) {
-	host, guest := net.Pipe()
-	c, err := New(host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, guest := fakeAgent(t, silent)
 	if c.IsClosed() {
 		t.Fatal("closed at start")
 	}
@@ -291,20 +299,8 @@ func TestWaitReadyGivesUp(t *testing.T) {
 }
 
 func serveHealth(conn net.Conn) {
-	cfg := yamux.DefaultConfig()
-	cfg.LogOutput = io.Discard
-	sess, err := yamux.Server(conn, cfg)
-	if err != nil {
-		return
-	}
 	body := `{"version":"dev"}`
-	for {
-		s, err := sess.Accept()
-		if err != nil {
-			return
-		}
-		go answer("HTTP/1.1 200 OK\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)(s)
-	}
+	serveGuest(conn, answer("HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body))
 }
 
 func withBody(head, body string) string {

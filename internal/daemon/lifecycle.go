@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
 	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/vmm"
 )
@@ -119,7 +121,12 @@ func (d *Daemon) politePoweroff(ctx context.Context, vm store.VM) {
 		d.log.Warn("polite poweroff failed", "vm", vm.Name, "err", err)
 		return
 	}
-	conn.Close()
+	defer conn.Close()
+	// Wait for systemctl to return: closing the stream early would make
+	// the agent kill it before it queued the poweroff job.
+	if st, err := mux.RunExec(actx, conn, nil, io.Discard, io.Discard, nil, nil); err != nil || st.Code != 0 {
+		d.log.Warn("polite poweroff failed", "vm", vm.Name, "err", err, "code", st.Code)
+	}
 }
 
 // RestartVM stops and starts a VM.
