@@ -419,16 +419,30 @@ func TestReconnect(t *testing.T) {
 		}
 		c.Close()
 	}
-	// A host that sends garbage kills its own session only.
+	// A host that sends garbage before the preamble is ignored until it
+	// leaves; one that sends garbage after it loses its session. Either
+	// way the next host is served.
 	raw, err := net.Dial("unix", a.path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw.Write([]byte("GET / HTTP/1.1\r\nHost: nope\r\n\r\n"))
-	io.Copy(io.Discard, raw) // the agent hangs up
+	raw.Write([]byte("GET / HTTP/1.1\r\nHost: nope\r\n\r\n\xffBANGER"))
+	raw.Close()
+	raw, err = net.Dial("unix", a.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	linked, err := mux.LinkHost(ctx, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	linked.Write([]byte("GET / HTTP/1.1\r\nHost: nope\r\n\r\n"))
+	io.Copy(io.Discard, linked) // the agent hangs up
 	raw.Close()
 	if _, err := a.dial(t).Health(context.Background()); err != nil {
-		t.Fatalf("after a garbage host: %v", err)
+		t.Fatalf("after garbage hosts: %v", err)
 	}
 }
 

@@ -45,9 +45,10 @@ func (d *Daemon) chooseAccel(ctx context.Context) accelChoice {
 
 // accelFor probes KVM once per host boot, with the image's own kernel.
 func (d *Daemon) accelFor(ctx context.Context, img store.Image) accelChoice {
-	d.mu.Lock()
-	cur := d.accel
-	d.mu.Unlock()
+	// One probe at a time; a second caller then finds the cached result.
+	d.probeMu.Lock()
+	defer d.probeMu.Unlock()
+	cur := d.currentAccel()
 	if cur.Probed || cur.Note == "set by BANGER_ACCEL" || cur.Note == "set by the config file" {
 		return cur
 	}
@@ -90,9 +91,18 @@ func (d *Daemon) Doctor(ctx context.Context) []doctor.Check {
 	checks := doctor.QEMU(ctx, d.runner)
 	checks = append(checks, doctor.Mkfs(ctx, d.runner))
 	checks = append(checks, doctor.ImageTools(ctx, d.runner)...)
-	d.mu.Lock()
-	acc := d.accel
-	d.mu.Unlock()
+	acc := d.currentAccel()
+	// Doctor answers with the real probe: run it now when an image kernel
+	// is there to boot and no probe ran during this host boot.
+	if img, err := d.store.DefaultImage(ctx); err == nil {
+		acc = d.accelFor(ctx, img)
+	}
 	checks = append(checks, doctor.KVM(acc.Accel == "kvm", acc.Note), doctor.Root(), doctor.FreeDisk(d.layout.DataDir, 4<<30))
 	return checks
+}
+
+func (d *Daemon) currentAccel() accelChoice {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.accel
 }

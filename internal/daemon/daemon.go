@@ -49,6 +49,7 @@ type Daemon struct {
 	agentPath string
 	ops       *operations
 	accel     accelChoice
+	probeMu   sync.Mutex
 
 	// vmLocks serialise lifecycle changes per VM (create, start, stop,
 	// delete); names reserved by a running create live here too.

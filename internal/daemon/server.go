@@ -121,9 +121,7 @@ func DecodeJSON(r io.Reader, v any) error {
 }
 
 func (d *Daemon) handleVersion(w http.ResponseWriter, r *http.Request) {
-	d.mu.Lock()
-	acc := d.accel
-	d.mu.Unlock()
+	acc := d.currentAccel()
 	writeJSON(w, 200, api.VersionInfo{Version: buildinfo.Version, Commit: buildinfo.Commit, PID: os.Getpid(), Home: d.layout.DataDir, Accel: acc.Accel, AccelNote: acc.Note})
 }
 

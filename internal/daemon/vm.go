@@ -500,6 +500,19 @@ func hostMemoryMiB() int {
 	return kb / 1024
 }
 
+func (d *Daemon) cachedAgent(vmID string) *agentclient.Client {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c := d.agents[vmID]; c != nil && !c.IsClosed() {
+		return c
+	}
+	return nil
+}
+
+func (d *Daemon) lockAgentDial(vmID string) func() {
+	return d.lockVM("agent-dial/" + vmID)
+}
+
 // setAgent caches the agent session of a VM.
 func (d *Daemon) setAgent(vmID string, c *agentclient.Client) {
 	d.mu.Lock()
@@ -525,10 +538,15 @@ func (d *Daemon) agent(ctx context.Context, vm store.VM) (*agentclient.Client, e
 	if vm.State != api.VMRunning {
 		return nil, api.Errorf(api.CodeConflict, fmt.Sprintf("start it with `banger vm start %s`", vm.Name), "VM %q is %s", vm.Name, vm.State)
 	}
-	d.mu.Lock()
-	c := d.agents[vm.ID]
-	d.mu.Unlock()
-	if c != nil && !c.IsClosed() {
+	if c := d.cachedAgent(vm.ID); c != nil {
+		return c, nil
+	}
+	// The VMM's agent socket takes one client at a time: dial under a
+	// per-VM lock, and look again once it is ours, since whoever held it
+	// may have connected already (reconcile and a request racing).
+	unlock := d.lockAgentDial(vm.ID)
+	defer unlock()
+	if c := d.cachedAgent(vm.ID); c != nil {
 		return c, nil
 	}
 	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
