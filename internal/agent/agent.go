@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -39,6 +40,8 @@ type Server struct {
 	// keepAlive and writeTimeout bound how long a session survives a host
 	// that stopped answering; tests shorten them.
 	keepAlive, writeTimeout time.Duration
+	// execs counts running exec commands.
+	execs atomic.Int64
 }
 
 // NewServer returns a Server that logs to log (nil: slog.Default()).
@@ -65,33 +68,48 @@ func (s *Server) Handler() http.Handler {
 // its session; the next host gets a fresh one.
 func (s *Server) Serve(ctx context.Context, t Transport) error {
 	var lastErr string
+	retry := minRetry
 	for {
 		conn, err := t(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			// Log a persisting failure once, not every second.
+			// Log a persisting failure once, not at every retry.
 			if msg := err.Error(); msg != lastErr {
 				s.log.Warn("waiting for host connection", "err", err)
 				lastErr = msg
 			}
+			// Reopening right after a session ends can briefly fail
+			// (the port is still being released): retry fast, then
+			// back off.
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(time.Second):
+			case <-time.After(retry):
 			}
+			retry = min(2*retry, maxRetry)
 			continue
 		}
-		lastErr = ""
+		lastErr, retry = "", minRetry
 		s.log.Info("host connected")
 		err = s.ServeConn(ctx, conn)
-		s.log.Info("host session ended", "err", err)
+		if errors.Is(err, yamux.ErrInvalidVersion) {
+			// A new host's preamble ended the old session.
+			s.log.Info("host session ended: a new host connected")
+		} else {
+			s.log.Info("host session ended", "err", err)
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 	}
 }
+
+const (
+	minRetry = 50 * time.Millisecond
+	maxRetry = time.Second
+)
 
 // ServeConn runs one yamux server session with the HTTP service on conn
 // until the session dies or ctx ends, and closes conn. The session starts

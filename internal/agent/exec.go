@@ -86,7 +86,6 @@ func upgradeRequested(h http.Header) bool {
 type execution struct {
 	log *slog.Logger
 	cmd *exec.Cmd
-	tty bool
 	// master is the terminal (TTY mode): output, input and resizes.
 	master *os.File
 	// stdin is the write end of the command's stdin pipe, when the
@@ -119,12 +118,25 @@ func (s *Server) runExec(conn net.Conn, br *bufio.Reader, req api.ExecRequest, d
 		return
 	}
 	defer x.closeFiles()
+	s.execs.Add(1)
+	defer s.execs.Add(-1)
 	x.log = s.log.With("pid", x.cmd.Process.Pid)
 	x.log.Info("exec started", "argv0", req.Argv[0], "tty", req.TTY)
 
 	clientGone := make(chan struct{})
 	var goneOnce sync.Once
 	gone := func() { goneOnce.Do(func() { close(clientGone) }) }
+	finished := make(chan struct{})
+	defer close(finished)
+	go func() {
+		select {
+		case <-clientGone:
+			// Frame writes blocked on a peer that no longer reads
+			// (output still draining) must fail instead of waiting.
+			_ = conn.SetWriteDeadline(time.Now())
+		case <-finished:
+		}
+	}()
 
 	readerDone := make(chan struct{})
 	go func() {
@@ -176,21 +188,23 @@ func (s *Server) runExec(conn net.Conn, br *bufio.Reader, req api.ExecRequest, d
 
 // startCommand starts req in its own process group (its own session with
 // a terminal), so signals reach the command and its children together.
-func startCommand(req api.ExecRequest, dir string) (x *execution, err error) {
+func startCommand(req api.ExecRequest, dir string) (*execution, error) {
 	env := commandEnv(req)
 	path, err := lookPath(req.Argv[0], envValue(env, "PATH"), dir)
 	if err != nil {
 		return nil, err
 	}
 	cmd := &exec.Cmd{Path: path, Args: req.Argv, Env: env, Dir: dir}
-	x = &execution{cmd: cmd, tty: req.TTY, wantStdin: req.Stdin}
-	// childEnds are the descriptors only the child keeps.
+	x := &execution{cmd: cmd, wantStdin: req.Stdin}
+	// childEnds are the descriptors only the child keeps: the parent
+	// closes them whether or not the child started.
 	var childEnds []*os.File
+	started := false
 	defer func() {
 		for _, f := range childEnds {
 			f.Close()
 		}
-		if err != nil {
+		if !started {
 			x.closeFiles()
 		}
 	}()
@@ -231,6 +245,7 @@ func startCommand(req api.ExecRequest, dir string) (x *execution, err error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
+	started = true
 	return x, nil
 }
 

@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +29,7 @@ import (
 // time, like QEMU's chardev socket in front of the virtio-serial port.
 type testAgent struct {
 	path string
+	srv  *Server
 }
 
 func startAgent(t *testing.T) *testAgent {
@@ -59,7 +62,7 @@ func startAgent(t *testing.T) *testAgent {
 			t.Error("agent did not stop")
 		}
 	})
-	return &testAgent{path: path}
+	return &testAgent{path: path, srv: srv}
 }
 
 func (a *testAgent) dial(t *testing.T) *agentclient.Client {
@@ -118,6 +121,10 @@ func TestExec(t *testing.T) {
 	os.WriteFile(script, []byte("#!/bin/sh\necho hi from $0\n"), 0o755)
 	noExec := filepath.Join(bin, "noexec")
 	os.WriteFile(noExec, []byte("#!/bin/sh\n"), 0o644)
+	garbage := filepath.Join(bin, "garbage")
+	os.WriteFile(garbage, []byte("\x00\x01\x02 not a program"), 0o755)
+	badInterp := filepath.Join(bin, "badinterp")
+	os.WriteFile(badInterp, []byte("#!/nonexistent/sh\n"), 0o755)
 
 	tests := []struct {
 		name   string
@@ -146,6 +153,9 @@ func TestExec(t *testing.T) {
 		{name: "not executable", req: api.ExecRequest{Argv: []string{noExec}}, code: 126, errMsg: "permission denied"},
 		{name: "not executable in PATH", req: api.ExecRequest{Argv: []string{"noexec"}, Env: map[string]string{"PATH": bin}}, code: 126, errMsg: "permission denied"},
 		{name: "directory", req: api.ExecRequest{Argv: []string{bin}}, code: 126, errMsg: "is a directory"},
+		{name: "exec format error", req: api.ExecRequest{Argv: []string{garbage}}, code: 126, errMsg: "exec format error"},
+		{name: "missing interpreter", req: api.ExecRequest{Argv: []string{badInterp}}, code: 126, errMsg: "no such file or directory"},
+		{name: "tty start failure", req: api.ExecRequest{Argv: []string{garbage}, TTY: true}, code: 126, errMsg: "exec format error"},
 		{name: "killed by signal", req: api.ExecRequest{Argv: []string{"sh", "-c", "kill -9 $$"}}, code: 137},
 		// A background child keeps stdout open; exec still ends promptly.
 		{name: "background holder", req: api.ExecRequest{Argv: []string{"sh", "-c", "sleep 3 & echo started"}}, stdout: "^started\n$"},
@@ -336,6 +346,33 @@ func TestExecClientGoneKillsGroup(t *testing.T) {
 	}
 }
 
+// A client that leaves while finished output still waits for window space
+// must not leave the exec (and its stream) hanging.
+func TestExecClientGoneWhileDraining(t *testing.T) {
+	a := startAgent(t)
+	c := a.dial(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// More than yamux's 256 KiB window: head exits while the agent still
+	// holds output nobody reads.
+	conn, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"head", "-c", "300000", "/dev/zero"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if a.srv.execs.Load() != 1 {
+		t.Fatalf("%d execs running", a.srv.execs.Load())
+	}
+	conn.Close()
+	deadline := time.Now().Add(3 * time.Second)
+	for a.srv.execs.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("exec still running after its client left")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // alive reports whether pid runs (a zombie has already been killed).
 func alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -381,13 +418,13 @@ func TestExecBadRequests(t *testing.T) {
 				req.Header.Set(k, v)
 			}
 			go req.Write(s)
-			resp, err := http.ReadResponse(bufioReader(s), req)
+			resp, err := http.ReadResponse(bufio.NewReader(s), req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer resp.Body.Close()
 			var eb api.ErrorBody
-			if err := jsonDecode(resp.Body, &eb); err != nil {
+			if err := json.NewDecoder(resp.Body).Decode(&eb); err != nil {
 				t.Fatal(err)
 			}
 			if resp.StatusCode != tt.status || eb.Error == nil || !strings.Contains(eb.Error.Message, tt.msg) || eb.Error.Hint == "" {

@@ -69,7 +69,7 @@ func New(ctx context.Context, conn net.Conn) (*Client, error) {
 	linked, err := mux.LinkHost(ctx, conn)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("agent handshake: %w", err)
+		return nil, err
 	}
 	cfg := yamux.DefaultConfig()
 	// Keepalive turns a guest that stopped answering into a closed

@@ -36,13 +36,6 @@ const (
 	dirSeed     = "seed"
 )
 
-// seedConfig is what banger-agent init reads from the seed disk.
-type seedConfig struct {
-	Hostname       string            `json:"hostname"`
-	SSHHostKeys    map[string]string `json:"ssh_host_keys"`
-	AuthorizedKeys string            `json:"authorized_keys"`
-}
-
 // cleanup is a LIFO stack of undo steps: a failed create or boot unwinds
 // everything it made, in reverse order.
 type cleanup []func()
@@ -428,7 +421,7 @@ func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM) error {
 	if err != nil {
 		return fmt.Errorf("client key: %w", err)
 	}
-	cfg, err := json.Marshal(seedConfig{
+	cfg, err := json.Marshal(api.SeedConfig{
 		Hostname:       vm.Name,
 		SSHHostKeys:    map[string]string{"ed25519": string(hostKey)},
 		AuthorizedKeys: string(clientPub),

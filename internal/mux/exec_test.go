@@ -12,7 +12,7 @@ import (
 	"github.com/bangerdev/banger/internal/api"
 )
 
-// fakeAgent reads the client's frames and answers with a script.
+// A scripted agent end checks what RunExec sends and answers.
 func TestRunExec(t *testing.T) {
 	client, agent := net.Pipe()
 	defer client.Close()
