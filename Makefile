@@ -5,7 +5,7 @@ COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X github.com/bangerdev/banger/internal/buildinfo.Version=$(VERSION) -X github.com/bangerdev/banger/internal/buildinfo.Commit=$(COMMIT)
 GO ?= go
 
-.PHONY: build deps run test test-unit test-e2e bench lint fmt clean
+.PHONY: build install deps run test test-unit test-e2e bench lint fmt clean
 
 ## build: bin/banger (CLI + daemon) and bin/banger-agent (static guest agent)
 build:
@@ -16,8 +16,14 @@ build:
 deps:
 	./scripts/install-deps.sh
 
+## install: banger on PATH, banger-agent where the daemon looks for it
+PREFIX ?= /usr/local
+install: build
+	install -D -m 0755 bin/banger $(DESTDIR)$(PREFIX)/bin/banger
+	install -D -m 0755 bin/banger-agent $(DESTDIR)$(PREFIX)/lib/banger/banger-agent
+
 ## run: set up a fresh Debian machine and boot a VM from this repo
-run: deps build
+run: deps install
 	./scripts/run.sh
 
 ## test: every test, including the end-to-end suite that boots real VMs

@@ -18,7 +18,6 @@ import (
 	"syscall"
 
 	"github.com/bangerdev/banger/internal/api"
-	"github.com/bangerdev/banger/internal/doctor"
 )
 
 // DialFunc opens a connection to the daemon.
@@ -326,7 +325,7 @@ func OperationError(op api.Operation) error {
 }
 
 // Doctor runs the daemon's host checks.
-func (c *Client) Doctor(ctx context.Context) ([]doctor.Check, error) {
-	var checks []doctor.Check
+func (c *Client) Doctor(ctx context.Context) ([]api.Check, error) {
+	var checks []api.Check
 	return checks, c.do(ctx, http.MethodGet, "/doctor", nil, nil, &checks)
 }

@@ -96,6 +96,12 @@ func TestVMLifecycle(t *testing.T) {
 		if r.code != 7 {
 			t.Fatalf("vm ssh exit status: %s", r)
 		}
+		// An interactive session (here: a shell reading a pipe) ends with a
+		// reminder of how to stop and delete the VM.
+		r = in.run(strings.NewReader("echo from-the-shell\n"), "vm", "ssh", name)
+		if r.code != 0 || !strings.Contains(r.stdout, "from-the-shell") || !strings.Contains(r.stderr, "banger vm stop "+name) || !strings.Contains(r.stderr, "banger vm delete "+name) {
+			t.Fatalf("interactive vm ssh: %s", r)
+		}
 		// The host key is pinned: a known_hosts with another key fails.
 		kh := filepath.Join(vm.Dir, "known_hosts")
 		orig, err := os.ReadFile(kh)

@@ -3,11 +3,19 @@
 # run a command in it and print what to do next. Called by `make run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-banger=./bin/banger
+banger=banger
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "make run needs root (image build bootstraps a Debian rootfs): try 'sudo make run'" >&2
   exit 1
+fi
+# `make install` put banger on PATH; a daemon from an older build is
+# replaced so the quick start always runs this checkout's code.
+running=$(banger version --json 2>/dev/null | sed -n 's/.*"daemon": "\(.*\)".*/\1/p')
+if [[ -n $running && $running != "$(banger version --json | sed -n 's/.*"cli": "\(.*\)".*/\1/p')" ]]; then
+  echo "restarting the daemon (it runs $running)"
+  kill "$(banger version --json | sed -n 's/.*"daemon_pid": \([0-9]*\).*/\1/p')" || true
+  sleep 1
 fi
 
 # The daemon: reuse one that answers, otherwise start one in the background.
@@ -31,12 +39,11 @@ $banger vm create "$name"
 echo
 echo "\$ banger vm exec $name -- uname -a"
 $banger vm exec "$name" -- uname -a
-cat <<NEXT
-
-Your VM "$name" is running. Next steps:
-  banger vm ssh $name                 # a shell in the VM (OpenSSH, pinned host key)
-  banger vm exec $name -- CMD ARGS    # run one command; exits with its status
-  banger vm list                      # all VMs
-  banger vm stop $name                # power it off (disks are kept)
-  banger vm delete $name              # remove it and its disks
-NEXT
+echo
+echo "Your VM \"$name\" is running. Next steps:"
+step() { printf '  %-44s # %s\n' "$1" "$2"; }
+step "banger vm ssh $name" "a shell in the VM (OpenSSH, pinned host key)"
+step "banger vm exec $name -- CMD ARGS" "run one command; exits with its status"
+step "banger vm list" "all VMs"
+step "banger vm stop $name" "power it off (disks are kept)"
+step "banger vm delete $name" "remove it and its disks"

@@ -214,3 +214,12 @@ type Event struct {
 	Done      bool       `json:"done,omitempty"`
 	Operation *Operation `json:"operation,omitempty"`
 }
+
+// Check is one line of `banger doctor`: ok, warn or fail, with a fix.
+type Check struct {
+	Name     string `json:"name"`
+	Status   string `json:"status"`
+	Detail   string `json:"detail"`
+	Fix      string `json:"fix,omitempty"`
+	Required bool   `json:"required"`
+}

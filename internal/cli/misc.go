@@ -29,6 +29,7 @@ func newVersionCmd(g *globals) *cobra.Command {
 			c := g.client()
 			if v, err := c.Version(cmd.Context()); err == nil {
 				out["daemon"] = v.Version
+				out["daemon_pid"] = v.PID
 				out["accel"] = v.Accel
 			} else {
 				out["daemon_error"] = err.Error()

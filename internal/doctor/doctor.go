@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/system"
 )
 
@@ -19,14 +20,9 @@ const (
 	Fail = "fail"
 )
 
-// Check is one result line.
-type Check struct {
-	Name     string `json:"name"`
-	Status   string `json:"status"`
-	Detail   string `json:"detail"`
-	Fix      string `json:"fix,omitempty"`
-	Required bool   `json:"required"`
-}
+// Check is one result line; the type lives in api so the daemon can send
+// it and clients can read it.
+type Check = api.Check
 
 // Failed reports whether any required check failed.
 func Failed(checks []Check) bool {
