@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,7 +177,27 @@ func TestVMLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("a VMM that died while the daemon was down is marked stopped", func(t *testing.T) {
+		pid := in.vm(t, name).PID
+		in.stopDaemon()
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 50 && syscall.Kill(pid, 0) == nil; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+		in.startDaemon()
+		if vm := in.vm(t, name); vm.State != "stopped" {
+			t.Fatalf("after its VMM died: %+v", vm)
+		}
+	})
+
 	t.Run("restart", func(t *testing.T) {
+		// Restart boots a stopped VM as well; its work disk is intact.
+		in.must(t, "vm", "restart", name)
+		if r := in.must(t, "vm", "exec", name, "--", "cat", "/root/marker"); r.stdout != "kept\n" {
+			t.Fatalf("work disk after restart: %s", r)
+		}
 		before := in.must(t, "vm", "exec", name, "--", "cat", "/proc/sys/kernel/random/boot_id").stdout
 		in.must(t, "vm", "restart", name)
 		after := in.must(t, "vm", "exec", name, "--", "cat", "/proc/sys/kernel/random/boot_id").stdout

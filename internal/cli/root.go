@@ -74,7 +74,12 @@ func Main(args []string) int {
 	root.SetArgs(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := root.ExecuteContext(ctx)
+	return exitCode(g, root.ExecuteContext(ctx))
+}
+
+// exitCode maps a command's error to the process exit code, printing the
+// error (as JSON with --json) on the way.
+func exitCode(g *globals, err error) int {
 	if err == nil {
 		return ExitOK
 	}

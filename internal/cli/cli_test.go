@@ -1,0 +1,75 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// run drives the real command tree against a socket where no daemon
+// listens, which is what most argument handling needs.
+func run(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	t.Setenv("BANGER_HOME", t.TempDir())
+	var out, errb bytes.Buffer
+	g := &globals{stdout: &out, stderr: &errb, stdin: strings.NewReader("")}
+	root := newRoot(g)
+	root.SetArgs(args)
+	root.SetOut(&out)
+	root.SetErr(&errb)
+	code := exitCode(g, root.Execute())
+	return code, out.String(), errb.String()
+}
+
+func TestExitCodesAndErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"vm", "list"}, ExitError, "no banger daemon is answering"},
+		{[]string{"vm", "create", "--cpus", "x"}, ExitUsage, "invalid argument"},
+		{[]string{"vm", "show"}, ExitUsage, "accepts 1 arg"},
+		{[]string{"vm", "exec", "a"}, ExitUsage, "usage: banger vm exec"},
+		{[]string{"vm", "exec", "a", "--"}, ExitUsage, "usage: banger vm exec"},
+		{[]string{"vm", "exec", "a", "--", "true"}, ExitBanger, "no banger daemon"},
+		{[]string{"op", "watch", "x"}, ExitError, "start one with `banger daemon`"},
+	}
+	for _, tc := range cases {
+		code, _, stderr := run(t, tc.args...)
+		if code != tc.code || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: got %d %q, want %d %q", tc.args, code, stderr, tc.code, tc.want)
+		}
+	}
+}
+
+func TestJSONErrors(t *testing.T) {
+	code, _, stderr := run(t, "vm", "list", "--json")
+	var body struct {
+		Error struct{ Message, Hint string }
+	}
+	if code != ExitError || json.Unmarshal([]byte(stderr), &body) != nil || body.Error.Message == "" || body.Error.Hint == "" {
+		t.Fatalf("got %d %q", code, stderr)
+	}
+}
+
+func TestStripDashes(t *testing.T) {
+	for in, want := range map[string]string{"-- a b": "a b", "a -- b": "a -- b", "--": "", "": ""} {
+		got := strings.Join(stripDashes(strings.Fields(in)), " ")
+		if got != want {
+			t.Errorf("%q: got %q want %q", in, got, want)
+		}
+	}
+}
+
+func TestSocketFromHome(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("BANGER_HOME", home)
+	t.Setenv("BANGER_SOCKET", "")
+	g := &globals{}
+	if got := g.client().Socket(); got != filepath.Join(home, "banger.sock") {
+		t.Fatalf("socket %s", got)
+	}
+}
