@@ -96,8 +96,17 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	return d, nil
 }
 
-// Close releases the daemon's state. Running VMs keep running.
+// Close releases the daemon's state. Running VMs keep running. Operations
+// in flight were cancelled with the daemon's context; give them a moment to
+// unwind and record their outcome before the store closes.
 func (d *Daemon) Close() error {
+	done := make(chan struct{})
+	go func() { d.ops.running.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		d.log.Warn("operations still running at shutdown; the next daemon marks them failed")
+	}
 	d.mu.Lock()
 	for _, a := range d.agents {
 		a.Close()
