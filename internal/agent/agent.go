@@ -57,8 +57,9 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+api.AgentHealthPath, s.handleHealth)
 	mux.HandleFunc("POST "+api.AgentExecPath, s.handleExec)
+	mux.HandleFunc("PUT "+api.AgentFilesPath, s.handleImport)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path), "this agent serves GET /healthz and POST /v1/exec")
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path), "this agent serves GET /healthz, POST /v1/exec and PUT /v1/files")
 	})
 	return mux
 }

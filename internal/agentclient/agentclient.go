@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/mux"
+	"github.com/bangerdev/banger/internal/tarx"
 )
 
 // DialFunc connects to the guest agent's transport.
@@ -336,4 +338,32 @@ func tryOnce(ctx context.Context, dial DialFunc, perAttempt time.Duration) (*Cli
 		return nil, err
 	}
 	return c, nil
+}
+
+// Import streams a tar archive into dir in the guest (created when mkdir
+// is set). The body goes over its own yamux stream with no exec framing:
+// bulk data pays only for HTTP chunking.
+func (c *Client) Import(ctx context.Context, dir string, mkdir bool, tarStream io.Reader) (tarx.Stats, error) {
+	q := url.Values{"dir": {dir}}
+	if mkdir {
+		q.Set("mkdir", "1")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://agent"+api.AgentFilesPath+"?"+q.Encode(), tarStream)
+	if err != nil {
+		return tarx.Stats{}, err
+	}
+	req.Header.Set("Content-Type", "application/x-tar")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return tarx.Stats{}, fmt.Errorf("import into %s: %w", dir, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return tarx.Stats{}, statusError(resp)
+	}
+	var st tarx.Stats
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, fmt.Errorf("decode import answer: %w", err)
+	}
+	return st, nil
 }

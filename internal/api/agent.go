@@ -43,6 +43,8 @@ const MuxProtocol = "banger-mux/1"
 const (
 	AgentHealthPath = "/healthz"
 	AgentExecPath   = "/v1/exec"
+	// AgentFilesPath takes a tar stream: PUT ?dir=/abs/path[&mkdir=1].
+	AgentFilesPath = "/v1/files"
 )
 
 // SeedConfig is /run/banger/seed/config.json, this VM's identity as

@@ -1,0 +1,182 @@
+// Package tarx extracts tar streams from an untrusted peer into a
+// directory without ever writing outside it. The guest agent uses it for
+// file imports (workspace overlays, synced auth files).
+//
+// Confinement rests on os.Root: every file operation is resolved inside
+// the target directory by the kernel-facing openat walk, so neither ".."
+// nor a symlink planted by an earlier entry (or already present) can lead
+// a write out. Names are also checked up front, so an escaping entry is
+// reported by name instead of as an obscure syscall error.
+package tarx
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+)
+
+// ErrUnsafePath means an entry tried to leave the target directory.
+var ErrUnsafePath = errors.New("tar entry escapes the target directory")
+
+// ErrTooLarge means the stream carried more file data than allowed.
+var ErrTooLarge = errors.New("tar stream exceeds the size limit")
+
+// ErrUnsupported means an entry type banger does not extract (devices,
+// FIFOs): nothing in a repository or an auth file needs them.
+var ErrUnsupported = errors.New("unsupported tar entry type")
+
+// Stats counts what an extraction wrote.
+type Stats struct {
+	Files    int   `json:"files"`
+	Dirs     int   `json:"dirs"`
+	Symlinks int   `json:"symlinks"`
+	Bytes    int64 `json:"bytes"`
+}
+
+// CleanName validates an entry name and returns it in the form os.Root
+// expects (relative, slash-separated, no "." or ".." components). It is
+// the pure half of the path check and is fuzzed.
+func CleanName(name string) (string, error) {
+	if name == "" || strings.ContainsRune(name, 0) {
+		return "", fmt.Errorf("%w: %q", ErrUnsafePath, name)
+	}
+	if strings.HasPrefix(name, "/") {
+		return "", fmt.Errorf("%w: %q is absolute", ErrUnsafePath, name)
+	}
+	for _, part := range strings.Split(name, "/") {
+		if part == ".." {
+			return "", fmt.Errorf("%w: %q has a .. component", ErrUnsafePath, name)
+		}
+	}
+	clean := path.Clean(name)
+	if clean == "." {
+		return ".", nil
+	}
+	return clean, nil
+}
+
+// Extract writes the tar stream r into dir, which must exist. Existing
+// files are replaced; directories are merged. Permission bits are kept
+// (setuid, setgid and sticky bits are dropped); ownership is not.
+// maxBytes (> 0) caps the file data written: a sparse entry can claim
+// terabytes in a few bytes of stream.
+func Extract(ctx context.Context, r io.Reader, dir string, maxBytes int64) (Stats, error) {
+	var st Stats
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return st, fmt.Errorf("open target %s: %w", dir, err)
+	}
+	defer root.Close()
+	tr := tar.NewReader(r)
+	for {
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return st, nil
+		}
+		if err != nil {
+			return st, fmt.Errorf("read tar: %w", err)
+		}
+		name, err := CleanName(hdr.Name)
+		if err != nil {
+			return st, err
+		}
+		perm := fs.FileMode(hdr.Mode) & fs.ModePerm
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			if name != "." {
+				if err := root.MkdirAll(name, 0o755); err != nil {
+					return st, fmt.Errorf("create dir %s: %w", name, err)
+				}
+			}
+			if err := root.Chmod(name, perm|0o700); err != nil {
+				return st, fmt.Errorf("chmod %s: %w", name, err)
+			}
+			st.Dirs++
+		case tar.TypeReg:
+			if err := prepareParent(root, name); err != nil {
+				return st, err
+			}
+			var src io.Reader = tr
+			if maxBytes > 0 {
+				if hdr.Size > maxBytes-st.Bytes {
+					return st, fmt.Errorf("%w: %q is %d bytes, %d left", ErrTooLarge, hdr.Name, hdr.Size, maxBytes-st.Bytes)
+				}
+				src = io.LimitReader(tr, maxBytes-st.Bytes)
+			}
+			n, err := writeFile(root, name, src, perm)
+			if err != nil {
+				return st, err
+			}
+			st.Files++
+			st.Bytes += n
+		case tar.TypeSymlink:
+			if err := prepareParent(root, name); err != nil {
+				return st, err
+			}
+			// The link target is stored verbatim: it may point anywhere,
+			// but os.Root never follows it out of dir on a later write.
+			if err := root.Symlink(hdr.Linkname, name); err != nil {
+				return st, fmt.Errorf("create symlink %s: %w", name, err)
+			}
+			st.Symlinks++
+		default:
+			return st, fmt.Errorf("%w: %q has type %q", ErrUnsupported, hdr.Name, string(hdr.Typeflag))
+		}
+	}
+}
+
+// prepareParent makes the parent directories of name and removes whatever
+// non-directory sits at name, so a file can replace a symlink (and the
+// other way round) without writing through it.
+func prepareParent(root *os.Root, name string) error {
+	if parent := path.Dir(name); parent != "." {
+		if err := root.MkdirAll(parent, 0o755); err != nil {
+			return fmt.Errorf("create dir %s: %w", parent, mapEscape(err, name))
+		}
+	}
+	fi, err := root.Lstat(name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("inspect %s: %w", name, mapEscape(err, name))
+	case fi.IsDir():
+		return fmt.Errorf("replace %s: a directory is in the way", name)
+	}
+	return root.Remove(name)
+}
+
+func writeFile(root *os.Root, name string, r io.Reader, perm fs.FileMode) (int64, error) {
+	// O_EXCL after prepareParent removed any old entry: a symlink raced in
+	// between is refused rather than followed.
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return 0, fmt.Errorf("create %s: %w", name, mapEscape(err, name))
+	}
+	n, err := io.Copy(f, r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return n, fmt.Errorf("write %s: %w", name, err)
+	}
+	// The umask may have narrowed perm at create time.
+	return n, root.Chmod(name, perm)
+}
+
+// mapEscape turns os.Root's escape error into ErrUnsafePath.
+func mapEscape(err error, name string) error {
+	if err != nil && strings.Contains(err.Error(), "path escapes from parent") {
+		return fmt.Errorf("%w: %q (through a symlink)", ErrUnsafePath, name)
+	}
+	return err
+}
