@@ -275,6 +275,12 @@ func (c *Client) ImportImage(ctx context.Context, path string) (api.Image, error
 	return img, c.do(ctx, http.MethodPost, "/images/import", nil, api.PathRequest{Path: path}, &img)
 }
 
+// ListOperations returns the most recent operations, newest first.
+func (c *Client) ListOperations(ctx context.Context) ([]api.Operation, error) {
+	var ops []api.Operation
+	return ops, c.do(ctx, http.MethodGet, "/operations", nil, nil, &ops)
+}
+
 // GetOperation returns an operation with its stages.
 func (c *Client) GetOperation(ctx context.Context, id string) (api.Operation, error) {
 	var op api.Operation

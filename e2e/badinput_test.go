@@ -190,6 +190,9 @@ func TestFailedCreateCleansUp(t *testing.T) {
 	if !strings.Contains(op.stdout, `"state": "failed"`) || !strings.Contains(op.stdout, "did not answer") {
 		t.Fatalf("failed operation record: %s", op)
 	}
+	if l := in.must(t, "op", "list"); !strings.Contains(l.stdout, opID) || !strings.Contains(l.stdout, "failed") {
+		t.Fatalf("op list lacks the failed create: %s", l.stdout)
+	}
 	if w := in.run(nil, "op", "watch", opID); w.code != 1 {
 		t.Fatalf("op watch of a failed op must exit 1: %s", w)
 	}

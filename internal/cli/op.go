@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,6 +16,26 @@ import (
 func newOpCmd(g *globals) *cobra.Command {
 	op := &cobra.Command{Use: "op", Short: "Follow long-running operations"}
 	op.AddCommand(&cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List recent operations",
+		Args:    args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ops, err := g.client().ListOperations(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(ops)
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tKIND\tTARGET\tSTATE\tAGE\tERROR")
+			for _, o := range ops {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.60s\n", o.ID, o.Kind, o.Target, o.State, age(o.CreatedAt), o.Error)
+			}
+			return tw.Flush()
+		},
+	}, &cobra.Command{
 		Use:   "watch ID",
 		Short: "Reattach to an operation and print its stages; exits non-zero if it failed",
 		Args:  args(cobra.ExactArgs(1)),

@@ -88,6 +88,10 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if _, err := st.FailDanglingOperations(ctx); err != nil {
 		return nil, fmt.Errorf("close operations of a previous daemon: %w", err)
 	}
+	// Operation records are for watching and debugging, not an archive.
+	if n, err := st.PruneOperations(ctx, time.Now().Add(-30*24*time.Hour)); err == nil && n > 0 {
+		d.log.Info("pruned old operations", "count", n)
+	}
 	d.accel = d.chooseAccel(ctx)
 	d.log.Info("accelerator chosen", "accel", d.accel.Accel, "why", d.accel.Note)
 	if err := d.reconcile(ctx); err != nil {

@@ -52,6 +52,7 @@ func (d *Daemon) routes() http.Handler {
 	m.HandleFunc("GET "+v+"/images/{name}", d.handleGetImage)
 	m.HandleFunc("DELETE "+v+"/images/{name}", d.handleDeleteImage)
 	m.HandleFunc("POST "+v+"/images/{name}/export", d.handleExportImage)
+	m.HandleFunc("GET "+v+"/operations", d.handleListOperations)
 	m.HandleFunc("GET "+v+"/operations/{id}", d.handleGetOperation)
 	m.HandleFunc("GET "+v+"/operations/{id}/events", d.handleOperationEvents)
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -437,6 +438,19 @@ func (d *Daemon) handleImportImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, 200, d.imageView(r.Context(), img, false))
+}
+
+func (d *Daemon) handleListOperations(w http.ResponseWriter, r *http.Request) {
+	ops, err := d.store.ListOperations(r.Context(), 50)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out := make([]api.Operation, 0, len(ops))
+	for _, op := range ops {
+		out = append(out, operationView(op))
+	}
+	writeJSON(w, 200, out)
 }
 
 func (d *Daemon) handleGetOperation(w http.ResponseWriter, r *http.Request) {
