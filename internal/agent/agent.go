@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,6 +43,9 @@ type Server struct {
 	keepAlive, writeTimeout time.Duration
 	// execs counts running exec commands.
 	execs atomic.Int64
+	// workspaceMu serializes workspace prepares: each swaps the same
+	// directory.
+	workspaceMu sync.Mutex
 }
 
 // NewServer returns a Server that logs to log (nil: slog.Default()).
@@ -58,8 +62,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+api.AgentHealthPath, s.handleHealth)
 	mux.HandleFunc("POST "+api.AgentExecPath, s.handleExec)
 	mux.HandleFunc("PUT "+api.AgentFilesPath, s.handleImport)
+	mux.HandleFunc("POST "+api.AgentWorkspacePath, s.handleWorkspace)
+	mux.HandleFunc("POST "+api.AgentWorkspaceBundlePath, s.handleWorkspaceBundle)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path), "this agent serves GET /healthz, POST /v1/exec and PUT /v1/files")
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path), "this agent serves GET /healthz, POST /v1/exec, PUT /v1/files and POST /v1/workspace[/bundle]")
 	})
 	return mux
 }

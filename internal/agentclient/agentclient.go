@@ -227,6 +227,12 @@ func (c *Client) Exec(ctx context.Context, req api.ExecRequest) (net.Conn, error
 	if err != nil {
 		return nil, fmt.Errorf("encode exec request: %w", err)
 	}
+	return c.upgrade(ctx, api.AgentExecPath, body, "agent exec")
+}
+
+// upgrade POSTs body to path asking for the MuxProtocol upgrade and
+// returns the upgraded stream. ctx bounds the handshake only.
+func (c *Client) upgrade(ctx context.Context, path string, body []byte, what string) (net.Conn, error) {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	s, err := c.OpenStream(ctx)
@@ -236,13 +242,13 @@ func (c *Client) Exec(ctx context.Context, req api.ExecRequest) (net.Conn, error
 	// Until the handshake is done, ctx ending aborts it by closing the
 	// stream (which unblocks any read or write on it).
 	stop := context.AfterFunc(ctx, func() { s.Close() })
-	conn, err := execHandshake(s, body)
+	conn, err := upgradeHandshake(s, path, body, what)
 	if !stop() {
 		// ctx ended during the handshake; the stream is closed.
 		if err == nil {
 			conn.Close()
 		}
-		return nil, fmt.Errorf("agent exec: %w", ctx.Err())
+		return nil, fmt.Errorf("%s: %w", what, ctx.Err())
 	}
 	if err != nil {
 		s.Close()
@@ -251,8 +257,8 @@ func (c *Client) Exec(ctx context.Context, req api.ExecRequest) (net.Conn, error
 	return conn, nil
 }
 
-func execHandshake(s net.Conn, body []byte) (net.Conn, error) {
-	hreq, err := http.NewRequest(http.MethodPost, "http://agent"+api.AgentExecPath, bytes.NewReader(body))
+func upgradeHandshake(s net.Conn, path string, body []byte, what string) (net.Conn, error) {
+	hreq, err := http.NewRequest(http.MethodPost, "http://agent"+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -260,19 +266,19 @@ func execHandshake(s net.Conn, body []byte) (net.Conn, error) {
 	hreq.Header.Set("Connection", "Upgrade")
 	hreq.Header.Set("Upgrade", api.MuxProtocol)
 	if err := hreq.Write(s); err != nil {
-		return nil, fmt.Errorf("agent exec: send request: %w", err)
+		return nil, fmt.Errorf("%s: send request: %w", what, err)
 	}
 	br := bufio.NewReader(s)
 	resp, err := http.ReadResponse(br, hreq)
 	if err != nil {
-		return nil, fmt.Errorf("agent exec: read response: %w", err)
+		return nil, fmt.Errorf("%s: read response: %w", what, err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		defer resp.Body.Close()
 		return nil, statusError(resp)
 	}
 	if !strings.EqualFold(resp.Header.Get("Upgrade"), api.MuxProtocol) {
-		return nil, fmt.Errorf("agent exec: switched to %q, want %q", resp.Header.Get("Upgrade"), api.MuxProtocol)
+		return nil, fmt.Errorf("%s: switched to %q, want %q", what, resp.Header.Get("Upgrade"), api.MuxProtocol)
 	}
 	// The agent may have sent frames right behind the headers; they sit
 	// in br and must come first.

@@ -45,6 +45,12 @@ const (
 	AgentExecPath   = "/v1/exec"
 	// AgentFilesPath takes a tar stream: PUT ?dir=/abs/path[&mkdir=1].
 	AgentFilesPath = "/v1/files"
+	// AgentWorkspacePath replaces a guest workspace: POST with a
+	// workspace.ApplyRequest, upgraded to MuxProtocol for the streams.
+	AgentWorkspacePath = "/v1/workspace"
+	// AgentWorkspaceBundlePath exports a workspace's branches and tags
+	// as a git bundle (banger vm workspace pull).
+	AgentWorkspaceBundlePath = "/v1/workspace/bundle"
 )
 
 // SeedConfig is /run/banger/seed/config.json, this VM's identity as

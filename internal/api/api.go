@@ -107,6 +107,8 @@ type VM struct {
 	LastError     string    `json:"last_error,omitempty"`
 	Ports         []Port    `json:"ports,omitempty"`
 	AgentVersion  string    `json:"agent_version,omitempty"`
+	// Workspace is the repository last prepared into the VM.
+	Workspace *Workspace `json:"workspace,omitempty"`
 }
 
 // Port is a guest port forwarded to 127.0.0.1 on the host.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/bangerdev/banger/internal/api"
@@ -26,7 +27,8 @@ func newVMCmd(g *globals) *cobra.Command {
 		newVMLifecycleCmd(g, "start", "Boot a stopped VM"),
 		newVMStopCmd(g),
 		newVMLifecycleCmd(g, "restart", "Stop and start a VM"),
-		newVMDeleteCmd(g), newVMExecCmd(g), newVMSSHCmd(g), newVMHealthCmd(g), newVMLogsCmd(g))
+		newVMDeleteCmd(g), newVMExecCmd(g), newVMSSHCmd(g), newVMHealthCmd(g), newVMLogsCmd(g),
+		newVMRunCmd(g), newVMWorkspaceCmd(g))
 	return vm
 }
 
@@ -48,14 +50,18 @@ func newVMCreateCmd(g *globals) *cobra.Command {
 			return g.createVM(cmd.Context(), o)
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&o.req.Image, "image", "", "image name (default: the default image)")
-	f.IntVar(&o.req.CPUs, "cpus", 0, "vCPUs (default 2)")
-	f.IntVar(&o.req.MemoryMiB, "memory", 0, "memory in MiB (default 1024)")
-	f.IntVar(&o.req.DiskGiB, "disk", 0, "work disk (/root) size in GiB (default 4)")
-	f.StringVar(&o.req.Egress, "egress", "", "guest network egress: all or none (default all)")
-	f.BoolVar(&o.noWait, "no-wait", false, "print the operation id and return at once")
+	addCreateFlags(cmd.Flags(), &o.req)
+	cmd.Flags().BoolVar(&o.noWait, "no-wait", false, "print the operation id and return at once")
 	return cmd
+}
+
+// addCreateFlags are the VM shape flags `vm create` and `vm run` share.
+func addCreateFlags(f *pflag.FlagSet, req *api.CreateVMRequest) {
+	f.StringVar(&req.Image, "image", "", "image name (default: the default image)")
+	f.IntVar(&req.CPUs, "cpus", 0, "vCPUs (default 2)")
+	f.IntVar(&req.MemoryMiB, "memory", 0, "memory in MiB (default 1024)")
+	f.IntVar(&req.DiskGiB, "disk", 0, "work disk (/root) size in GiB (default 4)")
+	f.StringVar(&req.Egress, "egress", "", "guest network egress: all or none (default all)")
 }
 
 func (g *globals) createVM(ctx context.Context, o createOptions) error {
@@ -166,6 +172,9 @@ func (g *globals) printVM(vm api.VM) {
 	fmt.Fprintf(tw, "dir:\t%s\ncreated:\t%s\n", vm.Dir, vm.CreatedAt.Local().Format(time.RFC3339))
 	if vm.LastError != "" {
 		fmt.Fprintf(tw, "last error:\t%s\n", vm.LastError)
+	}
+	if w := vm.Workspace; w != nil {
+		fmt.Fprintf(tw, "workspace:\t%s -> %s (%s, %s at %.12s, %d files)\n", w.Source, w.Dir, w.Mode, branchLabel(w.Branch), w.Head, w.Files)
 	}
 	tw.Flush()
 }
@@ -289,6 +298,7 @@ type execOptions struct {
 	argv        []string
 	interactive bool
 	tty         bool
+	dir         string
 }
 
 func newVMExecCmd(g *globals) *cobra.Command {
@@ -317,6 +327,7 @@ func newVMExecCmd(g *globals) *cobra.Command {
 	cmd.Flags().SetInterspersed(false)
 	cmd.Flags().BoolVarP(&o.interactive, "interactive", "i", false, "pass stdin even when it is a terminal")
 	cmd.Flags().BoolVarP(&o.tty, "tty", "t", false, "give the command a terminal (PTY)")
+	cmd.Flags().StringVarP(&o.dir, "workdir", "w", "", "guest working directory (default /root)")
 	return cmd
 }
 
@@ -326,7 +337,7 @@ func (g *globals) exec(ctx context.Context, o execOptions) (int, error) {
 	stdinFile, _ := g.stdin.(*os.File)
 	stdinIsTTY := stdinFile != nil && term.IsTerminal(int(stdinFile.Fd()))
 	passStdin := o.interactive || !stdinIsTTY
-	req := api.ExecRequest{Argv: o.argv, TTY: o.tty, Stdin: passStdin}
+	req := api.ExecRequest{Argv: o.argv, TTY: o.tty, Stdin: passStdin, Dir: o.dir}
 	if o.tty {
 		if v := os.Getenv("TERM"); v != "" {
 			req.Env = map[string]string{"TERM": v}

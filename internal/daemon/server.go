@@ -46,6 +46,9 @@ func (d *Daemon) routes() http.Handler {
 	m.HandleFunc("GET "+v+"/vms/{name}/ssh", d.handleSSH)
 	m.HandleFunc("GET "+v+"/vms/{name}/logs", d.handleLogs)
 	m.HandleFunc("POST "+v+"/vms/{name}/exec", d.handleExec)
+	m.HandleFunc("POST "+v+"/vms/{name}/workspace", d.handlePrepareWorkspace)
+	m.HandleFunc("POST "+v+"/vms/{name}/workspace/pull", d.handlePullWorkspace)
+	m.HandleFunc("POST "+v+"/workspace/resolve", d.handleResolveWorkspace)
 	m.HandleFunc("GET "+v+"/images", d.handleListImages)
 	m.HandleFunc("POST "+v+"/images/build", d.handleBuildImage)
 	m.HandleFunc("POST "+v+"/images/import", d.handleImportImage)
@@ -136,6 +139,7 @@ func (d *Daemon) vmView(ctx context.Context, vm store.VM) api.VM {
 	if img, err := d.store.GetImage(ctx, vm.ImageID); err == nil {
 		out.Image = img.Name
 	}
+	out.Workspace = workspaceOf(vm)
 	if ports, err := d.store.PortsForVM(ctx, vm.ID); err == nil {
 		for _, p := range ports {
 			out.Ports = append(out.Ports, api.Port{HostPort: p.Port, GuestPort: p.GuestPort})
@@ -169,6 +173,48 @@ func (d *Daemon) handleCreateVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusAccepted, api.OperationRef{ID: id})
+}
+
+func (d *Daemon) handlePrepareWorkspace(w http.ResponseWriter, r *http.Request) {
+	var req api.WorkspaceRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	id, err := d.PrepareWorkspace(r.Context(), r.PathValue("name"), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, api.OperationRef{ID: id})
+}
+
+func (d *Daemon) handlePullWorkspace(w http.ResponseWriter, r *http.Request) {
+	var req api.PullRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := d.PullWorkspace(r.Context(), r.PathValue("name"), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, res)
+}
+
+func (d *Daemon) handleResolveWorkspace(w http.ResponseWriter, r *http.Request) {
+	var req api.WorkspaceRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := d.ResolveWorkspace(r.Context(), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, res)
 }
 
 func (d *Daemon) handleGetVM(w http.ResponseWriter, r *http.Request) {

@@ -90,6 +90,8 @@ CREATE TABLE stages (
 	PRIMARY KEY (op_id, seq)
 );
 `,
+	// 2: the VM's workspace (banger vm workspace prepare), as JSON.
+	`ALTER TABLE vms ADD COLUMN workspace_json TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrate brings db to the newest schema this binary knows. It is safe to

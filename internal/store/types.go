@@ -97,6 +97,9 @@ type VM struct {
 	CreatedAt    time.Time `json:"created_at"`
 	UpdatedAt    time.Time `json:"updated_at"`
 	LastError    string    `json:"last_error"`
+	// WorkspaceJSON describes the workspace last prepared in the VM
+	// (api.Workspace as JSON); only SetVMWorkspace writes it.
+	WorkspaceJSON string `json:"workspace_json"`
 }
 
 // Port is a host port forwarded to a VM. It stays reserved for the VM's

@@ -10,7 +10,7 @@ import (
 
 const vmColumns = `id, name, image_id, state, cpus, memory_mib, work_disk_bytes,
 	egress, accel, pid, pid_start_time, dir, ssh_port, created_at, updated_at,
-	last_error`
+	last_error, workspace_json`
 
 var vmStates = []string{VMStateCreating, VMStateRunning, VMStateStopping, VMStateStopped, VMStateError}
 
@@ -24,7 +24,7 @@ func scanVM(r rowScanner) (VM, error) {
 	if err := r.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.State, &vm.CPUs,
 		&vm.MemoryMiB, &vm.WorkDiskBytes, &vm.Egress, &vm.Accel, &vm.PID,
 		&startTime, &vm.Dir, &vm.SSHPort, &created, &updated,
-		&vm.LastError); err != nil {
+		&vm.LastError, &vm.WorkspaceJSON); err != nil {
 		return VM{}, err
 	}
 	vm.PIDStartTime = uint64(startTime)
@@ -82,11 +82,11 @@ func (s *Store) CreateVM(ctx context.Context, vm *VM) error {
 	vm.CreatedAt = vm.CreatedAt.UTC()
 	err := insertWithID(&vm.ID, "vms.id", func() error {
 		_, err := s.q.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			vm.ID, vm.Name, vm.ImageID, vm.State, vm.CPUs, vm.MemoryMiB,
 			vm.WorkDiskBytes, vm.Egress, vm.Accel, vm.PID, int64(vm.PIDStartTime),
 			vm.Dir, vm.SSHPort, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt),
-			vm.LastError)
+			vm.LastError, vm.WorkspaceJSON)
 		return err
 	})
 	if err != nil {
@@ -179,6 +179,22 @@ func (s *Store) SetVMState(ctx context.Context, id, state, lastError string) err
 	}
 	if err := affectedOne(res, ErrNotFound); err != nil {
 		return fmt.Errorf("set vm %s state: %w", id, err)
+	}
+	return nil
+}
+
+// SetVMWorkspace records the JSON description of VM id's workspace
+// ("" for none). UpdateVM never writes it, so a concurrent lifecycle
+// change cannot undo a prepare.
+func (s *Store) SetVMWorkspace(ctx context.Context, id, workspaceJSON string) error {
+	res, err := s.q.ExecContext(ctx,
+		`UPDATE vms SET workspace_json = ?, updated_at = ? WHERE id = ?`,
+		workspaceJSON, formatTime(now()), id)
+	if err != nil {
+		return fmt.Errorf("set vm %s workspace: %w", id, err)
+	}
+	if err := affectedOne(res, ErrNotFound); err != nil {
+		return fmt.Errorf("set vm %s workspace: %w", id, err)
 	}
 	return nil
 }

@@ -28,7 +28,14 @@ import (
 // in bundle mode, touch .git are refused, and extraction goes through
 // tarx's os.Root confinement. On failure dir is left as it is for
 // inspection; the caller removes it before trying again.
-func ApplyPlan(ctx context.Context, r system.Runner, dir string, plan GuestPlan, bundle, overlay io.Reader) error {
+//
+// progress, when not nil, is called with each stage (StageTransfer,
+// StageClone, StageOverlay, StageBranch) as it begins, so the host can
+// show where a slow prepare is.
+func ApplyPlan(ctx context.Context, r system.Runner, dir string, plan GuestPlan, bundle, overlay io.Reader, progress func(stage string)) error {
+	if progress == nil {
+		progress = func(string) {}
+	}
 	if err := plan.Validate(); err != nil {
 		return err
 	}
@@ -40,10 +47,11 @@ func ApplyPlan(ctx context.Context, r system.Runner, dir string, plan GuestPlan,
 	}
 	g := gitCmd{r: r, dir: dir}
 	if plan.Mode == ModeFullCopy {
+		progress(StageTransfer)
 		if _, err := extractOverlay(ctx, overlay, dir, true); err != nil {
 			return fmt.Errorf("extract the repository copy: %w", err)
 		}
-	} else if err := applyBundle(ctx, g, dir, plan, bundle, overlay); err != nil {
+	} else if err := applyBundle(ctx, g, dir, plan, bundle, overlay, progress); err != nil {
 		return err
 	}
 	// Stat data in the index belongs to the host's files (or, after
@@ -54,6 +62,7 @@ func ApplyPlan(ctx context.Context, r system.Runner, dir string, plan GuestPlan,
 		return gitError(err, "refresh the index")
 	}
 	if plan.NewBranch != "" {
+		progress(StageBranch)
 		if err := newBranch(ctx, g, plan); err != nil {
 			return err
 		}
@@ -64,14 +73,21 @@ func ApplyPlan(ctx context.Context, r system.Runner, dir string, plan GuestPlan,
 	return nil
 }
 
-func applyBundle(ctx context.Context, g gitCmd, dir string, plan GuestPlan, bundle, overlay io.Reader) error {
+func applyBundle(ctx context.Context, g gitCmd, dir string, plan GuestPlan, bundle, overlay io.Reader, progress func(string)) error {
 	if err := checkPlanRefs(ctx, g.r, plan); err != nil {
 		return err
 	}
 	if _, err := g.run(ctx, withArgs(quietConfig, "init", "--quiet", "--object-format="+plan.ObjectFormat, ".")...); err != nil {
 		return gitError(err, "create the repository")
 	}
-	if err := fetchBundle(ctx, g, dir, bundle); err != nil {
+	progress(StageTransfer)
+	spooled, err := spoolBundle(dir, bundle)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(spooled)
+	progress(StageClone)
+	if err := fetchBundle(ctx, g, spooled); err != nil {
 		return err
 	}
 	run := func(what string, args ...string) error {
@@ -126,6 +142,7 @@ func applyBundle(ctx context.Context, g gitCmd, dir string, plan GuestPlan, bund
 	if err := run("restore the index", "read-tree", plan.IndexTree); err != nil {
 		return err
 	}
+	progress(StageOverlay)
 	if _, err := extractOverlay(ctx, overlay, dir, false); err != nil {
 		return fmt.Errorf("extract the working tree: %w", err)
 	}
@@ -162,25 +179,30 @@ func checkPlanRefs(ctx context.Context, r system.Runner, plan GuestPlan) error {
 	return nil
 }
 
-// fetchBundle fetches every ref of the bundle into the same name. git
-// reads a bundle from a file, so the stream is spooled into .git first.
-func fetchBundle(ctx context.Context, g gitCmd, dir string, bundle io.Reader) error {
+// spoolBundle writes the bundle stream into .git: git reads a bundle
+// from a file. It returns the file's path.
+func spoolBundle(dir string, bundle io.Reader) (string, error) {
 	f, err := os.CreateTemp(filepath.Join(dir, ".git"), "banger-*.bundle")
 	if err != nil {
-		return fmt.Errorf("spool the bundle: %w", err)
+		return "", fmt.Errorf("spool the bundle: %w", err)
 	}
-	defer os.Remove(f.Name())
 	_, err = io.Copy(f, bundle)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("spool the bundle: %w", err)
+		os.Remove(f.Name())
+		return "", fmt.Errorf("spool the bundle: %w", err)
 	}
+	return f.Name(), nil
+}
+
+// fetchBundle fetches every ref of the bundle file into the same name.
+func fetchBundle(ctx context.Context, g gitCmd, file string) error {
 	// --update-head-ok: the fresh repository's unborn HEAD names a branch
 	// the bundle may well carry.
-	_, err = g.run(ctx, withArgs(quietConfig, "fetch", "--quiet", "--no-tags", "--update-head-ok",
-		"--no-write-fetch-head", f.Name(), "+refs/*:refs/*")...)
+	_, err := g.run(ctx, withArgs(quietConfig, "fetch", "--quiet", "--no-tags", "--update-head-ok",
+		"--no-write-fetch-head", file, "+refs/*:refs/*")...)
 	return gitError(err, "fetch the bundle")
 }
 

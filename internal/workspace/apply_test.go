@@ -121,7 +121,7 @@ func TestApplyPlanRefusesEscapes(t *testing.T) {
 				tt.mutate(&p)
 			}
 			overlay := makeTar(t, tt.overlay...)
-			err := ApplyPlan(context.Background(), system.Exec{}, dir, p, bytes.NewReader(bundle), bytes.NewReader(overlay))
+			err := ApplyPlan(context.Background(), system.Exec{}, dir, p, bytes.NewReader(bundle), bytes.NewReader(overlay), nil)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
@@ -162,7 +162,7 @@ func TestApplyPlanNeedsEmptyDir(t *testing.T) {
 	plan, bundle := preparedStreams(t)
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "existing"), "x", 0o644)
-	err := ApplyPlan(context.Background(), system.Exec{}, dir, plan, bytes.NewReader(bundle), bytes.NewReader(makeTar(t)))
+	err := ApplyPlan(context.Background(), system.Exec{}, dir, plan, bytes.NewReader(bundle), bytes.NewReader(makeTar(t)), nil)
 	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Code != api.CodeConflict || !strings.Contains(ae.Message, "not empty") {
 		t.Fatalf("err = %v", err)
@@ -177,7 +177,7 @@ func TestApplyPlanDetectsMismatch(t *testing.T) {
 		git(t, dir, "commit", "-q", "--allow-empty", "-m", "different history")
 	})
 	err := ApplyPlan(context.Background(), system.Exec{}, filepath.Join(t.TempDir(), "repo"), plan,
-		bytes.NewReader(otherBundle), bytes.NewReader(makeTar(t)))
+		bytes.NewReader(otherBundle), bytes.NewReader(makeTar(t)), nil)
 	if err == nil || !strings.Contains(err.Error(), "bundle and plan disagree") {
 		t.Fatalf("err = %v", err)
 	}

@@ -191,7 +191,7 @@ func simulateGuest(t testing.TB, hostPath string, opts Options) guestResult {
 	if bundle.Len() > 0 {
 		bundleReader = bytes.NewReader(bundle.Bytes())
 	}
-	if err := ApplyPlan(ctx, r, res.dir, plan, bundleReader, bytes.NewReader(res.overlay)); err != nil {
+	if err := ApplyPlan(ctx, r, res.dir, plan, bundleReader, bytes.NewReader(res.overlay), nil); err != nil {
 		t.Fatalf("ApplyPlan: %v", err)
 	}
 	return res

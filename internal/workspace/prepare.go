@@ -43,32 +43,17 @@ type entry struct {
 	nestedRepo bool
 }
 
-// Prepare takes the snapshot the guest will reproduce. It rejects what
-// the chosen mode cannot carry, each time saying what to do instead, and
-// never writes to the user's repository.
-//
-// How the index is reproduced (bundle mode): the host's index file is
-// copied into a scratch GIT_DIR that reads the repository's objects
-// through objects/info/alternates, and `git write-tree` there yields the
-// staged tree; `git commit-tree` wraps it in a commit that a RefIndex ref
-// of the scratch repository points at, so the bundle (created from the
-// scratch repository too) carries every staged blob, including those of
-// partially staged files, which no host commit holds. The guest fetches
-// the bundle and runs `git read-tree IndexTree`. New objects land in the
-// scratch directory only, so not even unreachable objects are added to
-// the user's object database; the one trace git leaves is "freshening":
-// when write-tree produces a tree the host already has, git bumps that
-// object's (or pack's) mtime, which only delays its pruning. Reading a
-// split index does the same to its sharedindex file. What a tree cannot
-// express travels as path lists: intent-to-add entries (write-tree leaves
-// them out), skip-worktree and assume-unchanged flags. Unmerged entries
-// are refused.
-//
-// Why not a temporary commit and ref in the user's repository, or
-// GIT_INDEX_FILE with the user's GIT_DIR: both write into the user's .git
-// (a ref, objects, possibly a new shared index), and a crash would leave
-// them behind.
-func Prepare(ctx context.Context, r system.Runner, repo Repo, opts Options) (_ *Workspace, err error) {
+// Check refuses, with the same errors as Prepare, what Prepare would
+// refuse before reading the working tree: bad options, a mode the
+// repository cannot use, a --branch that exists or a --from that does
+// not. It is cheap, so `banger vm run` checks before it creates a VM.
+func Check(ctx context.Context, r system.Runner, repo Repo, opts Options) error {
+	_, err := newWorkspace(ctx, r, repo, opts)
+	return err
+}
+
+// newWorkspace builds the plan from what Resolve learned and checks it.
+func newWorkspace(ctx context.Context, r system.Runner, repo Repo, opts Options) (*Workspace, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
@@ -95,7 +80,6 @@ func Prepare(ctx context.Context, r system.Runner, repo Repo, opts Options) (_ *
 		}
 		return w, nil
 	}
-
 	switch {
 	case repo.HasSubmodules:
 		return nil, api.Errorf(api.CodeInvalid,
@@ -111,6 +95,39 @@ func Prepare(ctx context.Context, r system.Runner, repo Repo, opts Options) (_ *
 			"%s is a shallow clone: its history cannot be bundled", repo.Root)
 	}
 
+	return w, nil
+}
+
+// Prepare takes the snapshot the guest will reproduce. It rejects what
+// the chosen mode cannot carry, each time saying what to do instead, and
+// never writes to the user's repository.
+//
+// How the index is reproduced (bundle mode): the host's index file is
+// copied into a scratch GIT_DIR that reads the repository's objects
+// through objects/info/alternates, and `git write-tree` there yields the
+// staged tree; `git commit-tree` wraps it in a commit that a RefIndex ref
+// of the scratch repository points at, so the bundle (created from the
+// scratch repository too) carries every staged blob, including those of
+// partially staged files, which no host commit holds. The guest fetches
+// the bundle and runs `git read-tree IndexTree`. New objects land in the
+// scratch directory only, so not even unreachable objects are added to
+// the user's object database; the one trace git leaves is "freshening":
+// when write-tree produces a tree the host already has, git bumps that
+// object's (or pack's) mtime, which only delays its pruning. Reading a
+// split index does the same to its sharedindex file. What a tree cannot
+// express travels as path lists: intent-to-add entries (write-tree leaves
+// them out), skip-worktree and assume-unchanged flags. Unmerged entries
+// are refused.
+//
+// Why not a temporary commit and ref in the user's repository, or
+// GIT_INDEX_FILE with the user's GIT_DIR: both write into the user's .git
+// (a ref, objects, possibly a new shared index), and a crash would leave
+// them behind.
+func Prepare(ctx context.Context, r system.Runner, repo Repo, opts Options) (_ *Workspace, err error) {
+	w, err := newWorkspace(ctx, r, repo, opts)
+	if err != nil || w.Plan.Mode == ModeFullCopy {
+		return w, err
+	}
 	if err := w.list(ctx); err != nil {
 		return nil, err
 	}

@@ -474,7 +474,7 @@ func TestGuestBranch(t *testing.T) {
 		must(t, ws.WriteBundle(ctx, &bundle))
 		_, err = ws.WriteOverlay(ctx, &overlay)
 		must(t, err)
-		err = ApplyPlan(ctx, system.Exec{}, filepath.Join(t.TempDir(), "repo"), ws.Plan, &bundle, &overlay)
+		err = ApplyPlan(ctx, system.Exec{}, filepath.Join(t.TempDir(), "repo"), ws.Plan, &bundle, &overlay, nil)
 		var ae *api.Error
 		if !errors.As(err, &ae) || ae.Code != api.CodeConflict || !strings.Contains(ae.Hint, "--from") {
 			t.Fatalf("err = %#v", err)

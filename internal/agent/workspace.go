@@ -1,0 +1,259 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/mux"
+	"github.com/bangerdev/banger/internal/system"
+	"github.com/bangerdev/banger/internal/workspace"
+)
+
+// prepareDirPrefix names the directory a prepare builds in, next to the
+// workspace, so the final swap is a rename on one filesystem.
+const prepareDirPrefix = ".banger-prepare-"
+
+// handleWorkspace replaces a guest workspace (banger vm workspace
+// prepare). Everything that can be refused is checked before the
+// upgrade, so it fails as a plain HTTP error; after it the host streams
+// the bundle and overlay sections and the agent answers with
+// workspace.ApplyEvent lines.
+//
+// Replacing is atomic: the new repository is built in a sibling
+// directory and swapped in with one renameat2(RENAME_EXCHANGE), so a
+// prepare that fails at any point leaves the previous checkout as it was.
+func (s *Server) handleWorkspace(w http.ResponseWriter, r *http.Request) {
+	if !upgradeRequested(r.Header) {
+		writeError(w, http.StatusBadRequest, "workspace prepare needs a protocol upgrade",
+			"send `Connection: Upgrade` and `Upgrade: "+api.MuxProtocol+"`")
+		return
+	}
+	var req workspace.ApplyRequest
+	if err := decodeStrict(http.MaxBytesReader(w, r.Body, workspace.MaxRequestBytes), &req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad workspace request: "+err.Error(), "")
+		return
+	}
+	if err := checkWorkspaceDir(req.Dir); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error(), "prepare into an absolute directory such as "+workspace.GuestDir)
+		return
+	}
+	if err := req.Plan.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error(), "")
+		return
+	}
+	if !s.workspaceMu.TryLock() {
+		writeAPIError(w, http.StatusConflict, &api.Error{Code: api.CodeConflict,
+			Message: "another workspace prepare is running in this VM", Hint: "wait for it to finish"})
+		return
+	}
+	defer s.workspaceMu.Unlock()
+	if !req.Force {
+		if busy := processesIn(s.procDir, req.Dir); len(busy) > 0 {
+			writeAPIError(w, http.StatusConflict, &api.Error{Code: api.CodeConflict,
+				Message: fmt.Sprintf("processes are running inside %s: %s", req.Dir, strings.Join(busy, ", ")),
+				Hint:    "stop them first, or pass --force to replace the workspace under them"})
+			return
+		}
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		s.log.Warn("workspace: hijack failed", "err", err)
+		return
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Time{})
+	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+api.MuxProtocol+"\r\n\r\n"); err != nil {
+		return
+	}
+	ev := s.applyWorkspace(r.Context(), conn, brw.Reader, req)
+	if ev.Error != "" {
+		s.log.Warn("workspace prepare failed", "dir", req.Dir, "err", ev.Error)
+	} else {
+		s.log.Info("workspace prepared", "dir", req.Dir, "head", ev.Result.Head, "replaced", ev.Result.Replaced)
+	}
+	_ = workspace.EncodeEvent(conn, ev)
+}
+
+// applyWorkspace builds the new repository next to req.Dir and swaps it
+// in. It returns the final event (Done or Error).
+func (s *Server) applyWorkspace(ctx context.Context, conn net.Conn, br *bufio.Reader, req workspace.ApplyRequest) workspace.ApplyEvent {
+	fail := func(err error) workspace.ApplyEvent {
+		ev := workspace.ApplyEvent{Error: err.Error(), Code: api.CodeInternal}
+		var ae *api.Error
+		if errors.As(err, &ae) {
+			ev.Hint, ev.Code = ae.Hint, ae.Code
+		}
+		return ev
+	}
+	parent := filepath.Dir(req.Dir)
+	removeStale(parent)
+	tmp, err := os.MkdirTemp(parent, prepareDirPrefix)
+	if err != nil {
+		return fail(fmt.Errorf("create build directory: %w", err))
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			_ = os.RemoveAll(tmp)
+		}
+	}()
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return fail(err)
+	}
+	frames := mux.NewReader(br)
+	var bundle *workspace.SectionReader
+	if req.Plan.Mode == workspace.ModeBundle {
+		bundle = workspace.NewSectionReader(frames)
+	}
+	// The overlay section follows the bundle section on the same frame
+	// stream; ApplyPlan reads the bundle to its end before it touches
+	// the overlay.
+	overlay := workspace.NewSectionReader(frames)
+	progress := func(stage string) { _ = workspace.EncodeEvent(conn, workspace.ApplyEvent{Stage: stage}) }
+	var bundleR io.Reader
+	if bundle != nil {
+		bundleR = bundle
+	}
+	if err := workspace.ApplyPlan(ctx, system.Exec{}, tmp, req.Plan, bundleR, overlay, progress); err != nil {
+		return fail(err)
+	}
+	if err := overlay.Drain(); err != nil {
+		return fail(fmt.Errorf("read the rest of the overlay: %w", err))
+	}
+	head, err := system.Exec{}.RunIn(ctx, system.RunOpts{Dir: tmp}, "git", "rev-parse", "HEAD")
+	if err != nil {
+		return fail(fmt.Errorf("read the new HEAD: %w", err))
+	}
+	res := &workspace.ApplyResult{Head: strings.TrimSpace(string(head))}
+	err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, req.Dir, unix.RENAME_EXCHANGE)
+	switch {
+	case err == nil:
+		// tmp now holds the old workspace; the deferred RemoveAll
+		// deletes it.
+		res.Replaced = true
+	case errors.Is(err, unix.ENOENT):
+		if err := os.Rename(tmp, req.Dir); err != nil {
+			return fail(fmt.Errorf("move the workspace into place: %w", err))
+		}
+		keep = true
+	default:
+		return fail(fmt.Errorf("swap in the new workspace: %w", err))
+	}
+	return workspace.ApplyEvent{Done: true, Result: res}
+}
+
+// removeStale deletes build directories a crashed prepare left behind.
+// workspaceMu is held, so none of them is in use.
+func removeStale(parent string) {
+	matches, _ := filepath.Glob(filepath.Join(parent, prepareDirPrefix+"*"))
+	for _, m := range matches {
+		_ = os.RemoveAll(m)
+	}
+}
+
+func checkWorkspaceDir(dir string) error {
+	if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir || dir == "/" {
+		return fmt.Errorf("workspace directory %q must be a clean absolute path below /", dir)
+	}
+	if st, err := os.Stat(filepath.Dir(dir)); err != nil || !st.IsDir() {
+		return fmt.Errorf("parent of workspace directory %s does not exist", dir)
+	}
+	return nil
+}
+
+// processesIn lists "pid (comm)" of every process whose working directory
+// is dir or below it, except the agent itself.
+func processesIn(procDir, dir string) []string {
+	ents, err := os.ReadDir(procDir)
+	if err != nil {
+		return nil
+	}
+	self := os.Getpid()
+	var out []string
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		cwd, err := os.Readlink(filepath.Join(procDir, e.Name(), "cwd"))
+		if err != nil || (cwd != dir && !strings.HasPrefix(cwd, dir+"/")) {
+			continue
+		}
+		comm, _ := os.ReadFile(filepath.Join(procDir, e.Name(), "comm"))
+		out = append(out, fmt.Sprintf("%d (%s)", pid, strings.TrimSpace(string(comm))))
+	}
+	return out
+}
+
+// handleWorkspaceBundle exports the workspace's branches and tags: a
+// length-prefixed workspace.ExportHeader, then a git bundle of what the
+// host does not have yet.
+func (s *Server) handleWorkspaceBundle(w http.ResponseWriter, r *http.Request) {
+	var req workspace.ExportRequest
+	if err := decodeStrict(http.MaxBytesReader(w, r.Body, workspace.MaxRequestBytes), &req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad export request: "+err.Error(), "")
+		return
+	}
+	if err := checkWorkspaceDir(req.Dir); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error(), "")
+		return
+	}
+	if _, err := os.Stat(filepath.Join(req.Dir, ".git")); err != nil {
+		writeError(w, http.StatusNotFound, "no workspace at "+req.Dir, "prepare one with `banger vm workspace prepare`")
+		return
+	}
+	refs, err := workspace.ListRefs(r.Context(), system.Exec{}, req.Dir)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error(), "")
+		return
+	}
+	hdr, err := json.Marshal(workspace.ExportHeader{Refs: refs})
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error(), "")
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.WriteHeader(http.StatusOK)
+	var n [4]byte
+	binary.BigEndian.PutUint32(n[:], uint32(len(hdr)))
+	if _, err := w.Write(append(n[:], hdr...)); err != nil {
+		return
+	}
+	if err := workspace.WriteExportBundle(r.Context(), system.Exec{}, req.Dir, refs, req.Have, w); err != nil {
+		// The status is sent: cutting the body short is how the host
+		// learns (its bundle verify fails on a truncated bundle).
+		s.log.Warn("workspace export failed", "dir", req.Dir, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+}
+
+func writeAPIError(w http.ResponseWriter, status int, e *api.Error) {
+	writeJSON(w, status, api.ErrorBody{Error: e})
+}
+
+func decodeStrict(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
+}

@@ -1,0 +1,326 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/bangerdev/banger/internal/api"
+)
+
+// workspaceFlags are the prepare options `vm workspace prepare` and
+// `vm run` share.
+func addWorkspaceFlags(f *pflag.FlagSet, req *api.WorkspaceRequest) {
+	f.StringVar(&req.Mode, "mode", "", "bundle (default: history as a git bundle plus the working tree) or full_copy (the whole directory, .git and submodules included)")
+	f.StringVar(&req.Branch, "branch", "", "create this branch in the guest only and check it out")
+	f.StringVar(&req.From, "from", "", "start --branch at this host branch, tag or commit (default: HEAD)")
+}
+
+// absPath makes a command-line path absolute: the daemon does not share
+// the CLI's working directory.
+func absPath(a []string, i int) (string, error) {
+	p := "."
+	if len(a) > i {
+		p = a[i]
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("resolve %s: %w", p, err)
+	}
+	return abs, nil
+}
+
+func newVMWorkspaceCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "workspace", Short: "Put a git repository at /root/repo in a VM, and get the work back"}
+	cmd.AddCommand(newWorkspacePrepareCmd(g), newWorkspacePullCmd(g))
+	return cmd
+}
+
+func newWorkspacePrepareCmd(g *globals) *cobra.Command {
+	var req api.WorkspaceRequest
+	cmd := &cobra.Command{
+		Use:   "prepare NAME [PATH]",
+		Short: "Copy the repository at PATH (default: here) to /root/repo in VM NAME, replacing what is there",
+		Long: `Copies the git repository enclosing PATH into the VM at /root/repo, exactly as it
+is on disk: history as a git bundle (local branches and tags), then the working tree
+(tracked files and untracked files that are not ignored), with the index state
+reproduced. The host repository is only read. An existing /root/repo is replaced
+atomically; a failed prepare leaves it as it was.`,
+		Args: args(cobra.RangeArgs(1, 2)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			var err error
+			if req.Path, err = absPath(a, 1); err != nil {
+				return err
+			}
+			ws, err := g.prepare(cmd.Context(), a[0], req)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(ws)
+			}
+			g.printWorkspace(a[0], ws)
+			return nil
+		},
+	}
+	addWorkspaceFlags(cmd.Flags(), &req)
+	cmd.Flags().BoolVar(&req.Force, "force", false, "replace the workspace even while guest processes have their working directory in it")
+	return cmd
+}
+
+// prepare runs a prepare operation, printing its stages, and returns the
+// workspace it made.
+func (g *globals) prepare(ctx context.Context, name string, req api.WorkspaceRequest) (api.Workspace, error) {
+	ref, err := g.client().PrepareWorkspace(ctx, name, req)
+	if err != nil {
+		return api.Workspace{}, err
+	}
+	if !g.json {
+		fmt.Fprintf(g.stderr, "preparing workspace in %s (operation %s)\n", name, ref.ID)
+	}
+	op, err := g.watch(ctx, ref.ID)
+	if err != nil {
+		return api.Workspace{}, err
+	}
+	var ws api.Workspace
+	b, _ := json.Marshal(op.Result)
+	if err := json.Unmarshal(b, &ws); err != nil {
+		return ws, fmt.Errorf("decode workspace result: %w", err)
+	}
+	return ws, nil
+}
+
+func (g *globals) printWorkspace(name string, ws api.Workspace) {
+	fmt.Fprintf(g.stdout, "%s is at %s:%s (%s, %s at %.12s): %d files, %s\n", ws.Source, name, ws.Dir,
+		ws.Mode, branchLabel(ws.Branch), ws.Head, ws.Files, humanBytes(ws.Bytes+ws.BundleBytes))
+	if ws.GuestBranch != "" {
+		fmt.Fprintf(g.stdout, "guest-only branch %s is checked out\n", ws.GuestBranch)
+	}
+	for _, s := range ws.Skipped {
+		fmt.Fprintf(g.stderr, "warning: left out %s\n", s)
+	}
+}
+
+func branchLabel(b string) string {
+	if b == "" {
+		return "detached HEAD"
+	}
+	return "branch " + b
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func newWorkspacePullCmd(g *globals) *cobra.Command {
+	var req api.PullRequest
+	cmd := &cobra.Command{
+		Use:   "pull NAME [PATH]",
+		Short: "Fetch the guest repository's branches into the host repository as banger/NAME/<branch>",
+		Long: `Fetches every branch of the VM's /root/repo into the host repository as
+refs/remotes/banger/NAME/<branch> (tags as refs/banger/NAME/tags/<tag>). The host's
+own branches, index and working tree are not touched. PATH defaults to the
+repository the workspace was prepared from.`,
+		Args: args(cobra.RangeArgs(1, 2)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			if len(a) == 2 {
+				var err error
+				if req.Path, err = absPath(a, 1); err != nil {
+					return err
+				}
+			}
+			res, err := g.client().PullWorkspace(cmd.Context(), a[0], req)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(res)
+			}
+			g.printPull(res)
+			return nil
+		},
+	}
+	return cmd
+}
+
+func (g *globals) printPull(res api.PullResult) {
+	if len(res.Updated) == 0 && len(res.Removed) == 0 {
+		fmt.Fprintf(g.stdout, "nothing new from %s (%d refs up to date)\n", res.VM, res.Unchanged)
+		return
+	}
+	for _, u := range res.Updated {
+		short := strings.TrimPrefix(u.HostRef, "refs/remotes/")
+		if u.Old == "" {
+			fmt.Fprintf(g.stdout, "* new      %s -> %s\n", strings.TrimPrefix(u.GuestRef, "refs/heads/"), short)
+		} else {
+			fmt.Fprintf(g.stdout, "  %.9s..%.9s  %s -> %s\n", u.Old, u.New, strings.TrimPrefix(u.GuestRef, "refs/heads/"), short)
+		}
+		for _, l := range u.Log {
+			fmt.Fprintf(g.stdout, "      %s\n", l)
+		}
+	}
+	for _, r := range res.Removed {
+		fmt.Fprintf(g.stdout, "- removed  %s (gone in the guest)\n", strings.TrimPrefix(r.HostRef, "refs/remotes/"))
+	}
+	for _, u := range res.Updated {
+		if !strings.HasPrefix(u.HostRef, "refs/remotes/") {
+			continue
+		}
+		short := strings.TrimPrefix(u.HostRef, "refs/remotes/")
+		fmt.Fprintf(g.stdout, "\nTo use %s:\n  git -C %s log --oneline HEAD..%s\n  git -C %s merge %s\n  git -C %s switch -c %s %s\n",
+			short, res.Repo, short, res.Repo, short, res.Repo, strings.TrimPrefix(u.GuestRef, "refs/heads/"), short)
+		break
+	}
+}
+
+type runOptions struct {
+	create api.CreateVMRequest
+	ws     api.WorkspaceRequest
+}
+
+// RunResult is what `vm run --json` prints.
+type RunResult struct {
+	VM        api.VM        `json:"vm"`
+	Workspace api.Workspace `json:"workspace"`
+	NextSteps []NextStep    `json:"next_steps"`
+}
+
+// NextStep is one copy-pasteable command and what it is for.
+type NextStep struct {
+	What    string `json:"what"`
+	Command string `json:"command"`
+}
+
+func newVMRunCmd(g *globals) *cobra.Command {
+	var o runOptions
+	cmd := &cobra.Command{
+		Use:   "run [PATH]",
+		Short: "Create a VM with the repository at PATH (default: here) at /root/repo, and print what to do next",
+		Long: `Checks the git repository enclosing PATH, creates a VM (every vm create flag
+applies), prepares the repository into it at /root/repo as
+'banger vm workspace prepare' does, and prints the next commands. Nothing is
+attached automatically.`,
+		Args: args(cobra.MaximumNArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			var err error
+			if o.ws.Path, err = absPath(a, 0); err != nil {
+				return err
+			}
+			return g.run(cmd.Context(), o)
+		},
+	}
+	cmd.Flags().StringVar(&o.create.Name, "name", "", "VM name (default: generated)")
+	addCreateFlags(cmd.Flags(), &o.create)
+	addWorkspaceFlags(cmd.Flags(), &o.ws)
+	return cmd
+}
+
+func (g *globals) run(ctx context.Context, o runOptions) error {
+	c := g.client()
+	// Refuse a bad repository before a VM exists.
+	repo, err := c.ResolveWorkspace(ctx, o.ws)
+	if err != nil {
+		return err
+	}
+	if !g.json {
+		fmt.Fprintf(g.stderr, "repository %s (%s)\n", repo.Root, branchLabel(repo.Branch))
+	}
+	ref, err := c.CreateVM(ctx, o.create)
+	if err != nil {
+		return err
+	}
+	if !g.json {
+		fmt.Fprintf(g.stderr, "creating VM (operation %s)\n", ref.ID)
+	}
+	op, err := g.watch(ctx, ref.ID)
+	if err != nil {
+		return err
+	}
+	name := op.Target
+	ws, err := g.prepare(ctx, name, o.ws)
+	if err != nil {
+		retry := []string{"banger", "vm", "workspace", "prepare", name, shellQuote(repo.Root)}
+		if o.ws.Mode != "" {
+			retry = append(retry, "--mode", o.ws.Mode)
+		}
+		if o.ws.Branch != "" {
+			retry = append(retry, "--branch", shellQuote(o.ws.Branch))
+		}
+		if o.ws.From != "" {
+			retry = append(retry, "--from", shellQuote(o.ws.From))
+		}
+		out := &api.Error{Code: api.CodeInternal, Message: err.Error()}
+		var ae *api.Error
+		if errors.As(err, &ae) {
+			out.Code, out.Message, out.OperationID = ae.Code, ae.Message, ae.OperationID
+		}
+		hint := fmt.Sprintf("retry with `%s`, or remove the VM with `banger vm delete %s`", strings.Join(retry, " "), name)
+		if ae != nil && ae.Hint != "" {
+			hint = ae.Hint + "; then " + hint
+		}
+		out.Message = fmt.Sprintf("VM %s was created, but preparing the workspace failed: %s", name, out.Message)
+		out.Hint = hint
+		return out
+	}
+	vm, err := c.GetVM(ctx, name)
+	if err != nil {
+		return err
+	}
+	steps := nextSteps(vm)
+	if g.json {
+		return g.printJSON(RunResult{VM: vm, Workspace: ws, NextSteps: steps})
+	}
+	g.printWorkspace(name, ws)
+	fmt.Fprintf(g.stdout, "\nVM %s is running. Next steps:\n", name)
+	for _, s := range steps {
+		fmt.Fprintf(g.stdout, "  # %s\n  %s\n", s.What, s.Command)
+	}
+	return nil
+}
+
+// nextSteps are the commands `vm run` suggests, with the real VM name
+// and forwarded port.
+func nextSteps(vm api.VM) []NextStep {
+	n := vm.Name
+	steps := []NextStep{
+		{"open a shell in the VM (the repository is at /root/repo)", "banger vm ssh " + n},
+		{"run a command in the repository", "banger vm exec -w /root/repo " + n + " -- git status"},
+		{"start opencode's server in the VM", "banger vm exec -w /root/repo " + n + " -- opencode serve --hostname 0.0.0.0 --port 4096"},
+	}
+	for _, p := range vm.Ports {
+		if p.GuestPort == 4096 {
+			steps = append(steps, NextStep{"attach to it from the host (guest port 4096 is forwarded)",
+				fmt.Sprintf("opencode attach http://127.0.0.1:%d", p.HostPort)})
+		}
+	}
+	steps = append(steps,
+		NextStep{"fetch the VM's branches into your repository as banger/" + n + "/<branch>", "banger vm workspace pull " + n},
+		NextStep{"stop the VM (keeps its disk)", "banger vm stop " + n},
+		NextStep{"delete the VM", "banger vm delete " + n},
+	)
+	return steps
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:@%+=,", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
