@@ -1,5 +1,6 @@
 // Command banger-agent runs inside every banger guest: `init` applies the
-// VM's identity at boot, `serve` is the host's control channel.
+// VM's identity at boot, `serve` is the host's control channel, and
+// `supervise` is the per-session supervisor that serve re-executes.
 package main
 
 import (
@@ -22,6 +23,7 @@ func main() {
 
 const usage = `usage: banger-agent serve [--port PATH]
        banger-agent init [--seed PATH] [--cmdline PATH] [--root DIR]
+       banger-agent supervise --dir DIR   (started by serve, one per session)
        banger-agent version
 `
 
@@ -75,6 +77,10 @@ func run(args []string, stderr io.Writer) int {
 		}
 		log.Info("guest identity applied")
 		return 0
+	case "supervise":
+		// No signal context: the supervisor handles TERM itself (it
+		// passes it on to its session's command).
+		return agent.SuperviseCommand(args[1:], stderr, log)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stderr, buildinfo.Version, buildinfo.Commit)
 		return 0

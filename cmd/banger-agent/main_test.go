@@ -24,6 +24,7 @@ func TestRun(t *testing.T) {
 		{"unknown", []string{"bogus"}, 2, `unknown command "bogus"`},
 		{"version", []string{"version"}, 0, "dev"},
 		{"bad flag", []string{"serve", "--nope"}, 2, "flag provided but not defined"},
+		{"supervise without dir", []string{"supervise"}, 2, "usage: banger-agent supervise --dir DIR"},
 		{"init", []string{"init", "--root", root, "--seed", seed, "--cmdline", cmdline}, 0, "guest identity applied"},
 		{"init without seed", []string{"init", "--root", root, "--seed", filepath.Join(dir, "missing"), "--cmdline", cmdline}, 1, "read seed config"},
 	}

@@ -62,6 +62,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+api.AgentHealthPath, s.handleHealth)
 	mux.HandleFunc("POST "+api.AgentExecPath, s.handleExec)
 	mux.HandleFunc("PUT "+api.AgentFilesPath, s.handleImport)
+	s.registerSessionRoutes(mux)
 	mux.HandleFunc("POST "+api.AgentWorkspacePath, s.handleWorkspace)
 	mux.HandleFunc("POST "+api.AgentWorkspaceBundlePath, s.handleWorkspaceBundle)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
