@@ -26,9 +26,13 @@ git for-each-ref --format='%(refname) %(objectname)' refs/heads refs/tags refs/r
 git status --porcelain=v2 --branch
 echo "branch-v:"; git branch -vv --no-color
 echo "user $(git config user.name) <$(git config user.email)>"
-find . -path ./.git -prune -o \( -type f -o -type l \) -print0 | sort -z |
+# What git sees (ignored files never travel), or everything but .git
+# for a full copy.
+if [ "$2" = all ]; then find . -path ./.git -prune -o \( -type f -o -type l \) -print0
+else git ls-files -z --cached --others --exclude-standard | sed -z 's|^|./|'; fi | sort -zu |
 while IFS= read -r -d '' f; do
 	if [ -L "$f" ]; then printf 'L %s -> %s\n' "$f" "$(readlink "$f")"
+	elif [ ! -f "$f" ]; then continue
 	else x=-; [ -x "$f" ] && x=x; printf 'F %s %s %s\n' "$x" "$(sha256sum < "$f" | cut -c1-16)" "$f"; fi
 done
 `
@@ -67,9 +71,9 @@ func newRepo(t *testing.T, dir string) {
 	git(t, dir, "config", "user.email", "ada@example.invalid")
 }
 
-func hostState(t *testing.T, dir string) string {
+func hostState(t *testing.T, dir string, all ...bool) string {
 	t.Helper()
-	cmd := exec.Command("bash", "-c", stateScript, "state", dir)
+	cmd := exec.Command("bash", "-c", stateScript, "state", dir, listMode(all))
 	cmd.Env = append(os.Environ(), "GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_NOSYSTEM=1", "LC_ALL=C", "GIT_OPTIONAL_LOCKS=0")
 	out, err := cmd.Output()
 	if err != nil {
@@ -78,10 +82,17 @@ func hostState(t *testing.T, dir string) string {
 	return string(out)
 }
 
-func guestState(t *testing.T, in *instance, vm string) string {
+func guestState(t *testing.T, in *instance, vm string, all ...bool) string {
 	t.Helper()
-	r := in.must(t, "vm", "exec", vm, "--", "env", "LC_ALL=C", "bash", "-c", stateScript, "state", "/root/repo")
+	r := in.must(t, "vm", "exec", vm, "--", "env", "LC_ALL=C", "bash", "-c", stateScript, "state", "/root/repo", listMode(all))
 	return r.stdout
+}
+
+func listMode(all []bool) string {
+	if len(all) > 0 && all[0] {
+		return "all"
+	}
+	return "git"
 }
 
 // sameState prepares dir into vm and compares both sides.
@@ -93,7 +104,8 @@ func sameState(t *testing.T, in *instance, vm, dir string, flags ...string) api.
 	if err := json.Unmarshal([]byte(r.stdout), &ws); err != nil {
 		t.Fatalf("parse prepare output: %v\n%s", err, r.stdout)
 	}
-	host, guest := hostState(t, dir), guestState(t, in, vm)
+	full := strings.Contains(strings.Join(flags, " "), "full_copy")
+	host, guest := hostState(t, dir, full), guestState(t, in, vm, full)
 	if host != guest {
 		t.Fatalf("guest differs from host\n--- host\n%s\n--- guest\n%s", host, guest)
 	}
@@ -168,20 +180,20 @@ func mixedRepo(t *testing.T) string {
 // repository (pull may add refs under banger namespaces only).
 func hostSnapshot(t *testing.T, dir string) string {
 	t.Helper()
-	refs := git(t, dir, "for-each-ref", "--format=%(refname) %(objectname)")
-	var kept []string
-	for _, l := range strings.Split(refs, "\n") {
-		if !strings.HasPrefix(l, "refs/remotes/banger/") && !strings.HasPrefix(l, "refs/banger/") {
-			kept = append(kept, l)
-		}
-	}
 	idx, err := os.ReadFile(filepath.Join(dir, ".git", "index"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg, _ := os.ReadFile(filepath.Join(dir, ".git", "config"))
-	return strings.Join(kept, "\n") + "\n" + git(t, dir, "status", "--porcelain=v2", "--branch") +
-		fmt.Sprintf("\nindex %x\n", sha256.Sum256(idx)) + string(cfg) + hostState(t, dir)
+	all := git(t, dir, "for-each-ref", "--format=%(refname) %(objectname)") + "\n" +
+		fmt.Sprintf("index %x\n", sha256.Sum256(idx)) + string(cfg) + hostState(t, dir)
+	var kept []string
+	for _, l := range strings.Split(all, "\n") {
+		if !strings.HasPrefix(l, "refs/remotes/banger/") && !strings.HasPrefix(l, "refs/banger/") {
+			kept = append(kept, l)
+		}
+	}
+	return strings.Join(kept, "\n")
 }
 
 // TestWorkspace prepares repositories of every shape into one VM and
