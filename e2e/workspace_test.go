@@ -202,13 +202,33 @@ func hostSnapshot(t *testing.T, dir string) string {
 func TestWorkspace(t *testing.T) {
 	in := shared(t)
 	const vm = "e2e-ws"
-	in.createVM(t, vm)
-	defer in.run(nil, "vm", "delete", vm, "--force")
-
 	mixed := mixedRepo(t)
+	before := hostSnapshot(t, mixed)
+
+	// vm run: resolve, create, prepare, and the next steps as data.
+	r := in.run(nil, "vm", "run", mixed, "--name", vm, "--egress", "none", "--json")
+	defer in.run(nil, "vm", "delete", vm, "--force")
+	if r.code != 0 {
+		t.Fatalf("vm run: %s\ndaemon log:\n%s", r, in.daemonLog())
+	}
+	var run struct {
+		VM        api.VM                           `json:"vm"`
+		Workspace api.Workspace                    `json:"workspace"`
+		NextSteps []struct{ What, Command string } `json:"next_steps"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &run); err != nil {
+		t.Fatalf("parse vm run output: %v\n%s", err, r.stdout)
+	}
+	steps := fmt.Sprint(run.NextSteps)
+	if run.VM.Name != vm || run.Workspace.Source != mixed || !strings.Contains(steps, "banger vm ssh "+vm) ||
+		!strings.Contains(steps, "banger vm workspace pull "+vm) || !strings.Contains(steps, "opencode attach http://127.0.0.1:") {
+		t.Fatalf("vm run --json = %s", r.stdout)
+	}
 
 	t.Run("modified staged untracked ignored deleted renamed exec symlink odd names", func(t *testing.T) {
-		before := hostSnapshot(t, mixed)
+		if host, guest := hostState(t, mixed), guestState(t, in, vm); host != guest {
+			t.Fatalf("guest differs from host after vm run\n--- host\n%s\n--- guest\n%s", host, guest)
+		}
 		ws := sameState(t, in, vm, mixed)
 		if ws.Mode != "bundle" || ws.Branch != "main" || ws.Head != git(t, mixed, "rev-parse", "HEAD") {
 			t.Fatalf("workspace record = %+v", ws)
