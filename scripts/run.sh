@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The quick start: build the image once, make sure a daemon runs, boot a VM,
-# run a command in it and print what to do next. Called by `make run`.
+# The quick start: build the image once, make sure a daemon runs, put this
+# repository in a new VM (banger vm run), run a command in it, and print what
+# to do next. Called by `make run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 banger=banger
@@ -34,16 +35,14 @@ $banger doctor || true
 # A no-op when the image's inputs did not change.
 $banger image build
 
+# The main job: this checkout (any git repository works: pass its path)
+# at /root/repo in a new VM, exactly as it is on disk. vm run prints the
+# next steps with the real VM name.
 name=${VM_NAME:-quickstart-$(date +%H%M%S)}
-$banger vm create "$name"
+repo=${REPO:-$PWD}
+$banger vm run "$repo" --name "$name"
 echo
-echo "\$ banger vm exec $name -- uname -a"
-$banger vm exec "$name" -- uname -a
+echo "\$ banger vm exec -w /root/repo $name -- git status --short --branch"
+$banger vm exec -w /root/repo "$name" -- git status --short --branch
 echo
-echo "Your VM \"$name\" is running. Next steps:"
-step() { printf '  %-44s # %s\n' "$1" "$2"; }
-step "banger vm ssh $name" "a shell in the VM (OpenSSH, pinned host key)"
-step "banger vm exec $name -- CMD ARGS" "run one command; exits with its status"
-step "banger vm list" "all VMs"
-step "banger vm stop $name" "power it off (disks are kept)"
-step "banger vm delete $name" "remove it and its disks"
+echo "The next steps for $name are printed above; 'banger vm show $name' shows the VM and its workspace."
