@@ -93,7 +93,14 @@ type supervisor struct {
 
 type attachment struct {
 	conn net.Conn
+	// ended is closed once the attachment no longer holds any role.
+	ended chan struct{}
 }
+
+// writerGrace is how long a new stdin writer waits for the current one
+// to go away before being refused: a client that detaches and attaches
+// again at once must not race its own old connection.
+const writerGrace = 500 * time.Millisecond
 
 // Supervise runs one session to its end: it starts the command, records
 // its state, and serves the session's socket until the command has ended
@@ -142,17 +149,21 @@ func Supervise(ctx context.Context, opts SuperviseOptions) error {
 	defer os.Remove(sock)
 	defer ln.Close()
 
+	sigs := make(chan os.Signal, 4)
+	// The supervisor has no terminal, but a stray SIGHUP must not kill it;
+	// TERM and INT (a guest shutdown) go on to the command. Handling them
+	// before the launch also matters: a signal the supervisor inherited
+	// as ignored would stay ignored in the command, while a handled one
+	// is reset to its default at exec.
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
 	if err := sv.launch(spec, opts.Start); err != nil {
 		return sv.fail(launchFailureStatus(err), err)
 	}
 	go sv.accept(ln)
 	go sv.wait()
 
-	sigs := make(chan os.Signal, 4)
-	// The supervisor has no terminal, but a stray SIGHUP must not kill it;
-	// TERM and INT (a guest shutdown) go on to the command.
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	go func() {
 		for {
 			select {
@@ -513,8 +524,17 @@ func (sv *supervisor) snapshot() *api.Session {
 }
 
 func (sv *supervisor) attach(c net.Conn, br *bufio.Reader, a api.AttachSessionRequest) {
-	att := &attachment{conn: c}
+	att := &attachment{conn: c, ended: make(chan struct{})}
 	sv.mu.Lock()
+	if a.Stdin && sv.writer != nil && !a.StealStdin {
+		ended := sv.writer.ended
+		sv.mu.Unlock()
+		select {
+		case <-ended:
+		case <-time.After(writerGrace):
+		}
+		sv.mu.Lock()
+	}
 	if a.Stdin {
 		if sv.writer != nil && !a.StealStdin {
 			name := sv.meta.Name
@@ -538,6 +558,7 @@ func (sv *supervisor) attach(c net.Conn, br *bufio.Reader, a api.AttachSessionRe
 			sv.writer = nil
 		}
 		sv.mu.Unlock()
+		close(att.ended)
 	}()
 	if sv.master != nil && a.Rows > 0 && a.Cols > 0 {
 		if err := setWinsize(sv.master, a.Rows, a.Cols); err != nil {
