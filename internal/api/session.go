@@ -136,3 +136,22 @@ type SessionLogsRequest struct {
 const (
 	AgentSessionsPath = "/v1/sessions"
 )
+
+// BusEvent is one line of the daemon's GET /v1/events stream (NDJSON):
+// something changed that a dashboard or an orchestrator may want to
+// know without polling. Kind says which field is set; today only
+// sessions are published (EventSession).
+type BusEvent struct {
+	Time time.Time `json:"time"`
+	Kind string    `json:"kind"`
+	// VM is the name of the VM the event is about.
+	VM      string   `json:"vm,omitempty"`
+	Session *Session `json:"session,omitempty"`
+}
+
+// Event kinds of BusEvent.
+const (
+	// EventSession: a session appeared or its state changed; Session is
+	// the new metadata (as the daemon last saw it).
+	EventSession = "session"
+)

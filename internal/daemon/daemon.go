@@ -58,6 +58,9 @@ type Daemon struct {
 	creating map[string]bool
 	agents   map[string]*agentclient.Client
 	building bool
+
+	// sessions remembers guest sessions and publishes their changes.
+	sessions sessionTracker
 }
 
 // New opens the state, re-adopts VMs and returns a daemon ready to Serve.

@@ -46,6 +46,7 @@ func (d *Daemon) routes() http.Handler {
 	m.HandleFunc("GET "+v+"/vms/{name}/ssh", d.handleSSH)
 	m.HandleFunc("GET "+v+"/vms/{name}/logs", d.handleLogs)
 	m.HandleFunc("POST "+v+"/vms/{name}/exec", d.handleExec)
+	d.registerSessionRoutes(m, v)
 	m.HandleFunc("POST "+v+"/vms/{name}/workspace", d.handlePrepareWorkspace)
 	m.HandleFunc("POST "+v+"/vms/{name}/workspace/pull", d.handlePullWorkspace)
 	m.HandleFunc("POST "+v+"/workspace/resolve", d.handleResolveWorkspace)
