@@ -2,7 +2,7 @@
 # Installs the Debian packages banger needs. Safe to run again: it only
 # calls apt when something is missing.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs lz4 openssh-client git ca-certificates)
+pkgs=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs lz4 openssh-client git ca-certificates tmux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
