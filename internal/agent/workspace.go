@@ -80,25 +80,34 @@ func (s *Server) handleWorkspace(w http.ResponseWriter, r *http.Request) {
 	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+api.MuxProtocol+"\r\n\r\n"); err != nil {
 		return
 	}
-	ev := s.applyWorkspace(r.Context(), conn, brw.Reader, req)
+	t0 := time.Now()
+	ev, old := s.applyWorkspace(r.Context(), conn, brw.Reader, req)
 	if ev.Error != "" {
 		s.log.Warn("workspace prepare failed", "dir", req.Dir, "err", ev.Error)
 	} else {
-		s.log.Info("workspace prepared", "dir", req.Dir, "head", ev.Result.Head, "replaced", ev.Result.Replaced)
+		s.log.Info("workspace prepared", "dir", req.Dir, "head", ev.Result.Head, "replaced", ev.Result.Replaced, "took", time.Since(t0).Round(time.Millisecond))
 	}
 	_ = workspace.EncodeEvent(conn, ev)
+	if old != "" {
+		// The replaced tree goes after the answer: deleting tens of
+		// thousands of files is slow in a VM and nobody waits for it.
+		// A crash midway leaves a prepare directory that removeStale
+		// deletes next time.
+		go func() { _ = os.RemoveAll(old) }()
+	}
 }
 
 // applyWorkspace builds the new repository next to req.Dir and swaps it
-// in. It returns the final event (Done or Error).
-func (s *Server) applyWorkspace(ctx context.Context, conn net.Conn, br *bufio.Reader, req workspace.ApplyRequest) workspace.ApplyEvent {
-	fail := func(err error) workspace.ApplyEvent {
+// in. It returns the final event (Done or Error) and the directory now
+// holding the replaced workspace, for the caller to delete.
+func (s *Server) applyWorkspace(ctx context.Context, conn net.Conn, br *bufio.Reader, req workspace.ApplyRequest) (workspace.ApplyEvent, string) {
+	fail := func(err error) (workspace.ApplyEvent, string) {
 		ev := workspace.ApplyEvent{Error: err.Error(), Code: api.CodeInternal}
 		var ae *api.Error
 		if errors.As(err, &ae) {
 			ev.Hint, ev.Code = ae.Hint, ae.Code
 		}
-		return ev
+		return ev, ""
 	}
 	parent := filepath.Dir(req.Dir)
 	removeStale(parent)
@@ -115,25 +124,30 @@ func (s *Server) applyWorkspace(ctx context.Context, conn net.Conn, br *bufio.Re
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return fail(err)
 	}
+	// The sections arrive in this order on one frame stream; ApplyPlan
+	// reads each to its end before it starts on the next.
 	frames := mux.NewReader(br)
-	var bundle *workspace.SectionReader
+	section := func() *workspace.SectionReader { return workspace.NewSectionReader(frames) }
+	var streams workspace.Streams
+	var overlay *workspace.SectionReader
 	if req.Plan.Mode == workspace.ModeBundle {
-		bundle = workspace.NewSectionReader(frames)
+		streams.Bundle, streams.PackIndex = section(), section()
+		overlay = section()
+		// A tar reader may stop before the end of its section; the rest
+		// is drained before the entries section is read.
+		streams.Overlay, streams.Entries = overlay, &afterDrain{prev: overlay, next: section()}
+	} else {
+		overlay = section()
+		streams.Overlay = overlay
 	}
-	// The overlay section follows the bundle section on the same frame
-	// stream; ApplyPlan reads the bundle to its end before it touches
-	// the overlay.
-	overlay := workspace.NewSectionReader(frames)
 	progress := func(stage string) { _ = workspace.EncodeEvent(conn, workspace.ApplyEvent{Stage: stage}) }
-	var bundleR io.Reader
-	if bundle != nil {
-		bundleR = bundle
-	}
-	if err := workspace.ApplyPlan(ctx, system.Exec{}, tmp, req.Plan, bundleR, overlay, progress); err != nil {
+	if err := workspace.ApplyPlan(ctx, system.Exec{}, tmp, req.Plan, streams, progress); err != nil {
 		return fail(err)
 	}
-	if err := overlay.Drain(); err != nil {
-		return fail(fmt.Errorf("read the rest of the overlay: %w", err))
+	if req.Plan.Mode != workspace.ModeBundle {
+		if err := overlay.Drain(); err != nil {
+			return fail(fmt.Errorf("read the rest of the overlay: %w", err))
+		}
 	}
 	head, err := system.Exec{}.RunIn(ctx, system.RunOpts{Dir: tmp}, "git", "rev-parse", "HEAD")
 	if err != nil {
@@ -143,9 +157,10 @@ func (s *Server) applyWorkspace(ctx context.Context, conn net.Conn, br *bufio.Re
 	err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, req.Dir, unix.RENAME_EXCHANGE)
 	switch {
 	case err == nil:
-		// tmp now holds the old workspace; the deferred RemoveAll
-		// deletes it.
+		// tmp now holds the old workspace.
 		res.Replaced = true
+		keep = true
+		return workspace.ApplyEvent{Done: true, Result: res}, tmp
 	case errors.Is(err, unix.ENOENT):
 		if err := os.Rename(tmp, req.Dir); err != nil {
 			return fail(fmt.Errorf("move the workspace into place: %w", err))
@@ -154,7 +169,24 @@ func (s *Server) applyWorkspace(ctx context.Context, conn net.Conn, br *bufio.Re
 	default:
 		return fail(fmt.Errorf("swap in the new workspace: %w", err))
 	}
-	return workspace.ApplyEvent{Done: true, Result: res}
+	return workspace.ApplyEvent{Done: true, Result: res}, ""
+}
+
+// afterDrain reads next once prev is read to its end.
+type afterDrain struct {
+	prev    *workspace.SectionReader
+	next    io.Reader
+	drained bool
+}
+
+func (a *afterDrain) Read(p []byte) (int, error) {
+	if !a.drained {
+		if err := a.prev.Drain(); err != nil {
+			return 0, err
+		}
+		a.drained = true
+	}
+	return a.next.Read(p)
 }
 
 // removeStale deletes build directories a crashed prepare left behind.

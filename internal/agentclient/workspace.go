@@ -16,12 +16,15 @@ import (
 	"github.com/bangerdev/banger/internal/workspace"
 )
 
-// WorkspaceStreams produce what a prepare sends after its request:
-// Bundle (bundle mode only) and Overlay write into the section they are
-// given and return; an error aborts the prepare.
+// WorkspaceStreams produce what a prepare sends after its request, in
+// this order: Bundle, PackIndex (bundle mode only), Overlay, Entries
+// (bundle mode only). Each writes into the section it is given and
+// returns; an error aborts the prepare.
 type WorkspaceStreams struct {
-	Bundle  func(io.Writer) error
-	Overlay func(io.Writer) error
+	Bundle    func(io.Writer) error
+	PackIndex func(io.Writer) error
+	Overlay   func(io.Writer) error
+	Entries   func(io.Writer) error
 }
 
 // PrepareWorkspace replaces the guest workspace described by req,
@@ -45,19 +48,25 @@ func (c *Client) PrepareWorkspace(ctx context.Context, req workspace.ApplyReques
 	go func() {
 		w := mux.NewWriter(conn)
 		sec := &sectionWriter{w: workspace.SectionWriter(w)}
+		type part struct {
+			what string
+			fn   func(io.Writer) error
+		}
+		parts := []part{{"working tree", streams.Overlay}}
+		if req.Plan.Mode == workspace.ModeBundle {
+			parts = []part{{"bundle", streams.Bundle}, {"pack index", streams.PackIndex},
+				{"working tree", streams.Overlay}, {"index entries", streams.Entries}}
+		}
 		err := func() error {
-			if req.Plan.Mode == workspace.ModeBundle {
-				if err := streams.Bundle(sec); err != nil {
-					return fmt.Errorf("send bundle: %w", err)
+			for _, p := range parts {
+				if err := p.fn(sec); err != nil {
+					return fmt.Errorf("send %s: %w", p.what, err)
 				}
 				if err := w.WriteStdinClose(); err != nil {
 					return err
 				}
 			}
-			if err := streams.Overlay(sec); err != nil {
-				return fmt.Errorf("send working tree: %w", err)
-			}
-			return w.WriteStdinClose()
+			return nil
 		}()
 		if err != nil && sec.err == nil {
 			// A failure on this side, not of the stream: closing the

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -107,6 +108,7 @@ func (d *Daemon) prepareWorkspace(ctx context.Context, name string, req api.Work
 	// The bundle is spooled on the host first: host git is fast, and a
 	// failure there then happens before the guest is touched.
 	var bundleFile string
+	var packIndex bytes.Buffer
 	if ws.Plan.Mode == workspace.ModeBundle {
 		if err := stage(workspace.StageBundle, func(ctx context.Context) error {
 			f, err := os.CreateTemp(d.layout.CacheDir, "workspace-*.bundle")
@@ -123,6 +125,16 @@ func (d *Daemon) prepareWorkspace(ctx context.Context, name string, req api.Work
 			}
 			if st, err := os.Stat(bundleFile); err == nil {
 				info.BundleBytes = st.Size()
+			}
+			// The guest installs the pack with this index instead of
+			// hashing every object again (see workspace/pack.go).
+			f, err = os.Open(bundleFile)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := ws.WritePackIndex(ctx, f, &packIndex); err != nil {
+				return err
 			}
 			info.Tips, err = ws.Tips(ctx)
 			return err
@@ -149,6 +161,12 @@ func (d *Daemon) prepareWorkspace(ctx context.Context, name string, req api.Work
 			_, err = io.Copy(w, f)
 			return err
 		},
+		PackIndex: func(w io.Writer) error {
+			_, err := w.Write(packIndex.Bytes())
+			return err
+		},
+		// After the overlay: see Workspace.WriteEntries.
+		Entries: func(w io.Writer) error { return ws.WriteEntries(ctx, w) },
 		Overlay: func(w io.Writer) error {
 			var st workspace.OverlayStats
 			var err error

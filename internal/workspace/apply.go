@@ -2,9 +2,9 @@ package workspace
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,30 +17,42 @@ import (
 	"github.com/bangerdev/banger/internal/tarx"
 )
 
+// Streams are what the host sends after the plan, in this order.
+type Streams struct {
+	// Bundle (bundle mode) is Workspace.WriteBundle's output.
+	Bundle io.Reader
+	// PackIndex (bundle mode) is the .idx of the bundle's pack
+	// (Workspace.WritePackIndex).
+	PackIndex io.Reader
+	// Overlay is Workspace.WriteOverlay's tar (bundle mode) or
+	// WriteFullCopy's (full_copy).
+	Overlay io.Reader
+	// Entries (bundle mode) is Workspace.WriteEntries' output.
+	Entries io.Reader
+}
+
 // ApplyPlan builds the repository described by plan in dir (the guest's
-// /root/repo), which must be missing or empty. In bundle mode it needs the
-// bundle (Workspace.WriteBundle) and the overlay (Workspace.WriteOverlay);
-// in full_copy mode only the overlay (WriteFullCopy) and bundle may be
-// nil. The steps are listed on GuestPlan.
+// /root/repo), which must be missing or empty, from the streams. The
+// steps are listed on GuestPlan.
 //
 // Nothing from the streams is trusted: the plan is validated, tar entries
 // that would leave dir (absolute, "..", below a symlink of the stream) or,
-// in bundle mode, touch .git are refused, and extraction goes through
-// tarx's os.Root confinement. On failure dir is left as it is for
-// inspection; the caller removes it before trying again.
+// in bundle mode, touch .git are refused, and writes go through os.Root.
+// On failure dir is left as it is for inspection; the caller removes it
+// before trying again.
 //
 // progress, when not nil, is called with each stage (StageTransfer,
 // StageClone, StageOverlay, StageBranch) as it begins, so the host can
 // show where a slow prepare is.
-func ApplyPlan(ctx context.Context, r system.Runner, dir string, plan GuestPlan, bundle, overlay io.Reader, progress func(stage string)) error {
+func ApplyPlan(ctx context.Context, r system.Runner, dir string, plan GuestPlan, s Streams, progress func(stage string)) error {
 	if progress == nil {
 		progress = func(string) {}
 	}
 	if err := plan.Validate(); err != nil {
 		return err
 	}
-	if overlay == nil || (plan.Mode == ModeBundle && bundle == nil) {
-		return fmt.Errorf("apply workspace plan: missing bundle or overlay stream")
+	if s.Overlay == nil || (plan.Mode == ModeBundle && (s.Bundle == nil || s.PackIndex == nil || s.Entries == nil)) {
+		return fmt.Errorf("apply workspace plan: missing stream")
 	}
 	if err := ensureEmptyDir(dir); err != nil {
 		return err
@@ -48,18 +60,18 @@ func ApplyPlan(ctx context.Context, r system.Runner, dir string, plan GuestPlan,
 	g := gitCmd{r: r, dir: dir}
 	if plan.Mode == ModeFullCopy {
 		progress(StageTransfer)
-		if _, err := extractOverlay(ctx, overlay, dir, true); err != nil {
+		if _, _, err := extractTree(ctx, s.Overlay, dir, true); err != nil {
 			return fmt.Errorf("extract the repository copy: %w", err)
 		}
-	} else if err := applyBundle(ctx, g, dir, plan, bundle, overlay, progress); err != nil {
+		// The copied index holds the host's stat data: refresh it now
+		// so the first git status in the guest is not a full re-hash.
+		// -q: entries that differ stay modified; --unmerged: a full
+		// copy may be mid-merge.
+		if _, err := g.run(ctx, withArgs(quietConfig, "update-index", "-q", "--unmerged", "--refresh")...); err != nil {
+			return gitError(err, "refresh the index")
+		}
+	} else if err := applyBundle(ctx, g, dir, plan, s, progress); err != nil {
 		return err
-	}
-	// Stat data in the index belongs to the host's files (or, after
-	// read-tree, is empty): refresh it now so the first git status in the
-	// guest is not a full re-hash. -q: entries that differ stay modified;
-	// --unmerged: a full copy may be mid-merge.
-	if _, err := g.run(ctx, withArgs(quietConfig, "update-index", "-q", "--unmerged", "--refresh")...); err != nil {
-		return gitError(err, "refresh the index")
 	}
 	if plan.NewBranch != "" {
 		progress(StageBranch)
@@ -73,21 +85,31 @@ func ApplyPlan(ctx context.Context, r system.Runner, dir string, plan GuestPlan,
 	return nil
 }
 
-func applyBundle(ctx context.Context, g gitCmd, dir string, plan GuestPlan, bundle, overlay io.Reader, progress func(string)) error {
+func applyBundle(ctx context.Context, g gitCmd, dir string, plan GuestPlan, s Streams, progress func(string)) error {
 	if err := checkPlanRefs(ctx, g.r, plan); err != nil {
 		return err
 	}
 	if _, err := g.run(ctx, withArgs(quietConfig, "init", "--quiet", "--object-format="+plan.ObjectFormat, ".")...); err != nil {
 		return gitError(err, "create the repository")
 	}
+	gitDir := filepath.Join(dir, ".git")
 	progress(StageTransfer)
-	spooled, err := spoolBundle(dir, bundle)
+	br := bufio.NewReaderSize(s.Bundle, 256<<10)
+	hdr, err := readBundleHeader(br)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(spooled)
+	if hdr.objectFormat != plan.ObjectFormat {
+		return fmt.Errorf("bundle is %s, the plan says %s", hdr.objectFormat, plan.ObjectFormat)
+	}
+	if len(hdr.prerequisites) > 0 {
+		return fmt.Errorf("bundle needs %d commits the new repository cannot have", len(hdr.prerequisites))
+	}
+	if err := installPack(br, s.PackIndex, gitDir, plan.ObjectFormat); err != nil {
+		return err
+	}
 	progress(StageClone)
-	if err := fetchBundle(ctx, g, spooled); err != nil {
+	if err := createRefs(ctx, g, hdr.refs); err != nil {
 		return err
 	}
 	run := func(what string, args ...string) error {
@@ -132,24 +154,39 @@ func applyBundle(ctx context.Context, g gitCmd, dir string, plan GuestPlan, bund
 			return err
 		}
 	}
-
 	if err := setHead(ctx, g, plan); err != nil {
 		return err
 	}
-	// The index before the files: read-tree without -u writes only the
-	// index, and the overlay then supplies every file that exists on the
-	// host. A tracked file the overlay lacks is thereby deleted.
-	if err := run("restore the index", "read-tree", plan.IndexTree); err != nil {
-		return err
-	}
+
+	// The working tree comes from the overlay, not from a checkout: it
+	// carries every file the host has, written once. The index is then
+	// written from the host's entries with the stat data of the files
+	// just written (see index.go), so nothing is hashed again.
 	progress(StageOverlay)
-	if _, err := extractOverlay(ctx, overlay, dir, false); err != nil {
+	stats, _, err := extractTree(ctx, s.Overlay, dir, false)
+	if err != nil {
 		return fmt.Errorf("extract the working tree: %w", err)
 	}
-	if err := removePaths(dir, plan.Deleted); err != nil {
+	entries, err := readEntries(s.Entries, hashLen(plan.ObjectFormat))
+	if err != nil {
 		return err
 	}
-	return restoreIndexFlags(ctx, g, dir, plan)
+	return writeIndexFile(gitDir, plan.ObjectFormat, entries, stats)
+}
+
+// createRefs creates the bundle's refs (all but HEAD) in one
+// transaction; git checks that each object exists, which also proves the
+// pack and its index belong together.
+func createRefs(ctx context.Context, g gitCmd, refs []Ref) error {
+	var tx bytes.Buffer
+	for _, ref := range refs {
+		if ref.Name == "HEAD" {
+			continue
+		}
+		fmt.Fprintf(&tx, "create %s %s\n", ref.Name, ref.Object)
+	}
+	_, err := g.runOpts(ctx, system.RunOpts{Stdin: &tx}, withArgs(quietConfig, "update-ref", "--stdin")...)
+	return gitError(err, "create the bundle's refs")
 }
 
 // checkPlanRefs runs git check-ref-format on every ref name of the plan
@@ -177,33 +214,6 @@ func checkPlanRefs(ctx context.Context, r system.Runner, plan GuestPlan) error {
 		}
 	}
 	return nil
-}
-
-// spoolBundle writes the bundle stream into .git: git reads a bundle
-// from a file. It returns the file's path.
-func spoolBundle(dir string, bundle io.Reader) (string, error) {
-	f, err := os.CreateTemp(filepath.Join(dir, ".git"), "banger-*.bundle")
-	if err != nil {
-		return "", fmt.Errorf("spool the bundle: %w", err)
-	}
-	_, err = io.Copy(f, bundle)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return "", fmt.Errorf("spool the bundle: %w", err)
-	}
-	return f.Name(), nil
-}
-
-// fetchBundle fetches every ref of the bundle file into the same name.
-func fetchBundle(ctx context.Context, g gitCmd, file string) error {
-	// --update-head-ok: the fresh repository's unborn HEAD names a branch
-	// the bundle may well carry.
-	_, err := g.run(ctx, withArgs(quietConfig, "fetch", "--quiet", "--no-tags", "--update-head-ok",
-		"--no-write-fetch-head", file, "+refs/*:refs/*")...)
-	return gitError(err, "fetch the bundle")
 }
 
 func verifyObject(ctx context.Context, g gitCmd, rev, want string) error {
@@ -243,46 +253,6 @@ func setHead(ctx context.Context, g gitCmd, plan GuestPlan) error {
 		}
 	}
 	return run("update-ref", "--no-deref", "-m", "banger: workspace head", "HEAD", plan.Head)
-}
-
-// restoreIndexFlags re-adds what a tree cannot hold: intent-to-add
-// entries and the skip-worktree and assume-unchanged bits.
-func restoreIndexFlags(ctx context.Context, g gitCmd, dir string, plan GuestPlan) error {
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", dir, err)
-	}
-	defer root.Close()
-	// git add needs the file; an intent-to-add path deleted on the host
-	// stays out of the index.
-	var ita []string
-	for _, p := range plan.IntentToAdd {
-		if _, err := newTreeStat(root).lstat(p); err == nil {
-			ita = append(ita, p)
-		}
-	}
-	steps := []struct {
-		what  string
-		paths []string
-		args  []string
-	}{
-		// --literal-pathspecs: these are file names, not patterns;
-		// --force: the file may match a guest .gitignore.
-		{"mark intent-to-add files", ita, []string{"--literal-pathspecs", "add", "--force", "--intent-to-add",
-			"--pathspec-from-file=-", "--pathspec-file-nul"}},
-		{"mark skip-worktree files", plan.SkipWorktree, []string{"update-index", "--skip-worktree", "-z", "--stdin"}},
-		{"mark assume-unchanged files", plan.AssumeUnchanged, []string{"update-index", "--assume-unchanged", "-z", "--stdin"}},
-	}
-	for _, s := range steps {
-		if len(s.paths) == 0 {
-			continue
-		}
-		stdin := strings.Join(s.paths, "\x00") + "\x00"
-		if _, err := g.runOpts(ctx, system.RunOpts{Stdin: strings.NewReader(stdin)}, withArgs(quietConfig, s.args...)...); err != nil {
-			return gitError(err, s.what)
-		}
-	}
-	return nil
 }
 
 func newBranch(ctx context.Context, g gitCmd, plan GuestPlan) error {
@@ -326,96 +296,6 @@ func ensureEmptyDir(dir string) error {
 			"%s is not empty", dir)
 	}
 	return nil
-}
-
-// removePaths removes plan.Deleted entries that exist as files or
-// symlinks, confined to dir and never through a symlinked parent.
-func removePaths(dir string, paths []string) error {
-	if len(paths) == 0 {
-		return nil
-	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", dir, err)
-	}
-	defer root.Close()
-	lst := newTreeStat(root)
-	for _, p := range paths {
-		name, err := repoPath(p)
-		if err != nil {
-			return err
-		}
-		fi, err := lst.lstat(name)
-		if isGone(err) || err == nil && fi.IsDir() {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("inspect %s: %w", name, err)
-		}
-		if err := root.Remove(name); err != nil && !isGone(err) {
-			return fmt.Errorf("remove %s: %w", name, err)
-		}
-	}
-	return nil
-}
-
-// errExtractDone stops the tar filter when tarx.Extract returned before
-// reading the whole stream.
-var errExtractDone = errors.New("extraction finished")
-
-// extractOverlay checks every entry of a tar stream (checkEntry) and
-// hands the entries that pass to tarx.Extract, through a pipe: tarx keeps
-// owning the confined writes, and a refused entry stops the stream before
-// anything after it is written.
-func extractOverlay(ctx context.Context, r io.Reader, dir string, allowGit bool) (tarx.Stats, error) {
-	pr, pw := io.Pipe()
-	errc := make(chan error, 1)
-	go func() {
-		err := filterTar(r, pw, allowGit)
-		pw.CloseWithError(err)
-		errc <- err
-	}()
-	st, err := tarx.Extract(ctx, pr, dir, 0)
-	pr.CloseWithError(errExtractDone)
-	if ferr := <-errc; ferr != nil && !errors.Is(ferr, errExtractDone) {
-		return st, ferr
-	}
-	return st, err
-}
-
-func filterTar(r io.Reader, w io.Writer, allowGit bool) error {
-	tr := tar.NewReader(r)
-	tw := tar.NewWriter(w)
-	links := map[string]bool{}
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return tw.Close()
-		}
-		if err != nil {
-			return fmt.Errorf("read tar: %w", err)
-		}
-		name, err := checkEntry(hdr.Name, hdr.Typeflag, links, allowGit)
-		if err != nil {
-			return err
-		}
-		if name == "." {
-			continue
-		}
-		out := &tar.Header{Name: name, Typeflag: hdr.Typeflag, Mode: hdr.Mode, Linkname: hdr.Linkname,
-			ModTime: hdr.ModTime, Format: tar.FormatPAX}
-		if hdr.Typeflag == tar.TypeReg {
-			out.Size = hdr.Size
-		}
-		if err := tw.WriteHeader(out); err != nil {
-			return fmt.Errorf("tar entry %q: %w", name, err)
-		}
-		if hdr.Typeflag == tar.TypeReg {
-			if _, err := io.Copy(tw, tr); err != nil {
-				return fmt.Errorf("tar entry %q: %w", name, err)
-			}
-		}
-	}
 }
 
 // checkEntry is the path check of ApplyPlan's extraction, and is fuzzed.

@@ -58,7 +58,27 @@ func buildTar(entries ...tarEntry) ([]byte, error) {
 
 // preparedStreams prepares a small repository and returns its plan and
 // bundle, for tests that swap in a hostile overlay or plan.
-func preparedStreams(t *testing.T, setup ...func(dir string)) (GuestPlan, []byte) {
+// hostStreams are the bundle-mode streams besides the overlay.
+type hostStreams struct{ bundle, idx, entries []byte }
+
+// with returns the streams ApplyPlan takes, with overlay as the tar.
+func (h hostStreams) with(overlay []byte) Streams {
+	return Streams{Bundle: bytes.NewReader(h.bundle), PackIndex: bytes.NewReader(h.idx),
+		Overlay: bytes.NewReader(overlay), Entries: bytes.NewReader(h.entries)}
+}
+
+// hostStreamsOf writes a workspace's bundle, pack index and entries.
+func hostStreamsOf(t *testing.T, ws *Workspace) hostStreams {
+	t.Helper()
+	ctx := context.Background()
+	var bundle, idx, entries bytes.Buffer
+	must(t, ws.WriteBundle(ctx, &bundle))
+	must(t, ws.WritePackIndex(ctx, bytes.NewReader(bundle.Bytes()), &idx))
+	must(t, ws.WriteEntries(ctx, &entries))
+	return hostStreams{bundle.Bytes(), idx.Bytes(), entries.Bytes()}
+}
+
+func preparedStreams(t *testing.T, setup ...func(dir string)) (GuestPlan, hostStreams) {
 	t.Helper()
 	dir := newRepo(t)
 	for _, s := range setup {
@@ -70,9 +90,7 @@ func preparedStreams(t *testing.T, setup ...func(dir string)) (GuestPlan, []byte
 	ws, err := Prepare(ctx, system.Exec{}, repo, Options{})
 	must(t, err)
 	defer ws.Close()
-	var bundle bytes.Buffer
-	must(t, ws.WriteBundle(ctx, &bundle))
-	return ws.Plan, bundle.Bytes()
+	return ws.Plan, hostStreamsOf(t, ws)
 }
 
 // TestApplyPlanRefusesEscapes feeds ApplyPlan overlays that try to write
@@ -121,7 +139,7 @@ func TestApplyPlanRefusesEscapes(t *testing.T) {
 				tt.mutate(&p)
 			}
 			overlay := makeTar(t, tt.overlay...)
-			err := ApplyPlan(context.Background(), system.Exec{}, dir, p, bytes.NewReader(bundle), bytes.NewReader(overlay), nil)
+			err := ApplyPlan(context.Background(), system.Exec{}, dir, p, bundle.with(overlay), nil)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
@@ -162,7 +180,7 @@ func TestApplyPlanNeedsEmptyDir(t *testing.T) {
 	plan, bundle := preparedStreams(t)
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "existing"), "x", 0o644)
-	err := ApplyPlan(context.Background(), system.Exec{}, dir, plan, bytes.NewReader(bundle), bytes.NewReader(makeTar(t)), nil)
+	err := ApplyPlan(context.Background(), system.Exec{}, dir, plan, bundle.with(makeTar(t)), nil)
 	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Code != api.CodeConflict || !strings.Contains(ae.Message, "not empty") {
 		t.Fatalf("err = %v", err)
@@ -177,7 +195,7 @@ func TestApplyPlanDetectsMismatch(t *testing.T) {
 		git(t, dir, "commit", "-q", "--allow-empty", "-m", "different history")
 	})
 	err := ApplyPlan(context.Background(), system.Exec{}, filepath.Join(t.TempDir(), "repo"), plan,
-		bytes.NewReader(otherBundle), bytes.NewReader(makeTar(t)), nil)
+		otherBundle.with(makeTar(t)), nil)
 	if err == nil || !strings.Contains(err.Error(), "bundle and plan disagree") {
 		t.Fatalf("err = %v", err)
 	}
@@ -276,7 +294,7 @@ func FuzzCheckEntry(f *testing.F) {
 	})
 }
 
-// FuzzExtractOverlay extracts a fuzzed symlink followed by a fuzzed file
+// FuzzExtractOverlay extracts (with extractTree) a fuzzed symlink followed by a fuzzed file
 // (and its content) and checks that nothing appears outside the target.
 func FuzzExtractOverlay(f *testing.F) {
 	f.Add("l", "..", "l/x", false)
@@ -296,7 +314,7 @@ func FuzzExtractOverlay(f *testing.F) {
 		if err != nil {
 			t.Skip("archive/tar cannot encode these names")
 		}
-		extractOverlay(context.Background(), bytes.NewReader(data), dir, allowGit)
+		extractTree(context.Background(), bytes.NewReader(data), dir, allowGit)
 		err = filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
@@ -437,37 +455,6 @@ func TestGitErrors(t *testing.T) {
 		if !errors.As(err, &ae) || !strings.Contains(ae.Message, tt.wantMsg) || !strings.Contains(ae.Hint, tt.wantHint) {
 			t.Errorf("%s: err = %v", tt.name, err)
 		}
-	}
-}
-
-// TestRemovePaths: the delete step removes files and symlinks, leaves
-// directories and missing paths alone, and never goes through a symlink.
-func TestRemovePaths(t *testing.T) {
-	base := t.TempDir()
-	dir := filepath.Join(base, "repo")
-	writeFile(t, filepath.Join(dir, "gone.txt"), "x", 0o644)
-	writeFile(t, filepath.Join(dir, "sub/gone.txt"), "x", 0o644)
-	writeFile(t, filepath.Join(dir, "now-a-dir/inner"), "x", 0o644)
-	writeFile(t, filepath.Join(dir, "real/victim"), "keep", 0o644)
-	writeFile(t, filepath.Join(base, "outside"), "keep", 0o644)
-	must(t, os.Symlink("real", filepath.Join(dir, "via-link")))
-	must(t, os.Symlink("../outside", filepath.Join(dir, "link-out")))
-
-	err := removePaths(dir, []string{"gone.txt", "sub/gone.txt", "now-a-dir", "missing", "missing-dir/x",
-		"via-link/victim", "link-out"})
-	must(t, err)
-	for _, p := range []string{"gone.txt", "sub/gone.txt", "link-out"} {
-		if _, err := os.Lstat(filepath.Join(dir, p)); !os.IsNotExist(err) {
-			t.Errorf("%s was not removed: %v", p, err)
-		}
-	}
-	for _, p := range []string{filepath.Join(dir, "now-a-dir/inner"), filepath.Join(dir, "real/victim"), filepath.Join(base, "outside")} {
-		if _, err := os.Lstat(p); err != nil {
-			t.Errorf("%s was removed: %v", p, err)
-		}
-	}
-	if err := removePaths(dir, []string{"../outside"}); !errors.Is(err, tarx.ErrUnsafePath) {
-		t.Fatalf("escaping path: %v", err)
 	}
 }
 

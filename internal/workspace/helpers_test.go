@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -150,18 +149,28 @@ func simulateGuest(t testing.TB, hostPath string, opts Options) guestResult {
 		t.Fatalf("Prepare: %v", err)
 	}
 	res.plan = ws.Plan
-	var bundle, overlay bytes.Buffer
+	var overlay bytes.Buffer
+	var hs hostStreams
 	if opts.EffectiveMode() == ModeFullCopy {
 		if res.stats, err = WriteFullCopy(ctx, repo, &overlay); err != nil {
 			t.Fatalf("WriteFullCopy: %v", err)
 		}
 	} else {
+		// The order the daemon uses: the entries after the overlay.
+		var bundle, idx, entries bytes.Buffer
 		if err := ws.WriteBundle(ctx, &bundle); err != nil {
 			t.Fatalf("WriteBundle: %v", err)
+		}
+		if err := ws.WritePackIndex(ctx, bytes.NewReader(bundle.Bytes()), &idx); err != nil {
+			t.Fatalf("WritePackIndex: %v", err)
 		}
 		if res.stats, err = ws.WriteOverlay(ctx, &overlay); err != nil {
 			t.Fatalf("WriteOverlay: %v", err)
 		}
+		if err := ws.WriteEntries(ctx, &entries); err != nil {
+			t.Fatalf("WriteEntries: %v", err)
+		}
+		hs = hostStreams{bundle.Bytes(), idx.Bytes(), entries.Bytes()}
 	}
 	scratch := ws.scratch
 	if err := ws.Close(); err != nil {
@@ -187,11 +196,11 @@ func simulateGuest(t testing.TB, hostPath string, opts Options) guestResult {
 
 	res.dir = filepath.Join(t.TempDir(), "repo")
 	res.overlay = overlay.Bytes()
-	var bundleReader io.Reader
-	if bundle.Len() > 0 {
-		bundleReader = bytes.NewReader(bundle.Bytes())
+	streams := Streams{Overlay: bytes.NewReader(res.overlay)}
+	if hs.bundle != nil {
+		streams = hs.with(res.overlay)
 	}
-	if err := ApplyPlan(ctx, r, res.dir, plan, bundleReader, bytes.NewReader(res.overlay), nil); err != nil {
+	if err := ApplyPlan(ctx, r, res.dir, plan, streams, nil); err != nil {
 		t.Fatalf("ApplyPlan: %v", err)
 	}
 	return res

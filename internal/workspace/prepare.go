@@ -41,6 +41,11 @@ type entry struct {
 	// nestedRepo: an untracked directory holding its own repository,
 	// which git lists as "dir/" and never looks into.
 	nestedRepo bool
+	// mode, oid and assumeUnchanged describe a tracked entry's index
+	// record (what the guest's index gets).
+	mode            string
+	oid             string
+	assumeUnchanged bool
 }
 
 // Check refuses, with the same errors as Prepare, what Prepare would
@@ -240,8 +245,9 @@ func (w *Workspace) list(ctx context.Context) error {
 		}
 		seen[path] = true
 		tag := f[0][0]
-		e := entry{path: path, tracked: true, skipWorktree: tag == 'S' || tag == 's'}
+		e := entry{path: path, tracked: true, skipWorktree: tag == 'S' || tag == 's', mode: f[1], oid: f[2]}
 		if tag >= 'a' && tag <= 'z' {
+			e.assumeUnchanged = true
 			w.Plan.AssumeUnchanged = append(w.Plan.AssumeUnchanged, path)
 		}
 		if e.skipWorktree {

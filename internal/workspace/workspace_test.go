@@ -470,11 +470,10 @@ func TestGuestBranch(t *testing.T) {
 		ws, err := Prepare(ctx, system.Exec{}, repo, Options{Branch: "agent", From: "v1"})
 		must(t, err)
 		defer ws.Close()
-		var bundle, overlay bytes.Buffer
-		must(t, ws.WriteBundle(ctx, &bundle))
+		var overlay bytes.Buffer
 		_, err = ws.WriteOverlay(ctx, &overlay)
 		must(t, err)
-		err = ApplyPlan(ctx, system.Exec{}, filepath.Join(t.TempDir(), "repo"), ws.Plan, &bundle, &overlay, nil)
+		err = ApplyPlan(ctx, system.Exec{}, filepath.Join(t.TempDir(), "repo"), ws.Plan, hostStreamsOf(t, ws).with(overlay.Bytes()), nil)
 		var ae *api.Error
 		if !errors.As(err, &ae) || ae.Code != api.CodeConflict || !strings.Contains(ae.Hint, "--from") {
 			t.Fatalf("err = %#v", err)
