@@ -407,6 +407,18 @@ func TestSession(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("guest reboot marks live sessions lost", func(t *testing.T) {
+		in.must(t, "vm", "session", "start", vm, "--name", "sleeper", "--", "sleep", "600")
+		in.must(t, "vm", "restart", vm)
+		s := in.session(t, vm, "sleeper")
+		if s.State != api.SessionLost || s.Error == "" {
+			t.Fatalf("after a guest reboot: %+v", s)
+		}
+		if ss := in.sessions(t, vm); !hasSession(ss, "sleeper", api.SessionLost) || !hasSession(ss, "echo", api.SessionExited) {
+			t.Fatalf("list after a guest reboot: %+v", ss)
+		}
+	})
 }
 
 func hasSession(ss []api.Session, name, state string) bool {
