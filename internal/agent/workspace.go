@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -126,7 +127,9 @@ func (s *Server) applyWorkspace(ctx context.Context, conn net.Conn, br *bufio.Re
 	}
 	// The sections arrive in this order on one frame stream; ApplyPlan
 	// reads each to its end before it starts on the next.
-	frames := mux.NewReader(br)
+	ahead, stop := readAhead(br, 128, 256<<10)
+	defer stop()
+	frames := mux.NewReader(ahead)
 	section := func() *workspace.SectionReader { return workspace.NewSectionReader(frames) }
 	var streams workspace.Streams
 	var overlay *workspace.SectionReader
@@ -170,6 +173,55 @@ func (s *Server) applyWorkspace(ctx context.Context, conn net.Conn, br *bufio.Re
 		return fail(fmt.Errorf("swap in the new workspace: %w", err))
 	}
 	return workspace.ApplyEvent{Done: true, Result: res}, ""
+}
+
+// readAhead reads r in a goroutine into up to n chunks of size bytes, so
+// the channel keeps receiving while the guest writes files: under TCG
+// both take a vCPU, and without a buffer each waits for the other. stop
+// ends the goroutine once the reader is no longer wanted.
+func readAhead(r io.Reader, n, size int) (_ io.Reader, stop func()) {
+	a := &aheadReader{ch: make(chan chunk, n), done: make(chan struct{})}
+	go func() {
+		for {
+			buf := make([]byte, size)
+			k, err := r.Read(buf)
+			select {
+			case a.ch <- chunk{buf[:k], err}:
+			case <-a.done:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return a, func() { once.Do(func() { close(a.done) }) }
+}
+
+type chunk struct {
+	data []byte
+	err  error
+}
+
+type aheadReader struct {
+	ch   chan chunk
+	done chan struct{}
+	cur  []byte
+	err  error
+}
+
+func (a *aheadReader) Read(p []byte) (int, error) {
+	for len(a.cur) == 0 {
+		if a.err != nil {
+			return 0, a.err
+		}
+		c := <-a.ch
+		a.cur, a.err = c.data, c.err
+	}
+	n := copy(p, a.cur)
+	a.cur = a.cur[n:]
+	return n, nil
 }
 
 // afterDrain reads next once prev is read to its end.

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -91,51 +90,47 @@ func (d *Daemon) prepareWorkspace(ctx context.Context, name string, req api.Work
 		ws   *workspace.Workspace
 		info = &api.Workspace{Dir: workspace.GuestDir, PreparedAt: time.Now().UTC()}
 	)
+	var (
+		repo workspace.Repo
+		opts workspace.Options
+	)
 	if err := stage(workspace.StageResolve, func(ctx context.Context) error {
-		repo, opts, err := d.checkWorkspace(ctx, req)
-		if err != nil {
+		var err error
+		repo, opts, err = d.checkWorkspace(ctx, req)
+		if err != nil || opts.EffectiveMode() == workspace.ModeBundle {
 			return err
 		}
+		// full_copy has no bundle stage: its snapshot is the tar.
 		ws, err = workspace.Prepare(ctx, d.runner, repo, opts)
 		return err
 	}); err != nil {
 		return nil, err
 	}
-	defer ws.Close()
-	info.Source, info.Mode = ws.Repo.Root, ws.Plan.Mode
-	info.Branch, info.Head, info.Base, info.GuestBranch = ws.Repo.Branch, ws.Plan.Head, ws.Plan.Base, ws.Plan.NewBranch
+	// ws is set by now unless a stage failed; Close covers both modes.
+	defer func() {
+		if ws != nil {
+			ws.Close()
+		}
+	}()
 
-	// The bundle is spooled on the host first: host git is fast, and a
-	// failure there then happens before the guest is touched.
+	// The bundle streams to the guest while git writes it, and is kept
+	// in a file on the host too: the pack index the guest installs with
+	// it (see workspace/pack.go) is computed from that file right after.
 	var bundleFile string
-	var packIndex bytes.Buffer
-	if ws.Plan.Mode == workspace.ModeBundle {
+	if opts.EffectiveMode() == workspace.ModeBundle {
+		// The snapshot: the file list, the staged tree as a commit and
+		// the refs the bundle will carry, in a scratch repository.
 		if err := stage(workspace.StageBundle, func(ctx context.Context) error {
+			var err error
+			if ws, err = workspace.Prepare(ctx, d.runner, repo, opts); err != nil {
+				return err
+			}
 			f, err := os.CreateTemp(d.layout.CacheDir, "workspace-*.bundle")
 			if err != nil {
 				return fmt.Errorf("create bundle file: %w", err)
 			}
 			bundleFile = f.Name()
-			err = ws.WriteBundle(ctx, f)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return err
-			}
-			if st, err := os.Stat(bundleFile); err == nil {
-				info.BundleBytes = st.Size()
-			}
-			// The guest installs the pack with this index instead of
-			// hashing every object again (see workspace/pack.go).
-			f, err = os.Open(bundleFile)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			if err := ws.WritePackIndex(ctx, f, &packIndex); err != nil {
-				return err
-			}
+			f.Close()
 			info.Tips, err = ws.Tips(ctx)
 			return err
 		}); err != nil {
@@ -146,6 +141,8 @@ func (d *Daemon) prepareWorkspace(ctx context.Context, name string, req api.Work
 		}
 		defer os.Remove(bundleFile)
 	}
+	info.Source, info.Mode = ws.Repo.Root, ws.Plan.Mode
+	info.Branch, info.Head, info.Base, info.GuestBranch = ws.Repo.Branch, ws.Plan.Head, ws.Plan.Base, ws.Plan.NewBranch
 
 	ac, err := d.agent(ctx, vm)
 	if err != nil {
@@ -153,17 +150,26 @@ func (d *Daemon) prepareWorkspace(ctx context.Context, name string, req api.Work
 	}
 	streams := agentclient.WorkspaceStreams{
 		Bundle: func(w io.Writer) error {
+			f, err := os.OpenFile(bundleFile, os.O_WRONLY|os.O_TRUNC, 0)
+			if err != nil {
+				return err
+			}
+			err = ws.WriteBundle(ctx, io.MultiWriter(w, f))
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if st, err := os.Stat(bundleFile); err == nil {
+				info.BundleBytes = st.Size()
+			}
+			return err
+		},
+		PackIndex: func(w io.Writer) error {
 			f, err := os.Open(bundleFile)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			_, err = io.Copy(w, f)
-			return err
-		},
-		PackIndex: func(w io.Writer) error {
-			_, err := w.Write(packIndex.Bytes())
-			return err
+			return ws.WritePackIndex(ctx, f, w)
 		},
 		// After the overlay: see Workspace.WriteEntries.
 		Entries: func(w io.Writer) error { return ws.WriteEntries(ctx, w) },
