@@ -97,8 +97,12 @@ func (g *globals) prepare(ctx context.Context, name string, req api.WorkspaceReq
 }
 
 func (g *globals) printWorkspace(name string, ws api.Workspace) {
-	fmt.Fprintf(g.stdout, "%s is at %s:%s (%s, %s at %.12s): %d files, %s\n", ws.Source, name, ws.Dir,
-		ws.Mode, branchLabel(ws.Branch), ws.Head, ws.Files, humanBytes(ws.Bytes+ws.BundleBytes))
+	sent := fmt.Sprintf("%d files (%s)", ws.Files, humanBytes(ws.Bytes))
+	if ws.BundleBytes > 0 {
+		sent += " + history (" + humanBytes(ws.BundleBytes) + ")"
+	}
+	fmt.Fprintf(g.stdout, "%s is at %s:%s (%s, %s at %.12s): %s\n", ws.Source, name, ws.Dir,
+		ws.Mode, branchLabel(ws.Branch), ws.Head, sent)
 	if ws.GuestBranch != "" {
 		fmt.Fprintf(g.stdout, "guest-only branch %s is checked out\n", ws.GuestBranch)
 	}
