@@ -303,7 +303,8 @@ func nextSteps(vm api.VM) []NextStep {
 	steps := []NextStep{
 		{"open a shell in the VM (the repository is at /root/repo)", "banger vm ssh " + n},
 		{"run a command in the repository", "banger vm exec -w /root/repo " + n + " -- git status"},
-		{"start opencode's server in the VM", "banger vm exec -w /root/repo " + n + " -- opencode serve --hostname 0.0.0.0 --port 4096"},
+		{"start opencode's server in the VM as a session (it survives daemon restarts)",
+			"banger vm session start " + n + " --name opencode -- opencode serve --hostname 0.0.0.0 --port 4096"},
 	}
 	for _, p := range vm.Ports {
 		if p.GuestPort == 4096 {
@@ -312,6 +313,7 @@ func nextSteps(vm api.VM) []NextStep {
 		}
 	}
 	steps = append(steps,
+		NextStep{"see the VM's sessions, attach to one (Ctrl-C detaches)", "banger vm session list " + n},
 		NextStep{"fetch the VM's branches into your repository as banger/" + n + "/<branch>", "banger vm workspace pull " + n},
 		NextStep{"stop the VM (keeps its disk)", "banger vm stop " + n},
 		NextStep{"delete the VM", "banger vm delete " + n},
