@@ -192,7 +192,8 @@ func (s *Server) handleSessionAttach(m *session.Manager, w http.ResponseWriter, 
 		_, _ = io.Copy(sconn, brw.Reader)
 		closeWrite(sconn)
 	}()
-	_, _ = io.Copy(conn, sconn)
+	// A large buffer: output frames are up to 256 KiB (see session).
+	_, _ = io.CopyBuffer(struct{ io.Writer }{conn}, struct{ io.Reader }{sconn}, make([]byte, 256<<10))
 }
 
 func closeWrite(c net.Conn) {

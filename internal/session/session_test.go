@@ -382,7 +382,7 @@ func TestBackpressure(t *testing.T) {
 	}
 	for _, name := range []string{stdoutLog, stdoutLog + rotatedSuffix} {
 		st, err := os.Stat(filepath.Join(m.opts.Dir, s.ID, name))
-		if err != nil || st.Size() > limits.LogBytes+32<<10 {
+		if err != nil || st.Size() > limits.LogBytes+pumpBuffer {
 			t.Fatalf("%s: %v %v", name, st.Size(), err)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -256,6 +257,10 @@ func (sv *supervisor) launch(spec launchSpec, start StartFunc) error {
 		if err != nil {
 			return nil, nil, fmt.Errorf("create pipe: %w", err)
 		}
+		// A bigger pipe means fewer, larger reads by pump: under TCG
+		// every system call is expensive. Best effort: the default
+		// 64 KiB works too.
+		_, _ = unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, 1<<20)
 		return r, w, nil
 	}
 	if m.Mode == api.SessionModePTY {
@@ -362,11 +367,15 @@ func (sv *supervisor) wait() {
 	close(sv.done)
 }
 
+// pumpBuffer bounds one read of a command's output, and so how far a log
+// may pass its size limit before rotating.
+const pumpBuffer = 256 << 10
+
 // pump copies one output of the command into its log. Log writes block
 // while a slow attacher holds a rotation back, which fills the pipe and
 // blocks the command: that is the backpressure.
 func (sv *supervisor) pump(f *os.File, l *streamLog, quiet *atomic.Bool) {
-	buf := make([]byte, 32<<10)
+	buf := make([]byte, pumpBuffer)
 	warned := false
 	for {
 		if quiet.Load() {
@@ -652,7 +661,8 @@ func (sv *supervisor) readClient(att *attachment, r *mux.Reader) {
 // failed). Replay from the supervisor and from disk share it.
 func sendOutput(c net.Conn, logs []*streamLog, types []mux.Type, cursors []*cursor, gone, done <-chan struct{}, exit func() api.ExitStatus) error {
 	w := mux.NewWriter(c)
-	buf := make([]byte, 32<<10)
+	// Large frames: each costs system calls on both guest sockets.
+	buf := make([]byte, 256<<10)
 	changed := make([]<-chan struct{}, 2)
 	for {
 		progressed := false
