@@ -114,6 +114,9 @@ func (s *Server) Serve(ctx context.Context, t Transport) error {
 	}
 }
 
+// streamWindow is the yamux receive window of each stream, on both ends.
+const streamWindow = 4 << 20
+
 const (
 	minRetry = 50 * time.Millisecond
 	maxRetry = time.Second
@@ -165,6 +168,9 @@ func (s *Server) yamuxConfig() *yamux.Config {
 	cfg.ConnectionWriteTimeout = s.writeTimeout
 	cfg.LogOutput = nil
 	cfg.Logger = slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
+	// A larger receive window keeps bulk uploads (workspaces, stdin)
+	// flowing while the guest is busy writing what it got.
+	cfg.MaxStreamWindowSize = streamWindow
 	return cfg
 }
 

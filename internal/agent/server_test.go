@@ -353,7 +353,7 @@ func TestExecClientGoneWhileDraining(t *testing.T) {
 	c := a.dial(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	// More than yamux's 256 KiB window: head exits while the agent still
+XX
 	// holds output nobody reads.
 	conn, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"head", "-c", "300000", "/dev/zero"}})
 	if err != nil {

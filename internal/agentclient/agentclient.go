@@ -80,6 +80,9 @@ func New(ctx context.Context, conn net.Conn) (*Client, error) {
 	cfg.KeepAliveInterval = 15 * time.Second
 	cfg.LogOutput = nil
 	cfg.Logger = slog.NewLogLogger(slog.Default().Handler(), slog.LevelDebug)
+	// A larger receive window keeps bulk downloads (exec and session
+	// output) flowing between the daemon's reads.
+	cfg.MaxStreamWindowSize = 4 << 20
 	sess, err := yamux.Client(linked, cfg)
 	if err != nil {
 		conn.Close()

@@ -57,10 +57,16 @@ func (c *Client) PrepareWorkspace(ctx context.Context, req workspace.ApplyReques
 			parts = []part{{"bundle", streams.Bundle}, {"pack index", streams.PackIndex},
 				{"working tree", streams.Overlay}, {"index entries", streams.Entries}}
 		}
+		// tar and git write in small pieces; the buffer turns them into
+		// frames of SectionFrame bytes.
+		bw := bufio.NewWriterSize(sec, workspace.SectionFrame)
 		err := func() error {
 			for _, p := range parts {
-				if err := p.fn(sec); err != nil {
+				if err := p.fn(bw); err != nil {
 					return fmt.Errorf("send %s: %w", p.what, err)
+				}
+				if err := bw.Flush(); err != nil {
+					return err
 				}
 				if err := w.WriteStdinClose(); err != nil {
 					return err

@@ -165,17 +165,25 @@ func (w *Writer) WriteStdinClose() error { return w.WriteFrame(StdinClose, nil) 
 // Stream returns an io.Writer that sends everything written to it as data
 // frames of type t (Stdin, Stdout or Stderr), split into bounded chunks.
 // Empty writes send nothing.
-func (w *Writer) Stream(t Type) io.Writer { return streamWriter{w: w, t: t} }
+func (w *Writer) Stream(t Type) io.Writer { return streamWriter{w: w, t: t, size: chunkSize} }
+
+// BulkStream is Stream with frames of up to size bytes (at most
+// MaxPayload), for one-way bulk data where interleaving does not matter
+// and fewer frames cost the receiver less.
+func (w *Writer) BulkStream(t Type, size int) io.Writer {
+	return streamWriter{w: w, t: t, size: min(max(size, 1), MaxPayload)}
+}
 
 type streamWriter struct {
-	w *Writer
-	t Type
+	w    *Writer
+	t    Type
+	size int
 }
 
 func (s streamWriter) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
-		c := p[:min(len(p), chunkSize)]
+		c := p[:min(len(p), s.size)]
 		if err := s.w.WriteFrame(s.t, c); err != nil {
 			return n, err
 		}

@@ -72,9 +72,14 @@ func WriteSection(w *mux.Writer, r io.Reader) error {
 	return w.WriteStdinClose()
 }
 
-// SectionWriter returns a writer whose bytes go out as section data;
-// close the section with w.WriteStdinClose.
-func SectionWriter(w *mux.Writer) io.Writer { return w.Stream(mux.Stdin) }
+// SectionFrame is the frame size of section data: large, because every
+// frame costs the guest (under TCG) a few system calls and copies.
+const SectionFrame = 256 << 10
+
+// SectionWriter returns a writer whose bytes go out as section data in
+// frames of up to SectionFrame bytes; close the section with
+// w.WriteStdinClose. Buffer small writes in front of it (bufio).
+func SectionWriter(w *mux.Writer) io.Writer { return w.BulkStream(mux.Stdin, SectionFrame) }
 
 // ErrSectionFrame is a frame that has no place in a section stream.
 var ErrSectionFrame = errors.New("workspace stream: unexpected frame")
