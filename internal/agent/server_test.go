@@ -353,7 +353,7 @@ func TestExecClientGoneWhileDraining(t *testing.T) {
 	c := a.dial(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-XX
+	XX
 	// holds output nobody reads.
 	conn, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"head", "-c", "300000", "/dev/zero"}})
 	if err != nil {
