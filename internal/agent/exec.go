@@ -17,6 +17,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/mux"
+	"github.com/bangerdev/banger/internal/pty"
 )
 
 // outputGrace is how long the output of an exited command may stay quiet
@@ -210,7 +211,7 @@ func startCommand(req api.ExecRequest, dir string) (*execution, error) {
 	}()
 
 	if req.TTY {
-		master, tty, err := openPTY(req.Rows, req.Cols)
+		master, tty, err := pty.Open(req.Rows, req.Cols)
 		if err != nil {
 			return nil, err
 		}
@@ -322,7 +323,7 @@ func (x *execution) readClient(r *mux.Reader) {
 		case mux.Resize:
 			rows, cols, err := mux.DecodeResize(f.Payload)
 			if err == nil && x.master != nil {
-				if err := setWinsize(x.master, rows, cols); err != nil {
+				if err := pty.SetSize(x.master, rows, cols); err != nil {
 					x.log.Debug("resize", "err", err)
 				}
 			}

@@ -353,9 +353,9 @@ func TestExecClientGoneWhileDraining(t *testing.T) {
 	c := a.dial(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	XX
-	// holds output nobody reads.
-	conn, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"head", "-c", "300000", "/dev/zero"}})
+	// More than the client's 4 MiB stream window: head exits while the
+	// agent still holds output nobody reads.
+	conn, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"head", "-c", "6000000", "/dev/zero"}})
 	if err != nil {
 		t.Fatal(err)
 	}

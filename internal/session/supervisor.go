@@ -21,6 +21,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/mux"
+	"github.com/bangerdev/banger/internal/pty"
 )
 
 // StartFunc starts the session's command with exactly files as its
@@ -267,7 +268,7 @@ func (sv *supervisor) launch(spec launchSpec, start StartFunc) error {
 		if err := newLog(outputLog, mux.Stdout); err != nil {
 			return err
 		}
-		master, tty, err := openPTY(spec.Rows, spec.Cols)
+		master, tty, err := pty.Open(spec.Rows, spec.Cols)
 		if err != nil {
 			return err
 		}
@@ -570,7 +571,7 @@ func (sv *supervisor) attach(c net.Conn, br *bufio.Reader, a api.AttachSessionRe
 		close(att.ended)
 	}()
 	if sv.master != nil && a.Rows > 0 && a.Cols > 0 {
-		if err := setWinsize(sv.master, a.Rows, a.Cols); err != nil {
+		if err := pty.SetSize(sv.master, a.Rows, a.Cols); err != nil {
 			sv.log.Debug("resize", "err", err)
 		}
 	}
@@ -643,7 +644,7 @@ func (sv *supervisor) readClient(att *attachment, r *mux.Reader) {
 		case mux.Resize:
 			rows, cols, err := mux.DecodeResize(f.Payload)
 			if err == nil && sv.master != nil {
-				if err := setWinsize(sv.master, rows, cols); err != nil {
+				if err := pty.SetSize(sv.master, rows, cols); err != nil {
 					sv.log.Debug("resize", "err", err)
 				}
 			}

@@ -1,4 +1,6 @@
-package agent
+// Package pty opens pseudo-terminal pairs for the guest agent's exec and
+// session supervisors.
+package pty
 
 import (
 	"fmt"
@@ -8,12 +10,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// openPTY returns a pseudo-terminal pair. The master stays in non-blocking
+// Open returns a pseudo-terminal pair. The master stays in non-blocking
 // mode under the runtime poller, which creack/pty's Open does not allow
 // (its ioctls go through File.Fd, which switches the fd to blocking): the
 // output drain needs read deadlines to stop waiting when the command has
 // exited but a background child still holds the terminal.
-func openPTY(rows, cols uint16) (master, tty *os.File, err error) {
+func Open(rows, cols uint16) (master, tty *os.File, err error) {
 	master, err = os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open pty: %w", err)
@@ -38,7 +40,7 @@ func openPTY(rows, cols uint16) (master, tty *os.File, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := setWinsize(master, rows, cols); err != nil {
+	if err := SetSize(master, rows, cols); err != nil {
 		return nil, nil, err
 	}
 	tty, err = os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|unix.O_NOCTTY, 0)
@@ -48,9 +50,9 @@ func openPTY(rows, cols uint16) (master, tty *os.File, err error) {
 	return master, tty, nil
 }
 
-// setWinsize resizes the terminal; the kernel sends SIGWINCH to its
+// SetSize resizes the terminal; the kernel sends SIGWINCH to its
 // foreground process group.
-func setWinsize(master *os.File, rows, cols uint16) error {
+func SetSize(master *os.File, rows, cols uint16) error {
 	if rows == 0 {
 		rows = 24
 	}
