@@ -222,21 +222,27 @@ func (c *Client) Logs(ctx context.Context, name string, follow bool, w io.Writer
 // Exec starts a guest command and returns the mux stream (see
 // internal/mux) once the daemon and the agent switched protocols.
 func (c *Client) Exec(ctx context.Context, name string, req api.ExecRequest) (io.ReadWriteCloser, error) {
+	return c.upgrade(ctx, "/vms/"+url.PathEscape(name)+"/exec", req, "exec")
+}
+
+// upgrade POSTs in to path asking to switch to api.MuxProtocol and
+// returns the upgraded stream.
+func (c *Client) upgrade(ctx context.Context, path string, in any, what string) (io.ReadWriteCloser, error) {
 	hdr := http.Header{}
 	hdr.Set("Connection", "Upgrade")
 	hdr.Set("Upgrade", api.MuxProtocol)
-	resp, err := c.send(ctx, http.MethodPost, "/vms/"+url.PathEscape(name)+"/exec", nil, req, hdr)
+	resp, err := c.send(ctx, http.MethodPost, path, nil, in, hdr)
 	if err != nil {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		resp.Body.Close()
-		return nil, fmt.Errorf("exec: daemon answered %s instead of switching protocols", resp.Status)
+		return nil, fmt.Errorf("%s: daemon answered %s instead of switching protocols", what, resp.Status)
 	}
 	rwc, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
 		resp.Body.Close()
-		return nil, errors.New("exec: upgraded body is not writable")
+		return nil, fmt.Errorf("%s: upgraded body is not writable", what)
 	}
 	return rwc, nil
 }

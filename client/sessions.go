@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -103,23 +102,7 @@ func (c *Client) SessionLogs(ctx context.Context, vm, ref string, req api.Sessio
 // Closing the stream detaches; it never stops the session. A refusal
 // (unknown session, stdin taken) is an *api.Error with a hint.
 func (c *Client) AttachSession(ctx context.Context, vm, ref string, req api.AttachSessionRequest) (io.ReadWriteCloser, error) {
-	hdr := http.Header{}
-	hdr.Set("Connection", "Upgrade")
-	hdr.Set("Upgrade", api.MuxProtocol)
-	resp, err := c.send(ctx, http.MethodPost, sessionPath(vm, ref, "attach"), nil, req, hdr)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		resp.Body.Close()
-		return nil, fmt.Errorf("attach: daemon answered %s instead of switching protocols", resp.Status)
-	}
-	rwc, ok := resp.Body.(io.ReadWriteCloser)
-	if !ok {
-		resp.Body.Close()
-		return nil, errors.New("attach: upgraded body is not writable")
-	}
-	return rwc, nil
+	return c.upgrade(ctx, sessionPath(vm, ref, "attach"), req, "attach")
 }
 
 // WatchEvents streams the daemon's event bus (session state changes) to

@@ -369,6 +369,13 @@ func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
 		writeError(w, asAPIError(err))
 		return
 	}
+	upgradeAndSplice(w, guest)
+}
+
+// upgradeAndSplice answers 101 on the client's connection and splices it
+// to guest, an upgraded agent stream: exec and attach reach the guest
+// before they answer, so a refusal is still a plain HTTP error.
+func upgradeAndSplice(w http.ResponseWriter, guest net.Conn) {
 	defer guest.Close()
 	hj, ok := w.(http.Hijacker)
 	if !ok {

@@ -511,21 +511,7 @@ func (d *Daemon) handleAttachSession(w http.ResponseWriter, r *http.Request) {
 		writeError(w, asAPIError(err))
 		return
 	}
-	defer guest.Close()
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		writeError(w, errors.New("connection cannot be hijacked"))
-		return
-	}
-	client, brw, err := hj.Hijack()
-	if err != nil {
-		return
-	}
-	defer client.Close()
-	if _, err := client.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + api.MuxProtocol + "\r\n\r\n")); err != nil {
-		return
-	}
-	splice(client, brw.Reader, guest)
+	upgradeAndSplice(w, guest)
 }
 
 // handleSessionLogs streams one log of a session. Errors can only be
