@@ -22,6 +22,8 @@ import (
 type tarEntry struct {
 	name, link, body string
 	typ              byte
+	// mode defaults to 0644.
+	mode int64
 }
 
 func makeTar(t testing.TB, entries ...tarEntry) []byte {
@@ -37,7 +39,11 @@ func buildTar(entries ...tarEntry) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, e := range entries {
-		hdr := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: 0o644, Format: tar.FormatPAX}
+		mode := e.mode
+		if mode == 0 {
+			mode = 0o644
+		}
+		hdr := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: mode, Format: tar.FormatPAX}
 		if e.typ == tar.TypeReg {
 			hdr.Size = int64(len(e.body))
 		}
