@@ -163,8 +163,13 @@ func (c *Client) CreateVM(ctx context.Context, req api.CreateVMRequest) (api.Ope
 
 // StartVM boots a stopped VM and waits until its agent answers.
 func (c *Client) StartVM(ctx context.Context, name string) (api.VM, error) {
+	return c.StartVMWith(ctx, name, api.StartVMRequest{})
+}
+
+// StartVMWith is StartVM with options (a larger work disk).
+func (c *Client) StartVMWith(ctx context.Context, name string, req api.StartVMRequest) (api.VM, error) {
 	var vm api.VM
-	return vm, c.do(ctx, http.MethodPost, "/vms/"+url.PathEscape(name)+"/start", nil, struct{}{}, &vm)
+	return vm, c.do(ctx, http.MethodPost, "/vms/"+url.PathEscape(name)+"/start", nil, req, &vm)
 }
 
 // StopVM powers a VM off; force kills it at once.

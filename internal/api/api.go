@@ -109,6 +109,14 @@ type VM struct {
 	AgentVersion  string    `json:"agent_version,omitempty"`
 	// Workspace is the repository last prepared into the VM.
 	Workspace *Workspace `json:"workspace,omitempty"`
+	// WorkSeedFingerprint identifies the image work seed /root was made
+	// from; ImageWorkSeedFingerprint is set when the image's seed has
+	// changed since (a new VM would get a different /root skeleton).
+	WorkSeedFingerprint      string `json:"work_seed_fingerprint,omitempty"`
+	ImageWorkSeedFingerprint string `json:"image_work_seed_fingerprint,omitempty"`
+	// AuthSynced names the auth files copied into the VM at its last boot
+	// (paths relative to /root; never contents).
+	AuthSynced []string `json:"auth_synced,omitempty"`
 }
 
 // Port is a guest port forwarded to 127.0.0.1 on the host.
@@ -125,6 +133,13 @@ type CreateVMRequest struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskGiB   int    `json:"disk_gib,omitempty"`
 	Egress    string `json:"egress,omitempty"`
+}
+
+// StartVMRequest is the body of POST /v1/vms/{name}/start.
+type StartVMRequest struct {
+	// DiskGiB grows the work disk before the boot when larger than its
+	// size; smaller is refused, zero keeps it.
+	DiskGiB int `json:"disk_gib,omitempty"`
 }
 
 // StopVMRequest is the body of POST /v1/vms/{name}/stop.

@@ -164,7 +164,7 @@ func (d *Daemon) verifyImage(ctx context.Context, imgDir string, meta image.Meta
 	if _, err := d.runner.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Join(imgDir, image.FileRootfs), "-F", "raw", filepath.Join(dir, paths.FileRootDisk)); err != nil {
 		return err
 	}
-	if err := d.makeWorkDisk(ctx, img, dir, 1<<30); err != nil {
+	if _, err := d.makeWorkDisk(ctx, img, dir, 1<<30); err != nil {
 		return err
 	}
 	vm.Accel = d.accelFor(ctx, img).Accel

@@ -31,7 +31,13 @@ func (d *Daemon) routes() http.Handler {
 	m.HandleFunc("POST "+v+"/vms", d.handleCreateVM)
 	m.HandleFunc("GET "+v+"/vms/{name}", d.handleGetVM)
 	m.HandleFunc("DELETE "+v+"/vms/{name}", d.handleDeleteVM)
-	m.HandleFunc("POST "+v+"/vms/{name}/start", d.vmAction(func(ctx context.Context, name string, _ *http.Request) (store.VM, error) { return d.StartVM(ctx, name) }))
+	m.HandleFunc("POST "+v+"/vms/{name}/start", d.vmAction(func(ctx context.Context, name string, r *http.Request) (store.VM, error) {
+		var req api.StartVMRequest
+		if err := decodeBody(r, &req); err != nil {
+			return store.VM{}, err
+		}
+		return d.StartVM(ctx, name, req)
+	}))
 	m.HandleFunc("POST "+v+"/vms/{name}/restart", d.vmAction(func(ctx context.Context, name string, _ *http.Request) (store.VM, error) {
 		return d.RestartVM(ctx, name)
 	}))
@@ -139,8 +145,15 @@ func (d *Daemon) vmView(ctx context.Context, vm store.VM) api.VM {
 	}
 	if img, err := d.store.GetImage(ctx, vm.ImageID); err == nil {
 		out.Image = img.Name
+		if vm.WorkSeedFingerprint != "" {
+			if fp, err := imageSeedFingerprint(img); err == nil && fp != vm.WorkSeedFingerprint {
+				out.ImageWorkSeedFingerprint = fp
+			}
+		}
 	}
 	out.Workspace = workspaceOf(vm)
+	out.WorkSeedFingerprint = vm.WorkSeedFingerprint
+	out.AuthSynced = decodeNames(vm.AuthSyncedJSON)
 	if ports, err := d.store.PortsForVM(ctx, vm.ID); err == nil {
 		for _, p := range ports {
 			out.Ports = append(out.Ports, api.Port{HostPort: p.Port, GuestPort: p.GuestPort})

@@ -230,7 +230,9 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 			filepath.Join(dir, paths.FileRootDisk)); err != nil {
 			return fmt.Errorf("create root overlay: %w", err)
 		}
-		return d.makeWorkDisk(ctx, img, dir, vm.WorkDiskBytes)
+		fp, err := d.makeWorkDisk(ctx, img, dir, vm.WorkDiskBytes)
+		vm.WorkSeedFingerprint = fp
+		return err
 	})
 	if err != nil {
 		return vm, err
@@ -253,7 +255,8 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 // console's tail.
 func (d *Daemon) boot(ctx context.Context, vm *store.VM, img store.Image, stage stageFunc, undo *cleanup, persist bool) (vmm.Process, error) {
 	var proc vmm.Process
-	err := stage("seed", func(ctx context.Context) error { return d.makeSeedDisk(ctx, vm) })
+	// Only real VMs get the user's credentials; a verify boot does not.
+	err := stage("seed", func(ctx context.Context) error { return d.makeSeedDisk(ctx, vm, persist) })
 	if err != nil {
 		return proc, err
 	}
@@ -377,27 +380,12 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 	}, nil
 }
 
-// makeWorkDisk creates the VM's /root from the image's skeleton, without a
-// loop mount.
-func (d *Daemon) makeWorkDisk(ctx context.Context, img store.Image, dir string, size int64) error {
-	p := filepath.Join(dir, paths.FileWorkDisk)
-	if err := system.CreateSparse(p, size); err != nil {
-		return fmt.Errorf("create work disk: %w", err)
-	}
-	args := []string{"-q", "-F", "-L", image.LabelWork, "-E", "root_owner=0:0"}
-	if seed := filepath.Join(img.Dir, image.DirWorkSeed); dirExists(seed) {
-		args = append(args, "-d", seed)
-	}
-	if _, err := d.runner.Run(ctx, "mkfs.ext4", append(args, p)...); err != nil {
-		return fmt.Errorf("format work disk: %w", err)
-	}
-	return nil
-}
-
 // makeSeedDisk writes the small read-only disk that delivers banger-agent
 // and this VM's identity. It is rebuilt at every boot, so a new banger
-// build reaches old VMs and old images.
-func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM) error {
+// build reaches old VMs and old images. withAuth adds the host user's
+// agent auth files, so a token refreshed on the host reaches the VM at its
+// next boot; vm.AuthSyncedJSON records which were sent (names only).
+func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM, withAuth bool) error {
 	seedDir := filepath.Join(vm.Dir, dirSeed)
 	defer os.RemoveAll(seedDir)
 	if err := os.MkdirAll(seedDir, 0o700); err != nil {
@@ -421,11 +409,21 @@ func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM) error {
 	if err != nil {
 		return fmt.Errorf("client key: %w", err)
 	}
-	cfg, err := json.Marshal(api.SeedConfig{
+	seed := api.SeedConfig{
 		Hostname:       vm.Name,
 		SSHHostKeys:    map[string]string{"ed25519": string(hostKey)},
 		AuthorizedKeys: string(clientPub),
-	})
+	}
+	var authSize int64
+	if withAuth {
+		var names []string
+		seed.AuthFiles, names = d.collectAuthFiles(vm.Name)
+		vm.AuthSyncedJSON = encodeNames(names)
+		for _, f := range seed.AuthFiles {
+			authSize += int64(len(f.Data))
+		}
+	}
+	cfg, err := json.Marshal(seed)
 	if err != nil {
 		return err
 	}
@@ -437,7 +435,9 @@ func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM) error {
 	if err != nil {
 		return err
 	}
-	if err := system.CreateSparse(p, st.Size()+8<<20); err != nil {
+	// Room for the agent, the config (auth files grow by a third as
+	// base64) and the filesystem's own metadata.
+	if err := system.CreateSparse(p, st.Size()+2*authSize+8<<20); err != nil {
 		return fmt.Errorf("create seed disk: %w", err)
 	}
 	if _, err := d.runner.Run(ctx, "mkfs.ext4", "-q", "-F", "-L", image.LabelSeed, "-d", seedDir, p); err != nil {

@@ -94,3 +94,34 @@ func TestKernelCmdlineHasNoSecrets(t *testing.T) {
 		t.Fatalf("cmdline: %s", c)
 	}
 }
+
+func TestWorkSeedFingerprint(t *testing.T) {
+	dir := t.TempDir()
+	seed := filepath.Join(dir, "seed")
+	empty, err := WorkSeedFingerprint(seed)
+	if err != nil || empty == "" {
+		t.Fatalf("missing seed: %q %v", empty, err)
+	}
+	os.MkdirAll(seed, 0o700)
+	os.WriteFile(filepath.Join(seed, ".bashrc"), []byte("PS1='$ '\n"), 0o644)
+	a, _ := WorkSeedFingerprint(seed)
+	b, _ := WorkSeedFingerprint(seed)
+	if a != b || a == empty {
+		t.Fatalf("not stable or equal to empty: %s %s %s", a, b, empty)
+	}
+	os.Chmod(filepath.Join(seed, ".bashrc"), 0o600)
+	c, _ := WorkSeedFingerprint(seed)
+	if c == a {
+		t.Fatal("mode change not noticed")
+	}
+	os.WriteFile(filepath.Join(seed, ".bashrc"), []byte("PS1='# '\n"), 0o600)
+	d, _ := WorkSeedFingerprint(seed)
+	if d == c {
+		t.Fatal("content change not noticed")
+	}
+	os.Symlink(".bashrc", filepath.Join(seed, ".bash_profile"))
+	e, _ := WorkSeedFingerprint(seed)
+	if e == d {
+		t.Fatal("new symlink not noticed")
+	}
+}

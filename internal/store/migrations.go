@@ -92,6 +92,13 @@ CREATE TABLE stages (
 `,
 	// 2: the VM's workspace (banger vm workspace prepare), as JSON.
 	`ALTER TABLE vms ADD COLUMN workspace_json TEXT NOT NULL DEFAULT '';`,
+	// 3: the fingerprint of the image work seed a VM's work disk was made
+	// from, and the auth files copied in at its last boot (JSON array of
+	// paths relative to /root; names only, never contents).
+	`
+ALTER TABLE vms ADD COLUMN work_seed_fingerprint TEXT NOT NULL DEFAULT '';
+ALTER TABLE vms ADD COLUMN auth_synced_json TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate brings db to the newest schema this binary knows. It is safe to

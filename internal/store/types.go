@@ -100,6 +100,12 @@ type VM struct {
 	// WorkspaceJSON describes the workspace last prepared in the VM
 	// (api.Workspace as JSON); only SetVMWorkspace writes it.
 	WorkspaceJSON string `json:"workspace_json"`
+	// WorkSeedFingerprint identifies the image work seed the work disk
+	// was made from ("" for VMs made before it was recorded).
+	WorkSeedFingerprint string `json:"work_seed_fingerprint"`
+	// AuthSyncedJSON lists, as a JSON array, the auth files copied into
+	// the VM at its last boot (paths relative to /root).
+	AuthSyncedJSON string `json:"auth_synced_json"`
 }
 
 // Port is a host port forwarded to a VM. It stays reserved for the VM's
