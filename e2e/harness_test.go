@@ -35,6 +35,9 @@ var (
 	sharedInst *instance
 	sharedOnce sync.Once
 	sharedErr  error
+	// authHome is the shared daemon's auth.home: tests put fake agent
+	// credentials there.
+	authHome string
 )
 
 func TestMain(m *testing.M) {
@@ -45,6 +48,9 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if sharedInst != nil {
 		sharedInst.shutdown()
+	}
+	if authHome != "" {
+		os.RemoveAll(authHome)
 	}
 	os.Exit(code)
 }
@@ -307,7 +313,14 @@ func shared(t testing.TB) *instance {
 	t.Helper()
 	requireVM(t)
 	sharedOnce.Do(func() {
-		inst := newInstance(t, "[vm]\nboot_timeout = \"100s\"\n")
+		// The daemon's auth files come from a temporary HOME of the test's
+		// own, never from the real user's.
+		var err error
+		if authHome, err = os.MkdirTemp("", "bgeauth"); err != nil {
+			sharedErr = err
+			return
+		}
+		inst := newInstance(t, fmt.Sprintf("[vm]\nboot_timeout = \"100s\"\n[auth]\nhome = %q\n", authHome))
 		sharedInst = inst
 		sharedErr = ensureImage(t, inst)
 	})
