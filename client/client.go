@@ -274,6 +274,25 @@ func (c *Client) ExportImage(ctx context.Context, name, dir string) error {
 	return c.do(ctx, http.MethodPost, "/images/"+url.PathEscape(name)+"/export", nil, api.PathRequest{Path: dir}, nil)
 }
 
+// VerifyImage starts an operation that boots the image once and checks
+// it; the outcome is recorded on the image.
+func (c *Client) VerifyImage(ctx context.Context, name string) (api.OperationRef, error) {
+	var ref api.OperationRef
+	return ref, c.do(ctx, http.MethodPost, "/images/"+url.PathEscape(name)+"/verify", nil, struct{}{}, &ref)
+}
+
+// PromoteImage makes a staged image managed and the default.
+func (c *Client) PromoteImage(ctx context.Context, name string) (api.Image, error) {
+	var img api.Image
+	return img, c.do(ctx, http.MethodPost, "/images/"+url.PathEscape(name)+"/promote", nil, struct{}{}, &img)
+}
+
+// RegisterImage registers an image made elsewhere from host files.
+func (c *Client) RegisterImage(ctx context.Context, req api.RegisterImageRequest) (api.Image, error) {
+	var img api.Image
+	return img, c.do(ctx, http.MethodPost, "/images/register", nil, req, &img)
+}
+
 // ImportImage registers an exported image directory.
 func (c *Client) ImportImage(ctx context.Context, path string) (api.Image, error) {
 	var img api.Image

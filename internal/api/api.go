@@ -181,6 +181,28 @@ type Image struct {
 	CreatedAt     time.Time         `json:"created_at"`
 	Packages      map[string]string `json:"packages,omitempty"`
 	UsedBy        []string          `json:"used_by,omitempty"`
+	// VerifiedAt is when `image verify` last ran; VerifyError is set when
+	// it failed (a staged image cannot be promoted until it passes).
+	VerifiedAt  *time.Time `json:"verified_at,omitempty"`
+	VerifyError string     `json:"verify_error,omitempty"`
+}
+
+// Image states.
+const (
+	ImageStaged  = "staged"
+	ImageManaged = "managed"
+)
+
+// RegisterImageRequest is the body of POST /v1/images/register: an image
+// made elsewhere, from host paths.
+type RegisterImageRequest struct {
+	Name   string `json:"name"`
+	Rootfs string `json:"rootfs"`
+	Kernel string `json:"kernel"`
+	Initrd string `json:"initrd,omitempty"`
+	// Modules is a /lib/modules/<version> directory matching Kernel; it
+	// is copied into the rootfs when the rootfs lacks it.
+	Modules string `json:"modules,omitempty"`
 }
 
 // BuildImageRequest is the body of POST /v1/images/build.

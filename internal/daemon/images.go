@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/image"
@@ -120,30 +119,6 @@ func (d *Daemon) buildImage(ctx context.Context, spec image.Spec, force bool, st
 	return img, nil
 }
 
-// registerImage records an image directory; the first image becomes the
-// default.
-func (d *Daemon) registerImage(ctx context.Context, id, dir string, meta image.Meta) (store.Image, error) {
-	manifest, _ := os.ReadFile(filepath.Join(dir, image.FileManifest))
-	img := store.Image{
-		ID: id, Name: meta.Name, Fingerprint: meta.Fingerprint, Dir: dir, State: "ready",
-		Suite: meta.Suite, KernelVersion: meta.KernelVersion, SizeBytes: meta.SizeBytes,
-		CreatedAt: time.Now().UTC(), Manifest: string(manifest),
-	}
-	if err := d.store.CreateImage(ctx, &img); err != nil {
-		if errors.Is(err, store.ErrExists) {
-			return img, api.Errorf(api.CodeConflict, "delete the existing one first", "an image named %q already exists", meta.Name)
-		}
-		return img, err
-	}
-	if _, err := d.store.DefaultImage(ctx); errors.Is(err, store.ErrNotFound) {
-		if err := d.store.SetDefaultImage(ctx, id); err != nil {
-			return img, err
-		}
-		img.Default = true
-	}
-	return img, nil
-}
-
 // verifyImage boots a fresh image once in a throwaway VM and checks the
 // guest runs the kernel the image carries, with sshd up.
 func (d *Daemon) verifyImage(ctx context.Context, imgDir string, meta image.Meta) error {
@@ -199,6 +174,11 @@ func (d *Daemon) imageView(ctx context.Context, img store.Image, withPackages bo
 	out := api.Image{
 		ID: img.ID, Name: img.Name, Default: img.Default, State: img.State, Fingerprint: img.Fingerprint,
 		Suite: img.Suite, KernelVersion: img.KernelVersion, SizeBytes: img.SizeBytes, Dir: img.Dir, CreatedAt: img.CreatedAt,
+		VerifyError: img.VerifyError,
+	}
+	if !img.VerifiedAt.IsZero() {
+		t := img.VerifiedAt
+		out.VerifiedAt = &t
 	}
 	if vms, err := d.store.VMsUsingImage(ctx, img.ID); err == nil {
 		for _, vm := range vms {
@@ -307,7 +287,7 @@ func (d *Daemon) ImportImage(ctx context.Context, src string) (store.Image, erro
 
 func copyImageDir(ctx context.Context, src, dst string) error {
 	for _, f := range []string{image.FileRootfs, image.FileKernel, image.FileInitrd, image.FileVmlinux, image.FileManifest, image.FileMeta} {
-		if _, err := os.Stat(filepath.Join(src, f)); errors.Is(err, os.ErrNotExist) && f == image.FileVmlinux {
+		if _, err := os.Stat(filepath.Join(src, f)); errors.Is(err, os.ErrNotExist) && (f == image.FileVmlinux || f == image.FileInitrd) {
 			continue
 		}
 		if err := system.CloneFile(ctx, filepath.Join(src, f), filepath.Join(dst, f)); err != nil {

@@ -62,6 +62,9 @@ func (d *Daemon) routes() http.Handler {
 	m.HandleFunc("GET "+v+"/images/{name}", d.handleGetImage)
 	m.HandleFunc("DELETE "+v+"/images/{name}", d.handleDeleteImage)
 	m.HandleFunc("POST "+v+"/images/{name}/export", d.handleExportImage)
+	m.HandleFunc("POST "+v+"/images/{name}/verify", d.handleVerifyImage)
+	m.HandleFunc("POST "+v+"/images/{name}/promote", d.handlePromoteImage)
+	m.HandleFunc("POST "+v+"/images/register", d.handleRegisterImage)
 	m.HandleFunc("GET "+v+"/operations", d.handleListOperations)
 	m.HandleFunc("GET "+v+"/operations/{id}", d.handleGetOperation)
 	m.HandleFunc("GET "+v+"/operations/{id}/events", d.handleOperationEvents)
@@ -549,4 +552,36 @@ func (d *Daemon) handleOperationEvents(w http.ResponseWriter, r *http.Request) {
 			fl.Flush()
 		}
 	}
+}
+
+func (d *Daemon) handleVerifyImage(w http.ResponseWriter, r *http.Request) {
+	id, err := d.VerifyImage(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, api.OperationRef{ID: id})
+}
+
+func (d *Daemon) handlePromoteImage(w http.ResponseWriter, r *http.Request) {
+	img, err := d.PromoteImage(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, d.imageView(r.Context(), img, false))
+}
+
+func (d *Daemon) handleRegisterImage(w http.ResponseWriter, r *http.Request) {
+	var req api.RegisterImageRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	img, err := d.RegisterImage(context.WithoutCancel(r.Context()), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, d.imageView(r.Context(), img, false))
 }

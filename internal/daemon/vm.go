@@ -150,6 +150,18 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string,
 			delete(d.creating, req.Name)
 			d.mu.Unlock()
 		}()
+		// Images made by an older banger get their fingerprint and
+		// manifest now, once, without a rebuild.
+		if needsHeal(img) {
+			err := stage("heal", func(ctx context.Context) error {
+				healed, err := d.healImage(ctx, img)
+				img = healed
+				return err
+			})
+			if err != nil {
+				return nil, err
+			}
+		}
 		vm, err := d.createVM(ctx, req, img, stage)
 		if err != nil {
 			return nil, err
@@ -356,6 +368,10 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 	if vm.Accel != "kvm" {
 		args = append(args, qemu.TCGKernelArgs()...)
 	}
+	initrd := filepath.Join(img.Dir, image.FileInitrd)
+	if _, err := os.Stat(initrd); err != nil {
+		initrd = ""
+	}
 	var fwd []vmm.Forward
 	for _, p := range ports {
 		fwd = append(fwd, vmm.Forward{HostPort: p.Port, GuestPort: p.GuestPort})
@@ -365,7 +381,7 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		ProcessName: d.layout.InstancePrefix() + "-" + vm.ID,
 		Dir:         vm.Dir,
 		Kernel:      filepath.Join(img.Dir, image.FileKernel),
-		Initrd:      filepath.Join(img.Dir, image.FileInitrd),
+		Initrd:      initrd,
 		Cmdline:     image.KernelCmdline(args...),
 		Disks: []vmm.Disk{
 			{Path: filepath.Join(vm.Dir, paths.FileRootDisk), Format: "qcow2"},

@@ -248,7 +248,8 @@ func ReadMeta(dir string) (Meta, error) {
 	if err := json.Unmarshal(data, &m); err != nil {
 		return m, fmt.Errorf("%w: parse %s: %v", ErrInvalid, FileMeta, err)
 	}
-	for _, f := range []string{FileRootfs, FileKernel, FileInitrd, FileManifest} {
+	// The initrd is optional: a registered kernel may not need one.
+	for _, f := range []string{FileRootfs, FileKernel, FileManifest} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			return m, fmt.Errorf("%w: %s is missing %s", ErrInvalid, dir, f)
 		}

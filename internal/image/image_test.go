@@ -125,3 +125,38 @@ func TestWorkSeedFingerprint(t *testing.T) {
 		t.Fatal("new symlink not noticed")
 	}
 }
+
+func fakeBzImage(version string) []byte {
+	b := make([]byte, 0x1000)
+	copy(b[0x202:], "HdrS")
+	off := 0x800
+	b[0x20e] = byte(off - 0x200)
+	b[0x20f] = byte((off - 0x200) >> 8)
+	copy(b[off:], version+" (debian-kernel@lists.debian.org) #1 SMP\x00")
+	return b
+}
+
+func TestParseKernelVersion(t *testing.T) {
+	got, err := ParseKernelVersion(fakeBzImage("6.1.0-28-cloud-amd64"))
+	if err != nil || got != "6.1.0-28-cloud-amd64" {
+		t.Fatalf("got %q %v", got, err)
+	}
+	if _, err := ParseKernelVersion(make([]byte, 0x1000)); err == nil {
+		t.Fatal("accepted a file without a setup header")
+	}
+	if _, err := ParseKernelVersion([]byte("short")); err == nil {
+		t.Fatal("accepted a short file")
+	}
+	// The real kernel of this host, when readable.
+	if matches, _ := filepath.Glob("/boot/vmlinuz-*"); len(matches) > 0 {
+		v, err := KernelVersion(matches[0])
+		if err == nil && !strings.HasPrefix(filepath.Base(matches[0]), "vmlinuz-"+v) {
+			t.Errorf("host kernel %s parsed as %q", matches[0], v)
+		}
+	}
+}
+
+func FuzzParseKernelVersion(f *testing.F) {
+	f.Add(fakeBzImage("6.1.0"))
+	f.Fuzz(func(t *testing.T, b []byte) { ParseKernelVersion(b) })
+}
