@@ -63,7 +63,7 @@ func TestImage(t *testing.T) {
 
 	// Unchanged inputs: the build returns at once with the same image.
 	t0 := time.Now()
-	r = in.must(t, "image", "build", "--json")
+	r = in.must(t, "image", "build", "--base", "--json")
 	var again api.Image
 	json.Unmarshal([]byte(r.stdout), &again)
 	if again.ID != img.ID || time.Since(t0) > 10*time.Second {

@@ -133,6 +133,9 @@ type CreateVMRequest struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskGiB   int    `json:"disk_gib,omitempty"`
 	Egress    string `json:"egress,omitempty"`
+	// NoWaitServices skips waiting for the image's services (opencode on
+	// guest port 4096) after the agent answers.
+	NoWaitServices bool `json:"no_wait_services,omitempty"`
 }
 
 // StartVMRequest is the body of POST /v1/vms/{name}/start.
@@ -209,6 +212,9 @@ type RegisterImageRequest struct {
 type BuildImageRequest struct {
 	Name  string `json:"name,omitempty"`
 	Force bool   `json:"force,omitempty"`
+	// Base builds the minimal image (no Node.js, coding agents or dev
+	// baseline), for tests and benchmarks; the default is the agent image.
+	Base bool `json:"base,omitempty"`
 }
 
 // PathRequest carries a host path (image export and import).

@@ -19,7 +19,7 @@ func newImageCmd(g *globals) *cobra.Command {
 	var noWait bool
 	buildCmd := &cobra.Command{
 		Use:   "build",
-		Short: "Build the default Debian image (a no-op when its inputs are unchanged)",
+		Short: "Build the Debian image with Node.js and the coding agents (a no-op when its inputs are unchanged)",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c := g.client()
@@ -58,6 +58,7 @@ func newImageCmd(g *globals) *cobra.Command {
 	}
 	buildCmd.Flags().StringVar(&build.Name, "name", "", "image name (default debian-<suite>)")
 	buildCmd.Flags().BoolVar(&build.Force, "force", false, "rebuild even when the inputs are unchanged")
+	buildCmd.Flags().BoolVar(&build.Base, "base", false, "build the minimal image (no Node.js, coding agents or dev tools; for tests and benchmarks)")
 	buildCmd.Flags().BoolVar(&noWait, "no-wait", false, "print the operation id and return at once")
 
 	list := &cobra.Command{

@@ -63,6 +63,7 @@ func addCreateFlags(f *pflag.FlagSet, req *api.CreateVMRequest) {
 	f.IntVar(&req.MemoryMiB, "memory", 0, "memory in MiB (default 1024)")
 	f.IntVar(&req.DiskGiB, "disk", 0, "work disk (/root) size in GiB (default 4)")
 	f.StringVar(&req.Egress, "egress", "", "guest network egress: all or none (default all)")
+	f.BoolVar(&req.NoWaitServices, "no-wait-services", false, "do not wait for the image's services (opencode on :4096) once the agent answers")
 }
 
 func (g *globals) createVM(ctx context.Context, o createOptions) error {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/mux"
@@ -21,14 +22,19 @@ import (
 
 // BuildImage validates a build request and runs the build as an operation.
 func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (string, error) {
-	spec := image.DefaultSpec(d.cfg.Image.Suite, d.cfg.Image.Mirror, d.cfg.Image.SecurityMirror)
+	spec := image.AgentSpec(d.cfg.Image.Suite, d.cfg.Image.Mirror, d.cfg.Image.SecurityMirror)
+	checks := checksForAgentBuild
+	if req.Base {
+		spec = image.DefaultSpec(d.cfg.Image.Suite, d.cfg.Image.Mirror, d.cfg.Image.SecurityMirror)
+		checks = checksForBuild
+	}
 	if req.Name != "" {
 		if err := api.ValidateName("image", req.Name); err != nil {
 			return "", err
 		}
 		spec.Name = req.Name
 	}
-	if err := d.preflight(ctx, checksForBuild); err != nil {
+	if err := d.preflight(ctx, checks); err != nil {
 		return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
 	}
 	d.mu.Lock()
@@ -166,6 +172,39 @@ func (d *Daemon) verifyImage(ctx context.Context, imgDir string, meta image.Meta
 	got := strings.Fields(out.String())
 	if st.Code != 0 || len(got) != 2 || got[0] != meta.KernelVersion || got[1] != "active" {
 		return fmt.Errorf("verify boot: guest said %q (exit %d), want kernel %s and ssh active", out.String(), st.Code, meta.KernelVersion)
+	}
+	manifest, _ := os.ReadFile(filepath.Join(imgDir, image.FileManifest))
+	if image.HasService(string(manifest), image.ServiceOpencode) {
+		return verifyAgents(ctx, c)
+	}
+	return nil
+}
+
+// agentChecks is what an agent image must do in its verify boot: every
+// agent prints its version, and opencode answers on guest port 4096.
+const agentChecks = `set -e
+for c in node opencode claude pi; do
+  printf '%s ' "$c"; timeout 120 "$c" --version </dev/null 2>&1 | head -n1
+done
+for i in $(seq 1 240); do
+  if curl -s -o /dev/null --max-time 3 http://127.0.0.1:4096/global/health; then echo "opencode :4096 ok"; exit 0; fi
+  sleep 0.5
+done
+echo "opencode :4096 did not answer"; systemctl --no-pager status opencode | tail -n 5; exit 1`
+
+func verifyAgents(ctx context.Context, c *agentclient.Client) error {
+	conn, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"bash", "-c", agentChecks}, Env: map[string]string{"HOME": "/root", "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}})
+	if err != nil {
+		return fmt.Errorf("exec in verify VM: %w", err)
+	}
+	defer conn.Close()
+	var out strings.Builder
+	st, err := mux.RunExec(ctx, conn, nil, &out, &out, nil, nil)
+	if err != nil {
+		return fmt.Errorf("exec in verify VM: %w", err)
+	}
+	if st.Code != 0 {
+		return fmt.Errorf("verify agents: exit %d: %s", st.Code, strings.TrimSpace(out.String()))
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -259,7 +260,60 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 	if err := d.store.UpdateVM(ctx, &vm); err != nil {
 		return vm, fmt.Errorf("record running vm: %w", err)
 	}
+	if image.HasService(img.Manifest, image.ServiceOpencode) && !req.NoWaitServices {
+		err = stage("services", func(ctx context.Context) error { return d.waitOpencode(ctx, vm) })
+		if err != nil {
+			return vm, d.withConsole(vm.Dir, err)
+		}
+	}
 	return vm, nil
+}
+
+// waitOpencode waits until opencode answers HTTP on guest port 4096,
+// through the VM's 127.0.0.1 forward (any HTTP answer counts: QEMU
+// accepts on the host side before the guest listens, so a TCP connect
+// alone proves nothing).
+func (d *Daemon) waitOpencode(ctx context.Context, vm store.VM) error {
+	ports, err := d.store.PortsForVM(ctx, vm.ID)
+	if err != nil {
+		return err
+	}
+	host := 0
+	for _, p := range ports {
+		if p.GuestPort == guestOpencodePort {
+			host = p.Port
+		}
+	}
+	if host == 0 {
+		return fmt.Errorf("no host port forwards guest port %d", guestOpencodePort)
+	}
+	timeout := d.cfg.VM.BootTimeout.Duration
+	if timeout <= 0 {
+		timeout = 3 * time.Minute
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	url := fmt.Sprintf("http://127.0.0.1:%d/global/health", host)
+	hc := &http.Client{Timeout: 3 * time.Second}
+	for {
+		req, err := http.NewRequestWithContext(wctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		if resp, err := hc.Do(req); err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		select {
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return api.Errorf(api.CodeUnavailable, fmt.Sprintf("check `banger vm exec %s -- systemctl status opencode`; `--no-wait-services` skips this wait", vm.Name),
+				"opencode did not answer on guest port %d within %s", guestOpencodePort, timeout)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // boot writes a fresh seed disk, starts the VMM and waits until the agent

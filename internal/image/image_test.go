@@ -160,3 +160,49 @@ func FuzzParseKernelVersion(f *testing.F) {
 	f.Add(fakeBzImage("6.1.0"))
 	f.Fuzz(func(t *testing.T, b []byte) { ParseKernelVersion(b) })
 }
+
+// TestBaseFingerprintUnchanged pins the base image's fingerprint: adding
+// the agent image must not invalidate base images or caches keyed by it.
+func TestBaseFingerprintUnchanged(t *testing.T) {
+	s := DefaultSpec("bookworm", "http://deb.debian.org/debian", "http://deb.debian.org/debian-security")
+	if got := s.Fingerprint(); got != "3eca6ac5b520feed4c4f1b4bbed8ea336b6a9401e2236f1e3d75721c9892a194" {
+		t.Fatalf("base fingerprint changed: %s", got)
+	}
+}
+
+func TestAgentSpecFingerprint(t *testing.T) {
+	base := DefaultSpec("bookworm", "http://m/debian", "http://m/sec")
+	a := AgentSpec("bookworm", "http://m/debian", "http://m/sec")
+	if a.Fingerprint() == base.Fingerprint() || a.Name == base.Name {
+		t.Fatal("agent spec not distinct from the base")
+	}
+	b := AgentSpec("bookworm", "http://m/debian", "http://m/sec")
+	if a.Fingerprint() != b.Fingerprint() {
+		t.Fatal("fingerprint not stable")
+	}
+	// A different pinned version changes it; the order does not.
+	b.NPM = append([]string(nil), a.NPM...)
+	b.NPM[1] = "opencode-ai@0.0.1"
+	if a.Fingerprint() == b.Fingerprint() {
+		t.Fatal("npm version not part of the fingerprint")
+	}
+	b.NPM = append([]string(nil), a.NPM...)
+	b.NPM[0], b.NPM[1] = b.NPM[1], b.NPM[0]
+	if a.Fingerprint() != b.Fingerprint() {
+		t.Fatal("npm order changed the fingerprint")
+	}
+	for _, p := range a.NPM {
+		if !strings.Contains(p, "@") || strings.HasSuffix(p, "@latest") || npmName(p) == p {
+			t.Errorf("npm package %q is not pinned", p)
+		}
+	}
+}
+
+func TestHasService(t *testing.T) {
+	if !HasService(`{"services":["opencode"]}`, ServiceOpencode) || HasService(`{}`, ServiceOpencode) || HasService("", ServiceOpencode) {
+		t.Fatal("HasService")
+	}
+	if npmName("@anthropic-ai/claude-code@2.1.0") != "@anthropic-ai/claude-code" || npmName("opencode-ai@1") != "opencode-ai" {
+		t.Fatal("npmName")
+	}
+}
