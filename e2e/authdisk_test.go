@@ -92,7 +92,7 @@ func TestAuthSyncAndWorkDisk(t *testing.T) {
 	if !strings.Contains(show, "auth synced:") || !strings.Contains(show, ".claude.json") || !strings.Contains(show, "work seed:") || strings.Contains(show, marker) {
 		t.Fatalf("vm show:\n%s", show)
 	}
-	if !strings.Contains(in.daemonLog(), "auth files not found on the host, skipped") {
+	if full, _ := os.ReadFile(filepath.Join(in.home, "daemon.log")); !strings.Contains(string(full), "auth files not found on the host, skipped") {
 		t.Errorf("no info line for the missing auth file")
 	}
 
