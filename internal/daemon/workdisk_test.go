@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/config"
@@ -189,5 +193,49 @@ func TestCollectAuthFiles(t *testing.T) {
 	d.cfg.Auth.Files = nil
 	if files, names := d.collectAuthFiles("dev"); files != nil || names != nil || log.Len() != 0 {
 		t.Fatalf("empty list: %v %v %s", files, names, log.String())
+	}
+}
+
+func TestWaitOpencode(t *testing.T) {
+	ctx := context.Background()
+	d := testDaemon(t, nil)
+	d.cfg.VM.BootTimeout.Duration = 3 * time.Second
+	img := store.Image{Name: "img", Dir: "/x"}
+	if err := d.store.CreateImage(ctx, &img); err != nil {
+		t.Fatal(err)
+	}
+	vm := store.VM{Name: "dev", ImageID: img.ID}
+	if err := d.store.CreateVM(ctx, &vm); err != nil {
+		t.Fatal(err)
+	}
+	// Reserve a port nobody listens on yet: the wait must time out with
+	// a hint, then succeed once an HTTP server answers there.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	if _, err := d.store.AllocatePort(ctx, vm.ID, guestOpencodePort, func() (int, error) { return port, nil }); err != nil {
+		t.Fatal(err)
+	}
+	err = d.waitOpencode(ctx, vm)
+	var ae *api.Error
+	if !errors.As(err, &ae) || !strings.Contains(ae.Hint, "--no-wait-services") {
+		t.Fatalf("no listener: %v", err)
+	}
+	l, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Skipf("port %d taken meanwhile: %v", port, err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/global/health" {
+			w.WriteHeader(404)
+		}
+	})}
+	go srv.Serve(l)
+	defer srv.Close()
+	if err := d.waitOpencode(ctx, vm); err != nil {
+		t.Fatal(err)
 	}
 }
