@@ -183,7 +183,11 @@ type Image struct {
 	Dir           string            `json:"dir"`
 	CreatedAt     time.Time         `json:"created_at"`
 	Packages      map[string]string `json:"packages,omitempty"`
-	UsedBy        []string          `json:"used_by,omitempty"`
+	// NPM lists the npm packages (Node.js, coding agents) in /usr/local
+	// with their versions; Services the services the image starts.
+	NPM      map[string]string `json:"npm,omitempty"`
+	Services []string          `json:"services,omitempty"`
+	UsedBy   []string          `json:"used_by,omitempty"`
 	// VerifiedAt is when `image verify` last ran; VerifyError is set when
 	// it failed (a staged image cannot be promoted until it passes).
 	VerifiedAt  *time.Time `json:"verified_at,omitempty"`

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -107,6 +108,17 @@ func newImageCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(g.stdout, "verified:    FAILED at %s: %s\n", i.VerifiedAt.Local().Format(time.RFC3339), i.VerifyError)
 			default:
 				fmt.Fprintf(g.stdout, "verified:    ok at %s\n", i.VerifiedAt.Local().Format(time.RFC3339))
+			}
+			if len(i.Services) > 0 {
+				fmt.Fprintf(g.stdout, "services:    %s\n", strings.Join(i.Services, ", "))
+			}
+			npm := make([]string, 0, len(i.NPM))
+			for n, v := range i.NPM {
+				npm = append(npm, n+"@"+v)
+			}
+			sort.Strings(npm)
+			if len(npm) > 0 {
+				fmt.Fprintf(g.stdout, "npm:         %s\n", strings.Join(npm, " "))
 			}
 			fmt.Fprintf(g.stdout, "packages:    %d\n", len(i.Packages))
 			names := make([]string, 0, len(i.Packages))

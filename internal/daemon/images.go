@@ -224,10 +224,13 @@ func (d *Daemon) imageView(ctx context.Context, img store.Image, withPackages bo
 			out.UsedBy = append(out.UsedBy, vm.Name)
 		}
 	}
-	if withPackages && img.Manifest != "" {
+	if img.Manifest != "" {
 		var m image.Manifest
 		if json.Unmarshal([]byte(img.Manifest), &m) == nil {
-			out.Packages = m.Packages
+			out.Services = m.Services
+			if withPackages {
+				out.Packages, out.NPM = m.Packages, m.NPM
+			}
 		}
 	}
 	return out
