@@ -28,6 +28,15 @@ func TestAgentImage(t *testing.T) {
 	if img.Default || img.State != api.ImageStaged {
 		t.Fatalf("agent image should be staged next to the default base: %+v", img)
 	}
+	for _, p := range image.AgentNPMPackages {
+		i := strings.LastIndex(p, "@")
+		if img.NPM[p[:i]] != p[i+1:] {
+			t.Errorf("manifest npm %s = %q, want the pinned %s", p[:i], img.NPM[p[:i]], p[i+1:])
+		}
+	}
+	if len(img.Services) != 1 || img.Services[0] != image.ServiceOpencode {
+		t.Errorf("manifest services %v", img.Services)
+	}
 	for _, p := range []string{"build-essential", "ripgrep", "jq", "python3", "curl", "git"} {
 		if img.Packages[p] == "" {
 			t.Errorf("agent image lacks package %s", p)
