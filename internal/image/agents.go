@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/bangerdev/banger/internal/system"
@@ -25,6 +26,15 @@ var AgentNPMPackages = []string{
 	"@anthropic-ai/claude-code@2.1.332",
 	"@mariozechner/pi-coding-agent@0.73.1",
 }
+
+// agentScriptPackages are the packages whose install script puts their
+// native binary in place (bin/*.exe is a placeholder until then). The
+// install runs with --ignore-scripts and then `npm rebuild` runs exactly
+// these scripts, on the host, so no other package's scripts ever run.
+var agentScriptPackages = []string{"opencode-ai", "@anthropic-ai/claude-code"}
+
+// nativeAgentBins must be ELF executables after the install.
+var nativeAgentBins = []string{"node", "opencode", "claude"}
 
 // DevPackages are the language-agnostic development baseline of the agent
 // image, installed by mmdebstrap next to BasePackages.
@@ -87,6 +97,18 @@ func InstallAgents(ctx context.Context, r system.Runner, log io.Writer, root str
 	if _, err := r.RunIn(ctx, system.RunOpts{Stdout: log, Stderr: log}, "npm", args...); err != nil {
 		return nil, fmt.Errorf("npm install: %w", err)
 	}
+	var rebuild []string
+	for _, p := range pkgs {
+		if slices.Contains(agentScriptPackages, npmName(p)) {
+			rebuild = append(rebuild, npmName(p))
+		}
+	}
+	if len(rebuild) > 0 {
+		args := append([]string{"rebuild", "--global", "--prefix", prefix, "--no-audit", "--no-fund", "--no-update-notifier", "--loglevel=warn"}, rebuild...)
+		if _, err := r.RunIn(ctx, system.RunOpts{Stdout: log, Stderr: log}, "npm", args...); err != nil {
+			return nil, fmt.Errorf("npm rebuild (native agent binaries): %w", err)
+		}
+	}
 	versions := map[string]string{}
 	for _, p := range pkgs {
 		name := npmName(p)
@@ -105,6 +127,11 @@ func InstallAgents(ctx context.Context, r system.Runner, log io.Writer, root str
 	for _, bin := range []string{"node", "opencode", "claude", "pi"} {
 		if _, err := os.Stat(filepath.Join(prefix, "bin", bin)); err != nil {
 			return nil, fmt.Errorf("agent command %s missing after npm install: %w", bin, err)
+		}
+	}
+	for _, bin := range nativeAgentBins {
+		if err := checkELF(filepath.Join(prefix, "bin", bin)); err != nil {
+			return nil, fmt.Errorf("agent command %s: %w", bin, err)
 		}
 	}
 	return versions, enableAgentServices(root)
@@ -143,4 +170,20 @@ func HasService(manifestJSON, name string) bool {
 		}
 	}
 	return false
+}
+
+// checkELF fails unless p (after symlinks) is an ELF executable: a
+// placeholder script left by a skipped install script would only fail in
+// the guest.
+func checkELF(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	head := make([]byte, 4)
+	if _, err := io.ReadFull(f, head); err != nil || string(head) != "\x7fELF" {
+		return fmt.Errorf("%s is not a native executable (did its install script run?)", p)
+	}
+	return nil
 }

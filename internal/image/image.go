@@ -42,6 +42,10 @@ const (
 // spec does not capture, so the fingerprint changes with them.
 const recipeVersion = "3"
 
+// agentRecipeVersion is recipeVersion for the agent steps (npm install,
+// rebuild, services); bumping it leaves base images' fingerprints alone.
+const agentRecipeVersion = "2"
+
 var (
 	// ErrNoImage means no image has been built or imported yet.
 	ErrNoImage = errors.New("no image available")
@@ -96,7 +100,7 @@ func (s Spec) Fingerprint() string {
 	if len(s.NPM) > 0 {
 		npm := append([]string(nil), s.NPM...)
 		sort.Strings(npm)
-		fmt.Fprintf(h, "npm=%s\n", strings.Join(npm, ","))
+		fmt.Fprintf(h, "agent-recipe=%s\nnpm=%s\n", agentRecipeVersion, strings.Join(npm, ","))
 		hashAgentFiles(h)
 	}
 	_ = fs.WalkDir(guestFiles, "guest", func(p string, d fs.DirEntry, err error) error {
