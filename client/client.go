@@ -163,8 +163,13 @@ func (c *Client) CreateVM(ctx context.Context, req api.CreateVMRequest) (api.Ope
 
 // StartVM boots a stopped VM and waits until its agent answers.
 func (c *Client) StartVM(ctx context.Context, name string) (api.VM, error) {
+	return c.StartVMWith(ctx, name, api.StartVMRequest{})
+}
+
+// StartVMWith is StartVM with options (a larger work disk).
+func (c *Client) StartVMWith(ctx context.Context, name string, req api.StartVMRequest) (api.VM, error) {
 	var vm api.VM
-	return vm, c.do(ctx, http.MethodPost, "/vms/"+url.PathEscape(name)+"/start", nil, struct{}{}, &vm)
+	return vm, c.do(ctx, http.MethodPost, "/vms/"+url.PathEscape(name)+"/start", nil, req, &vm)
 }
 
 // StopVM powers a VM off; force kills it at once.
@@ -273,6 +278,25 @@ func (c *Client) DeleteImage(ctx context.Context, name string) error {
 // ExportImage writes an image into a host directory.
 func (c *Client) ExportImage(ctx context.Context, name, dir string) error {
 	return c.do(ctx, http.MethodPost, "/images/"+url.PathEscape(name)+"/export", nil, api.PathRequest{Path: dir}, nil)
+}
+
+// VerifyImage starts an operation that boots the image once and checks
+// it; the outcome is recorded on the image.
+func (c *Client) VerifyImage(ctx context.Context, name string) (api.OperationRef, error) {
+	var ref api.OperationRef
+	return ref, c.do(ctx, http.MethodPost, "/images/"+url.PathEscape(name)+"/verify", nil, struct{}{}, &ref)
+}
+
+// PromoteImage makes a staged image managed and the default.
+func (c *Client) PromoteImage(ctx context.Context, name string) (api.Image, error) {
+	var img api.Image
+	return img, c.do(ctx, http.MethodPost, "/images/"+url.PathEscape(name)+"/promote", nil, struct{}{}, &img)
+}
+
+// RegisterImage registers an image made elsewhere from host files.
+func (c *Client) RegisterImage(ctx context.Context, req api.RegisterImageRequest) (api.Image, error) {
+	var img api.Image
+	return img, c.do(ctx, http.MethodPost, "/images/register", nil, req, &img)
 }
 
 // ImportImage registers an exported image directory.

@@ -35,6 +35,9 @@ var (
 	sharedInst *instance
 	sharedOnce sync.Once
 	sharedErr  error
+	// authHome is the shared daemon's auth.home: tests put fake agent
+	// credentials there.
+	authHome string
 )
 
 func TestMain(m *testing.M) {
@@ -45,6 +48,9 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if sharedInst != nil {
 		sharedInst.shutdown()
+	}
+	if authHome != "" {
+		os.RemoveAll(authHome)
 	}
 	os.Exit(code)
 }
@@ -307,7 +313,14 @@ func shared(t testing.TB) *instance {
 	t.Helper()
 	requireVM(t)
 	sharedOnce.Do(func() {
-		inst := newInstance(t, "[vm]\nboot_timeout = \"100s\"\n")
+		// The daemon's auth files come from a temporary HOME of the test's
+		// own, never from the real user's.
+		var err error
+		if authHome, err = os.MkdirTemp("", "bgeauth"); err != nil {
+			sharedErr = err
+			return
+		}
+		inst := newInstance(t, fmt.Sprintf("[vm]\nboot_timeout = \"100s\"\n[auth]\nhome = %q\n", authHome))
 		sharedInst = inst
 		sharedErr = ensureImage(t, inst)
 	})
@@ -337,7 +350,7 @@ func ensureImage(t testing.TB, inst *instance) error {
 		return nil
 	}
 	t0 := time.Now()
-	r := inst.run(nil, "image", "build")
+	r := inst.run(nil, "image", "build", "--base")
 	if r.code != 0 {
 		return fmt.Errorf("image build: %s\ndaemon log:\n%s", r, inst.daemonLog())
 	}
@@ -351,4 +364,40 @@ func ensureImage(t testing.TB, inst *instance) error {
 		return fmt.Errorf("export image to cache: %s", r)
 	}
 	return os.Rename(tmp, cached)
+}
+
+// ensureAgentImage registers the agent image (Node.js and the coding
+// agents) in the instance, imported from the cache when its fingerprint
+// is there, else built once (npm fetches from the registry) and exported
+// into the cache. It is staged: VMs name it with --image.
+func ensureAgentImage(t testing.TB, inst *instance) string {
+	t.Helper()
+	cfg := config.Default()
+	spec := image.AgentSpec(cfg.Image.Suite, cfg.Image.Mirror, cfg.Image.SecurityMirror)
+	if r := inst.run(nil, "image", "show", spec.Name); r.code == 0 {
+		return spec.Name
+	}
+	cached := filepath.Join(imageCacheDir(), "images", spec.Fingerprint())
+	if _, err := image.ReadMeta(cached); err == nil {
+		t0 := time.Now()
+		inst.must(t, "image", "import", cached)
+		t.Logf("imported cached agent image %s in %s", spec.Fingerprint()[:12], time.Since(t0).Round(time.Millisecond))
+		return spec.Name
+	}
+	t0 := time.Now()
+	r := inst.run(nil, "image", "build")
+	if r.code != 0 {
+		t.Fatalf("agent image build: %s\ndaemon log:\n%s", r, inst.daemonLog())
+	}
+	t.Logf("built agent image in %s:\n%s", time.Since(t0).Round(time.Second), r.stderr)
+	tmp := cached + ".tmp"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(filepath.Dir(cached), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	inst.must(t, "image", "export", spec.Name, tmp)
+	if err := os.Rename(tmp, cached); err != nil {
+		t.Fatal(err)
+	}
+	return spec.Name
 }

@@ -13,6 +13,14 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+# npm installs Node.js and the coding agents into the agent image from the
+# host side; any npm works (Debian's is fine, the packages pin their Node).
+if ! command -v npm >/dev/null; then
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  echo "installing: npm"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends npm
+fi
 if ! command -v go >/dev/null; then
   echo "Go is not installed: install Go 1.26+ (https://go.dev/doc/install) and re-run" >&2
   exit 1

@@ -32,15 +32,20 @@ if ! $banger version --json 2>/dev/null | grep -q '"daemon"'; then
 fi
 $banger doctor || true
 
-# A no-op when the image's inputs did not change.
-$banger image build
+# The agent image (Node.js, opencode, claude, pi); a no-op when its inputs
+# did not change. It is staged when an older image is the default, so name
+# it explicitly.
+built=$($banger image build)
+echo "$built"
+image=$(sed -n 's/^image \([a-z0-9-]*\) .*/\1/p' <<<"$built" | head -n1)
+: "${image:?image build printed no image name}"
 
 # The main job: this checkout (any git repository works: pass its path)
 # at /root/repo in a new VM, exactly as it is on disk. vm run prints the
 # next steps with the real VM name.
 name=${VM_NAME:-quickstart-$(date +%H%M%S)}
 repo=${REPO:-$PWD}
-$banger vm run "$repo" --name "$name"
+$banger vm run "$repo" --name "$name" --image "$image"
 echo
 echo "\$ banger vm exec -w /root/repo $name -- git status --short --branch"
 $banger vm exec -w /root/repo "$name" -- git status --short --branch

@@ -59,9 +59,9 @@ var hostKeyTypes = map[string]func(algo string) bool{
 	"ecdsa":   func(a string) bool { return strings.HasPrefix(a, "ecdsa-sha2-") },
 }
 
-// Init applies this VM's identity: host name, SSH host keys, root's
-// authorized keys, and the NIC configuration from the kernel command
-// line. Every step runs even when another fails, so that a bad seed still
+// Init applies this VM's identity: a repaired home directory, host name,
+// SSH host keys, root's authorized keys, the host user's agent auth
+// files, and the NIC configuration from the kernel command line. Every step runs even when another fails, so that a bad seed still
 // leaves the network up for debugging; the errors are joined.
 func Init(opts InitOptions) error {
 	if opts.Log == nil {
@@ -71,6 +71,12 @@ func Init(opts InitOptions) error {
 		opts.Root = "/"
 	}
 	var errs []error
+	// The home directory first: authorized_keys and auth files go into it.
+	changed, err := RepairHome(opts.Root)
+	errs = append(errs, err)
+	for _, c := range changed {
+		opts.Log.Info("home repaired", "change", c)
+	}
 	seed, err := readSeed(opts.SeedConfig)
 	if err != nil {
 		errs = append(errs, err)
@@ -82,6 +88,7 @@ func Init(opts InitOptions) error {
 		if seed.AuthorizedKeys != "" {
 			errs = append(errs, writeAuthorizedKeys(opts.Root, seed.AuthorizedKeys))
 		}
+		errs = append(errs, writeAuthFiles(opts.Root, seed.AuthFiles, opts.Log))
 	}
 	if b, err := os.ReadFile(opts.Cmdline); err != nil {
 		errs = append(errs, fmt.Errorf("read kernel command line: %w", err))

@@ -63,4 +63,15 @@ type SeedConfig struct {
 	// OpenSSH private key in PEM form.
 	SSHHostKeys    map[string]string `json:"ssh_host_keys,omitempty"`
 	AuthorizedKeys string            `json:"authorized_keys,omitempty"`
+	// AuthFiles are the host user's coding-agent credentials, written
+	// under /root with mode 0600 at every boot, before sshd and the
+	// agents start. They are secrets: never log their contents.
+	AuthFiles []SeedFile `json:"auth_files,omitempty"`
+}
+
+// SeedFile is one file carried by the seed config. Path is relative to
+// /root and must stay inside it.
+type SeedFile struct {
+	Path string `json:"path"`
+	Data []byte `json:"data"`
 }

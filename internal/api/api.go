@@ -109,6 +109,14 @@ type VM struct {
 	AgentVersion  string    `json:"agent_version,omitempty"`
 	// Workspace is the repository last prepared into the VM.
 	Workspace *Workspace `json:"workspace,omitempty"`
+	// WorkSeedFingerprint identifies the image work seed /root was made
+	// from; ImageWorkSeedFingerprint is set when the image's seed has
+	// changed since (a new VM would get a different /root skeleton).
+	WorkSeedFingerprint      string `json:"work_seed_fingerprint,omitempty"`
+	ImageWorkSeedFingerprint string `json:"image_work_seed_fingerprint,omitempty"`
+	// AuthSynced names the auth files copied into the VM at its last boot
+	// (paths relative to /root; never contents).
+	AuthSynced []string `json:"auth_synced,omitempty"`
 }
 
 // Port is a guest port forwarded to 127.0.0.1 on the host.
@@ -125,6 +133,16 @@ type CreateVMRequest struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskGiB   int    `json:"disk_gib,omitempty"`
 	Egress    string `json:"egress,omitempty"`
+	// NoWaitServices skips waiting for the image's services (opencode on
+	// guest port 4096) after the agent answers.
+	NoWaitServices bool `json:"no_wait_services,omitempty"`
+}
+
+// StartVMRequest is the body of POST /v1/vms/{name}/start.
+type StartVMRequest struct {
+	// DiskGiB grows the work disk before the boot when larger than its
+	// size; smaller is refused, zero keeps it.
+	DiskGiB int `json:"disk_gib,omitempty"`
 }
 
 // StopVMRequest is the body of POST /v1/vms/{name}/stop.
@@ -165,13 +183,42 @@ type Image struct {
 	Dir           string            `json:"dir"`
 	CreatedAt     time.Time         `json:"created_at"`
 	Packages      map[string]string `json:"packages,omitempty"`
-	UsedBy        []string          `json:"used_by,omitempty"`
+	// NPM lists the npm packages (Node.js, coding agents) in /usr/local
+	// with their versions; Services the services the image starts.
+	NPM      map[string]string `json:"npm,omitempty"`
+	Services []string          `json:"services,omitempty"`
+	UsedBy   []string          `json:"used_by,omitempty"`
+	// VerifiedAt is when `image verify` last ran; VerifyError is set when
+	// it failed (a staged image cannot be promoted until it passes).
+	VerifiedAt  *time.Time `json:"verified_at,omitempty"`
+	VerifyError string     `json:"verify_error,omitempty"`
+}
+
+// Image states.
+const (
+	ImageStaged  = "staged"
+	ImageManaged = "managed"
+)
+
+// RegisterImageRequest is the body of POST /v1/images/register: an image
+// made elsewhere, from host paths.
+type RegisterImageRequest struct {
+	Name   string `json:"name"`
+	Rootfs string `json:"rootfs"`
+	Kernel string `json:"kernel"`
+	Initrd string `json:"initrd,omitempty"`
+	// Modules is a /lib/modules/<version> directory matching Kernel; it
+	// is copied into the rootfs when the rootfs lacks it.
+	Modules string `json:"modules,omitempty"`
 }
 
 // BuildImageRequest is the body of POST /v1/images/build.
 type BuildImageRequest struct {
 	Name  string `json:"name,omitempty"`
 	Force bool   `json:"force,omitempty"`
+	// Base builds the minimal image (no Node.js, coding agents or dev
+	// baseline), for tests and benchmarks; the default is the agent image.
+	Base bool `json:"base,omitempty"`
 }
 
 // PathRequest carries a host path (image export and import).

@@ -1,10 +1,13 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"sort"
+	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -17,7 +20,7 @@ func newImageCmd(g *globals) *cobra.Command {
 	var noWait bool
 	buildCmd := &cobra.Command{
 		Use:   "build",
-		Short: "Build the default Debian image (a no-op when its inputs are unchanged)",
+		Short: "Build the Debian image with Node.js and the coding agents (a no-op when its inputs are unchanged)",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c := g.client()
@@ -42,12 +45,21 @@ func newImageCmd(g *globals) *cobra.Command {
 			if g.json {
 				return g.printJSON(op.Result)
 			}
+			var built api.Image
+			if b, err := json.Marshal(op.Result); err == nil {
+				_ = json.Unmarshal(b, &built)
+			}
+			if built.State == api.ImageStaged {
+				fmt.Fprintf(g.stdout, "image %s is built and staged; `banger image verify %s` then `banger image promote %s` make it the default.\n", op.Target, op.Target, op.Target)
+				return nil
+			}
 			fmt.Fprintf(g.stdout, "image %s is ready.\n", op.Target)
 			return nil
 		},
 	}
 	buildCmd.Flags().StringVar(&build.Name, "name", "", "image name (default debian-<suite>)")
 	buildCmd.Flags().BoolVar(&build.Force, "force", false, "rebuild even when the inputs are unchanged")
+	buildCmd.Flags().BoolVar(&build.Base, "base", false, "build the minimal image (no Node.js, coding agents or dev tools; for tests and benchmarks)")
 	buildCmd.Flags().BoolVar(&noWait, "no-wait", false, "print the operation id and return at once")
 
 	list := &cobra.Command{
@@ -87,8 +99,28 @@ func newImageCmd(g *globals) *cobra.Command {
 			if g.json {
 				return g.printJSON(i)
 			}
-			fmt.Fprintf(g.stdout, "name:        %s\ndefault:     %t\nstate:       %s\nsuite:       %s\nkernel:      %s\nfingerprint: %s\ndir:         %s\nused by:     %v\npackages:    %d\n",
-				i.Name, i.Default, i.State, i.Suite, i.KernelVersion, i.Fingerprint, i.Dir, i.UsedBy, len(i.Packages))
+			fmt.Fprintf(g.stdout, "name:        %s\ndefault:     %t\nstate:       %s\nsuite:       %s\nkernel:      %s\nfingerprint: %s\ndir:         %s\nused by:     %v\n",
+				i.Name, i.Default, i.State, i.Suite, i.KernelVersion, i.Fingerprint, i.Dir, i.UsedBy)
+			switch {
+			case i.VerifiedAt == nil:
+				fmt.Fprintf(g.stdout, "verified:    never (`banger image verify %s`)\n", i.Name)
+			case i.VerifyError != "":
+				fmt.Fprintf(g.stdout, "verified:    FAILED at %s: %s\n", i.VerifiedAt.Local().Format(time.RFC3339), i.VerifyError)
+			default:
+				fmt.Fprintf(g.stdout, "verified:    ok at %s\n", i.VerifiedAt.Local().Format(time.RFC3339))
+			}
+			if len(i.Services) > 0 {
+				fmt.Fprintf(g.stdout, "services:    %s\n", strings.Join(i.Services, ", "))
+			}
+			npm := make([]string, 0, len(i.NPM))
+			for n, v := range i.NPM {
+				npm = append(npm, n+"@"+v)
+			}
+			sort.Strings(npm)
+			if len(npm) > 0 {
+				fmt.Fprintf(g.stdout, "npm:         %s\n", strings.Join(npm, " "))
+			}
+			fmt.Fprintf(g.stdout, "packages:    %d\n", len(i.Packages))
 			names := make([]string, 0, len(i.Packages))
 			for n := range i.Packages {
 				names = append(names, n)
@@ -149,6 +181,85 @@ func newImageCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	img.AddCommand(buildCmd, list, show, del, export, imp)
+	var verifyNoWait bool
+	verify := &cobra.Command{
+		Use:   "verify NAME",
+		Short: "Boot an image once and check its agent, sshd, tools and services",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			ref, err := g.client().VerifyImage(cmd.Context(), a[0])
+			if err != nil {
+				return err
+			}
+			if verifyNoWait {
+				fmt.Fprintln(g.stdout, ref.ID)
+				return nil
+			}
+			if !g.json {
+				fmt.Fprintf(g.stderr, "verifying image %s (operation %s)\n", a[0], ref.ID)
+			}
+			op, err := g.watch(cmd.Context(), ref.ID)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(op.Result)
+			}
+			fmt.Fprintf(g.stdout, "image %s verified.\n", a[0])
+			return nil
+		},
+	}
+	verify.Flags().BoolVar(&verifyNoWait, "no-wait", false, "print the operation id and return at once")
+	promote := &cobra.Command{
+		Use:   "promote NAME",
+		Short: "Make a staged image managed and the default for new VMs",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			i, err := g.client().PromoteImage(cmd.Context(), a[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(i)
+			}
+			fmt.Fprintf(g.stdout, "image %s is managed and the default.\n", i.Name)
+			return nil
+		},
+	}
+	var reg api.RegisterImageRequest
+	register := &cobra.Command{
+		Use:   "register NAME --rootfs F --kernel K [--initrd I] [--modules DIR]",
+		Short: "Register an image made elsewhere (staged unless it is the first)",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			reg.Name = a[0]
+			for _, p := range []*string{&reg.Rootfs, &reg.Kernel, &reg.Initrd, &reg.Modules} {
+				if *p == "" {
+					continue
+				}
+				abs, err := filepath.Abs(*p)
+				if err != nil {
+					return err
+				}
+				*p = abs
+			}
+			i, err := g.client().RegisterImage(cmd.Context(), reg)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(i)
+			}
+			fmt.Fprintf(g.stdout, "image %s registered (%s, kernel %s).\n", i.Name, i.State, i.KernelVersion)
+			return nil
+		},
+	}
+	register.Flags().StringVar(&reg.Rootfs, "rootfs", "", "ext4 root filesystem image (required)")
+	register.Flags().StringVar(&reg.Kernel, "kernel", "", "x86 bzImage kernel (required)")
+	register.Flags().StringVar(&reg.Initrd, "initrd", "", "initramfs matching the kernel")
+	register.Flags().StringVar(&reg.Modules, "modules", "", "the kernel's modules directory (named after its release); copied into the rootfs when it lacks them")
+	_ = register.MarkFlagRequired("rootfs")
+	_ = register.MarkFlagRequired("kernel")
+	img.AddCommand(buildCmd, list, show, del, export, imp, verify, promote, register)
 	return img
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -62,6 +63,7 @@ func addCreateFlags(f *pflag.FlagSet, req *api.CreateVMRequest) {
 	f.IntVar(&req.MemoryMiB, "memory", 0, "memory in MiB (default 1024)")
 	f.IntVar(&req.DiskGiB, "disk", 0, "work disk (/root) size in GiB (default 4)")
 	f.StringVar(&req.Egress, "egress", "", "guest network egress: all or none (default all)")
+	f.BoolVar(&req.NoWaitServices, "no-wait-services", false, "do not wait for the image's services (opencode on :4096) once the agent answers")
 }
 
 func (g *globals) createVM(ctx context.Context, o createOptions) error {
@@ -173,6 +175,18 @@ func (g *globals) printVM(vm api.VM) {
 	if vm.LastError != "" {
 		fmt.Fprintf(tw, "last error:\t%s\n", vm.LastError)
 	}
+	if vm.WorkSeedFingerprint != "" {
+		fmt.Fprintf(tw, "work seed:\t%.12s", vm.WorkSeedFingerprint)
+		if vm.ImageWorkSeedFingerprint != "" {
+			fmt.Fprintf(tw, " (the image's seed has changed since: now %.12s; new VMs get the new /root skeleton)", vm.ImageWorkSeedFingerprint)
+		}
+		fmt.Fprintln(tw)
+	}
+	if len(vm.AuthSynced) > 0 {
+		fmt.Fprintf(tw, "auth synced:\t%s\n", strings.Join(vm.AuthSynced, ", "))
+	} else {
+		fmt.Fprintf(tw, "auth synced:\tnone\n")
+	}
 	if w := vm.Workspace; w != nil {
 		fmt.Fprintf(tw, "workspace:\t%s -> %s (%s, %s at %.12s, %d files)\n", w.Source, w.Dir, w.Mode, branchLabel(w.Branch), w.Head, w.Files)
 	}
@@ -180,7 +194,8 @@ func (g *globals) printVM(vm api.VM) {
 }
 
 func newVMLifecycleCmd(g *globals, verb, short string) *cobra.Command {
-	return &cobra.Command{
+	var startReq api.StartVMRequest
+	cmd := &cobra.Command{
 		Use:   verb + " NAME",
 		Short: short,
 		Args:  args(cobra.ExactArgs(1)),
@@ -189,7 +204,7 @@ func newVMLifecycleCmd(g *globals, verb, short string) *cobra.Command {
 			var vm api.VM
 			var err error
 			if verb == "start" {
-				vm, err = c.StartVM(cmd.Context(), a[0])
+				vm, err = c.StartVMWith(cmd.Context(), a[0], startReq)
 			} else {
 				vm, err = c.RestartVM(cmd.Context(), a[0])
 			}
@@ -203,6 +218,10 @@ func newVMLifecycleCmd(g *globals, verb, short string) *cobra.Command {
 			return nil
 		},
 	}
+	if verb == "start" {
+		cmd.Flags().IntVar(&startReq.DiskGiB, "disk", 0, "grow the work disk (/root) to this many GiB first (shrinking is refused)")
+	}
+	return cmd
 }
 
 func newVMStopCmd(g *globals) *cobra.Command {

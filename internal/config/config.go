@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"net/url"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
@@ -53,6 +54,26 @@ type Config struct {
 	VM     VM     `toml:"vm"`
 	Image  Image  `toml:"image"`
 	Daemon Daemon `toml:"daemon"`
+	Auth   Auth   `toml:"auth"`
+}
+
+// Auth says which of the daemon user's coding-agent credentials are copied
+// into every VM at boot. A token refreshed inside a VM is not copied back.
+type Auth struct {
+	// Home is the directory Files are relative to; empty means the
+	// daemon user's $HOME.
+	Home string `toml:"home"`
+	// Files are paths relative to Home, written to the same paths under
+	// the guest's /root.
+	Files []string `toml:"files"`
+}
+
+// DefaultAuthFiles are the credentials of opencode, Claude Code and pi.
+var DefaultAuthFiles = []string{
+	".local/share/opencode/auth.json",
+	".claude/.credentials.json",
+	".claude.json",
+	".pi/agent/auth.json",
 }
 
 // VM holds defaults for new VMs; API requests may override them.
@@ -117,6 +138,7 @@ func Default() Config {
 			LogLevel: "info",
 			Accel:    AccelAuto,
 		},
+		Auth: Auth{Files: append([]string(nil), DefaultAuthFiles...)},
 	}
 }
 
@@ -223,6 +245,14 @@ func (c Config) Validate() error {
 	}
 	if c.Daemon.AgentPath != "" && !strings.HasPrefix(c.Daemon.AgentPath, "/") {
 		bad("daemon.agent_path", c.Daemon.AgentPath, "want an absolute path, or empty for the bundled agent")
+	}
+	if c.Auth.Home != "" && !strings.HasPrefix(c.Auth.Home, "/") {
+		bad("auth.home", c.Auth.Home, "want an absolute path, or empty for $HOME")
+	}
+	for _, f := range c.Auth.Files {
+		if f == "" || !filepath.IsLocal(f) || filepath.Clean(f) != f || strings.HasPrefix(f, ".ssh/") {
+			bad("auth.files", f, "want clean paths relative to the home directory, outside ~/.ssh")
+		}
 	}
 	return errors.Join(errs...)
 }

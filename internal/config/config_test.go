@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -21,8 +22,9 @@ func TestDefaultIsValid(t *testing.T) {
 		VM:     VM{CPUs: 2, MemoryMiB: 1024, DiskGiB: 4, Egress: "all", BootTimeout: Duration{180 * time.Second}},
 		Image:  Image{Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security"},
 		Daemon: Daemon{LogLevel: "info"},
+		Auth:   Auth{Files: []string{".local/share/opencode/auth.json", ".claude/.credentials.json", ".claude.json", ".pi/agent/auth.json"}},
 	}
-	if d != want {
+	if !reflect.DeepEqual(d, want) {
 		t.Fatalf("Default() = %+v", d)
 	}
 }
@@ -35,7 +37,7 @@ func TestParse(t *testing.T) {
 		wantErr []string // substrings; nil means success
 		wantIs  error
 	}{
-		{name: "empty", in: "", check: func(c Config) bool { return c == Default() }},
+		{name: "empty", in: "", check: func(c Config) bool { return reflect.DeepEqual(c, Default()) }},
 		{
 			name: "partial keeps defaults",
 			in:   "[vm]\ncpus = 4\nboot_timeout = \"3m\"\n[daemon]\naccel = \"tcg\"\n",
@@ -79,6 +81,15 @@ agent_path = "/opt/banger/banger-agent"
 		{name: "duration not positive", in: "[vm]\nboot_timeout = \"0s\"\n", wantErr: []string{"vm.boot_timeout", "positive"}, wantIs: ErrInvalid},
 		{name: "accel", in: "[daemon]\naccel = \"hvf\"\n", wantErr: []string{`daemon.accel = "hvf"`, `"tcg" or "kvm"`}, wantIs: ErrInvalid},
 		{name: "log level", in: "[daemon]\nlog_level = \"loud\"\n", wantErr: []string{"daemon.log_level"}, wantIs: ErrInvalid},
+		{
+			name: "auth",
+			in:   "[auth]\nhome = \"/home/dev\"\nfiles = [\".config/x/token\"]\n",
+			check: func(c Config) bool {
+				return c.Auth.Home == "/home/dev" && reflect.DeepEqual(c.Auth.Files, []string{".config/x/token"})
+			},
+		},
+		{name: "auth home relative", in: "[auth]\nhome = \"dev\"\n", wantErr: []string{"auth.home"}, wantIs: ErrInvalid},
+		{name: "auth file escapes", in: "[auth]\nfiles = [\"../etc/shadow\", \"/abs\", \".ssh/id_ed25519\"]\n", wantErr: []string{`"../etc/shadow"`, `"/abs"`, `".ssh/id_ed25519"`}, wantIs: ErrInvalid},
 		{name: "agent path relative", in: "[daemon]\nagent_path = \"bin/agent\"\n", wantErr: []string{"daemon.agent_path"}, wantIs: ErrInvalid},
 		{name: "mirror", in: "[image]\nmirror = \"ftp://x\"\n", wantErr: []string{"image.mirror"}, wantIs: ErrInvalid},
 		{name: "suite", in: "[image]\nsuite = \"../x\"\n", wantErr: []string{"image.suite"}, wantIs: ErrInvalid},
@@ -121,10 +132,10 @@ agent_path = "/opt/banger/banger-agent"
 func TestLoad(t *testing.T) {
 	dir := t.TempDir()
 	c, err := Load(filepath.Join(dir, "missing.toml"))
-	if err != nil || c != Default() {
+	if err != nil || !reflect.DeepEqual(c, Default()) {
 		t.Fatalf("missing file: %+v, %v", c, err)
 	}
-	if c, err := Load(""); err != nil || c != Default() {
+	if c, err := Load(""); err != nil || !reflect.DeepEqual(c, Default()) {
 		t.Fatalf("empty path: %+v, %v", c, err)
 	}
 
@@ -199,7 +210,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("reparse %q: %v", buf.String(), err)
 		}
-		if c2 != c {
+		if !reflect.DeepEqual(c2, c) {
 			t.Fatalf("round trip changed config:\n%+v\n%+v", c, c2)
 		}
 	})

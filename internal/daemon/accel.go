@@ -71,13 +71,17 @@ func (d *Daemon) accelFor(ctx context.Context, img store.Image) accelChoice {
 const (
 	checksForCreate = iota
 	checksForBuild
+	checksForAgentBuild
 )
 
 // preflight runs the doctor checks an action needs and fails with their
 // fixes, before anything is created.
 func (d *Daemon) preflight(ctx context.Context, which int) error {
 	checks := append(doctor.QEMU(ctx, d.runner), doctor.Mkfs(ctx, d.runner))
-	if which == checksForBuild {
+	if which == checksForAgentBuild {
+		checks = append(checks, doctor.AgentTools(ctx, d.runner)...)
+	}
+	if which == checksForBuild || which == checksForAgentBuild {
 		checks = append(checks, doctor.ImageTools(ctx, d.runner)...)
 		checks = append(checks, doctor.FreeDisk(d.layout.DataDir, 4<<30))
 	} else {
@@ -91,6 +95,7 @@ func (d *Daemon) Doctor(ctx context.Context) []doctor.Check {
 	checks := doctor.QEMU(ctx, d.runner)
 	checks = append(checks, doctor.Mkfs(ctx, d.runner))
 	checks = append(checks, doctor.ImageTools(ctx, d.runner)...)
+	checks = append(checks, doctor.AgentTools(ctx, d.runner)...)
 	acc := d.currentAccel()
 	// Doctor answers with the real probe: run it now when an image kernel
 	// is there to boot and no probe ran during this host boot.

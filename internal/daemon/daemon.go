@@ -59,6 +59,9 @@ type Daemon struct {
 	agents   map[string]*agentclient.Client
 	building bool
 
+	// verifyHook replaces the verification boot in tests.
+	verifyHook verifyBootFunc
+
 	// sessions remembers guest sessions and publishes their changes.
 	sessions sessionTracker
 }

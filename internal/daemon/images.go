@@ -9,8 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
+	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/mux"
@@ -22,14 +22,19 @@ import (
 
 // BuildImage validates a build request and runs the build as an operation.
 func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (string, error) {
-	spec := image.DefaultSpec(d.cfg.Image.Suite, d.cfg.Image.Mirror, d.cfg.Image.SecurityMirror)
+	spec := image.AgentSpec(d.cfg.Image.Suite, d.cfg.Image.Mirror, d.cfg.Image.SecurityMirror)
+	checks := checksForAgentBuild
+	if req.Base {
+		spec = image.DefaultSpec(d.cfg.Image.Suite, d.cfg.Image.Mirror, d.cfg.Image.SecurityMirror)
+		checks = checksForBuild
+	}
 	if req.Name != "" {
 		if err := api.ValidateName("image", req.Name); err != nil {
 			return "", err
 		}
 		spec.Name = req.Name
 	}
-	if err := d.preflight(ctx, checksForBuild); err != nil {
+	if err := d.preflight(ctx, checks); err != nil {
 		return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
 	}
 	d.mu.Lock()
@@ -120,30 +125,6 @@ func (d *Daemon) buildImage(ctx context.Context, spec image.Spec, force bool, st
 	return img, nil
 }
 
-// registerImage records an image directory; the first image becomes the
-// default.
-func (d *Daemon) registerImage(ctx context.Context, id, dir string, meta image.Meta) (store.Image, error) {
-	manifest, _ := os.ReadFile(filepath.Join(dir, image.FileManifest))
-	img := store.Image{
-		ID: id, Name: meta.Name, Fingerprint: meta.Fingerprint, Dir: dir, State: "ready",
-		Suite: meta.Suite, KernelVersion: meta.KernelVersion, SizeBytes: meta.SizeBytes,
-		CreatedAt: time.Now().UTC(), Manifest: string(manifest),
-	}
-	if err := d.store.CreateImage(ctx, &img); err != nil {
-		if errors.Is(err, store.ErrExists) {
-			return img, api.Errorf(api.CodeConflict, "delete the existing one first", "an image named %q already exists", meta.Name)
-		}
-		return img, err
-	}
-	if _, err := d.store.DefaultImage(ctx); errors.Is(err, store.ErrNotFound) {
-		if err := d.store.SetDefaultImage(ctx, id); err != nil {
-			return img, err
-		}
-		img.Default = true
-	}
-	return img, nil
-}
-
 // verifyImage boots a fresh image once in a throwaway VM and checks the
 // guest runs the kernel the image carries, with sshd up.
 func (d *Daemon) verifyImage(ctx context.Context, imgDir string, meta image.Meta) error {
@@ -164,7 +145,7 @@ func (d *Daemon) verifyImage(ctx context.Context, imgDir string, meta image.Meta
 	if _, err := d.runner.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Join(imgDir, image.FileRootfs), "-F", "raw", filepath.Join(dir, paths.FileRootDisk)); err != nil {
 		return err
 	}
-	if err := d.makeWorkDisk(ctx, img, dir, 1<<30); err != nil {
+	if _, err := d.makeWorkDisk(ctx, img, dir, 1<<30); err != nil {
 		return err
 	}
 	vm.Accel = d.accelFor(ctx, img).Accel
@@ -192,6 +173,39 @@ func (d *Daemon) verifyImage(ctx context.Context, imgDir string, meta image.Meta
 	if st.Code != 0 || len(got) != 2 || got[0] != meta.KernelVersion || got[1] != "active" {
 		return fmt.Errorf("verify boot: guest said %q (exit %d), want kernel %s and ssh active", out.String(), st.Code, meta.KernelVersion)
 	}
+	manifest, _ := os.ReadFile(filepath.Join(imgDir, image.FileManifest))
+	if image.HasService(string(manifest), image.ServiceOpencode) {
+		return verifyAgents(ctx, c)
+	}
+	return nil
+}
+
+// agentChecks is what an agent image must do in its verify boot: every
+// agent prints its version, and opencode answers on guest port 4096.
+const agentChecks = `set -e
+for c in node opencode claude pi; do
+  printf '%s ' "$c"; timeout 120 "$c" --version </dev/null 2>&1 | head -n1
+done
+for i in $(seq 1 240); do
+  if curl -s -o /dev/null --max-time 3 http://127.0.0.1:4096/global/health; then echo "opencode :4096 ok"; exit 0; fi
+  sleep 0.5
+done
+echo "opencode :4096 did not answer"; systemctl --no-pager status opencode | tail -n 5; exit 1`
+
+func verifyAgents(ctx context.Context, c *agentclient.Client) error {
+	conn, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"bash", "-c", agentChecks}, Env: map[string]string{"HOME": "/root", "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}})
+	if err != nil {
+		return fmt.Errorf("exec in verify VM: %w", err)
+	}
+	defer conn.Close()
+	var out strings.Builder
+	st, err := mux.RunExec(ctx, conn, nil, &out, &out, nil, nil)
+	if err != nil {
+		return fmt.Errorf("exec in verify VM: %w", err)
+	}
+	if st.Code != 0 {
+		return fmt.Errorf("verify agents: exit %d: %s", st.Code, strings.TrimSpace(out.String()))
+	}
 	return nil
 }
 
@@ -199,16 +213,24 @@ func (d *Daemon) imageView(ctx context.Context, img store.Image, withPackages bo
 	out := api.Image{
 		ID: img.ID, Name: img.Name, Default: img.Default, State: img.State, Fingerprint: img.Fingerprint,
 		Suite: img.Suite, KernelVersion: img.KernelVersion, SizeBytes: img.SizeBytes, Dir: img.Dir, CreatedAt: img.CreatedAt,
+		VerifyError: img.VerifyError,
+	}
+	if !img.VerifiedAt.IsZero() {
+		t := img.VerifiedAt
+		out.VerifiedAt = &t
 	}
 	if vms, err := d.store.VMsUsingImage(ctx, img.ID); err == nil {
 		for _, vm := range vms {
 			out.UsedBy = append(out.UsedBy, vm.Name)
 		}
 	}
-	if withPackages && img.Manifest != "" {
+	if img.Manifest != "" {
 		var m image.Manifest
 		if json.Unmarshal([]byte(img.Manifest), &m) == nil {
-			out.Packages = m.Packages
+			out.Services = m.Services
+			if withPackages {
+				out.Packages, out.NPM = m.Packages, m.NPM
+			}
 		}
 	}
 	return out
@@ -307,7 +329,7 @@ func (d *Daemon) ImportImage(ctx context.Context, src string) (store.Image, erro
 
 func copyImageDir(ctx context.Context, src, dst string) error {
 	for _, f := range []string{image.FileRootfs, image.FileKernel, image.FileInitrd, image.FileVmlinux, image.FileManifest, image.FileMeta} {
-		if _, err := os.Stat(filepath.Join(src, f)); errors.Is(err, os.ErrNotExist) && f == image.FileVmlinux {
+		if _, err := os.Stat(filepath.Join(src, f)); errors.Is(err, os.ErrNotExist) && (f == image.FileVmlinux || f == image.FileInitrd) {
 			continue
 		}
 		if err := system.CloneFile(ctx, filepath.Join(src, f), filepath.Join(dst, f)); err != nil {

@@ -30,8 +30,9 @@ func (d *Daemon) proc(vm store.VM) vmm.Process {
 	return vmm.Process{PID: vm.PID, StartTime: vm.PIDStartTime}
 }
 
-// StartVM boots a stopped VM with the disks it already has.
-func (d *Daemon) StartVM(ctx context.Context, name string) (store.VM, error) {
+// StartVM boots a stopped VM with the disks it already has, growing its
+// work disk first when req asks for a larger one.
+func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMRequest) (store.VM, error) {
 	vm, err := d.getVM(ctx, name)
 	if err != nil {
 		return vm, err
@@ -41,7 +42,15 @@ func (d *Daemon) StartVM(ctx context.Context, name string) (store.VM, error) {
 	if vm, err = d.getVM(ctx, name); err != nil {
 		return vm, err
 	}
+	if req.DiskGiB < 0 || req.DiskGiB > 2048 {
+		return vm, api.Errorf(api.CodeInvalid, "choose --disk between 1 and 2048 GiB", "impossible work disk size %d GiB", req.DiskGiB)
+	}
+	wantDisk := int64(req.DiskGiB) << 30
 	if vm.State == api.VMRunning && d.driver.Alive(d.proc(vm)) {
+		if wantDisk != 0 && wantDisk != vm.WorkDiskBytes {
+			return vm, api.Errorf(api.CodeConflict, fmt.Sprintf("stop it first (`banger vm stop %s`), then `banger vm start %s --disk %d`", vm.Name, vm.Name, req.DiskGiB),
+				"VM %q is running; its work disk is resized while it is stopped", vm.Name)
+		}
 		return vm, nil
 	}
 	if vm.State == api.VMCreating {
@@ -53,6 +62,14 @@ func (d *Daemon) StartVM(ctx context.Context, name string) (store.VM, error) {
 	}
 	if err := d.preflight(ctx, checksForCreate); err != nil {
 		return vm, err
+	}
+	if wantDisk != 0 {
+		if err := d.growWorkDisk(ctx, &vm, wantDisk); err != nil {
+			return vm, err
+		}
+		if err := d.store.UpdateVM(ctx, &vm); err != nil {
+			return vm, err
+		}
 	}
 	var undo cleanup
 	noStages := func(name string, fn func(ctx context.Context) error) error { return fn(ctx) }
@@ -134,7 +151,7 @@ func (d *Daemon) RestartVM(ctx context.Context, name string) (store.VM, error) {
 	if _, err := d.StopVM(ctx, name, false); err != nil {
 		return store.VM{}, err
 	}
-	return d.StartVM(ctx, name)
+	return d.StartVM(ctx, name, api.StartVMRequest{})
 }
 
 // DeleteVM stops a VM if needed and removes its disks, ports and record.

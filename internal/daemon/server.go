@@ -31,7 +31,13 @@ func (d *Daemon) routes() http.Handler {
 	m.HandleFunc("POST "+v+"/vms", d.handleCreateVM)
 	m.HandleFunc("GET "+v+"/vms/{name}", d.handleGetVM)
 	m.HandleFunc("DELETE "+v+"/vms/{name}", d.handleDeleteVM)
-	m.HandleFunc("POST "+v+"/vms/{name}/start", d.vmAction(func(ctx context.Context, name string, _ *http.Request) (store.VM, error) { return d.StartVM(ctx, name) }))
+	m.HandleFunc("POST "+v+"/vms/{name}/start", d.vmAction(func(ctx context.Context, name string, r *http.Request) (store.VM, error) {
+		var req api.StartVMRequest
+		if err := decodeBody(r, &req); err != nil {
+			return store.VM{}, err
+		}
+		return d.StartVM(ctx, name, req)
+	}))
 	m.HandleFunc("POST "+v+"/vms/{name}/restart", d.vmAction(func(ctx context.Context, name string, _ *http.Request) (store.VM, error) {
 		return d.RestartVM(ctx, name)
 	}))
@@ -56,6 +62,9 @@ func (d *Daemon) routes() http.Handler {
 	m.HandleFunc("GET "+v+"/images/{name}", d.handleGetImage)
 	m.HandleFunc("DELETE "+v+"/images/{name}", d.handleDeleteImage)
 	m.HandleFunc("POST "+v+"/images/{name}/export", d.handleExportImage)
+	m.HandleFunc("POST "+v+"/images/{name}/verify", d.handleVerifyImage)
+	m.HandleFunc("POST "+v+"/images/{name}/promote", d.handlePromoteImage)
+	m.HandleFunc("POST "+v+"/images/register", d.handleRegisterImage)
 	m.HandleFunc("GET "+v+"/operations", d.handleListOperations)
 	m.HandleFunc("GET "+v+"/operations/{id}", d.handleGetOperation)
 	m.HandleFunc("GET "+v+"/operations/{id}/events", d.handleOperationEvents)
@@ -139,8 +148,15 @@ func (d *Daemon) vmView(ctx context.Context, vm store.VM) api.VM {
 	}
 	if img, err := d.store.GetImage(ctx, vm.ImageID); err == nil {
 		out.Image = img.Name
+		if vm.WorkSeedFingerprint != "" {
+			if fp, err := imageSeedFingerprint(img); err == nil && fp != vm.WorkSeedFingerprint {
+				out.ImageWorkSeedFingerprint = fp
+			}
+		}
 	}
 	out.Workspace = workspaceOf(vm)
+	out.WorkSeedFingerprint = vm.WorkSeedFingerprint
+	out.AuthSynced = decodeNames(vm.AuthSyncedJSON)
 	if ports, err := d.store.PortsForVM(ctx, vm.ID); err == nil {
 		for _, p := range ports {
 			out.Ports = append(out.Ports, api.Port{HostPort: p.Port, GuestPort: p.GuestPort})
@@ -543,4 +559,36 @@ func (d *Daemon) handleOperationEvents(w http.ResponseWriter, r *http.Request) {
 			fl.Flush()
 		}
 	}
+}
+
+func (d *Daemon) handleVerifyImage(w http.ResponseWriter, r *http.Request) {
+	id, err := d.VerifyImage(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, api.OperationRef{ID: id})
+}
+
+func (d *Daemon) handlePromoteImage(w http.ResponseWriter, r *http.Request) {
+	img, err := d.PromoteImage(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, d.imageView(r.Context(), img, false))
+}
+
+func (d *Daemon) handleRegisterImage(w http.ResponseWriter, r *http.Request) {
+	var req api.RegisterImageRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	img, err := d.RegisterImage(context.WithoutCancel(r.Context()), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, d.imageView(r.Context(), img, false))
 }

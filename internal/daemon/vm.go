@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -150,6 +151,18 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string,
 			delete(d.creating, req.Name)
 			d.mu.Unlock()
 		}()
+		// Images made by an older banger get their fingerprint and
+		// manifest now, once, without a rebuild.
+		if needsHeal(img) {
+			err := stage("heal", func(ctx context.Context) error {
+				healed, err := d.healImage(ctx, img)
+				img = healed
+				return err
+			})
+			if err != nil {
+				return nil, err
+			}
+		}
 		vm, err := d.createVM(ctx, req, img, stage)
 		if err != nil {
 			return nil, err
@@ -230,7 +243,9 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 			filepath.Join(dir, paths.FileRootDisk)); err != nil {
 			return fmt.Errorf("create root overlay: %w", err)
 		}
-		return d.makeWorkDisk(ctx, img, dir, vm.WorkDiskBytes)
+		fp, err := d.makeWorkDisk(ctx, img, dir, vm.WorkDiskBytes)
+		vm.WorkSeedFingerprint = fp
+		return err
 	})
 	if err != nil {
 		return vm, err
@@ -245,7 +260,60 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 	if err := d.store.UpdateVM(ctx, &vm); err != nil {
 		return vm, fmt.Errorf("record running vm: %w", err)
 	}
+	if image.HasService(img.Manifest, image.ServiceOpencode) && !req.NoWaitServices {
+		err = stage("services", func(ctx context.Context) error { return d.waitOpencode(ctx, vm) })
+		if err != nil {
+			return vm, d.withConsole(vm.Dir, err)
+		}
+	}
 	return vm, nil
+}
+
+// waitOpencode waits until opencode answers HTTP on guest port 4096,
+// through the VM's 127.0.0.1 forward (any HTTP answer counts: QEMU
+// accepts on the host side before the guest listens, so a TCP connect
+// alone proves nothing).
+func (d *Daemon) waitOpencode(ctx context.Context, vm store.VM) error {
+	ports, err := d.store.PortsForVM(ctx, vm.ID)
+	if err != nil {
+		return err
+	}
+	host := 0
+	for _, p := range ports {
+		if p.GuestPort == guestOpencodePort {
+			host = p.Port
+		}
+	}
+	if host == 0 {
+		return fmt.Errorf("no host port forwards guest port %d", guestOpencodePort)
+	}
+	timeout := d.cfg.VM.BootTimeout.Duration
+	if timeout <= 0 {
+		timeout = 3 * time.Minute
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	url := fmt.Sprintf("http://127.0.0.1:%d/global/health", host)
+	hc := &http.Client{Timeout: 3 * time.Second}
+	for {
+		req, err := http.NewRequestWithContext(wctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		if resp, err := hc.Do(req); err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		select {
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return api.Errorf(api.CodeUnavailable, fmt.Sprintf("check `banger vm exec %s -- systemctl status opencode`; `--no-wait-services` skips this wait", vm.Name),
+				"opencode did not answer on guest port %d within %s", guestOpencodePort, timeout)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // boot writes a fresh seed disk, starts the VMM and waits until the agent
@@ -253,7 +321,8 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 // console's tail.
 func (d *Daemon) boot(ctx context.Context, vm *store.VM, img store.Image, stage stageFunc, undo *cleanup, persist bool) (vmm.Process, error) {
 	var proc vmm.Process
-	err := stage("seed", func(ctx context.Context) error { return d.makeSeedDisk(ctx, vm) })
+	// Only real VMs get the user's credentials; a verify boot does not.
+	err := stage("seed", func(ctx context.Context) error { return d.makeSeedDisk(ctx, vm, persist) })
 	if err != nil {
 		return proc, err
 	}
@@ -353,6 +422,10 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 	if vm.Accel != "kvm" {
 		args = append(args, qemu.TCGKernelArgs()...)
 	}
+	initrd := filepath.Join(img.Dir, image.FileInitrd)
+	if _, err := os.Stat(initrd); err != nil {
+		initrd = ""
+	}
 	var fwd []vmm.Forward
 	for _, p := range ports {
 		fwd = append(fwd, vmm.Forward{HostPort: p.Port, GuestPort: p.GuestPort})
@@ -362,7 +435,7 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		ProcessName: d.layout.InstancePrefix() + "-" + vm.ID,
 		Dir:         vm.Dir,
 		Kernel:      filepath.Join(img.Dir, image.FileKernel),
-		Initrd:      filepath.Join(img.Dir, image.FileInitrd),
+		Initrd:      initrd,
 		Cmdline:     image.KernelCmdline(args...),
 		Disks: []vmm.Disk{
 			{Path: filepath.Join(vm.Dir, paths.FileRootDisk), Format: "qcow2"},
@@ -377,27 +450,12 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 	}, nil
 }
 
-// makeWorkDisk creates the VM's /root from the image's skeleton, without a
-// loop mount.
-func (d *Daemon) makeWorkDisk(ctx context.Context, img store.Image, dir string, size int64) error {
-	p := filepath.Join(dir, paths.FileWorkDisk)
-	if err := system.CreateSparse(p, size); err != nil {
-		return fmt.Errorf("create work disk: %w", err)
-	}
-	args := []string{"-q", "-F", "-L", image.LabelWork, "-E", "root_owner=0:0"}
-	if seed := filepath.Join(img.Dir, image.DirWorkSeed); dirExists(seed) {
-		args = append(args, "-d", seed)
-	}
-	if _, err := d.runner.Run(ctx, "mkfs.ext4", append(args, p)...); err != nil {
-		return fmt.Errorf("format work disk: %w", err)
-	}
-	return nil
-}
-
 // makeSeedDisk writes the small read-only disk that delivers banger-agent
 // and this VM's identity. It is rebuilt at every boot, so a new banger
-// build reaches old VMs and old images.
-func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM) error {
+// build reaches old VMs and old images. withAuth adds the host user's
+// agent auth files, so a token refreshed on the host reaches the VM at its
+// next boot; vm.AuthSyncedJSON records which were sent (names only).
+func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM, withAuth bool) error {
 	seedDir := filepath.Join(vm.Dir, dirSeed)
 	defer os.RemoveAll(seedDir)
 	if err := os.MkdirAll(seedDir, 0o700); err != nil {
@@ -421,11 +479,21 @@ func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM) error {
 	if err != nil {
 		return fmt.Errorf("client key: %w", err)
 	}
-	cfg, err := json.Marshal(api.SeedConfig{
+	seed := api.SeedConfig{
 		Hostname:       vm.Name,
 		SSHHostKeys:    map[string]string{"ed25519": string(hostKey)},
 		AuthorizedKeys: string(clientPub),
-	})
+	}
+	var authSize int64
+	if withAuth {
+		var names []string
+		seed.AuthFiles, names = d.collectAuthFiles(vm.Name)
+		vm.AuthSyncedJSON = encodeNames(names)
+		for _, f := range seed.AuthFiles {
+			authSize += int64(len(f.Data))
+		}
+	}
+	cfg, err := json.Marshal(seed)
 	if err != nil {
 		return err
 	}
@@ -437,7 +505,9 @@ func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM) error {
 	if err != nil {
 		return err
 	}
-	if err := system.CreateSparse(p, st.Size()+8<<20); err != nil {
+	// Room for the agent, the config (auth files grow by a third as
+	// base64) and the filesystem's own metadata.
+	if err := system.CreateSparse(p, st.Size()+2*authSize+8<<20); err != nil {
 		return fmt.Errorf("create seed disk: %w", err)
 	}
 	if _, err := d.runner.Run(ctx, "mkfs.ext4", "-q", "-F", "-L", image.LabelSeed, "-d", seedDir, p); err != nil {

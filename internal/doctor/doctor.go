@@ -76,6 +76,12 @@ func ImageTools(ctx context.Context, r system.Runner) []Check {
 	}
 }
 
+// AgentTools checks what the agent image build needs: npm installs Node
+// and the coding agents into the rootfs from the host side.
+func AgentTools(ctx context.Context, r system.Runner) []Check {
+	return []Check{tool(ctx, r, "npm", "npm", "--version")}
+}
+
 // Root checks that the process runs as root: mmdebstrap's default mode,
 // mkfs ownership and (later) TAP devices need it.
 func Root() Check {

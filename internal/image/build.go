@@ -44,6 +44,7 @@ func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, 
 		log = io.Discard
 	}
 
+	var npm map[string]string
 	steps := []struct {
 		name string
 		fn   func(ctx context.Context) error
@@ -66,6 +67,14 @@ func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, 
 			return err
 		}},
 		{"customize", func(ctx context.Context) error { return Customize(rootDir) }},
+		{"agents", func(ctx context.Context) error {
+			if len(spec.NPM) == 0 {
+				return nil
+			}
+			v, err := InstallAgents(ctx, b.Runner, log, rootDir, spec.NPM)
+			npm = v
+			return err
+		}},
 		{"kernel", func(ctx context.Context) error {
 			kver, err := b.extractKernel(ctx, rootDir, outDir)
 			meta.KernelVersion = kver
@@ -77,7 +86,10 @@ func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, 
 				return err
 			}
 			pkgs := ParseDpkgStatus(st)
-			m := Manifest{Suite: spec.Suite, KernelVersion: meta.KernelVersion, Fingerprint: meta.Fingerprint, Packages: pkgs}
+			m := Manifest{Suite: spec.Suite, KernelVersion: meta.KernelVersion, Fingerprint: meta.Fingerprint, Packages: pkgs, NPM: npm}
+			if npm["opencode-ai"] != "" {
+				m.Services = append(m.Services, ServiceOpencode)
+			}
 			data, err := json.MarshalIndent(m, "", "  ")
 			if err != nil {
 				return err
@@ -107,6 +119,9 @@ func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, 
 		}},
 	}
 	for _, s := range steps {
+		if s.name == "agents" && len(spec.NPM) == 0 {
+			continue
+		}
 		if err := stage(s.name, s.fn); err != nil {
 			return meta, fmt.Errorf("%s: %w", s.name, err)
 		}
@@ -200,6 +215,10 @@ type Manifest struct {
 	KernelVersion string            `json:"kernel_version"`
 	Fingerprint   string            `json:"fingerprint"`
 	Packages      map[string]string `json:"packages"`
+	// NPM maps the npm packages installed into /usr/local to their
+	// versions; Services names the services the image starts (opencode).
+	NPM      map[string]string `json:"npm,omitempty"`
+	Services []string          `json:"services,omitempty"`
 }
 
 // ParseDpkgStatus returns name → version of the installed packages in a
@@ -248,7 +267,8 @@ func ReadMeta(dir string) (Meta, error) {
 	if err := json.Unmarshal(data, &m); err != nil {
 		return m, fmt.Errorf("%w: parse %s: %v", ErrInvalid, FileMeta, err)
 	}
-	for _, f := range []string{FileRootfs, FileKernel, FileInitrd, FileManifest} {
+	// The initrd is optional: a registered kernel may not need one.
+	for _, f := range []string{FileRootfs, FileKernel, FileManifest} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			return m, fmt.Errorf("%w: %s is missing %s", ErrInvalid, dir, f)
 		}

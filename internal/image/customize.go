@@ -1,6 +1,9 @@
 package image
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -130,4 +133,49 @@ func CopyTree(src, dst string) error {
 		}
 		return nil
 	})
+}
+
+// FileWorkSeedMark is written on every work disk (relative to /root): the
+// fingerprint of the work seed the disk was made from.
+const FileWorkSeedMark = ".banger/work-seed"
+
+// WorkSeedFingerprint hashes a work seed tree: every path, mode, symlink
+// target and file content, in a fixed order. A missing tree hashes as
+// the empty seed, so "no seed" is a fingerprint too.
+func WorkSeedFingerprint(dir string) (string, error) {
+	h := sha256.New()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) && p == dir {
+			return filepath.SkipDir
+		}
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s\x00%o\x00", rel, info.Mode())
+		switch {
+		case info.Mode()&fs.ModeSymlink != 0:
+			l, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(h, "%s\x00", l)
+		case info.Mode().IsRegular():
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(h, "%d\x00", len(data))
+			h.Write(data)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("fingerprint work seed: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

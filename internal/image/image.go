@@ -42,6 +42,10 @@ const (
 // spec does not capture, so the fingerprint changes with them.
 const recipeVersion = "3"
 
+// agentRecipeVersion is recipeVersion for the agent steps (npm install,
+// rebuild, services); bumping it leaves base images' fingerprints alone.
+const agentRecipeVersion = "2"
+
 var (
 	// ErrNoImage means no image has been built or imported yet.
 	ErrNoImage = errors.New("no image available")
@@ -60,6 +64,9 @@ type Spec struct {
 	Mirror         string   `json:"mirror"`
 	SecurityMirror string   `json:"security_mirror"`
 	Packages       []string `json:"packages"`
+	// NPM packages ("name@version", pinned) installed into /usr/local
+	// from the host; set for the agent image.
+	NPM []string `json:"npm,omitempty"`
 }
 
 // BasePackages are installed into every image. The kernel is installed
@@ -88,6 +95,14 @@ func (s Spec) Fingerprint() string {
 	sort.Strings(pkgs)
 	fmt.Fprintf(h, "recipe=%s\nsuite=%s\nmirror=%s\nsecurity=%s\npackages=%s\n",
 		recipeVersion, s.Suite, s.Mirror, s.SecurityMirror, strings.Join(pkgs, ","))
+	// Only images with npm packages hash these, so the base image's
+	// fingerprint (and every cache keyed by it) stays what it was.
+	if len(s.NPM) > 0 {
+		npm := append([]string(nil), s.NPM...)
+		sort.Strings(npm)
+		fmt.Fprintf(h, "agent-recipe=%s\nnpm=%s\n", agentRecipeVersion, strings.Join(npm, ","))
+		hashAgentFiles(h)
+	}
 	_ = fs.WalkDir(guestFiles, "guest", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err

@@ -94,3 +94,115 @@ func TestKernelCmdlineHasNoSecrets(t *testing.T) {
 		t.Fatalf("cmdline: %s", c)
 	}
 }
+
+func TestWorkSeedFingerprint(t *testing.T) {
+	dir := t.TempDir()
+	seed := filepath.Join(dir, "seed")
+	empty, err := WorkSeedFingerprint(seed)
+	if err != nil || empty == "" {
+		t.Fatalf("missing seed: %q %v", empty, err)
+	}
+	os.MkdirAll(seed, 0o700)
+	os.WriteFile(filepath.Join(seed, ".bashrc"), []byte("PS1='$ '\n"), 0o644)
+	a, _ := WorkSeedFingerprint(seed)
+	b, _ := WorkSeedFingerprint(seed)
+	if a != b || a == empty {
+		t.Fatalf("not stable or equal to empty: %s %s %s", a, b, empty)
+	}
+	os.Chmod(filepath.Join(seed, ".bashrc"), 0o600)
+	c, _ := WorkSeedFingerprint(seed)
+	if c == a {
+		t.Fatal("mode change not noticed")
+	}
+	os.WriteFile(filepath.Join(seed, ".bashrc"), []byte("PS1='# '\n"), 0o600)
+	d, _ := WorkSeedFingerprint(seed)
+	if d == c {
+		t.Fatal("content change not noticed")
+	}
+	os.Symlink(".bashrc", filepath.Join(seed, ".bash_profile"))
+	e, _ := WorkSeedFingerprint(seed)
+	if e == d {
+		t.Fatal("new symlink not noticed")
+	}
+}
+
+func fakeBzImage(version string) []byte {
+	b := make([]byte, 0x1000)
+	copy(b[0x202:], "HdrS")
+	off := 0x800
+	b[0x20e] = byte(off - 0x200)
+	b[0x20f] = byte((off - 0x200) >> 8)
+	copy(b[off:], version+" (debian-kernel@lists.debian.org) #1 SMP\x00")
+	return b
+}
+
+func TestParseKernelVersion(t *testing.T) {
+	got, err := ParseKernelVersion(fakeBzImage("6.1.0-28-cloud-amd64"))
+	if err != nil || got != "6.1.0-28-cloud-amd64" {
+		t.Fatalf("got %q %v", got, err)
+	}
+	if _, err := ParseKernelVersion(make([]byte, 0x1000)); err == nil {
+		t.Fatal("accepted a file without a setup header")
+	}
+	if _, err := ParseKernelVersion([]byte("short")); err == nil {
+		t.Fatal("accepted a short file")
+	}
+	// The real kernel of this host, when readable.
+	if matches, _ := filepath.Glob("/boot/vmlinuz-*"); len(matches) > 0 {
+		v, err := KernelVersion(matches[0])
+		if err == nil && !strings.HasPrefix(filepath.Base(matches[0]), "vmlinuz-"+v) {
+			t.Errorf("host kernel %s parsed as %q", matches[0], v)
+		}
+	}
+}
+
+func FuzzParseKernelVersion(f *testing.F) {
+	f.Add(fakeBzImage("6.1.0"))
+	f.Fuzz(func(t *testing.T, b []byte) { ParseKernelVersion(b) })
+}
+
+// TestBaseFingerprintUnchanged pins the base image's fingerprint: adding
+// the agent image must not invalidate base images or caches keyed by it.
+func TestBaseFingerprintUnchanged(t *testing.T) {
+	s := DefaultSpec("bookworm", "http://deb.debian.org/debian", "http://deb.debian.org/debian-security")
+	if got := s.Fingerprint(); got != "3eca6ac5b520feed4c4f1b4bbed8ea336b6a9401e2236f1e3d75721c9892a194" {
+		t.Fatalf("base fingerprint changed: %s", got)
+	}
+}
+
+func TestAgentSpecFingerprint(t *testing.T) {
+	base := DefaultSpec("bookworm", "http://m/debian", "http://m/sec")
+	a := AgentSpec("bookworm", "http://m/debian", "http://m/sec")
+	if a.Fingerprint() == base.Fingerprint() || a.Name == base.Name {
+		t.Fatal("agent spec not distinct from the base")
+	}
+	b := AgentSpec("bookworm", "http://m/debian", "http://m/sec")
+	if a.Fingerprint() != b.Fingerprint() {
+		t.Fatal("fingerprint not stable")
+	}
+	// A different pinned version changes it; the order does not.
+	b.NPM = append([]string(nil), a.NPM...)
+	b.NPM[1] = "opencode-ai@0.0.1"
+	if a.Fingerprint() == b.Fingerprint() {
+		t.Fatal("npm version not part of the fingerprint")
+	}
+	b.NPM = append([]string(nil), a.NPM...)
+	b.NPM[0], b.NPM[1] = b.NPM[1], b.NPM[0]
+	if a.Fingerprint() != b.Fingerprint() {
+		t.Fatal("npm order changed the fingerprint")
+	}
+	for _, p := range a.NPM {
+		if !strings.Contains(p, "@") || strings.HasSuffix(p, "@latest") || npmName(p) == p {
+			t.Errorf("npm package %q is not pinned", p)
+		}
+	}
+}
+
+func TestHasService(t *testing.T) {
+	if !HasService(`{"services":["opencode"]}`, ServiceOpencode) || HasService(`{}`, ServiceOpencode) || HasService("", ServiceOpencode) {
+		t.Fatal("HasService")
+	}
+	if npmName("@anthropic-ai/claude-code@2.1.0") != "@anthropic-ai/claude-code" || npmName("opencode-ai@1") != "opencode-ai" {
+		t.Fatal("npmName")
+	}
+}

@@ -7,17 +7,18 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 const imageColumns = `id, name, fingerprint, dir, is_default, state, suite,
-	kernel_version, size_bytes, created_at, manifest`
+	kernel_version, size_bytes, created_at, manifest, verified_at, verify_error`
 
 func scanImage(r rowScanner) (Image, error) {
 	var img Image
-	var created string
+	var created, verified string
 	if err := r.Scan(&img.ID, &img.Name, &img.Fingerprint, &img.Dir, &img.Default,
 		&img.State, &img.Suite, &img.KernelVersion, &img.SizeBytes, &created,
-		&img.Manifest); err != nil {
+		&img.Manifest, &verified, &img.VerifyError); err != nil {
 		return Image{}, err
 	}
 	t, err := parseTime(created)
@@ -25,6 +26,11 @@ func scanImage(r rowScanner) (Image, error) {
 		return Image{}, err
 	}
 	img.CreatedAt = t
+	if verified != "" {
+		if img.VerifiedAt, err = parseTime(verified); err != nil {
+			return Image{}, err
+		}
+	}
 	return img, nil
 }
 
@@ -35,7 +41,7 @@ func validateImage(img *Image) error {
 	if img.Dir == "" {
 		return fmt.Errorf("image %q: dir is required: %w", img.Name, ErrInvalid)
 	}
-	if !slices.Contains([]string{ImageStateReady, ImageStateStaged}, img.State) {
+	if !slices.Contains([]string{ImageStateManaged, ImageStateStaged}, img.State) {
 		return fmt.Errorf("image %q: unknown state %q: %w", img.Name, img.State, ErrInvalid)
 	}
 	return nil
@@ -55,13 +61,13 @@ func imageWriteErr(err error, img *Image) error {
 }
 
 // CreateImage registers img. An empty ID is generated, an empty State
-// becomes ready and a zero CreatedAt becomes now; img is updated in place.
+// becomes managed and a zero CreatedAt becomes now; img is updated in place.
 // A taken name, or Default set while another image is the default, is
 // ErrExists: to make a new image the default atomically, check
 // DefaultImage and create inside one WithTx, or call SetDefaultImage.
 func (s *Store) CreateImage(ctx context.Context, img *Image) error {
 	if img.State == "" {
-		img.State = ImageStateReady
+		img.State = ImageStateManaged
 	}
 	if err := validateImage(img); err != nil {
 		return fmt.Errorf("create image: %w", err)
@@ -72,10 +78,10 @@ func (s *Store) CreateImage(ctx context.Context, img *Image) error {
 	img.CreatedAt = img.CreatedAt.UTC()
 	err := insertWithID(&img.ID, "images.id", func() error {
 		_, err := s.q.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			img.ID, img.Name, img.Fingerprint, img.Dir, img.Default, img.State,
 			img.Suite, img.KernelVersion, img.SizeBytes, formatTime(img.CreatedAt),
-			img.Manifest)
+			img.Manifest, optTime(img.VerifiedAt), img.VerifyError)
 		return err
 	})
 	if err != nil {
@@ -132,9 +138,10 @@ func (s *Store) UpdateImage(ctx context.Context, img *Image) error {
 	}
 	res, err := s.q.ExecContext(ctx, `UPDATE images SET name = ?, fingerprint = ?,
 		dir = ?, is_default = ?, state = ?, suite = ?, kernel_version = ?,
-		size_bytes = ?, manifest = ? WHERE id = ?`,
+		size_bytes = ?, manifest = ?, verified_at = ?, verify_error = ? WHERE id = ?`,
 		img.Name, img.Fingerprint, img.Dir, img.Default, img.State, img.Suite,
-		img.KernelVersion, img.SizeBytes, img.Manifest, img.ID)
+		img.KernelVersion, img.SizeBytes, img.Manifest, optTime(img.VerifiedAt),
+		img.VerifyError, img.ID)
 	if err != nil {
 		return fmt.Errorf("update image: %w", imageWriteErr(err, img))
 	}
@@ -227,4 +234,42 @@ func (s *Store) ImageByFingerprint(ctx context.Context, fingerprint string) (Ima
 		return Image{}, fmt.Errorf("image by fingerprint %s: %w", fingerprint, err)
 	}
 	return img, nil
+}
+
+// optTime formats t, or "" for the zero time ("never").
+func optTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return formatTime(t.UTC())
+}
+
+// SetImageVerified records the outcome of `image verify` on image id:
+// verifyErr is "" when it passed. A failed verify of a staged image keeps
+// it staged and blocks its promotion until a verify passes.
+func (s *Store) SetImageVerified(ctx context.Context, id string, at time.Time, verifyErr string) error {
+	res, err := s.q.ExecContext(ctx, `UPDATE images SET verified_at = ?, verify_error = ? WHERE id = ?`,
+		optTime(at), verifyErr, id)
+	if err != nil {
+		return fmt.Errorf("set image %s verified: %w", id, err)
+	}
+	if err := affectedOne(res, ErrNotFound); err != nil {
+		return fmt.Errorf("set image %s verified: %w", id, err)
+	}
+	return nil
+}
+
+// PromoteImage makes image id managed and the default, in one
+// transaction: the previous default stays managed, just not the default.
+func (s *Store) PromoteImage(ctx context.Context, id string) error {
+	return s.WithTx(ctx, func(tx *Store) error {
+		res, err := tx.q.ExecContext(ctx, `UPDATE images SET state = ? WHERE id = ?`, ImageStateManaged, id)
+		if err != nil {
+			return fmt.Errorf("promote image %s: %w", id, err)
+		}
+		if err := affectedOne(res, ErrNotFound); err != nil {
+			return fmt.Errorf("promote image %s: %w", id, err)
+		}
+		return tx.SetDefaultImage(ctx, id)
+	})
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ func TestImageCRUD(t *testing.T) {
 	if err := s.CreateImage(ctx, &img); err != nil {
 		t.Fatal(err)
 	}
-	if len(img.ID) != 8 || img.State != ImageStateReady || img.CreatedAt.IsZero() {
+	if len(img.ID) != 8 || img.State != ImageStateManaged || img.CreatedAt.IsZero() {
 		t.Fatalf("CreateImage did not fill defaults: %+v", img)
 	}
 	for _, key := range []string{img.ID, img.Name} {
@@ -101,7 +102,7 @@ func TestImageErrors(t *testing.T) {
 			return err
 		}, ErrNotFound},
 		{"update unknown", func(s *Store, _ Image) error {
-			return s.UpdateImage(ctx, &Image{ID: "nope", Name: "x", Dir: "/x", State: ImageStateReady})
+			return s.UpdateImage(ctx, &Image{ID: "nope", Name: "x", Dir: "/x", State: ImageStateManaged})
 		}, ErrNotFound},
 		{"delete unknown", func(s *Store, _ Image) error {
 			return s.DeleteImage(ctx, "nope")
@@ -238,7 +239,7 @@ func TestFirstImageBecomesDefault(t *testing.T) {
 		return img
 	}
 	first, second := register("first"), register("second")
-	if !first.Default || first.State != ImageStateReady {
+	if !first.Default || first.State != ImageStateManaged {
 		t.Errorf("first = %+v", first)
 	}
 	if second.Default || second.State != ImageStateStaged {
@@ -288,5 +289,72 @@ func TestGetByIDBeatsName(t *testing.T) {
 	}
 	if got.ID != a.ID {
 		t.Errorf("GetImage(%q) returned %s (%s)", a.ID, got.ID, got.Name)
+	}
+}
+
+// TestReadyImagesBecomeManaged plays an upgrade from a database whose
+// images were "ready" (schema 3) to the staged/managed states.
+func TestReadyImagesBecomeManaged(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "banger.db")
+	saved := migrations
+	migrations = saved[:3]
+	s, err := Open(ctx, path)
+	if err != nil {
+		migrations = saved
+		t.Fatal(err)
+	}
+	if _, err := s.db.Exec(`INSERT INTO images (id, name, dir, is_default, state, created_at)
+		VALUES ('i1', 'old', '/old', 1, 'ready', ?), ('i2', 'wip', '/wip', 0, 'staged', ?)`,
+		formatTime(now()), formatTime(now())); err != nil {
+		migrations = saved
+		t.Fatal(err)
+	}
+	s.Close()
+	migrations = saved
+	s, err = Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	old, _ := s.GetImage(ctx, "old")
+	wip, _ := s.GetImage(ctx, "wip")
+	if old.State != ImageStateManaged || !old.Default || wip.State != ImageStateStaged || !old.VerifiedAt.IsZero() {
+		t.Fatalf("after upgrade: old=%+v wip=%+v", old, wip)
+	}
+}
+
+func TestPromoteAndVerify(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t)
+	first := mustImage(t, s, "first")
+	if err := s.SetDefaultImage(ctx, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	second := Image{Name: "second", Dir: "/second", State: ImageStateStaged}
+	if err := s.CreateImage(ctx, &second); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	if err := s.SetImageVerified(ctx, second.ID, at, "sshd inactive"); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.GetImage(ctx, "second")
+	if !got.VerifiedAt.Equal(at) || got.VerifyError != "sshd inactive" || got.State != ImageStateStaged {
+		t.Fatalf("after failed verify: %+v", got)
+	}
+	if err := s.PromoteImage(ctx, second.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.GetImage(ctx, "second")
+	prev, _ := s.GetImage(ctx, "first")
+	if got.State != ImageStateManaged || !got.Default || prev.Default || prev.State != ImageStateManaged {
+		t.Fatalf("after promote: second=%+v first=%+v", got, prev)
+	}
+	if err := s.PromoteImage(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("promote unknown: %v", err)
+	}
+	if err := s.SetImageVerified(ctx, "nope", at, ""); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("verify unknown: %v", err)
 	}
 }

@@ -92,6 +92,20 @@ CREATE TABLE stages (
 `,
 	// 2: the VM's workspace (banger vm workspace prepare), as JSON.
 	`ALTER TABLE vms ADD COLUMN workspace_json TEXT NOT NULL DEFAULT '';`,
+	// 3: the fingerprint of the image work seed a VM's work disk was made
+	// from, and the auth files copied in at its last boot (JSON array of
+	// paths relative to /root; names only, never contents).
+	`
+ALTER TABLE vms ADD COLUMN work_seed_fingerprint TEXT NOT NULL DEFAULT '';
+ALTER TABLE vms ADD COLUMN auth_synced_json TEXT NOT NULL DEFAULT '';
+`,
+	// 4: image states are staged and managed ("ready" was the old name of
+	// managed), and the outcome of the last `image verify`.
+	`
+UPDATE images SET state = 'managed' WHERE state = 'ready';
+ALTER TABLE images ADD COLUMN verified_at TEXT NOT NULL DEFAULT '';
+ALTER TABLE images ADD COLUMN verify_error TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate brings db to the newest schema this binary knows. It is safe to

@@ -2,12 +2,13 @@ package store
 
 import "time"
 
-// Image states. The first image built becomes the default and is ready;
-// later builds stay staged until promoted, so a bad build never becomes
-// what new VMs boot by accident.
+// Image states. The first image built becomes the default and is
+// managed; later builds stay staged until promoted, so a bad build never
+// becomes what new VMs boot by accident. Being the default is a flag of
+// one managed image.
 const (
-	ImageStateReady  = "ready"
-	ImageStateStaged = "staged"
+	ImageStateManaged = "managed"
+	ImageStateStaged  = "staged"
 )
 
 // VM states.
@@ -73,6 +74,10 @@ type Image struct {
 	// Manifest is the image's manifest as JSON text; the store does not
 	// look inside it.
 	Manifest string `json:"manifest"`
+	// VerifiedAt is when `image verify` last ran (zero: never);
+	// VerifyError is its failure, "" when it passed.
+	VerifiedAt  time.Time `json:"verified_at"`
+	VerifyError string    `json:"verify_error"`
 }
 
 // VM is one microVM and what the daemon needs to re-adopt it after a
@@ -100,6 +105,12 @@ type VM struct {
 	// WorkspaceJSON describes the workspace last prepared in the VM
 	// (api.Workspace as JSON); only SetVMWorkspace writes it.
 	WorkspaceJSON string `json:"workspace_json"`
+	// WorkSeedFingerprint identifies the image work seed the work disk
+	// was made from ("" for VMs made before it was recorded).
+	WorkSeedFingerprint string `json:"work_seed_fingerprint"`
+	// AuthSyncedJSON lists, as a JSON array, the auth files copied into
+	// the VM at its last boot (paths relative to /root).
+	AuthSyncedJSON string `json:"auth_synced_json"`
 }
 
 // Port is a host port forwarded to a VM. It stays reserved for the VM's

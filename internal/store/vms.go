@@ -10,7 +10,7 @@ import (
 
 const vmColumns = `id, name, image_id, state, cpus, memory_mib, work_disk_bytes,
 	egress, accel, pid, pid_start_time, dir, ssh_port, created_at, updated_at,
-	last_error, workspace_json`
+	last_error, workspace_json, work_seed_fingerprint, auth_synced_json`
 
 var vmStates = []string{VMStateCreating, VMStateRunning, VMStateStopping, VMStateStopped, VMStateError}
 
@@ -24,7 +24,7 @@ func scanVM(r rowScanner) (VM, error) {
 	if err := r.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.State, &vm.CPUs,
 		&vm.MemoryMiB, &vm.WorkDiskBytes, &vm.Egress, &vm.Accel, &vm.PID,
 		&startTime, &vm.Dir, &vm.SSHPort, &created, &updated,
-		&vm.LastError, &vm.WorkspaceJSON); err != nil {
+		&vm.LastError, &vm.WorkspaceJSON, &vm.WorkSeedFingerprint, &vm.AuthSyncedJSON); err != nil {
 		return VM{}, err
 	}
 	vm.PIDStartTime = uint64(startTime)
@@ -82,11 +82,11 @@ func (s *Store) CreateVM(ctx context.Context, vm *VM) error {
 	vm.CreatedAt = vm.CreatedAt.UTC()
 	err := insertWithID(&vm.ID, "vms.id", func() error {
 		_, err := s.q.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			vm.ID, vm.Name, vm.ImageID, vm.State, vm.CPUs, vm.MemoryMiB,
 			vm.WorkDiskBytes, vm.Egress, vm.Accel, vm.PID, int64(vm.PIDStartTime),
 			vm.Dir, vm.SSHPort, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt),
-			vm.LastError, vm.WorkspaceJSON)
+			vm.LastError, vm.WorkspaceJSON, vm.WorkSeedFingerprint, vm.AuthSyncedJSON)
 		return err
 	})
 	if err != nil {
@@ -151,10 +151,11 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 	res, err := s.q.ExecContext(ctx, `UPDATE vms SET name = ?, image_id = ?,
 		state = ?, cpus = ?, memory_mib = ?, work_disk_bytes = ?, egress = ?,
 		accel = ?, pid = ?, pid_start_time = ?, dir = ?, ssh_port = ?,
-		updated_at = ?, last_error = ? WHERE id = ?`,
+		updated_at = ?, last_error = ?, work_seed_fingerprint = ?,
+		auth_synced_json = ? WHERE id = ?`,
 		vm.Name, vm.ImageID, vm.State, vm.CPUs, vm.MemoryMiB, vm.WorkDiskBytes,
 		vm.Egress, vm.Accel, vm.PID, int64(vm.PIDStartTime), vm.Dir, vm.SSHPort,
-		formatTime(updated), vm.LastError, vm.ID)
+		formatTime(updated), vm.LastError, vm.WorkSeedFingerprint, vm.AuthSyncedJSON, vm.ID)
 	if err != nil {
 		return fmt.Errorf("update vm: %w", vmWriteErr(err, vm))
 	}

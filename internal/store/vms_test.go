@@ -17,7 +17,7 @@ func TestVMCRUD(t *testing.T) {
 	vm := VM{
 		Name: "dev", ImageID: img.ID, CPUs: 2, MemoryMiB: 2048, WorkDiskBytes: 16 << 30,
 		Egress: "none", Accel: "tcg", PID: 4242, PIDStartTime: math.MaxUint64 - 1,
-		Dir: "/var/lib/banger/vms/x", SSHPort: 2222,
+		Dir: "/var/lib/banger/vms/x", SSHPort: 2222, WorkSeedFingerprint: "abc123",
 	}
 	if err := s.CreateVM(ctx, &vm); err != nil {
 		t.Fatal(err)
@@ -40,6 +40,8 @@ func TestVMCRUD(t *testing.T) {
 	vm.State = VMStateRunning
 	vm.PID = 99
 	vm.Name = "dev2"
+	vm.WorkSeedFingerprint = "def456"
+	vm.AuthSyncedJSON = `[".claude.json"]`
 	if err := s.UpdateVM(ctx, &vm); err != nil {
 		t.Fatal(err)
 	}

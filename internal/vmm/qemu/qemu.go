@@ -68,8 +68,12 @@ func Args(spec vmm.Spec) []string {
 		"-serial", "file:" + filepath.Join(dir, paths.FileConsoleLog),
 		"-qmp", "unix:" + filepath.Join(dir, paths.FileQMPSocket) + ",server=on,wait=off",
 		"-pidfile", filepath.Join(dir, paths.FilePID),
-		"-kernel", spec.Kernel, "-initrd", spec.Initrd,
+		"-kernel", spec.Kernel,
 		"-append", spec.Cmdline,
+	}
+	// A registered image may have a kernel that needs no initrd.
+	if spec.Initrd != "" {
+		args = append(args, "-initrd", spec.Initrd)
 	}
 	for i, d := range spec.Disks {
 		drive := fmt.Sprintf("id=d%d,file=%s,format=%s,if=none,discard=unmap", i, d.Path, d.Format)

@@ -1,0 +1,103 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/image"
+	"github.com/bangerdev/banger/internal/paths"
+	"github.com/bangerdev/banger/internal/store"
+	"github.com/bangerdev/banger/internal/system"
+)
+
+// dirWorkStaging is where a work disk's tree is assembled (the image's
+// work seed plus the seed mark) before mkfs.ext4 -d copies it in.
+const dirWorkStaging = "work-staging"
+
+// imageSeedFingerprint is the fingerprint of img's work seed now.
+func imageSeedFingerprint(img store.Image) (string, error) {
+	return image.WorkSeedFingerprint(filepath.Join(img.Dir, image.DirWorkSeed))
+}
+
+// makeWorkDisk creates the VM's /root from the image's work seed, without
+// a loop mount, and marks the disk with the seed's fingerprint
+// (/root/.banger/work-seed). It returns that fingerprint.
+func (d *Daemon) makeWorkDisk(ctx context.Context, img store.Image, dir string, size int64) (string, error) {
+	fp, err := imageSeedFingerprint(img)
+	if err != nil {
+		return "", err
+	}
+	staging := filepath.Join(dir, dirWorkStaging)
+	defer os.RemoveAll(staging)
+	if err := os.RemoveAll(staging); err != nil {
+		return "", fmt.Errorf("clean work staging: %w", err)
+	}
+	if seed := filepath.Join(img.Dir, image.DirWorkSeed); dirExists(seed) {
+		if err := image.CopyTree(seed, staging); err != nil {
+			return "", fmt.Errorf("copy work seed: %w", err)
+		}
+	}
+	mark := filepath.Join(staging, image.FileWorkSeedMark)
+	if err := os.MkdirAll(filepath.Dir(mark), 0o700); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(mark, []byte(fp+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("mark work disk: %w", err)
+	}
+	// /root itself must stay private whatever mode the seed's root had.
+	if err := os.Chmod(staging, 0o700); err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, paths.FileWorkDisk)
+	if err := system.CreateSparse(p, size); err != nil {
+		return "", fmt.Errorf("create work disk: %w", err)
+	}
+	if _, err := d.runner.Run(ctx, "mkfs.ext4", "-q", "-F", "-L", image.LabelWork,
+		"-E", "root_owner=0:0", "-d", staging, p); err != nil {
+		return "", fmt.Errorf("format work disk: %w", err)
+	}
+	return fp, nil
+}
+
+// growWorkDisk makes a stopped VM's work disk size bytes: the file grows
+// sparsely and resize2fs grows the filesystem, offline. Shrinking is
+// refused; an equal size is a no-op.
+func (d *Daemon) growWorkDisk(ctx context.Context, vm *store.VM, size int64) error {
+	p := filepath.Join(vm.Dir, paths.FileWorkDisk)
+	st, err := os.Stat(p)
+	if err != nil {
+		return fmt.Errorf("work disk of %s: %w", vm.Name, err)
+	}
+	cur := st.Size()
+	switch {
+	case size == cur:
+		return nil
+	case size < cur:
+		return api.Errorf(api.CodeInvalid,
+			fmt.Sprintf("pass --disk %d or more; to get a smaller disk, create a new VM and move your work with `banger vm workspace`", gib(cur)),
+			"the work disk of %s is %d GiB; shrinking it to %d GiB is not supported", vm.Name, gib(cur), gib(size))
+	}
+	if err := os.Truncate(p, size); err != nil {
+		return fmt.Errorf("grow work disk: %w", err)
+	}
+	// resize2fs wants a freshly checked filesystem. e2fsck exits 1 when it
+	// fixed something (a journal replay after a kill): that is fine.
+	if _, err := d.runner.Run(ctx, "e2fsck", "-f", "-y", p); err != nil {
+		var ce *system.CmdError
+		if !errors.As(err, &ce) || ce.ExitCode != 1 {
+			return fmt.Errorf("check work disk before resize: %w", err)
+		}
+	}
+	if _, err := d.runner.Run(ctx, "resize2fs", p); err != nil {
+		return fmt.Errorf("grow work disk filesystem: %w", err)
+	}
+	d.log.Info("work disk grown", "vm", vm.Name, "from_gib", gib(cur), "to_gib", gib(size))
+	vm.WorkDiskBytes = size
+	return nil
+}
+
+func gib(b int64) int64 { return b >> 30 }
