@@ -303,17 +303,17 @@ func nextSteps(vm api.VM) []NextStep {
 	steps := []NextStep{
 		{"open a shell in the VM (the repository is at /root/repo)", "banger vm ssh " + n},
 		{"run a command in the repository", "banger vm exec -w /root/repo " + n + " -- git status"},
-		{"start opencode's server in the VM as a session (it survives daemon restarts)",
-			"banger vm session start " + n + " --name opencode -- opencode serve --hostname 0.0.0.0 --port 4096"},
+		{"run a coding agent in a session (survives daemon restarts; Ctrl-P Ctrl-Q detaches)",
+			"banger vm session start " + n + " --name claude --pty --attach -- claude"},
 	}
 	for _, p := range vm.Ports {
 		if p.GuestPort == 4096 {
-			steps = append(steps, NextStep{"attach to it from the host (guest port 4096 is forwarded)",
+			steps = append(steps, NextStep{"attach to opencode from the host (the agent image serves it on guest port 4096, forwarded here)",
 				fmt.Sprintf("opencode attach http://127.0.0.1:%d", p.HostPort)})
 		}
 	}
 	steps = append(steps,
-		NextStep{"see the VM's sessions, attach to one (Ctrl-C detaches)", "banger vm session list " + n},
+		NextStep{"list the VM's sessions (then: banger vm session attach NAME S)", "banger vm session list " + n},
 		NextStep{"fetch the VM's branches into your repository as banger/" + n + "/<branch>", "banger vm workspace pull " + n},
 		NextStep{"stop the VM (keeps its disk)", "banger vm stop " + n},
 		NextStep{"delete the VM", "banger vm delete " + n},
