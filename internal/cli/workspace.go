@@ -313,7 +313,7 @@ func nextSteps(vm api.VM) []NextStep {
 		}
 	}
 	steps = append(steps,
-		NextStep{"list the VM's sessions (then: banger vm session attach NAME S)", "banger vm session list " + n},
+		NextStep{"list the VM's sessions (attach one with banger vm session attach " + n + " S)", "banger vm session list " + n},
 		NextStep{"fetch the VM's branches into your repository as banger/" + n + "/<branch>", "banger vm workspace pull " + n},
 		NextStep{"stop the VM (keeps its disk)", "banger vm stop " + n},
 		NextStep{"delete the VM", "banger vm delete " + n},
