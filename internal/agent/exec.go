@@ -18,6 +18,7 @@ import (
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/pty"
+	"github.com/bangerdev/banger/internal/session"
 )
 
 // outputGrace is how long the output of an exited command may stay quiet
@@ -177,7 +178,7 @@ func (s *Server) runExec(conn net.Conn, br *bufio.Reader, req api.ExecRequest, d
 	// All output goes out before the exit frame.
 	drains.Wait()
 
-	st := exitStatus(x.cmd.ProcessState, waitErr)
+	st := session.ExitStatus(x.cmd.ProcessState, waitErr)
 	x.log.Info("exec finished", "code", st.Code, "signal", st.Signal)
 	_ = w.WriteExit(st)
 	// Wake the frame reader; the client closes its end after the exit
@@ -374,21 +375,4 @@ func (x *execution) signal(sig syscall.Signal) {
 	if err := syscall.Kill(-x.cmd.Process.Pid, sig); err != nil {
 		x.log.Debug("signal process group", "signal", sig, "err", err)
 	}
-}
-
-// exitStatus follows shell conventions: 128+N for death by signal N.
-func exitStatus(ps *os.ProcessState, waitErr error) api.ExitStatus {
-	if ps == nil {
-		msg := "wait failed"
-		if waitErr != nil {
-			msg = "wait: " + waitErr.Error()
-		}
-		return api.ExitStatus{Code: 126, Error: msg}
-	}
-	ws, ok := ps.Sys().(syscall.WaitStatus)
-	if ok && ws.Signaled() {
-		sig := int(ws.Signal())
-		return api.ExitStatus{Code: 128 + sig, Signal: sig}
-	}
-	return api.ExitStatus{Code: ps.ExitCode()}
 }

@@ -67,8 +67,8 @@ func decodeMeta(r io.Reader) (api.Session, error) {
 	return s, nil
 }
 
-// exitStatus follows shell conventions: 128+N for death by signal N.
-func exitStatus(ps *os.ProcessState, waitErr error) api.ExitStatus {
+// ExitStatus follows shell conventions: 128+N for death by signal N.
+func ExitStatus(ps *os.ProcessState, waitErr error) api.ExitStatus {
 	if ps == nil {
 		msg := "wait failed"
 		if waitErr != nil {

@@ -348,7 +348,7 @@ func (sv *supervisor) wait() {
 		f.Close()
 	}
 
-	st := exitStatus(ps, err)
+	st := ExitStatus(ps, err)
 	sv.mu.Lock()
 	now := time.Now().UTC()
 	sv.meta.Exit = &st
