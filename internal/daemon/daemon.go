@@ -40,11 +40,12 @@ type Options struct {
 
 // Daemon is one banger instance.
 type Daemon struct {
-	layout    paths.Layout
-	cfg       config.Config
-	log       *slog.Logger
-	store     *store.Store
-	driver    vmm.Driver
+	layout paths.Layout
+	cfg    config.Config
+	log    *slog.Logger
+	store  *store.Store
+	// drivers are the VMMs this daemon can run, by name (store.VM.VMM).
+	drivers   map[string]vmm.Driver
 	runner    system.Runner
 	agentPath string
 	ops       *operations
@@ -80,7 +81,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		cfg:       opts.Config,
 		log:       opts.Logger,
 		store:     st,
-		driver:    &qemu.Driver{},
+		drivers:   map[string]vmm.Driver{"qemu": &qemu.Driver{}},
 		runner:    opts.Runner,
 		agentPath: opts.AgentPath,
 		vmLocks:   map[string]*sync.Mutex{},
@@ -242,4 +243,13 @@ func (d *Daemon) lockVM(name string) func() {
 	d.mu.Unlock()
 	l.Lock()
 	return l.Unlock
+}
+
+// driverFor returns the driver that runs vm. VMs recorded before the VMM
+// was stored are QEMU's.
+func (d *Daemon) driverFor(vm store.VM) vmm.Driver {
+	if drv, ok := d.drivers[vm.VMM]; ok {
+		return drv
+	}
+	return d.drivers["qemu"]
 }

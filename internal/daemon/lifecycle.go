@@ -46,7 +46,7 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 		return vm, api.Errorf(api.CodeInvalid, "choose --disk between 1 and 2048 GiB", "impossible work disk size %d GiB", req.DiskGiB)
 	}
 	wantDisk := int64(req.DiskGiB) << 30
-	if vm.State == api.VMRunning && d.driver.Alive(d.proc(vm)) {
+	if vm.State == api.VMRunning && d.driverFor(vm).Alive(d.proc(vm)) {
 		if wantDisk != 0 && wantDisk != vm.WorkDiskBytes {
 			return vm, api.Errorf(api.CodeConflict, fmt.Sprintf("stop it first (`banger vm stop %s`), then `banger vm start %s --disk %d`", vm.Name, vm.Name, req.DiskGiB),
 				"VM %q is running; its work disk is resized while it is stopped", vm.Name)
@@ -105,17 +105,17 @@ func (d *Daemon) stopLocked(ctx context.Context, name string, force bool) (store
 	if err != nil {
 		return vm, err
 	}
-	if vm.State == api.VMStopped && !d.driver.Alive(d.proc(vm)) {
+	if vm.State == api.VMStopped && !d.driverFor(vm).Alive(d.proc(vm)) {
 		return vm, nil
 	}
 	if err := d.store.SetVMState(ctx, vm.ID, api.VMStopping, ""); err != nil {
 		return vm, err
 	}
-	if !force && d.driver.Alive(d.proc(vm)) {
+	if !force && d.driverFor(vm).Alive(d.proc(vm)) {
 		d.politePoweroff(ctx, vm)
 	}
 	d.dropAgent(vm.ID)
-	if err := d.driver.Stop(ctx, vm.Dir, d.proc(vm), force, stopTimeout); err != nil {
+	if err := d.driverFor(vm).Stop(ctx, vm.Dir, d.proc(vm), force, stopTimeout); err != nil {
 		_ = d.store.SetVMState(ctx, vm.ID, api.VMError, err.Error())
 		return vm, fmt.Errorf("stop %s: %w", vm.Name, err)
 	}

@@ -20,13 +20,13 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 	}
 	for _, vm := range vms {
 		log := d.log.With("vm", vm.Name, "id", vm.ID)
-		alive := d.driver.Alive(d.proc(vm))
+		alive := d.driverFor(vm).Alive(d.proc(vm))
 		switch {
 		case vm.State == api.VMCreating:
 			// The create operation died with the previous daemon: unwind
 			// it fully, as a failed create would have.
 			if alive {
-				_ = d.driver.Stop(ctx, vm.Dir, d.proc(vm), true, 0)
+				_ = d.driverFor(vm).Stop(ctx, vm.Dir, d.proc(vm), true, 0)
 			}
 			os.RemoveAll(vm.Dir)
 			if err := d.store.DeleteVM(ctx, vm.ID); err != nil {

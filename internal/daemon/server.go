@@ -142,7 +142,7 @@ func (d *Daemon) handleVersion(w http.ResponseWriter, r *http.Request) {
 func (d *Daemon) vmView(ctx context.Context, vm store.VM) api.VM {
 	out := api.VM{
 		ID: vm.ID, Name: vm.Name, State: vm.State, CPUs: vm.CPUs, MemoryBytes: int64(vm.MemoryMiB) << 20,
-		WorkDiskBytes: vm.WorkDiskBytes, Egress: vm.Egress, Accel: vm.Accel, VMM: d.driver.Name(),
+		WorkDiskBytes: vm.WorkDiskBytes, Egress: vm.Egress, Accel: vm.Accel, VMM: vm.VMM,
 		PID: vm.PID, SSHPort: vm.SSHPort, Dir: vm.Dir, CreatedAt: vm.CreatedAt, LastError: vm.LastError,
 		Image: vm.ImageID,
 	}
@@ -271,7 +271,7 @@ func (d *Daemon) handleHealth(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	h := api.Health{VM: vm.Name, State: vm.State, VMM: d.driver.Name(), VMMAlive: d.driver.Alive(d.proc(vm))}
+	h := api.Health{VM: vm.Name, State: vm.State, VMM: d.driverFor(vm).Name(), VMMAlive: d.driverFor(vm).Alive(d.proc(vm))}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
 	if c, err := d.agent(ctx, vm); err != nil {
@@ -342,7 +342,7 @@ func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) {
 			fl.Flush()
 		}
 		cur, gerr := d.store.GetVM(r.Context(), vm.ID)
-		if gerr != nil || !d.driver.Alive(d.proc(cur)) {
+		if gerr != nil || !d.driverFor(cur).Alive(d.proc(cur)) {
 			return
 		}
 		select {

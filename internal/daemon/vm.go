@@ -332,7 +332,7 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, img store.Image, stage 
 	}
 	err = stage("boot", func(ctx context.Context) error {
 		os.Remove(filepath.Join(vm.Dir, paths.FileConsoleLog))
-		p, err := d.driver.Start(ctx, spec)
+		p, err := d.driverFor(*vm).Start(ctx, spec)
 		if err != nil {
 			return err
 		}
@@ -340,7 +340,7 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, img store.Image, stage 
 		undo.push(func() {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 			defer cancel()
-			_ = d.driver.Stop(sctx, vm.Dir, p, true, 0)
+			_ = d.driverFor(*vm).Stop(sctx, vm.Dir, p, true, 0)
 		})
 		// Record the PID at once: a daemon that dies now still finds it.
 		vm.PID, vm.PIDStartTime = p.PID, p.StartTime
@@ -383,7 +383,7 @@ func (d *Daemon) waitAgent(ctx context.Context, vm *store.VM, proc vmm.Process) 
 	// Give up early when the VMM dies instead of waiting out the deadline.
 	go func() {
 		for wctx.Err() == nil {
-			if !d.driver.Alive(proc) {
+			if !d.driverFor(*vm).Alive(proc) {
 				cancel()
 				return
 			}
@@ -391,10 +391,10 @@ func (d *Daemon) waitAgent(ctx context.Context, vm *store.VM, proc vmm.Process) 
 		}
 	}()
 	c, err := agentclient.WaitReady(wctx, func(ctx context.Context) (net.Conn, error) {
-		return d.driver.DialAgent(ctx, vm.Dir)
+		return d.driverFor(*vm).DialAgent(ctx, vm.Dir)
 	}, 3*time.Second)
 	if err != nil {
-		if !d.driver.Alive(proc) {
+		if !d.driverFor(*vm).Alive(proc) {
 			return nil, fmt.Errorf("the VM exited during boot")
 		}
 		if ctx.Err() == nil && wctx.Err() != nil {
@@ -615,7 +615,7 @@ func (d *Daemon) agent(ctx context.Context, vm store.VM) (*agentclient.Client, e
 	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	c, err := agentclient.WaitReady(dctx, func(ctx context.Context) (net.Conn, error) {
-		return d.driver.DialAgent(ctx, vm.Dir)
+		return d.driverFor(vm).DialAgent(ctx, vm.Dir)
 	}, 3*time.Second)
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, fmt.Sprintf("check `banger vm health %s` and `banger vm logs %s`", vm.Name, vm.Name), "guest agent of %q is not answering: %v", vm.Name, err)

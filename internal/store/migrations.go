@@ -106,6 +106,13 @@ UPDATE images SET state = 'managed' WHERE state = 'ready';
 ALTER TABLE images ADD COLUMN verified_at TEXT NOT NULL DEFAULT '';
 ALTER TABLE images ADD COLUMN verify_error TEXT NOT NULL DEFAULT '';
 `,
+	// 5: which VMM runs a VM, how its NIC is attached, and the driver's
+	// own per-VM state (socket paths, vsock CID; JSON the driver owns).
+	`
+ALTER TABLE vms ADD COLUMN vmm TEXT NOT NULL DEFAULT 'qemu';
+ALTER TABLE vms ADD COLUMN net_mode TEXT NOT NULL DEFAULT 'user';
+ALTER TABLE vms ADD COLUMN vmm_state_json TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate brings db to the newest schema this binary knows. It is safe to

@@ -111,6 +111,13 @@ type VM struct {
 	// AuthSyncedJSON lists, as a JSON array, the auth files copied into
 	// the VM at its last boot (paths relative to /root).
 	AuthSyncedJSON string `json:"auth_synced_json"`
+	// VMM names the driver that runs the VM ("qemu", "firecracker");
+	// NetMode is "user" or "tap".
+	VMM     string `json:"vmm"`
+	NetMode string `json:"net_mode"`
+	// VMMStateJSON is the driver's own per-VM state (API socket, vsock
+	// path and CID, ...), opaque to everything but the driver.
+	VMMStateJSON string `json:"vmm_state_json"`
 }
 
 // Port is a host port forwarded to a VM. It stays reserved for the VM's

@@ -10,7 +10,8 @@ import (
 
 const vmColumns = `id, name, image_id, state, cpus, memory_mib, work_disk_bytes,
 	egress, accel, pid, pid_start_time, dir, ssh_port, created_at, updated_at,
-	last_error, workspace_json, work_seed_fingerprint, auth_synced_json`
+	last_error, workspace_json, work_seed_fingerprint, auth_synced_json,
+	vmm, net_mode, vmm_state_json`
 
 var vmStates = []string{VMStateCreating, VMStateRunning, VMStateStopping, VMStateStopped, VMStateError}
 
@@ -24,7 +25,8 @@ func scanVM(r rowScanner) (VM, error) {
 	if err := r.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.State, &vm.CPUs,
 		&vm.MemoryMiB, &vm.WorkDiskBytes, &vm.Egress, &vm.Accel, &vm.PID,
 		&startTime, &vm.Dir, &vm.SSHPort, &created, &updated,
-		&vm.LastError, &vm.WorkspaceJSON, &vm.WorkSeedFingerprint, &vm.AuthSyncedJSON); err != nil {
+		&vm.LastError, &vm.WorkspaceJSON, &vm.WorkSeedFingerprint, &vm.AuthSyncedJSON,
+		&vm.VMM, &vm.NetMode, &vm.VMMStateJSON); err != nil {
 		return VM{}, err
 	}
 	vm.PIDStartTime = uint64(startTime)
@@ -72,6 +74,12 @@ func (s *Store) CreateVM(ctx context.Context, vm *VM) error {
 	if vm.State == "" {
 		vm.State = VMStateCreating
 	}
+	if vm.VMM == "" {
+		vm.VMM = "qemu"
+	}
+	if vm.NetMode == "" {
+		vm.NetMode = "user"
+	}
 	if err := validateVM(vm); err != nil {
 		return fmt.Errorf("create vm: %w", err)
 	}
@@ -82,11 +90,12 @@ func (s *Store) CreateVM(ctx context.Context, vm *VM) error {
 	vm.CreatedAt = vm.CreatedAt.UTC()
 	err := insertWithID(&vm.ID, "vms.id", func() error {
 		_, err := s.q.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			vm.ID, vm.Name, vm.ImageID, vm.State, vm.CPUs, vm.MemoryMiB,
 			vm.WorkDiskBytes, vm.Egress, vm.Accel, vm.PID, int64(vm.PIDStartTime),
 			vm.Dir, vm.SSHPort, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt),
-			vm.LastError, vm.WorkspaceJSON, vm.WorkSeedFingerprint, vm.AuthSyncedJSON)
+			vm.LastError, vm.WorkspaceJSON, vm.WorkSeedFingerprint, vm.AuthSyncedJSON,
+			vm.VMM, vm.NetMode, vm.VMMStateJSON)
 		return err
 	})
 	if err != nil {
@@ -152,10 +161,12 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 		state = ?, cpus = ?, memory_mib = ?, work_disk_bytes = ?, egress = ?,
 		accel = ?, pid = ?, pid_start_time = ?, dir = ?, ssh_port = ?,
 		updated_at = ?, last_error = ?, work_seed_fingerprint = ?,
-		auth_synced_json = ? WHERE id = ?`,
+		auth_synced_json = ?, vmm = ?, net_mode = ?, vmm_state_json = ?
+		WHERE id = ?`,
 		vm.Name, vm.ImageID, vm.State, vm.CPUs, vm.MemoryMiB, vm.WorkDiskBytes,
 		vm.Egress, vm.Accel, vm.PID, int64(vm.PIDStartTime), vm.Dir, vm.SSHPort,
-		formatTime(updated), vm.LastError, vm.WorkSeedFingerprint, vm.AuthSyncedJSON, vm.ID)
+		formatTime(updated), vm.LastError, vm.WorkSeedFingerprint, vm.AuthSyncedJSON,
+		vm.VMM, vm.NetMode, vm.VMMStateJSON, vm.ID)
 	if err != nil {
 		return fmt.Errorf("update vm: %w", vmWriteErr(err, vm))
 	}

@@ -44,7 +44,25 @@ type Spec struct {
 	MemoryMiB int
 	Accel     string // "tcg" or "kvm"
 	Egress    string // "all" or "none"
-	Forwards  []Forward
+	// Forwards are host ports on 127.0.0.1 (user networking only).
+	Forwards []Forward
+	// Net says how the guest NIC is attached.
+	Net Net
+}
+
+// Network modes.
+const (
+	NetUser = "user" // the VMM's own user-mode stack (QEMU slirp), forwards on 127.0.0.1
+	NetTap  = "tap"  // a host TAP device on banger's bridge
+)
+
+// Net is the guest NIC's attachment.
+type Net struct {
+	Mode string // NetUser (the default when empty) or NetTap
+	// TapDevice is the host TAP interface (tap mode); MAC the guest NIC's
+	// address, fixed per VM so the guest sees the same NIC on every boot.
+	TapDevice string
+	MAC       string
 }
 
 // Process identifies a running VMM. A PID alone is not enough after a
