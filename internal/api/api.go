@@ -188,6 +188,10 @@ type Image struct {
 	NPM      map[string]string `json:"npm,omitempty"`
 	Services []string          `json:"services,omitempty"`
 	UsedBy   []string          `json:"used_by,omitempty"`
+	// Distro is "debian" or "void"; From names the image a derived
+	// image was provisioned from.
+	Distro string `json:"distro,omitempty"`
+	From   string `json:"from,omitempty"`
 	// VerifiedAt is when `image verify` last ran; VerifyError is set when
 	// it failed (a staged image cannot be promoted until it passes).
 	VerifiedAt  *time.Time `json:"verified_at,omitempty"`
@@ -219,6 +223,12 @@ type BuildImageRequest struct {
 	// Base builds the minimal image (no Node.js, coding agents or dev
 	// baseline), for tests and benchmarks; the default is the agent image.
 	Base bool `json:"base,omitempty"`
+	// From and Provision derive an image: boot From, run the Provision
+	// script (its text) over SSH, keep the result. Egress is the
+	// provisioning VM's ("" is the config's vm.egress).
+	From      string `json:"from,omitempty"`
+	Provision string `json:"provision,omitempty"`
+	Egress    string `json:"egress,omitempty"`
 }
 
 // PathRequest carries a host path (image export and import).
@@ -262,6 +272,15 @@ type Event struct {
 	Stage     *Stage     `json:"stage,omitempty"`
 	Done      bool       `json:"done,omitempty"`
 	Operation *Operation `json:"operation,omitempty"`
+	// Output is a chunk of whole lines printed by a running stage (a
+	// provisioning script, for one); it is live only, not persisted.
+	Output *StageOutput `json:"output,omitempty"`
+}
+
+// StageOutput is output of stage Seq: one or more complete lines.
+type StageOutput struct {
+	Seq  int    `json:"seq"`
+	Text string `json:"text"`
 }
 
 // Check is one line of `banger doctor`: ok, warn or fail, with a fix.

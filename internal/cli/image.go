@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -18,11 +21,19 @@ func newImageCmd(g *globals) *cobra.Command {
 	img := &cobra.Command{Use: "image", Short: "Build and manage VM images"}
 	var build api.BuildImageRequest
 	var noWait bool
+	var provisionPath string
 	buildCmd := &cobra.Command{
 		Use:   "build",
 		Short: "Build the Debian image with Node.js and the coding agents (a no-op when its inputs are unchanged)",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if provisionPath != "" {
+				script, err := readProvisionScript(provisionPath)
+				if err != nil {
+					return err
+				}
+				build.Provision = script
+			}
 			c := g.client()
 			ref, err := c.BuildImage(cmd.Context(), build)
 			if err != nil {
@@ -61,6 +72,9 @@ func newImageCmd(g *globals) *cobra.Command {
 	buildCmd.Flags().BoolVar(&build.Force, "force", false, "rebuild even when the inputs are unchanged")
 	buildCmd.Flags().BoolVar(&build.Base, "base", false, "build the minimal image (no Node.js, coding agents or dev tools; for tests and benchmarks)")
 	buildCmd.Flags().BoolVar(&noWait, "no-wait", false, "print the operation id and return at once")
+	buildCmd.Flags().StringVar(&build.From, "from", "", "derive from this image: boot it, run --provision over SSH, keep the result")
+	buildCmd.Flags().StringVar(&provisionPath, "provision", "", "script to run as root in the --from image (`-` reads stdin)")
+	buildCmd.Flags().StringVar(&build.Egress, "egress", "", "network of the provisioning VM: all or none (default: config vm.egress)")
 
 	list := &cobra.Command{
 		Use:     "list",
@@ -76,13 +90,13 @@ func newImageCmd(g *globals) *cobra.Command {
 				return g.printJSON(imgs)
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tDEFAULT\tSTATE\tKERNEL\tSIZE\tFINGERPRINT\tUSED BY")
+			fmt.Fprintln(tw, "NAME\tDEFAULT\tSTATE\tDISTRO\tKERNEL\tSIZE\tFINGERPRINT\tUSED BY")
 			for _, i := range imgs {
 				def := ""
 				if i.Default {
 					def = "*"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1fGiB\t%.12s\t%d\n", i.Name, def, i.State, i.KernelVersion, float64(i.SizeBytes)/(1<<30), i.Fingerprint, len(i.UsedBy))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.1fGiB\t%.12s\t%d\n", i.Name, def, i.State, i.Distro, i.KernelVersion, float64(i.SizeBytes)/(1<<30), i.Fingerprint, len(i.UsedBy))
 			}
 			return tw.Flush()
 		},
@@ -101,6 +115,12 @@ func newImageCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(g.stdout, "name:        %s\ndefault:     %t\nstate:       %s\nsuite:       %s\nkernel:      %s\nfingerprint: %s\ndir:         %s\nused by:     %v\n",
 				i.Name, i.Default, i.State, i.Suite, i.KernelVersion, i.Fingerprint, i.Dir, i.UsedBy)
+			if i.Distro != "" {
+				fmt.Fprintf(g.stdout, "distro:      %s\n", i.Distro)
+			}
+			if i.From != "" {
+				fmt.Fprintf(g.stdout, "derived from: %s\n", i.From)
+			}
 			switch {
 			case i.VerifiedAt == nil:
 				fmt.Fprintf(g.stdout, "verified:    never (`banger image verify %s`)\n", i.Name)
@@ -262,4 +282,26 @@ func newImageCmd(g *globals) *cobra.Command {
 	_ = register.MarkFlagRequired("kernel")
 	img.AddCommand(buildCmd, list, show, del, export, imp, verify, promote, register)
 	return img
+}
+
+// readProvisionScript reads a provisioning script from a file or stdin,
+// refusing what cannot be a script before anything boots.
+func readProvisionScript(path string) (string, error) {
+	var data []byte
+	var err error
+	if path == "-" {
+		data, err = io.ReadAll(io.LimitReader(os.Stdin, 1<<20))
+	} else {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return "", fmt.Errorf("read provisioning script: %w", err)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return "", &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("provisioning script %s is empty", path), Hint: "write the commands that set the image up, e.g. `apt-get install -y htop`"}
+	}
+	if bytes.IndexByte(data, 0) >= 0 {
+		return "", &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("provisioning script %s is not text", path), Hint: "pass a shell script (a #! line picks another interpreter)"}
+	}
+	return string(data), nil
 }

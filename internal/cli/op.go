@@ -74,6 +74,12 @@ func newOpCmd(g *globals) *cobra.Command {
 func (g *globals) watch(ctx context.Context, id string) (api.Operation, error) {
 	c := g.client()
 	op, err := c.WatchOperation(ctx, id, func(ev api.Event) {
+		if ev.Output != nil && !g.json {
+			for _, line := range strings.SplitAfter(strings.TrimSuffix(ev.Output.Text, "\n"), "\n") {
+				fmt.Fprintf(g.stderr, "    │ %s\n", strings.TrimSuffix(line, "\n"))
+			}
+			return
+		}
 		if ev.Stage == nil || g.json {
 			return
 		}

@@ -72,6 +72,7 @@ const (
 	checksForCreate = iota
 	checksForBuild
 	checksForAgentBuild
+	checksForDerive
 )
 
 // preflight runs the doctor checks an action needs and fails with their
@@ -83,6 +84,8 @@ func (d *Daemon) preflight(ctx context.Context, which int) error {
 	}
 	if which == checksForBuild || which == checksForAgentBuild {
 		checks = append(checks, doctor.ImageTools(ctx, d.runner)...)
+		checks = append(checks, doctor.FreeDisk(d.layout.DataDir, 4<<30))
+	} else if which == checksForDerive {
 		checks = append(checks, doctor.FreeDisk(d.layout.DataDir, 4<<30))
 	} else {
 		checks = append(checks, doctor.FreeDisk(d.layout.DataDir, 256<<20))

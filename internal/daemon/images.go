@@ -12,6 +12,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/paths"
@@ -22,20 +23,43 @@ import (
 
 // BuildImage validates a build request and runs the build as an operation.
 func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (string, error) {
-	spec := image.AgentSpec(d.cfg.Image.Suite, d.cfg.Image.Mirror, d.cfg.Image.SecurityMirror)
-	checks := checksForAgentBuild
-	if req.Base {
-		spec = image.DefaultSpec(d.cfg.Image.Suite, d.cfg.Image.Mirror, d.cfg.Image.SecurityMirror)
-		checks = checksForBuild
-	}
 	if req.Name != "" {
 		if err := api.ValidateName("image", req.Name); err != nil {
 			return "", err
 		}
-		spec.Name = req.Name
 	}
-	if err := d.preflight(ctx, checks); err != nil {
-		return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
+	kind, target := "image.build", req.Name
+	var run func(ctx context.Context, stage stageFunc) (store.Image, error)
+	switch {
+	case req.From != "" || req.Provision != "":
+		if err := validateDerive(req); err != nil {
+			return "", err
+		}
+		if _, err := d.getImage(ctx, req.From); err != nil {
+			return "", err
+		}
+		if err := d.preflight(ctx, checksForDerive); err != nil {
+			return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
+		}
+		if target == "" {
+			target = derivedName(req.From)
+		}
+		run = func(ctx context.Context, stage stageFunc) (store.Image, error) { return d.deriveImage(ctx, req, stage) }
+	default:
+		spec := image.AgentSpec(d.cfg.Image.Suite, d.cfg.Image.Mirror, d.cfg.Image.SecurityMirror)
+		checks := checksForAgentBuild
+		if req.Base {
+			spec = image.DefaultSpec(d.cfg.Image.Suite, d.cfg.Image.Mirror, d.cfg.Image.SecurityMirror)
+			checks = checksForBuild
+		}
+		if req.Name != "" {
+			spec.Name = req.Name
+		}
+		if err := d.preflight(ctx, checks); err != nil {
+			return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
+		}
+		target = spec.Name
+		run = func(ctx context.Context, stage stageFunc) (store.Image, error) { return d.buildImage(ctx, spec, req.Force, stage) }
 	}
 	d.mu.Lock()
 	if d.building {
@@ -44,13 +68,13 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (str
 	}
 	d.building = true
 	d.mu.Unlock()
-	id, err := d.ops.start(ctx, "image.build", spec.Name, func(ctx context.Context, stage stageFunc) (any, error) {
+	id, err := d.ops.start(ctx, kind, target, func(ctx context.Context, stage stageFunc) (any, error) {
 		defer func() {
 			d.mu.Lock()
 			d.building = false
 			d.mu.Unlock()
 		}()
-		img, err := d.buildImage(ctx, spec, req.Force, stage)
+		img, err := run(ctx, stage)
 		if err != nil {
 			return nil, err
 		}
@@ -64,26 +88,28 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (str
 	return id, err
 }
 
-func (d *Daemon) buildImage(ctx context.Context, spec image.Spec, force bool, stage stageFunc) (store.Image, error) {
-	fp := spec.Fingerprint()
-	existing, err := d.store.GetImage(ctx, spec.Name)
+// validateDerive checks a --from/--provision request before anything runs.
+func validateDerive(req api.BuildImageRequest) error {
 	switch {
-	case err == nil && existing.Fingerprint == fp && !force:
-		// Unchanged inputs: nothing to do, and say so as a stage.
-		_ = stage("fingerprint", func(context.Context) error { return nil })
-		return existing, nil
-	case err == nil && existing.Fingerprint != fp:
-		return store.Image{}, api.Errorf(api.CodeConflict,
-			fmt.Sprintf("delete it first (`banger image delete %s`) or build under another name (`--name`)", spec.Name),
-			"image %q exists and was built from different inputs", spec.Name)
-	case err == nil && force:
-		if vms, _ := d.store.VMsUsingImage(ctx, existing.ID); len(vms) > 0 {
-			return store.Image{}, api.Errorf(api.CodeConflict, "delete those VMs first", "image %q is used by %d VM(s)", spec.Name, len(vms))
-		}
-	case !errors.Is(err, store.ErrNotFound):
-		return store.Image{}, err
+	case req.From == "":
+		return api.Errorf(api.CodeInvalid, "name the image to start from: `banger image build --from BASE --provision SCRIPT`", "--provision needs --from")
+	case req.Provision == "":
+		return api.Errorf(api.CodeInvalid, "give the script that provisions the image: `--provision SCRIPT`", "--from needs --provision")
+	case req.Base:
+		return api.Errorf(api.CodeInvalid, "drop --base: the base of a derived image is --from", "--base and --from do not go together")
+	case len(req.Provision) > maxProvisionScript:
+		return api.Errorf(api.CodeInvalid, "keep the script small and have it fetch what it needs", "the provisioning script is %d bytes; the limit is %d", len(req.Provision), maxProvisionScript)
+	case req.Egress != "" && req.Egress != config.EgressAll && req.Egress != config.EgressNone:
+		return api.Errorf(api.CodeInvalid, `use "all" or "none"`, "unknown egress %q", req.Egress)
 	}
+	return nil
+}
 
+func (d *Daemon) buildImage(ctx context.Context, spec image.Spec, force bool, stage stageFunc) (store.Image, error) {
+	existing, done, err := d.checkRebuild(ctx, spec.Name, spec.Fingerprint(), force, stage)
+	if err != nil || done {
+		return existing, err
+	}
 	imgID := newID(4)
 	outDir := d.layout.ImageDir(imgID)
 	workDir := filepath.Join(d.layout.CacheDir, "build-"+imgID)
@@ -107,8 +133,44 @@ func (d *Daemon) buildImage(ctx context.Context, spec image.Spec, force bool, st
 	if err := stage("verify", func(ctx context.Context) error { return d.verifyImage(ctx, outDir, meta) }); err != nil {
 		return store.Image{}, err
 	}
+	img, err := d.replaceAndRegister(ctx, existing, force, imgID, outDir, meta, stage)
+	if err != nil {
+		return store.Image{}, err
+	}
+	ok = true
+	return img, nil
+}
+
+// checkRebuild decides whether a build of name with fingerprint fp has
+// work to do. Unchanged inputs are a no-op (done, and a "fingerprint"
+// stage says so); changed inputs under a taken name are refused unless
+// forced, and a forced rebuild of an image in use is refused.
+func (d *Daemon) checkRebuild(ctx context.Context, name, fp string, force bool, stage stageFunc) (existing store.Image, done bool, err error) {
+	existing, err = d.store.GetImage(ctx, name)
+	switch {
+	case err == nil && existing.Fingerprint == fp && !force:
+		_ = stage("fingerprint", func(context.Context) error { return nil })
+		return existing, true, nil
+	case err == nil && existing.Fingerprint != fp && !force:
+		return store.Image{}, false, api.Errorf(api.CodeConflict,
+			fmt.Sprintf("delete it first (`banger image delete %s`), build under another name (`--name`), or replace it (`--force`)", name),
+			"image %q exists and was built from different inputs", name)
+	case err == nil && force:
+		if vms, _ := d.store.VMsUsingImage(ctx, existing.ID); len(vms) > 0 {
+			return store.Image{}, false, api.Errorf(api.CodeConflict, "delete those VMs first", "image %q is used by %d VM(s)", name, len(vms))
+		}
+		return existing, false, nil
+	case errors.Is(err, store.ErrNotFound):
+		return store.Image{}, false, nil
+	}
+	return store.Image{}, false, err
+}
+
+// replaceAndRegister records a finished image directory, first removing
+// the image it replaces when the build was forced.
+func (d *Daemon) replaceAndRegister(ctx context.Context, existing store.Image, force bool, imgID, outDir string, meta image.Meta, stage stageFunc) (store.Image, error) {
 	var img store.Image
-	err = stage("register", func(ctx context.Context) error {
+	err := stage("register", func(ctx context.Context) error {
 		if force && existing.ID != "" {
 			if err := d.removeImage(ctx, existing); err != nil {
 				return err
@@ -118,11 +180,7 @@ func (d *Daemon) buildImage(ctx context.Context, spec image.Spec, force bool, st
 		img, rerr = d.registerImage(ctx, imgID, outDir, meta)
 		return rerr
 	})
-	if err != nil {
-		return store.Image{}, err
-	}
-	ok = true
-	return img, nil
+	return img, err
 }
 
 // verifyImage boots a fresh image once in a throwaway VM and checks the
@@ -227,7 +285,10 @@ func (d *Daemon) imageView(ctx context.Context, img store.Image, withPackages bo
 	if img.Manifest != "" {
 		var m image.Manifest
 		if json.Unmarshal([]byte(img.Manifest), &m) == nil {
-			out.Services = m.Services
+			out.Services, out.From, out.Distro = m.Services, m.From, m.Distro
+			if out.Distro == "" {
+				out.Distro = "debian"
+			}
 			if withPackages {
 				out.Packages, out.NPM = m.Packages, m.NPM
 			}

@@ -85,7 +85,11 @@ func (o *operations) run(id, kind, target string, fn opFunc) {
 		}
 		t0 := time.Now().UTC()
 		o.publish(id, api.Event{Stage: &api.Stage{Seq: seq, Name: name, State: api.OpRunning, StartedAt: t0}})
-		serr := sfn(ctx)
+		out := &stageWriter{publish: func(text string) {
+			o.publish(id, api.Event{Output: &api.StageOutput{Seq: seq, Text: text}})
+		}}
+		serr := sfn(context.WithValue(ctx, stageOutputKey{}, out))
+		out.flush()
 		state, msg := api.OpSucceeded, ""
 		if serr != nil {
 			state, msg = api.OpFailed, serr.Error()

@@ -430,6 +430,10 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 	for _, p := range ports {
 		fwd = append(fwd, vmm.Forward{HostPort: p.Port, GuestPort: p.GuestPort})
 	}
+	// Throwaway VMs (image provisioning) have no port rows, only an SSH port.
+	if len(ports) == 0 && vm.SSHPort != 0 {
+		fwd = append(fwd, vmm.Forward{HostPort: vm.SSHPort, GuestPort: guestSSHPort})
+	}
 	return vmm.Spec{
 		ID:          vm.ID,
 		ProcessName: d.layout.InstancePrefix() + "-" + vm.ID,

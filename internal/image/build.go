@@ -219,6 +219,12 @@ type Manifest struct {
 	// versions; Services names the services the image starts (opencode).
 	NPM      map[string]string `json:"npm,omitempty"`
 	Services []string          `json:"services,omitempty"`
+	// Distro is "debian" (when empty) or "void".
+	Distro string `json:"distro,omitempty"`
+	// From and ProvisionSHA256 are set for derived images (image build
+	// --from BASE --provision SCRIPT): the base's name and the script's hash.
+	From            string `json:"from,omitempty"`
+	ProvisionSHA256 string `json:"provision_sha256,omitempty"`
 }
 
 // ParseDpkgStatus returns name → version of the installed packages in a

@@ -139,6 +139,10 @@ type Meta struct {
 	KernelVersion string `json:"kernel_version"`
 	SizeBytes     int64  `json:"size_bytes"`
 	Spec          Spec   `json:"spec"`
+	// Distro is "debian" (when empty) or "void"; From names the base of
+	// a derived image.
+	Distro string `json:"distro,omitempty"`
+	From   string `json:"from,omitempty"`
 }
 
 // KernelCmdline is the guest kernel command line shared by every VMM. It

@@ -1,0 +1,362 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/image"
+	"github.com/bangerdev/banger/internal/mux"
+	"github.com/bangerdev/banger/internal/paths"
+	"github.com/bangerdev/banger/internal/sshkeys"
+	"github.com/bangerdev/banger/internal/store"
+	"github.com/bangerdev/banger/internal/system"
+	"github.com/bangerdev/banger/internal/tarx"
+)
+
+// deriveRecipe versions how a derived image is made; bump it when the
+// steps change what a derived image contains.
+const deriveRecipe = "1"
+
+// MaxProvisionScript caps a provisioning script: it travels in a JSON body.
+const maxProvisionScript = 512 << 10
+
+// deriveFingerprint names a derived image's inputs: its base (by
+// fingerprint, so a rebuilt base makes a different derivation) and the
+// script's bytes.
+func deriveFingerprint(baseFP string, script []byte) string {
+	h := sha256.New()
+	sum := sha256.Sum256(script)
+	fmt.Fprintf(h, "derive-recipe=%s\nbase=%s\nscript=%x\n", deriveRecipe, baseFP, sum)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// derivedName is the default name of an image derived from base.
+func derivedName(base string) string {
+	n := base + "-derived"
+	if len(n) > 31 {
+		n = strings.TrimRight(n[:31], "-")
+	}
+	return n
+}
+
+// deriveImage boots the base image in a throwaway VM, runs the script in
+// it over SSH, powers it off cleanly and keeps its root disk, flattened,
+// as a new image: kernel and initrd are the base's, the package list is
+// read back from the guest and /root becomes the new work seed.
+func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, stage stageFunc) (store.Image, error) {
+	base, err := d.getImage(ctx, req.From)
+	if err != nil {
+		return store.Image{}, err
+	}
+	script := []byte(req.Provision)
+	name := req.Name
+	if name == "" {
+		name = derivedName(base.Name)
+	}
+	fp := deriveFingerprint(base.Fingerprint, script)
+	existing, done, err := d.checkRebuild(ctx, name, fp, req.Force, stage)
+	if err != nil || done {
+		return existing, err
+	}
+
+	imgID := newID(4)
+	outDir := d.layout.ImageDir(imgID)
+	vmDir := filepath.Join(d.layout.VMsDir, "p"+newID(3))
+	ok := false
+	defer func() {
+		os.RemoveAll(vmDir)
+		if !ok {
+			os.RemoveAll(outDir)
+		}
+	}()
+	logf, err := os.OpenFile(filepath.Join(d.layout.LogDir, "image-build-"+imgID+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return store.Image{}, err
+	}
+	defer logf.Close()
+	fail := func(err error) (store.Image, error) {
+		if _, isOp := err.(*opError); isOp {
+			return store.Image{}, err
+		}
+		return store.Image{}, &opError{err: err, consoleTail: system.TailFile(logf.Name(), 3000), hint: "the build log is " + logf.Name()}
+	}
+
+	egress := req.Egress
+	if egress == "" {
+		egress = d.cfg.VM.Egress
+	}
+	vm := store.VM{ID: filepath.Base(vmDir), Name: "provision", Dir: vmDir, CPUs: max(2, d.cfg.VM.CPUs), MemoryMiB: max(2048, d.cfg.VM.MemoryMiB), Egress: egress}
+	var hostPub []byte
+	err = stage("prepare", func(ctx context.Context) error {
+		if err := os.MkdirAll(vmDir, 0o700); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(outDir, 0o755); err != nil {
+			return fmt.Errorf("create image dir: %w", err)
+		}
+		priv, pub, err := sshkeys.GenerateEd25519()
+		if err != nil {
+			return err
+		}
+		hostPub = pub
+		if err := os.WriteFile(filepath.Join(vmDir, fileHostKey), priv, 0o600); err != nil {
+			return err
+		}
+		if _, err := d.runner.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Join(base.Dir, image.FileRootfs), "-F", "raw", filepath.Join(vmDir, paths.FileRootDisk)); err != nil {
+			return fmt.Errorf("create root overlay: %w", err)
+		}
+		if _, err := d.makeWorkDisk(ctx, base, vmDir, 4<<30); err != nil {
+			return err
+		}
+		vm.SSHPort, err = freeLocalPort()
+		return err
+	})
+	if err != nil {
+		return fail(err)
+	}
+	vm.Accel = d.accelFor(ctx, base).Accel
+	var undo cleanup
+	defer undo.run()
+	proc, err := d.boot(ctx, &vm, base, stage, &undo, false)
+	if err != nil {
+		return fail(err)
+	}
+	defer d.dropAgent(vm.ID)
+
+	err = stage("provision", func(ctx context.Context) error {
+		out := io.MultiWriter(logf, stageOutput(ctx))
+		return d.runProvision(ctx, vm.SSHPort, hostPub, script, out)
+	})
+	if err != nil {
+		return fail(err)
+	}
+	var manifest image.Manifest
+	if b := []byte(base.Manifest); len(b) > 0 {
+		_ = json.Unmarshal(b, &manifest)
+	}
+	err = stage("manifest", func(ctx context.Context) error {
+		var pkgs bytes.Buffer
+		if err := d.guestRun(ctx, vm.ID, &pkgs, "dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n"); err != nil {
+			return fmt.Errorf("read the package list back: %w", err)
+		}
+		manifest.Packages = parseDpkgQuery(pkgs.String())
+		manifest.Fingerprint = fp
+		manifest.From = base.Name
+		manifest.ProvisionSHA256 = fmt.Sprintf("%x", sha256.Sum256(script))
+		seed := filepath.Join(outDir, image.DirWorkSeed)
+		if err := os.MkdirAll(seed, 0o700); err != nil {
+			return err
+		}
+		// /root becomes the new work seed: what the script set up for
+		// root (dotfiles, tool config) reaches every VM of the image.
+		// Keys and history are per VM, never part of an image.
+		pr, pw := io.Pipe()
+		go func() {
+			pw.CloseWithError(d.guestRun(ctx, vm.ID, pw, "tar", "-C", "/root", "--exclude=./.ssh/authorized_keys",
+				"--exclude=./.bash_history", "--exclude=./"+image.FileWorkSeedMark, "--exclude=./lost+found", "-cf", "-", "."))
+		}()
+		if _, err := tarx.Extract(ctx, pr, seed, 4<<30); err != nil {
+			pr.CloseWithError(err)
+			return fmt.Errorf("copy /root back as the work seed: %w", err)
+		}
+		data, err := json.MarshalIndent(manifest, "", "  ")
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(outDir, image.FileManifest), data, 0o644)
+	})
+	if err != nil {
+		return fail(err)
+	}
+	err = stage("shutdown", func(ctx context.Context) error {
+		d.politePoweroff(ctx, vm)
+		d.dropAgent(vm.ID)
+		if err := d.driverFor(vm).Stop(ctx, vm.Dir, proc, false, 90*time.Second); err != nil {
+			return fmt.Errorf("power off the provisioning VM: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fail(err)
+	}
+	meta := image.Meta{Name: name, Fingerprint: fp, Suite: base.Suite, KernelVersion: base.KernelVersion, From: base.Name}
+	err = stage("rootfs", func(ctx context.Context) error {
+		// Flatten the overlay into a new raw rootfs; the base stays as it
+		// was and the new image no longer depends on it.
+		dst := filepath.Join(outDir, image.FileRootfs)
+		if _, err := d.runner.Run(ctx, "qemu-img", "convert", "-q", "-O", "raw", filepath.Join(vmDir, paths.FileRootDisk), dst); err != nil {
+			return fmt.Errorf("flatten root disk: %w", err)
+		}
+		st, err := os.Stat(dst)
+		if err != nil {
+			return err
+		}
+		meta.SizeBytes = st.Size()
+		for _, f := range []string{image.FileKernel, image.FileInitrd, image.FileVmlinux} {
+			src := filepath.Join(base.Dir, f)
+			if _, err := os.Stat(src); err != nil {
+				continue
+			}
+			if err := system.CloneFile(ctx, src, filepath.Join(outDir, f)); err != nil {
+				return fmt.Errorf("copy %s from %s: %w", f, base.Name, err)
+			}
+		}
+		if bm, err := image.ReadMeta(base.Dir); err == nil {
+			meta.Spec = bm.Spec
+		}
+		meta.Spec.Name = name
+		return image.WriteMeta(outDir, meta)
+	})
+	if err != nil {
+		return fail(err)
+	}
+	if err := stage("verify", func(ctx context.Context) error { return d.verifyImage(ctx, outDir, meta) }); err != nil {
+		return store.Image{}, err
+	}
+	img, err := d.replaceAndRegister(ctx, existing, req.Force, imgID, outDir, meta, stage)
+	if err != nil {
+		return store.Image{}, err
+	}
+	ok = true
+	return img, nil
+}
+
+// runProvision runs script as root in the guest over SSH, with its output
+// streamed to out. The host key is the one banger generated for this VM,
+// so nothing is trusted on first use.
+func (d *Daemon) runProvision(ctx context.Context, port int, hostPub, script []byte, out io.Writer) error {
+	keyPath, _, err := sshkeys.EnsureClientKey(d.layout.SSHDir)
+	if err != nil {
+		return err
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return err
+	}
+	signer, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return fmt.Errorf("read banger's ssh key: %w", err)
+	}
+	hk, _, _, _, err := ssh.ParseAuthorizedKey(hostPub)
+	if err != nil {
+		return fmt.Errorf("parse the VM's host key: %w", err)
+	}
+	cfg := &ssh.ClientConfig{
+		User:            "root",
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.FixedHostKey(hk),
+		Timeout:         10 * time.Second,
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	// The agent answers before sshd listens: retry the dial for a while.
+	var client *ssh.Client
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		client, err = dialSSH(ctx, addr, cfg)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("ssh to the provisioning VM: %w", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	defer client.Close()
+	sess, err := client.NewSession()
+	if err != nil {
+		return fmt.Errorf("ssh session: %w", err)
+	}
+	defer sess.Close()
+	sess.Stdin = bytes.NewReader(script)
+	sess.Stdout, sess.Stderr = out, out
+	// The script is copied to a file first so its own interpreter line
+	// counts and it can read its stdin from nowhere.
+	const run = `set -e; f=$(mktemp /tmp/banger-provision.XXXXXX); cat >"$f"; chmod 700 "$f"; ` +
+		`export HOME=/root DEBIAN_FRONTEND=noninteractive PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin; ` +
+		`cd /root; rc=0; "$f" </dev/null || rc=$?; rm -f "$f"; exit $rc`
+	done := make(chan error, 1)
+	go func() { done <- sess.Run(run) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		client.Close()
+		return ctx.Err()
+	}
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		return fmt.Errorf("provisioning script exited with status %d (its output is above)", ee.ExitStatus())
+	}
+	if err != nil {
+		return fmt.Errorf("run provisioning script: %w", err)
+	}
+	return nil
+}
+
+func dialSSH(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
+	var dl net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := dl.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return ssh.NewClient(c, chans, reqs), nil
+}
+
+// guestRun runs argv through the guest agent with stdout to out.
+func (d *Daemon) guestRun(ctx context.Context, vmID string, out io.Writer, argv ...string) error {
+	d.mu.Lock()
+	c := d.agents[vmID]
+	d.mu.Unlock()
+	if c == nil {
+		return fmt.Errorf("no agent connection")
+	}
+	conn, err := c.Exec(ctx, api.ExecRequest{Argv: argv})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	var stderr bytes.Buffer
+	st, err := mux.RunExec(ctx, conn, nil, out, &stderr, nil, nil)
+	if err != nil {
+		return err
+	}
+	if st.Code != 0 {
+		return fmt.Errorf("%s exited %d: %s", argv[0], st.Code, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// parseDpkgQuery reads `dpkg-query -W -f '${db:Status-Abbrev}\t${Package}\t${Version}\n'`
+// and keeps installed packages.
+func parseDpkgQuery(s string) map[string]string {
+	out := map[string]string{}
+	for _, line := range strings.Split(s, "\n") {
+		f := strings.Split(line, "\t")
+		if len(f) != 3 || !strings.HasPrefix(f[0], "ii") {
+			continue
+		}
+		out[f[1]] = f[2]
+	}
+	return out
+}
