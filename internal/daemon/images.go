@@ -59,7 +59,9 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (str
 			return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
 		}
 		target = spec.Name
-		run = func(ctx context.Context, stage stageFunc) (store.Image, error) { return d.buildImage(ctx, spec, req.Force, stage) }
+		run = func(ctx context.Context, stage stageFunc) (store.Image, error) {
+			return d.buildImage(ctx, spec, req.Force, stage)
+		}
 	}
 	d.mu.Lock()
 	if d.building {
