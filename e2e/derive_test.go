@@ -31,6 +31,7 @@ echo "to stderr" >&2
 	const name = "e2e-derived"
 	t.Cleanup(func() { in.run(nil, "image", "delete", name) })
 	r := in.must(t, "image", "build", "--from", "debian-bookworm", "--provision", script, "--name", name)
+	t.Logf("derive:\n%s", r.stderr)
 	for _, want := range []string{"provision", "│ provisioning as root in /root", "│ to stderr", "shutdown", "verify", "register"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("build output lacks %q:\n%s", want, r.stderr)

@@ -229,6 +229,13 @@ type BuildImageRequest struct {
 	From      string `json:"from,omitempty"`
 	Provision string `json:"provision,omitempty"`
 	Egress    string `json:"egress,omitempty"`
+	// Distro "void" assembles an image from staged parts (host paths):
+	// a rootfs tarball and a kernel, initramfs and modules directory.
+	Distro    string `json:"distro,omitempty"`
+	RootfsTar string `json:"rootfs_tar,omitempty"`
+	Kernel    string `json:"kernel,omitempty"`
+	Initrd    string `json:"initrd,omitempty"`
+	Modules   string `json:"modules,omitempty"`
 }
 
 // PathRequest carries a host path (image export and import).

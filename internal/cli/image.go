@@ -27,6 +27,14 @@ func newImageCmd(g *globals) *cobra.Command {
 		Short: "Build the Debian image with Node.js and the coding agents (a no-op when its inputs are unchanged)",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The daemon reads the Void parts itself: make them absolute.
+			for _, p := range []*string{&build.RootfsTar, &build.Kernel, &build.Initrd, &build.Modules} {
+				if *p != "" {
+					if abs, err := filepath.Abs(*p); err == nil {
+						*p = abs
+					}
+				}
+			}
 			if provisionPath != "" {
 				script, err := readProvisionScript(provisionPath)
 				if err != nil {
@@ -75,6 +83,11 @@ func newImageCmd(g *globals) *cobra.Command {
 	buildCmd.Flags().StringVar(&build.From, "from", "", "derive from this image: boot it, run --provision over SSH, keep the result")
 	buildCmd.Flags().StringVar(&provisionPath, "provision", "", "script to run as root in the --from image (`-` reads stdin)")
 	buildCmd.Flags().StringVar(&build.Egress, "egress", "", "network of the provisioning VM: all or none (default: config vm.egress)")
+	buildCmd.Flags().StringVar(&build.Distro, "distro", "debian", "debian, or void (experimental: assembled from --rootfs-tar, --kernel, --initrd, --modules)")
+	buildCmd.Flags().StringVar(&build.RootfsTar, "rootfs-tar", "", "Void rootfs tarball (gzip, xz or zstd)")
+	buildCmd.Flags().StringVar(&build.Kernel, "kernel", "", "Void kernel (bzImage) matching --modules and --initrd")
+	buildCmd.Flags().StringVar(&build.Initrd, "initrd", "", "Void initramfs of the same kernel")
+	buildCmd.Flags().StringVar(&build.Modules, "modules", "", "the kernel's modules directory (named for its release)")
 
 	list := &cobra.Command{
 		Use:     "list",

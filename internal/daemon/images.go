@@ -31,6 +31,28 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (str
 	kind, target := "image.build", req.Name
 	var run func(ctx context.Context, stage stageFunc) (store.Image, error)
 	switch {
+	case req.Distro != "" && req.Distro != "debian" && req.Distro != "void":
+		return "", api.Errorf(api.CodeInvalid, "use --distro debian or --distro void", "unknown distro %q", req.Distro)
+	case req.Distro == "void":
+		if req.From != "" || req.Base {
+			return "", api.Errorf(api.CodeInvalid, "a Void image is built from --rootfs-tar, --kernel, --initrd and --modules", "--distro void does not take --from or --base")
+		}
+		spec := image.VoidSpec{Name: req.Name, RootfsTar: req.RootfsTar, Kernel: req.Kernel, Initrd: req.Initrd, Modules: req.Modules}
+		if spec.Name == "" {
+			spec.Name = "void"
+		}
+		b := &image.Builder{Runner: d.runner}
+		kver, err := b.CheckVoid(ctx, spec)
+		if err != nil {
+			return "", api.Errorf(api.CodeInvalid, "pass a Void rootfs tarball and a kernel, initramfs and modules directory of one release (see README, Void Linux)", "%v", err)
+		}
+		if err := d.preflight(ctx, checksForDerive); err != nil {
+			return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
+		}
+		target = spec.Name
+		run = func(ctx context.Context, stage stageFunc) (store.Image, error) {
+			return d.buildVoid(ctx, spec, kver, req.Force, stage)
+		}
 	case req.From != "" || req.Provision != "":
 		if err := validateDerive(req); err != nil {
 			return "", err
@@ -55,8 +77,11 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (str
 		if req.Name != "" {
 			spec.Name = req.Name
 		}
-		if err := d.preflight(ctx, checks); err != nil {
-			return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
+		// A rebuild of unchanged inputs does nothing, so it needs no tools.
+		if img, err := d.store.GetImage(ctx, spec.Name); err != nil || img.Fingerprint != spec.Fingerprint() || req.Force {
+			if err := d.preflight(ctx, checks); err != nil {
+				return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
+			}
 		}
 		target = spec.Name
 		run = func(ctx context.Context, stage stageFunc) (store.Image, error) {
@@ -133,6 +158,43 @@ func (d *Daemon) buildImage(ctx context.Context, spec image.Spec, force bool, st
 		return store.Image{}, &opError{err: err, consoleTail: system.TailFile(logf.Name(), 3000), hint: "the build log is " + logf.Name()}
 	}
 	if err := stage("verify", func(ctx context.Context) error { return d.verifyImage(ctx, outDir, meta) }); err != nil {
+		return store.Image{}, err
+	}
+	img, err := d.replaceAndRegister(ctx, existing, force, imgID, outDir, meta, stage)
+	if err != nil {
+		return store.Image{}, err
+	}
+	ok = true
+	return img, nil
+}
+
+// buildVoid assembles a Void image from staged parts. It is not booted
+// here: the parts are the user's, and `image verify` is the boot check.
+func (d *Daemon) buildVoid(ctx context.Context, spec image.VoidSpec, kver string, force bool, stage stageFunc) (store.Image, error) {
+	var fp string
+	err := stage("fingerprint", func(context.Context) error {
+		var err error
+		fp, err = image.VoidFingerprint(spec)
+		return err
+	})
+	if err != nil {
+		return store.Image{}, err
+	}
+	existing, done, err := d.checkRebuild(ctx, spec.Name, fp, force, func(string, func(context.Context) error) error { return nil })
+	if err != nil || done {
+		return existing, err
+	}
+	imgID := newID(4)
+	outDir := d.layout.ImageDir(imgID)
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(outDir)
+		}
+	}()
+	b := &image.Builder{Runner: d.runner}
+	meta, err := b.BuildVoid(ctx, spec, kver, fp, filepath.Join(d.layout.CacheDir, "build-"+imgID), outDir, image.StageFunc(stage))
+	if err != nil {
 		return store.Image{}, err
 	}
 	img, err := d.replaceAndRegister(ctx, existing, force, imgID, outDir, meta, stage)

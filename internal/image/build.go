@@ -100,18 +100,8 @@ func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, 
 			return CopyTree(filepath.Join(rootDir, "root"), filepath.Join(outDir, DirWorkSeed))
 		}},
 		{"mkfs", func(ctx context.Context) error {
-			size, err := rootfsSize(rootDir)
+			size, err := b.mkfs(ctx, rootDir, outDir)
 			if err != nil {
-				return err
-			}
-			img := filepath.Join(outDir, FileRootfs)
-			if err := system.CreateSparse(img, size); err != nil {
-				return err
-			}
-			// mkfs.ext4 -d fills the filesystem from a directory: no loop
-			// mount, no root-only mount namespace tricks.
-			if _, err := b.Runner.Run(ctx, "mkfs.ext4", "-q", "-F", "-L", LabelRoot,
-				"-E", "root_owner=0:0", "-d", rootDir, img); err != nil {
 				return err
 			}
 			meta.SizeBytes = size
@@ -127,6 +117,25 @@ func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, 
 		}
 	}
 	return meta, nil
+}
+
+// mkfs makes outDir's rootfs.ext4 from the tree rootDir and returns its size.
+func (b *Builder) mkfs(ctx context.Context, rootDir, outDir string) (int64, error) {
+	size, err := rootfsSize(rootDir)
+	if err != nil {
+		return 0, err
+	}
+	img := filepath.Join(outDir, FileRootfs)
+	if err := system.CreateSparse(img, size); err != nil {
+		return 0, err
+	}
+	// mkfs.ext4 -d fills the filesystem from a directory: no loop mount,
+	// no root-only mount namespace tricks.
+	if _, err := b.Runner.Run(ctx, "mkfs.ext4", "-q", "-F", "-L", LabelRoot,
+		"-E", "root_owner=0:0", "-d", rootDir, img); err != nil {
+		return 0, err
+	}
+	return size, nil
 }
 
 // rootfsSize leaves room for the guest to install packages into its

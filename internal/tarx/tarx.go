@@ -37,6 +37,8 @@ type Stats struct {
 	Dirs     int   `json:"dirs"`
 	Symlinks int   `json:"symlinks"`
 	Bytes    int64 `json:"bytes"`
+	// Skipped counts device nodes and FIFOs ExtractRootfs left out.
+	Skipped int `json:"skipped,omitempty"`
 }
 
 // CleanName validates an entry name and returns it in the form os.Root
@@ -67,6 +69,18 @@ func CleanName(name string) (string, error) {
 // maxBytes (> 0) caps the file data written: a sparse entry can claim
 // terabytes in a few bytes of stream.
 func Extract(ctx context.Context, r io.Reader, dir string, maxBytes int64) (Stats, error) {
+	return extract(ctx, r, dir, maxBytes, false)
+}
+
+// ExtractRootfs is Extract for an operating system tree (an image's root
+// filesystem from a distribution tarball): ownership, setuid/setgid/sticky
+// bits and hard links are kept, device nodes and FIFOs are skipped (the
+// guest's devtmpfs provides them). The same confinement applies.
+func ExtractRootfs(ctx context.Context, r io.Reader, dir string, maxBytes int64) (Stats, error) {
+	return extract(ctx, r, dir, maxBytes, true)
+}
+
+func extract(ctx context.Context, r io.Reader, dir string, maxBytes int64, rootfs bool) (Stats, error) {
 	var st Stats
 	root, err := os.OpenRoot(dir)
 	if err != nil {
@@ -90,6 +104,23 @@ func Extract(ctx context.Context, r io.Reader, dir string, maxBytes int64) (Stat
 			return st, err
 		}
 		perm := fs.FileMode(hdr.Mode) & fs.ModePerm
+		if rootfs {
+			perm = hdr.FileInfo().Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+		}
+		// owner applies a rootfs entry's ownership, then its mode again:
+		// chown clears setuid bits.
+		owner := func(name string, chmod bool) error {
+			if !rootfs {
+				return nil
+			}
+			if err := root.Lchown(name, hdr.Uid, hdr.Gid); err != nil {
+				return fmt.Errorf("chown %s: %w", name, err)
+			}
+			if chmod {
+				return root.Chmod(name, perm)
+			}
+			return nil
+		}
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			if name != "." {
@@ -97,8 +128,15 @@ func Extract(ctx context.Context, r io.Reader, dir string, maxBytes int64) (Stat
 					return st, fmt.Errorf("create dir %s: %w", name, err)
 				}
 			}
-			if err := root.Chmod(name, perm|0o700); err != nil {
+			dirPerm := perm | 0o700
+			if rootfs {
+				dirPerm = perm
+			}
+			if err := root.Chmod(name, dirPerm); err != nil {
 				return st, fmt.Errorf("chmod %s: %w", name, err)
+			}
+			if err := owner(name, true); err != nil {
+				return st, err
 			}
 			st.Dirs++
 		case tar.TypeReg:
@@ -116,6 +154,9 @@ func Extract(ctx context.Context, r io.Reader, dir string, maxBytes int64) (Stat
 			if err != nil {
 				return st, err
 			}
+			if err := owner(name, true); err != nil {
+				return st, err
+			}
 			st.Files++
 			st.Bytes += n
 		case tar.TypeSymlink:
@@ -127,7 +168,32 @@ func Extract(ctx context.Context, r io.Reader, dir string, maxBytes int64) (Stat
 			if err := root.Symlink(hdr.Linkname, name); err != nil {
 				return st, fmt.Errorf("create symlink %s: %w", name, err)
 			}
+			if err := owner(name, false); err != nil {
+				return st, err
+			}
 			st.Symlinks++
+		case tar.TypeLink:
+			if !rootfs {
+				return st, fmt.Errorf("%w: %q has type %q", ErrUnsupported, hdr.Name, string(hdr.Typeflag))
+			}
+			// Both ends are resolved inside dir: a hard link cannot reach
+			// a file outside it.
+			target, err := CleanName(hdr.Linkname)
+			if err != nil {
+				return st, err
+			}
+			if err := prepareParent(root, name); err != nil {
+				return st, err
+			}
+			if err := root.Link(target, name); err != nil {
+				return st, fmt.Errorf("hard link %s: %w", name, mapEscape(err, name))
+			}
+			st.Files++
+		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+			if !rootfs {
+				return st, fmt.Errorf("%w: %q has type %q", ErrUnsupported, hdr.Name, string(hdr.Typeflag))
+			}
+			st.Skipped++
 		default:
 			return st, fmt.Errorf("%w: %q has type %q", ErrUnsupported, hdr.Name, string(hdr.Typeflag))
 		}
@@ -158,7 +224,7 @@ func prepareParent(root *os.Root, name string) error {
 func writeFile(root *os.Root, name string, r io.Reader, perm fs.FileMode) (int64, error) {
 	// O_EXCL after prepareParent removed any old entry: a symlink raced in
 	// between is refused rather than followed.
-	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm.Perm())
 	if err != nil {
 		return 0, fmt.Errorf("create %s: %w", name, mapEscape(err, name))
 	}

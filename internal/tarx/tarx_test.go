@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -165,5 +166,73 @@ func TestExtractSizeLimit(t *testing.T) {
 	}
 	if _, err := Extract(context.Background(), bytes.NewReader(data), t.TempDir(), 10); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestExtractRootfs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("keeping ownership needs root")
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	hdrs := []*tar.Header{
+		{Name: "usr/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "usr/bin/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "usr/bin/su", Typeflag: tar.TypeReg, Mode: 0o4755, Size: 2},
+		{Name: "usr/bin/su2", Typeflag: tar.TypeLink, Linkname: "usr/bin/su"},
+		{Name: "var/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "var/mail", Typeflag: tar.TypeDir, Mode: 0o2775, Gid: 8},
+		{Name: "home/u/f", Typeflag: tar.TypeReg, Mode: 0o600, Uid: 1000, Gid: 1000, Size: 2},
+		{Name: "dev/null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3},
+	}
+	for _, h := range hdrs {
+		tw.WriteHeader(h)
+		if h.Size > 0 {
+			tw.Write([]byte("ok"))
+		}
+	}
+	tw.Close()
+	dir := t.TempDir()
+	st, err := ExtractRootfs(context.Background(), &buf, dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Skipped != 1 {
+		t.Errorf("skipped %d, want the device node", st.Skipped)
+	}
+	fi, _ := os.Stat(filepath.Join(dir, "usr/bin/su"))
+	if fi.Mode()&os.ModeSetuid == 0 {
+		t.Errorf("su lost setuid: %v", fi.Mode())
+	}
+	a, _ := os.Stat(filepath.Join(dir, "usr/bin/su2"))
+	if !os.SameFile(fi, a) {
+		t.Errorf("hard link is not the same file")
+	}
+	var sys = func(p string) (uint32, uint32) {
+		fi, err := os.Stat(filepath.Join(dir, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := fi.Sys().(*syscall.Stat_t)
+		return s.Uid, s.Gid
+	}
+	if u, g := sys("home/u/f"); u != 1000 || g != 1000 {
+		t.Errorf("home/u/f owner %d:%d", u, g)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "var/mail")); fi.Mode()&os.ModeSetgid == 0 {
+		t.Errorf("var/mail lost setgid: %v", fi.Mode())
+	}
+
+	// A hard link may not name a file outside the target.
+	var evil bytes.Buffer
+	tw = tar.NewWriter(&evil)
+	tw.WriteHeader(&tar.Header{Name: "passwd", Typeflag: tar.TypeLink, Linkname: "../../etc/passwd"})
+	tw.Close()
+	if _, err := ExtractRootfs(context.Background(), &evil, t.TempDir(), 0); !errors.Is(err, ErrUnsafePath) {
+		t.Errorf("escaping hard link: %v", err)
+	}
+	// Plain Extract still refuses hard links and devices.
+	if _, err := Extract(context.Background(), bytes.NewReader(makeTar(t, entry{name: "l", link: "x", typ: tar.TypeLink})), t.TempDir(), 0); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("Extract with a hard link: %v", err)
 	}
 }
