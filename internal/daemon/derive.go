@@ -174,11 +174,7 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 			pr.CloseWithError(err)
 			return fmt.Errorf("copy /root back as the work seed: %w", err)
 		}
-		data, err := json.MarshalIndent(manifest, "", "  ")
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(outDir, image.FileManifest), data, 0o644)
+		return image.WriteManifest(outDir, manifest)
 	})
 	if err != nil {
 		return fail(err)

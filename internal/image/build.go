@@ -90,23 +90,9 @@ func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, 
 			if npm["opencode-ai"] != "" {
 				m.Services = append(m.Services, ServiceOpencode)
 			}
-			data, err := json.MarshalIndent(m, "", "  ")
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(outDir, FileManifest), data, 0o644); err != nil {
-				return err
-			}
-			return CopyTree(filepath.Join(rootDir, "root"), filepath.Join(outDir, DirWorkSeed))
+			return writeManifestAndSeed(rootDir, outDir, m)
 		}},
-		{"mkfs", func(ctx context.Context) error {
-			size, err := b.mkfs(ctx, rootDir, outDir)
-			if err != nil {
-				return err
-			}
-			meta.SizeBytes = size
-			return WriteMeta(outDir, meta)
-		}},
+		{"mkfs", b.mkfsStep(rootDir, outDir, &meta)},
 	}
 	for _, s := range steps {
 		if s.name == "agents" && len(spec.NPM) == 0 {
@@ -117,6 +103,37 @@ func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, 
 		}
 	}
 	return meta, nil
+}
+
+// WriteManifest writes m as dir's manifest.json.
+func WriteManifest(dir string, m Manifest) error {
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, FileManifest), data, 0o644)
+}
+
+// writeManifestAndSeed writes the manifest and makes the tree's /root the
+// image's work seed.
+func writeManifestAndSeed(rootDir, outDir string, m Manifest) error {
+	if err := WriteManifest(outDir, m); err != nil {
+		return err
+	}
+	return CopyTree(filepath.Join(rootDir, "root"), filepath.Join(outDir, DirWorkSeed))
+}
+
+// mkfsStep is the last build stage: the filesystem, then the image's
+// metadata with its size.
+func (b *Builder) mkfsStep(rootDir, outDir string, meta *Meta) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		size, err := b.mkfs(ctx, rootDir, outDir)
+		if err != nil {
+			return err
+		}
+		meta.SizeBytes = size
+		return WriteMeta(outDir, *meta)
+	}
 }
 
 // mkfs makes outDir's rootfs.ext4 from the tree rootDir and returns its size.

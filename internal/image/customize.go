@@ -17,19 +17,12 @@ func Customize(root string) error {
 
 	// Identity is per VM: no baked SSH host keys, no machine-id. An empty
 	// machine-id makes systemd generate a transient one at every boot.
-	hostKeys, _ := filepath.Glob(p("etc/ssh/ssh_host_*"))
-	for _, k := range hostKeys {
-		if err := os.Remove(k); err != nil {
-			return fmt.Errorf("remove baked host key: %w", err)
-		}
+	if err := removeHostKeys(root); err != nil {
+		return err
 	}
 	_ = os.Remove(p("var/lib/dbus/machine-id"))
 
-	files := []struct {
-		rel  string
-		data string
-		mode fs.FileMode
-	}{
+	files := []guestFileSpec{
 		{"etc/machine-id", "", 0o444},
 		{"etc/hostname", "banger\n", 0o644},
 		{"etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\tbanger\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644},
@@ -41,14 +34,8 @@ func Customize(root string) error {
 		// the kernel command line when the VM has its own address.
 		{"etc/resolv.conf", "nameserver 10.0.2.3\n", 0o644},
 	}
-	for _, f := range files {
-		if err := os.MkdirAll(filepath.Dir(p(f.rel)), 0o755); err != nil {
-			return err
-		}
-		_ = os.Remove(p(f.rel)) // resolv.conf may be a dangling symlink
-		if err := os.WriteFile(p(f.rel), []byte(f.data), f.mode); err != nil {
-			return fmt.Errorf("write %s: %w", f.rel, err)
-		}
+	if err := writeGuestFiles(root, files); err != nil {
+		return err
 	}
 	for _, d := range []string{"run/banger/seed"} {
 		if err := os.MkdirAll(p(d), 0o755); err != nil {
@@ -89,6 +76,39 @@ func Customize(root string) error {
 		wants, _ := filepath.Glob(p("etc/systemd/system/*.wants/" + filepath.Base(link)))
 		for _, w := range wants {
 			_ = os.Remove(w)
+		}
+	}
+	return nil
+}
+
+// guestFileSpec is a file Customize writes into the tree.
+type guestFileSpec struct {
+	rel  string
+	data string
+	mode fs.FileMode
+}
+
+func writeGuestFiles(root string, files []guestFileSpec) error {
+	for _, f := range files {
+		p := filepath.Join(root, f.rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		_ = os.Remove(p) // resolv.conf may be a dangling symlink
+		if err := os.WriteFile(p, []byte(f.data), f.mode); err != nil {
+			return fmt.Errorf("write %s: %w", f.rel, err)
+		}
+	}
+	return nil
+}
+
+// removeHostKeys drops SSH host keys baked into a tree: identity is per
+// VM, delivered on its seed disk.
+func removeHostKeys(root string) error {
+	keys, _ := filepath.Glob(filepath.Join(root, "etc/ssh/ssh_host_*"))
+	for _, k := range keys {
+		if err := os.Remove(k); err != nil {
+			return fmt.Errorf("remove baked host key: %w", err)
 		}
 	}
 	return nil

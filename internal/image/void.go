@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -205,24 +204,9 @@ func (b *Builder) BuildVoid(ctx context.Context, s VoidSpec, kver, fp, workDir, 
 			if err != nil {
 				return err
 			}
-			m := Manifest{Suite: "void", Distro: "void", KernelVersion: kver, Fingerprint: fp, Packages: pkgs}
-			data, err := json.MarshalIndent(m, "", "  ")
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(outDir, FileManifest), data, 0o644); err != nil {
-				return err
-			}
-			return CopyTree(filepath.Join(rootDir, "root"), filepath.Join(outDir, DirWorkSeed))
+			return writeManifestAndSeed(rootDir, outDir, Manifest{Suite: "void", Distro: "void", KernelVersion: kver, Fingerprint: fp, Packages: pkgs})
 		}},
-		{"mkfs", func(ctx context.Context) error {
-			size, err := b.mkfs(ctx, rootDir, outDir)
-			if err != nil {
-				return err
-			}
-			meta.SizeBytes = size
-			return WriteMeta(outDir, meta)
-		}},
+		{"mkfs", b.mkfsStep(rootDir, outDir, &meta)},
 	}
 	for _, st := range steps {
 		if err := stage(st.name, st.fn); err != nil {
@@ -286,11 +270,8 @@ func (b *Builder) extractRootfs(ctx context.Context, tarball, dir string) error 
 // the agent and sshd. Like Customize it only touches the directory.
 func CustomizeVoid(root string) error {
 	p := func(rel string) string { return filepath.Join(root, rel) }
-	hostKeys, _ := filepath.Glob(p("etc/ssh/ssh_host_*"))
-	for _, k := range hostKeys {
-		if err := os.Remove(k); err != nil {
-			return fmt.Errorf("remove baked host key: %w", err)
-		}
+	if err := removeHostKeys(root); err != nil {
+		return err
 	}
 	voidFile := func(name string) string {
 		b, err := voidFiles.ReadFile("guest-void/" + name)
@@ -299,11 +280,7 @@ func CustomizeVoid(root string) error {
 		}
 		return string(b)
 	}
-	files := []struct {
-		rel  string
-		data string
-		mode fs.FileMode
-	}{
+	files := []guestFileSpec{
 		{"etc/machine-id", "", 0o444},
 		{"etc/hostname", "banger\n", 0o644},
 		{"etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\tbanger\n::1\tlocalhost\n", 0o644},
@@ -313,14 +290,8 @@ func CustomizeVoid(root string) error {
 		{"etc/runit/core-services/90-banger.sh", voidFile("90-banger.sh"), 0o644},
 		{"etc/sv/banger-agent/run", voidFile("banger-agent.run"), 0o755},
 	}
-	for _, f := range files {
-		if err := os.MkdirAll(filepath.Dir(p(f.rel)), 0o755); err != nil {
-			return err
-		}
-		_ = os.Remove(p(f.rel))
-		if err := os.WriteFile(p(f.rel), []byte(f.data), f.mode); err != nil {
-			return fmt.Errorf("write %s: %w", f.rel, err)
-		}
+	if err := writeGuestFiles(root, files); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(p("run/banger/seed"), 0o755); err != nil {
 		return err
