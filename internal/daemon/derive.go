@@ -180,10 +180,25 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 		return fail(err)
 	}
 	err = stage("shutdown", func(ctx context.Context) error {
+		// The root disk becomes the image, so it must be cleanly
+		// unmounted: flush, power off from inside, and wait for the VMM
+		// to exit on its own. A VM that has to be killed fails the build.
+		if err := d.guestRun(ctx, vm.ID, io.Discard, "sync"); err != nil {
+			return fmt.Errorf("sync the provisioning VM: %w", err)
+		}
 		d.politePoweroff(ctx, vm)
 		d.dropAgent(vm.ID)
-		if err := d.driverFor(vm).Stop(ctx, vm.Dir, proc, false, 90*time.Second); err != nil {
-			return fmt.Errorf("power off the provisioning VM: %w", err)
+		drv := d.driverFor(vm)
+		deadline := time.Now().Add(3 * time.Minute)
+		for drv.Alive(proc) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the provisioning VM did not power off within 3m; its disk is not used")
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
 		}
 		return nil
 	})

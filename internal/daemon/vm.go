@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/bangerdev/banger/internal/agentclient"
@@ -316,10 +317,29 @@ func (d *Daemon) waitOpencode(ctx context.Context, vm store.VM) error {
 	}
 }
 
-// boot writes a fresh seed disk, starts the VMM and waits until the agent
-// answers. On failure it stops what it started and the error carries the
-// console's tail.
+// boot is bootOnce, retried once when the guest hung before systemd
+// started: under TCG about one boot in ten stalls in early kernel init
+// and the next identical boot is fine (FACTS.md, "TCG boots can hang").
 func (d *Daemon) boot(ctx context.Context, vm *store.VM, img store.Image, stage stageFunc, undo *cleanup, persist bool) (vmm.Process, error) {
+	proc, err := d.bootOnce(ctx, vm, img, stage, undo, persist)
+	if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), "did not answer within") {
+		return proc, err
+	}
+	console, _ := os.ReadFile(filepath.Join(vm.Dir, paths.FileConsoleLog))
+	if strings.Contains(string(console), "systemd") {
+		return proc, err
+	}
+	d.log.Warn("boot hung in early kernel init; retrying once", "vm", vm.Name)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	_ = d.driverFor(*vm).Stop(sctx, vm.Dir, proc, true, 0)
+	cancel()
+	return d.bootOnce(ctx, vm, img, stage, undo, persist)
+}
+
+// bootOnce writes a fresh seed disk, starts the VMM and waits until the
+// agent answers. On failure it stops what it started and the error
+// carries the console's tail.
+func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, stage stageFunc, undo *cleanup, persist bool) (vmm.Process, error) {
 	var proc vmm.Process
 	// Only real VMs get the user's credentials; a verify boot does not.
 	err := stage("seed", func(ctx context.Context) error { return d.makeSeedDisk(ctx, vm, persist) })
