@@ -61,7 +61,9 @@ func Handshake(ctx context.Context, conn net.Conn, port uint32) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		// Firecracker closes the connection when no guest listener
+		// takes it: EOF before any byte of a reply.
+		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("vsock port %d: %w", port, ErrVsockRefused)
 		}
 		return fmt.Errorf("vsock handshake: %w", err)
