@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"time"
 
+	"github.com/mdlayher/vsock"
 	"golang.org/x/sys/unix"
 )
 
@@ -76,4 +78,14 @@ func waitHost(ctx context.Context, f *os.File) error {
 		case <-time.After(hostPollInterval):
 		}
 	}
+}
+
+// ListenVsock listens on the guest's AF_VSOCK port (Firecracker's vsock
+// device). It fails where the guest has no vsock transport.
+func ListenVsock(port uint32) (net.Listener, error) {
+	ln, err := vsock.Listen(port, nil)
+	if err != nil {
+		return nil, fmt.Errorf("listen on vsock port %d: %w", port, err)
+	}
+	return ln, nil
 }
