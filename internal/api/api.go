@@ -138,6 +138,10 @@ type CreateVMRequest struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskGiB   int    `json:"disk_gib,omitempty"`
 	Egress    string `json:"egress,omitempty"`
+	// VMM is "qemu" or "firecracker"; empty takes the config's choice.
+	VMM string `json:"vmm,omitempty"`
+	// Jailer runs Firecracker under its jailer.
+	Jailer bool `json:"jailer,omitempty"`
 	// NoWaitServices skips waiting for the image's services (opencode on
 	// guest port 4096) after the agent answers.
 	NoWaitServices bool `json:"no_wait_services,omitempty"`

@@ -292,6 +292,11 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 	}
 	var cmd *exec.Cmd
 	if jail != nil {
+		// A jail left by the previous boot of this VM (same id) would
+		// keep stale sockets and a cgroup the jailer refuses to reuse.
+		if err := jail.Remove(); err != nil {
+			return vmm.Process{}, err
+		}
 		if err := jail.Prepare(ctx, d.Jailer); err != nil {
 			jail.Remove()
 			return vmm.Process{}, err
@@ -483,4 +488,13 @@ func Status(ctx context.Context, dir string, p vmm.Process) (string, error) {
 		return "", err
 	}
 	return info.State, nil
+}
+
+// Jailed reports whether a recorded state is of a jailed VM.
+func Jailed(state string) bool {
+	if state == "" {
+		return false
+	}
+	st, err := DecodeState("", state)
+	return err == nil && st.Jail != nil
 }
