@@ -81,9 +81,12 @@ func waitHost(ctx context.Context, f *os.File) error {
 }
 
 // ListenVsock listens on the guest's AF_VSOCK port (Firecracker's vsock
-// device). It fails where the guest has no vsock transport.
+// device). It binds to VMADDR_CID_ANY rather than the local CID, which
+// is unknown (and asking fails) until the virtio vsock transport module
+// has loaded; a socket bound to any CID takes connections from a
+// transport that arrives later.
 func ListenVsock(port uint32) (net.Listener, error) {
-	ln, err := vsock.Listen(port, nil)
+	ln, err := vsock.ListenContextID(unix.VMADDR_CID_ANY, port, nil)
 	if err != nil {
 		return nil, fmt.Errorf("listen on vsock port %d: %w", port, err)
 	}
