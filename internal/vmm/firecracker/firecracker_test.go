@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -334,7 +335,7 @@ func TestPlanJail(t *testing.T) {
 	if p.Dir != "/srv/jailer/firecracker-v1.12/abc" || p.Root != p.Dir+"/root" {
 		t.Errorf("dirs %q %q", p.Dir, p.Root)
 	}
-	wantLinks := []JailLink{{"/img/vmlinux", "/vmlinux"}, {"/vm/root.ext4", "/rootfs.img"}, {"/vm/seed.ext4", "/disk1.img"}}
+	wantLinks := []JailLink{{"/img/vmlinux", "/vmlinux", false}, {"/vm/root.ext4", "/rootfs.img", true}, {"/vm/seed.ext4", "/disk1.img", true}}
 	if !reflect.DeepEqual(p.Links, wantLinks) {
 		t.Errorf("links %+v", p.Links)
 	}
@@ -508,5 +509,36 @@ func TestDriverStartFailures(t *testing.T) {
 	spec.Disks[0].Path = ""
 	if _, err := d.Start(ctx, spec); err == nil || !strings.Contains(err.Error(), "path_on_host is required") {
 		t.Fatalf("fault not surfaced: %v", err)
+	}
+}
+
+// A jail on another filesystem than the VM's disks cannot hard-link
+// them; copying would lose the guest's writes, so it is refused.
+func TestJailPrepareRefusesDiskCopy(t *testing.T) {
+	vmDir := t.TempDir()
+	base, err := os.MkdirTemp("/dev/shm", "jail")
+	if err != nil {
+		t.Skip("no /dev/shm")
+	}
+	defer os.RemoveAll(base)
+	var a, b syscall.Stat_t
+	syscall.Stat(vmDir, &a)
+	syscall.Stat(base, &b)
+	if a.Dev == b.Dev {
+		t.Skip("/dev/shm and the temp dir are one filesystem here")
+	}
+	kernel := filepath.Join(vmDir, "vmlinux")
+	disk := filepath.Join(vmDir, "root.ext4")
+	os.WriteFile(kernel, []byte("\x7fELF"), 0o644)
+	os.WriteFile(disk, []byte("disk"), 0o600)
+	cfg := JailerConfig{ChrootBase: base, UID: os.Getuid(), GID: os.Getgid()}
+	p, _ := PlanJail(cfg, "/usr/bin/firecracker", "vm2", kernel, "", []string{disk})
+	err = p.Prepare(context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "chroot_base") {
+		t.Fatalf("disk copied across filesystems: %v", err)
+	}
+	// The kernel alone is copied fine.
+	if _, err := os.Stat(p.HostPath("/vmlinux")); err != nil {
+		t.Fatalf("kernel not copied: %v", err)
 	}
 }

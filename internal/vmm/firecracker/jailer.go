@@ -64,6 +64,9 @@ type JailPlan struct {
 type JailLink struct {
 	Src  string `json:"src"`
 	Name string `json:"name"`
+	// Disk marks a writable disk: it must be a hard link, since writes
+	// to a copy would never reach the VM's own disk.
+	Disk bool `json:"disk,omitempty"`
 }
 
 // HostPath is where an in-jail path is seen from the host.
@@ -91,7 +94,7 @@ func PlanJail(cfg JailerConfig, execFile, id, kernel, initrd string, disks []str
 		p.Links = append(p.Links, JailLink{Src: initrd, Name: jailInitrd})
 	}
 	for i, d := range disks {
-		p.Links = append(p.Links, JailLink{Src: d, Name: "/" + driveID(i) + ".img"})
+		p.Links = append(p.Links, JailLink{Src: d, Name: "/" + driveID(i) + ".img", Disk: true})
 	}
 	// Per docs/jailer.md the jailer makes <cgroup_base>/<parent>/<id>
 	// when --cgroup is given (v2: only then).
@@ -152,8 +155,11 @@ func (p JailPlan) Prepare(ctx context.Context, cfg JailerConfig) error {
 		dst := p.HostPath(l.Name)
 		_ = os.Remove(dst)
 		if err := os.Link(l.Src, dst); err != nil {
-			// A jail on another filesystem cannot share inodes: copy
-			// (reflink where the filesystem can).
+			if l.Disk {
+				return fmt.Errorf("hard-link %s into the jail: %w (put [firecracker] chroot_base on the filesystem of banger's state directory)", l.Src, err)
+			}
+			// Read-only boot files may be copied (reflinked where the
+			// filesystem can) into a jail on another filesystem.
 			if err := system.CloneFile(ctx, l.Src, dst); err != nil {
 				return fmt.Errorf("put %s into jail: %w", l.Src, err)
 			}
