@@ -100,3 +100,37 @@ func TestCreateFirecrackerNeedsTap(t *testing.T) {
 		t.Fatalf("auto: %q %v", req.VMM, err)
 	}
 }
+
+// A Firecracker VM boots the image's ELF vmlinux from a raw root disk,
+// without QEMU's TCG kernel arguments; a QEMU VM keeps bzImage and qcow2.
+func TestVMSpecPerVMM(t *testing.T) {
+	ctx := context.Background()
+	d := testDaemon(t, nil)
+	imgDir := t.TempDir()
+	img := store.Image{Name: "base", Dir: imgDir}
+	vm := &store.VM{ID: "v1", Name: "v1", Dir: "/var/lib/banger/vms/v1", VMM: "firecracker", NetMode: "tap", Accel: "kvm", CPUs: 2, MemoryMiB: 512}
+	_, err := d.vmSpec(ctx, vm, img)
+	var ae *api.Error
+	if !errors.As(err, &ae) || !strings.Contains(ae.Message, "no ELF vmlinux") || !strings.Contains(ae.Hint, "image build") {
+		t.Fatalf("image without vmlinux: %v", err)
+	}
+	os.WriteFile(imgDir+"/vmlinux", []byte("\x7fELF"), 0o644)
+	spec, err := d.vmSpec(ctx, vm, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Kernel != imgDir+"/vmlinux" || spec.Disks[0].Format != "raw" || !strings.HasSuffix(spec.Disks[0].Path, "/root.ext4") || spec.Net.Mode != "tap" {
+		t.Fatalf("firecracker spec: %+v", spec)
+	}
+	if strings.Contains(spec.Cmdline, "tsc_early_khz") {
+		t.Fatalf("TCG args for a Firecracker VM: %q", spec.Cmdline)
+	}
+	vm.VMM, vm.Accel, vm.NetMode = "qemu", "tcg", "user"
+	spec, err = d.vmSpec(ctx, vm, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Kernel != imgDir+"/vmlinuz" || spec.Disks[0].Format != "qcow2" || !strings.Contains(spec.Cmdline, "tsc_early_khz") {
+		t.Fatalf("qemu spec: %+v", spec)
+	}
+}
