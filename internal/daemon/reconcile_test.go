@@ -2,10 +2,10 @@ package daemon
 
 import (
 	"bytes"
-	"log/slog"
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
