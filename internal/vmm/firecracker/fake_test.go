@@ -64,13 +64,12 @@ var schemas = map[string]map[string]string{
 var preBoot = map[string]bool{"/machine-config": true, "/boot-source": true, "/drives": true, "/network-interfaces": true, "/vsock": true, "/logger": true, "/metrics": true}
 
 func checkBody(schema map[string]string, body map[string]any) error {
-	for k, t := range schema {
+	for k := range schema {
 		if strings.HasPrefix(k, "!") {
 			if _, ok := body[k[1:]]; !ok {
 				return fmt.Errorf("missing field `%s`", k[1:])
 			}
 		}
-		_ = t
 	}
 	for k, v := range body {
 		t, ok := schema[k]

@@ -153,13 +153,12 @@ type plan struct {
 	logger  Logger
 	metrics Metrics
 	state   State
-	// fcArgs start Firecracker; apiSocket is the path it is given.
+	// fcArgs start Firecracker (after the jailer's own, when jailed).
 	fcArgs []string
 }
 
-// planStart turns a spec into the API calls. It is pure apart from
-// reading nothing: every check that can fail before a process exists
-// happens here.
+// planStart turns a spec into the API calls. It is pure, and every check
+// that can fail before a process exists happens here.
 func planStart(spec vmm.Spec, jail *JailPlan) (plan, error) {
 	if spec.Net.Mode != vmm.NetTap {
 		return plan{}, ErrNeedsTap
