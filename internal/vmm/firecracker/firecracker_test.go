@@ -542,3 +542,30 @@ func TestJailPrepareRefusesDiskCopy(t *testing.T) {
 		t.Fatalf("kernel not copied: %v", err)
 	}
 }
+
+// The fake is as strict as the swagger: this is what makes the sequence
+// test above mean something.
+func TestFakeRejectsOffSchemaBodies(t *testing.T) {
+	ctx := context.Background()
+	c := serveFake(t, newFake())
+	cases := []struct {
+		method, path string
+		body         any
+		want         string
+	}{
+		{"PUT", "/vsock", map[string]any{"uds_path": "/v"}, "missing field `guest_cid`"},
+		{"PUT", "/vsock", map[string]any{"guest_cid": "3", "uds_path": "/v"}, "invalid type for field `guest_cid`"},
+		{"PUT", "/vsock", map[string]any{"guest_cid": 2, "uds_path": "/v"}, "Invalid guest CID"},
+		{"PUT", "/machine-config", map[string]any{"vcpu_count": 1, "mem_size_mib": 128, "memory": 1}, "unknown field `memory`"},
+		{"PUT", "/drives/a", map[string]any{"drive_id": "b", "is_root_device": true, "path_on_host": "/x"}, "does not match"},
+		{"POST", "/actions", map[string]any{"action_type": "InstanceStart"}, "Invalid request method"},
+		{"PUT", "/vm", map[string]any{"state": "Paused"}, "Invalid request method"},
+	}
+	for _, tc := range cases {
+		err := c.do(ctx, tc.method, tc.path, tc.body, nil)
+		var ae *APIError
+		if !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(ae.FaultMessage, tc.want) {
+			t.Errorf("%s %s %v: got %v, want fault %q", tc.method, tc.path, tc.body, err, tc.want)
+		}
+	}
+}
