@@ -86,6 +86,8 @@ type Firecracker struct {
 	// limits the jailer writes.
 	ParentCgroup string   `toml:"parent_cgroup"`
 	Cgroups      []string `toml:"cgroups"`
+	// CgroupVersion is the host's cgroup hierarchy, "1" or "2".
+	CgroupVersion string `toml:"cgroup_version"`
 }
 
 // Auth says which of the daemon user's coding-agent credentials are copied
@@ -175,9 +177,10 @@ func Default() Config {
 		Auth: Auth{Files: append([]string(nil), DefaultAuthFiles...)},
 		Firecracker: Firecracker{
 			UID: 65534, GID: 65534, // nobody/nogroup, not root
-			ChrootBase:   "/srv/jailer",
-			ParentCgroup: "banger",
-			Cgroups:      []string{},
+			ChrootBase:    "/srv/jailer",
+			ParentCgroup:  "banger",
+			Cgroups:       []string{},
+			CgroupVersion: "2",
 		},
 	}
 }
@@ -281,6 +284,9 @@ func (c Config) Validate() error {
 	}
 	if c.Firecracker.UID < 0 || c.Firecracker.GID < 0 {
 		bad("firecracker.uid/gid", fmt.Sprintf("%d/%d", c.Firecracker.UID, c.Firecracker.GID), "want non-negative ids")
+	}
+	if c.Firecracker.CgroupVersion != "1" && c.Firecracker.CgroupVersion != "2" {
+		bad("firecracker.cgroup_version", c.Firecracker.CgroupVersion, `want "1" or "2"`)
 	}
 	for _, cg := range c.Firecracker.Cgroups {
 		if k, _, ok := strings.Cut(cg, "="); !ok || k == "" {

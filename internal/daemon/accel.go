@@ -107,6 +107,9 @@ func (d *Daemon) Doctor(ctx context.Context) []doctor.Check {
 	// Firecracker is optional (QEMU runs VMs without it) unless the
 	// config makes it the default VMM.
 	checks = append(checks, doctor.Firecracker(ctx, d.runner, d.cfg.VM.VMM == config.VMMFirecracker))
+	if d.cfg.Firecracker.Jailer {
+		checks = append(checks, doctor.Jailer(ctx, d.runner))
+	}
 	checks = append(checks, d.defaultVMMCheck(ctx, acc.Accel == "kvm"))
 	return checks
 }

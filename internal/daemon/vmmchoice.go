@@ -23,6 +23,7 @@ func newDrivers(cfg config.Config) map[string]vmm.Driver {
 			Jailer: firecracker.JailerConfig{
 				Binary: fc.JailerBinary, UID: fc.UID, GID: fc.GID,
 				ChrootBase: fc.ChrootBase, ParentCgroup: fc.ParentCgroup, Cgroups: fc.Cgroups,
+				CgroupVersion: fc.CgroupVersion,
 			},
 		},
 	}
