@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -70,6 +71,11 @@ func TestBadInput(t *testing.T) {
 		{"huge memory", []string{"vm", "create", "x1", "--memory", "99999999"}, 1, "impossible memory size"},
 		{"huge disk", []string{"vm", "create", "x1", "--disk", "100000"}, 1, "impossible work disk size"},
 		{"bad egress", []string{"vm", "create", "x1", "--egress", "some"}, 1, "unknown egress mode"},
+		{"unknown vmm", []string{"vm", "create", "x1", "--vmm", "kvmtool"}, 1, `unknown VMM "kvmtool"`},
+		{"jailer under qemu", []string{"vm", "create", "x1", "--vmm", "qemu", "--jailer"}, 1, "--jailer is a Firecracker option"},
+		// Without firecracker the create fails on the binary; with it, on
+		// the network mode (Firecracker has no user networking).
+		{"firecracker unavailable", []string{"vm", "create", "x1", "--vmm", "firecracker"}, 1, firecrackerRefusal()},
 		{"bad flag", []string{"vm", "create", "x1", "--cpu", "2"}, 2, "unknown flag"},
 		{"unknown vm", []string{"vm", "exec", "ghost", "--", "true"}, 125, "no VM named"},
 		{"stop unknown", []string{"vm", "stop", "ghost"}, 1, "no VM named"},
@@ -225,4 +231,13 @@ func TestNoDaemonNoImage(t *testing.T) {
 	if !strings.Contains(d.stdout, "qemu-system-x86_64") || !strings.Contains(d.stdout, "kvm") {
 		t.Fatalf("doctor: %s", d)
 	}
+}
+
+// firecrackerRefusal is what `vm create --vmm firecracker` (user
+// networking) fails with on this host.
+func firecrackerRefusal() string {
+	if _, err := exec.LookPath("firecracker"); err != nil {
+		return "firecracker not found in PATH"
+	}
+	return "Firecracker needs --net tap"
 }

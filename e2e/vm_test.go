@@ -24,6 +24,10 @@ func TestVMLifecycle(t *testing.T) {
 	if vm.Name != name || vm.State != api.VMRunning {
 		t.Fatalf("created VM = %+v, want %s running", vm, name)
 	}
+	// auto never picks Firecracker for a user-networking VM.
+	if vm.VMM != "qemu" {
+		t.Fatalf("created VM runs under %q, want qemu", vm.VMM)
+	}
 	if vm.SSHPort == 0 || vm.CPUs != 2 || vm.MemoryBytes != 1024<<20 || vm.WorkDiskBytes != 4<<30 || vm.Egress != "none" {
 		t.Fatalf("created VM has unexpected settings: %+v", vm)
 	}

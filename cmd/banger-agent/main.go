@@ -12,8 +12,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/bangerdev/banger/internal/agent"
+	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/buildinfo"
 )
 
@@ -21,7 +23,7 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
-const usage = `usage: banger-agent serve [--port PATH]
+const usage = `usage: banger-agent serve [--port PATH] [--vsock-port N]
        banger-agent init [--seed PATH] [--cmdline PATH] [--root DIR]
        banger-agent supervise --dir DIR   (started by serve, one per session)
        banger-agent version
@@ -46,18 +48,15 @@ func run(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	switch args[0] {
 	case "serve":
-		port := fs.String("port", agent.DefaultPort, "virtio-serial port to the host")
+		port := fs.String("port", agent.DefaultPort, "virtio-serial port to the host (QEMU)")
+		vport := fs.Uint("vsock-port", api.AgentVsockPort, "AF_VSOCK port to listen on (Firecracker); 0 disables")
 		if fs.Parse(args[1:]) != nil {
 			return 2
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
-		log.Info("banger-agent serving", "version", buildinfo.Version, "port", *port)
-		if err := agent.NewServer(log).Serve(ctx, agent.VirtioPort(*port)); err != nil && ctx.Err() == nil {
-			log.Error("serve", "err", err)
-			return 1
-		}
-		return 0
+		log.Info("banger-agent serving", "version", buildinfo.Version, "port", *port, "vsock_port", *vport)
+		return serve(ctx, log, *port, uint32(*vport))
 	case "init":
 		opts := agent.DefaultInitOptions()
 		fs.StringVar(&opts.SeedConfig, "seed", opts.SeedConfig, "seed config (JSON)")
@@ -90,4 +89,49 @@ func run(args []string, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "banger-agent: unknown command %q\n%s", args[0], usage)
 	return 2
+}
+
+// serve runs the same HTTP service on both transports a guest may have:
+// the virtio-serial port (QEMU) and AF_VSOCK (Firecracker). Each waits
+// for its device on its own; a guest without one of them just never gets
+// a host there, so the agent need not guess its VMM (udev may not have
+// created the port yet when the agent starts).
+func serve(ctx context.Context, log *slog.Logger, port string, vport uint32) int {
+	srv := agent.NewServer(log)
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ctx, agent.VirtioPort(port)) }()
+	if vport != 0 {
+		go func() { errc <- serveVsock(ctx, log, srv, vport) }()
+	}
+	err := <-errc
+	if err != nil && ctx.Err() == nil {
+		log.Error("serve", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// serveVsock listens on the vsock port once the guest has a vsock
+// transport (the driver module may load after the agent starts).
+func serveVsock(ctx context.Context, log *slog.Logger, srv *agent.Server, port uint32) error {
+	logged := false
+	for {
+		ln, err := agent.ListenVsock(port)
+		if err == nil {
+			log.Info("listening on vsock", "port", port)
+			err = srv.ServeListener(ctx, ln)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			log.Warn("vsock listener ended", "err", err)
+		} else if !logged {
+			log.Info("no vsock listener (fine under QEMU)", "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
 }

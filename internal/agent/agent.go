@@ -114,6 +114,30 @@ func (s *Server) Serve(ctx context.Context, t Transport) error {
 	}
 }
 
+// ServeListener serves every host connection ln accepts, each in its own
+// session, until ctx ends. Unlike the virtio-serial port, a vsock stream
+// has exactly one peer and ends when that peer goes, so a new daemon's
+// connection needs no preamble to displace an old one: sessions simply
+// run side by side until the old one's stream closes.
+func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("accept host connection: %w", err)
+		}
+		s.log.Info("host connected", "addr", conn.RemoteAddr().String())
+		go func() {
+			err := s.ServeConn(ctx, conn)
+			s.log.Info("host session ended", "err", err)
+		}()
+	}
+}
+
 // streamWindow is the yamux receive window of each stream, on both ends.
 const streamWindow = 4 << 20
 

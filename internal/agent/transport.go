@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"time"
 
+	"github.com/mdlayher/vsock"
 	"golang.org/x/sys/unix"
 )
 
@@ -76,4 +78,17 @@ func waitHost(ctx context.Context, f *os.File) error {
 		case <-time.After(hostPollInterval):
 		}
 	}
+}
+
+// ListenVsock listens on the guest's AF_VSOCK port (Firecracker's vsock
+// device). It binds to VMADDR_CID_ANY rather than the local CID, which
+// is unknown (and asking fails) until the virtio vsock transport module
+// has loaded; a socket bound to any CID takes connections from a
+// transport that arrives later.
+func ListenVsock(port uint32) (net.Listener, error) {
+	ln, err := vsock.ListenContextID(unix.VMADDR_CID_ANY, port, nil)
+	if err != nil {
+		return nil, fmt.Errorf("listen on vsock port %d: %w", port, err)
+	}
+	return ln, nil
 }

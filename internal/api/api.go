@@ -12,6 +12,11 @@ import (
 // Version is the prefix of every daemon route.
 const Version = "v1"
 
+// AgentVsockPort is the guest vsock port banger-agent listens on when the
+// guest has AF_VSOCK (Firecracker); the host reaches it through the VMM's
+// hybrid vsock socket.
+const AgentVsockPort = 10000
+
 // MaxBodyBytes caps every JSON request body the daemon reads.
 const MaxBodyBytes = 1 << 20
 
@@ -133,6 +138,10 @@ type CreateVMRequest struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskGiB   int    `json:"disk_gib,omitempty"`
 	Egress    string `json:"egress,omitempty"`
+	// VMM is "qemu" or "firecracker"; empty takes the config's choice.
+	VMM string `json:"vmm,omitempty"`
+	// Jailer runs Firecracker under its jailer.
+	Jailer bool `json:"jailer,omitempty"`
 	// NoWaitServices skips waiting for the image's services (opencode on
 	// guest port 4096) after the agent answers.
 	NoWaitServices bool `json:"no_wait_services,omitempty"`

@@ -63,6 +63,8 @@ func addCreateFlags(f *pflag.FlagSet, req *api.CreateVMRequest) {
 	f.IntVar(&req.MemoryMiB, "memory", 0, "memory in MiB (default 1024)")
 	f.IntVar(&req.DiskGiB, "disk", 0, "work disk (/root) size in GiB (default 4)")
 	f.StringVar(&req.Egress, "egress", "", "guest network egress: all or none (default all)")
+	f.StringVar(&req.VMM, "vmm", "", "virtual machine monitor: qemu or firecracker (default: [vm] vmm in the config; auto picks Firecracker when it and KVM work)")
+	f.BoolVar(&req.Jailer, "jailer", false, "run Firecracker under its jailer (chroot, own uid, cgroup)")
 	f.BoolVar(&req.NoWaitServices, "no-wait-services", false, "do not wait for the image's services (opencode on :4096) once the agent answers")
 }
 
@@ -119,13 +121,13 @@ func newVMListCmd(g *globals) *cobra.Command {
 				return g.printJSON(vms)
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tCPUS\tMEMORY\tSSH\tACCEL\tAGE")
+			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tVMM\tCPUS\tMEMORY\tSSH\tACCEL\tAGE")
 			for _, v := range vms {
 				ssh := "-"
 				if v.SSHPort != 0 {
 					ssh = fmt.Sprintf("127.0.0.1:%d", v.SSHPort)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.Name, v.State, v.Image, v.CPUs, v.MemoryBytes>>20, ssh, v.Accel, age(v.CreatedAt))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.Name, v.State, v.Image, v.VMM, v.CPUs, v.MemoryBytes>>20, ssh, v.Accel, age(v.CreatedAt))
 			}
 			return tw.Flush()
 		},

@@ -41,6 +41,14 @@ const (
 	AccelKVM  = "kvm"
 )
 
+// VMMs a VM can run under; VMMAuto picks Firecracker when its binary is
+// there and KVM passes the real boot probe, QEMU otherwise.
+const (
+	VMMAuto        = "auto"
+	VMMQEMU        = "qemu"
+	VMMFirecracker = "firecracker"
+)
+
 // Limits enforced by Validate.
 const (
 	MinCPUs      = 1
@@ -55,6 +63,31 @@ type Config struct {
 	Image  Image  `toml:"image"`
 	Daemon Daemon `toml:"daemon"`
 	Auth   Auth   `toml:"auth"`
+	// Firecracker configures the Firecracker driver and its jailer.
+	Firecracker Firecracker `toml:"firecracker"`
+}
+
+// Firecracker configures the Firecracker driver (docs/jailer.md for the
+// jailer settings).
+type Firecracker struct {
+	// Binary and JailerBinary override the executables' paths.
+	Binary       string `toml:"binary"`
+	JailerBinary string `toml:"jailer_binary"`
+	// Jailer runs every Firecracker VM under the jailer (`vm create
+	// --jailer` asks for it per VM).
+	Jailer bool `toml:"jailer"`
+	// UID and GID Firecracker runs as in the jail.
+	UID int `toml:"uid"`
+	GID int `toml:"gid"`
+	// ChrootBase is where jails are built; it should be on the same
+	// filesystem as the VM directories so disks are hard-linked.
+	ChrootBase string `toml:"chroot_base"`
+	// ParentCgroup groups banger's microVMs; Cgroups are "<file>=<value>"
+	// limits the jailer writes.
+	ParentCgroup string   `toml:"parent_cgroup"`
+	Cgroups      []string `toml:"cgroups"`
+	// CgroupVersion is the host's cgroup hierarchy, "1" or "2".
+	CgroupVersion string `toml:"cgroup_version"`
 }
 
 // Auth says which of the daemon user's coding-agent credentials are copied
@@ -83,6 +116,8 @@ type VM struct {
 	DiskGiB     int      `toml:"disk_gib"`
 	Egress      string   `toml:"egress"`
 	BootTimeout Duration `toml:"boot_timeout"`
+	// VMM is "auto", "qemu" or "firecracker".
+	VMM string `toml:"vmm"`
 }
 
 // Image holds what `image build` bootstraps from.
@@ -128,6 +163,7 @@ func Default() Config {
 			DiskGiB:     4,
 			Egress:      EgressAll,
 			BootTimeout: Duration{180 * time.Second},
+			VMM:         VMMAuto,
 		},
 		Image: Image{
 			Suite:          "bookworm",
@@ -139,6 +175,13 @@ func Default() Config {
 			Accel:    AccelAuto,
 		},
 		Auth: Auth{Files: append([]string(nil), DefaultAuthFiles...)},
+		Firecracker: Firecracker{
+			UID: 65534, GID: 65534, // nobody/nogroup, not root
+			ChrootBase:    "/srv/jailer",
+			ParentCgroup:  "banger",
+			Cgroups:       []string{},
+			CgroupVersion: "2",
+		},
 	}
 }
 
@@ -227,6 +270,28 @@ func (c Config) Validate() error {
 	}
 	if c.VM.BootTimeout.Duration <= 0 {
 		bad("vm.boot_timeout", c.VM.BootTimeout.String(), `want a positive duration such as "180s"`)
+	}
+	if !slices.Contains([]string{VMMAuto, VMMQEMU, VMMFirecracker}, c.VM.VMM) {
+		bad("vm.vmm", c.VM.VMM, `want "auto", "qemu" or "firecracker"`)
+	}
+	for k, v := range map[string]string{"firecracker.binary": c.Firecracker.Binary, "firecracker.jailer_binary": c.Firecracker.JailerBinary} {
+		if v != "" && !strings.HasPrefix(v, "/") {
+			bad(k, v, "want an absolute path, or empty to use PATH")
+		}
+	}
+	if !strings.HasPrefix(c.Firecracker.ChrootBase, "/") {
+		bad("firecracker.chroot_base", c.Firecracker.ChrootBase, "want an absolute path")
+	}
+	if c.Firecracker.UID < 0 || c.Firecracker.GID < 0 {
+		bad("firecracker.uid/gid", fmt.Sprintf("%d/%d", c.Firecracker.UID, c.Firecracker.GID), "want non-negative ids")
+	}
+	if c.Firecracker.CgroupVersion != "1" && c.Firecracker.CgroupVersion != "2" {
+		bad("firecracker.cgroup_version", c.Firecracker.CgroupVersion, `want "1" or "2"`)
+	}
+	for _, cg := range c.Firecracker.Cgroups {
+		if k, _, ok := strings.Cut(cg, "="); !ok || k == "" {
+			bad("firecracker.cgroups", cg, `want "<cgroup file>=<value>", e.g. "cpu.max=200000 100000"`)
+		}
 	}
 	if c.Image.Suite == "" || strings.ContainsFunc(c.Image.Suite, notSuiteRune) {
 		bad("image.suite", c.Image.Suite, `want a Debian suite name such as "bookworm"`)

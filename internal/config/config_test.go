@@ -19,10 +19,11 @@ func TestDefaultIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		VM:     VM{CPUs: 2, MemoryMiB: 1024, DiskGiB: 4, Egress: "all", BootTimeout: Duration{180 * time.Second}},
-		Image:  Image{Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security"},
-		Daemon: Daemon{LogLevel: "info"},
-		Auth:   Auth{Files: []string{".local/share/opencode/auth.json", ".claude/.credentials.json", ".claude.json", ".pi/agent/auth.json"}},
+		VM:          VM{CPUs: 2, MemoryMiB: 1024, DiskGiB: 4, Egress: "all", BootTimeout: Duration{180 * time.Second}, VMM: "auto"},
+		Image:       Image{Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security"},
+		Daemon:      Daemon{LogLevel: "info"},
+		Auth:        Auth{Files: []string{".local/share/opencode/auth.json", ".claude/.credentials.json", ".claude.json", ".pi/agent/auth.json"}},
+		Firecracker: Firecracker{UID: 65534, GID: 65534, ChrootBase: "/srv/jailer", ParentCgroup: "banger", Cgroups: []string{}, CgroupVersion: "2"},
 	}
 	if !reflect.DeepEqual(d, want) {
 		t.Fatalf("Default() = %+v", d)
@@ -214,4 +215,24 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("round trip changed config:\n%+v\n%+v", c, c2)
 		}
 	})
+}
+
+func TestVMMAndFirecrackerKeys(t *testing.T) {
+	c, err := Parse([]byte("[vm]\nvmm = \"firecracker\"\n[firecracker]\njailer = true\nuid = 1000\ngid = 1000\ncgroups = [\"cpu.max=200000 100000\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.VM.VMM != "firecracker" || !c.Firecracker.Jailer || c.Firecracker.UID != 1000 || c.Firecracker.ChrootBase != "/srv/jailer" {
+		t.Fatalf("parsed %+v", c)
+	}
+	for _, bad := range []string{
+		"[vm]\nvmm = \"kvmtool\"\n",
+		"[firecracker]\nbinary = \"firecracker\"\n",
+		"[firecracker]\nchroot_base = \"srv\"\n",
+		"[firecracker]\ncgroups = [\"nonsense\"]\n",
+	} {
+		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%q: got %v, want ErrInvalid", bad, err)
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/doctor"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/store"
@@ -106,6 +107,13 @@ func (d *Daemon) Doctor(ctx context.Context) []doctor.Check {
 		acc = d.accelFor(ctx, img)
 	}
 	checks = append(checks, doctor.KVM(acc.Accel == "kvm", acc.Note), doctor.Root(), doctor.FreeDisk(d.layout.DataDir, 4<<30))
+	// Firecracker is optional (QEMU runs VMs without it) unless the
+	// config makes it the default VMM.
+	checks = append(checks, doctor.Firecracker(ctx, d.runner, d.cfg.VM.VMM == config.VMMFirecracker))
+	if d.cfg.Firecracker.Jailer {
+		checks = append(checks, doctor.Jailer(ctx, d.runner))
+	}
+	checks = append(checks, d.defaultVMMCheck(ctx, acc.Accel == "kvm"))
 	return checks
 }
 

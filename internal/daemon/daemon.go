@@ -25,7 +25,6 @@ import (
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/vmm"
-	"github.com/bangerdev/banger/internal/vmm/qemu"
 )
 
 // Options configure a daemon.
@@ -81,7 +80,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		cfg:       opts.Config,
 		log:       opts.Logger,
 		store:     st,
-		drivers:   map[string]vmm.Driver{"qemu": &qemu.Driver{}},
+		drivers:   newDrivers(opts.Config),
 		runner:    opts.Runner,
 		agentPath: opts.AgentPath,
 		vmLocks:   map[string]*sync.Mutex{},

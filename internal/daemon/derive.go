@@ -132,7 +132,7 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 	vm.Accel = d.accelFor(ctx, base).Accel
 	var undo cleanup
 	defer undo.run()
-	proc, err := d.boot(ctx, &vm, base, stage, &undo, false)
+	proc, err := d.boot(ctx, &vm, base, stage, &undo, false, false)
 	if err != nil {
 		return fail(err)
 	}

@@ -274,7 +274,7 @@ func (d *Daemon) verifyImage(ctx context.Context, imgDir string, meta image.Meta
 	var undo cleanup
 	defer undo.run()
 	noStages := func(_ string, fn func(ctx context.Context) error) error { return fn(ctx) }
-	if _, err := d.boot(ctx, &vm, img, noStages, &undo, false); err != nil {
+	if _, err := d.boot(ctx, &vm, img, noStages, &undo, false, false); err != nil {
 		return err
 	}
 	defer d.dropAgent(vm.ID)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/vmm"
@@ -27,7 +28,7 @@ func (d *Daemon) getVM(ctx context.Context, name string) (store.VM, error) {
 }
 
 func (d *Daemon) proc(vm store.VM) vmm.Process {
-	return vmm.Process{PID: vm.PID, StartTime: vm.PIDStartTime}
+	return vmm.Process{PID: vm.PID, StartTime: vm.PIDStartTime, State: vm.VMMStateJSON}
 }
 
 // StartVM boots a stopped VM with the disks it already has, growing its
@@ -63,6 +64,11 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 	if err := d.preflight(ctx, checksForCreate); err != nil {
 		return vm, err
 	}
+	if vm.VMM == config.VMMFirecracker {
+		if err := d.firecrackerPreflight(ctx, vm.NetMode, d.jailed(vm, false)); err != nil {
+			return vm, err
+		}
+	}
 	if wantDisk != 0 {
 		if err := d.growWorkDisk(ctx, &vm, wantDisk); err != nil {
 			return vm, err
@@ -73,7 +79,7 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 	}
 	var undo cleanup
 	noStages := func(name string, fn func(ctx context.Context) error) error { return fn(ctx) }
-	proc, err := d.boot(ctx, &vm, img, noStages, &undo, true)
+	proc, err := d.boot(ctx, &vm, img, noStages, &undo, true, false)
 	if err != nil {
 		undo.run()
 		_ = d.store.SetVMState(ctx, vm.ID, api.VMStopped, err.Error())
@@ -166,6 +172,9 @@ func (d *Daemon) DeleteVM(ctx context.Context, name string, force bool) error {
 	unlock := d.lockVM(vm.Name)
 	defer unlock()
 	if _, err := d.stopLocked(ctx, name, force); err != nil {
+		return err
+	}
+	if err := d.removeVMMLeftovers(ctx, vm); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(vm.Dir); err != nil {

@@ -6,12 +6,12 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/internal/api"
-	"github.com/bangerdev/banger/internal/vmm/qemu"
 )
 
 // reconcile re-adopts the VMs a previous daemon left running. SQLite says
 // what should exist; /proc (PID plus start time), QMP and the agent say
-// what does. Only this instance's records are touched, so another banger
+// what does. The VMM's control socket is QMP or Firecracker's API,
+// whichever driver the VM was created with. Only this instance's records are touched, so another banger
 // instance's VMs are never affected.
 func (d *Daemon) reconcile(ctx context.Context) error {
 	vms, err := d.store.ListVMs(ctx)
@@ -28,16 +28,22 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 			if alive {
 				_ = d.driverFor(vm).Stop(ctx, vm.Dir, d.proc(vm), true, 0)
 			}
+			if err := d.removeVMMLeftovers(ctx, vm); err != nil {
+				log.Warn("leftovers of interrupted create", "err", err)
+			}
 			os.RemoveAll(vm.Dir)
 			if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
 				return err
 			}
 			log.Warn("removed VM whose create was interrupted by a daemon restart")
 		case alive:
-			if st, err := qemu.Status(vm.Dir); err != nil {
-				log.Warn("adopted VMM does not answer QMP", "err", err)
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			st, err := d.vmmStatus(sctx, vm)
+			cancel()
+			if err != nil {
+				log.Warn("adopted VMM does not answer on its control socket", "vmm", vm.VMM, "err", err)
 			} else {
-				log.Info("re-adopted running VM", "pid", vm.PID, "qmp_status", st)
+				log.Info("re-adopted running VM", "pid", vm.PID, "vmm", vm.VMM, "vmm_status", st)
 			}
 			if vm.State != api.VMRunning {
 				if err := d.store.SetVMState(ctx, vm.ID, api.VMRunning, ""); err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/buildinfo"
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/sshkeys"
@@ -88,6 +89,9 @@ func (d *Daemon) validateCreate(ctx context.Context, req *api.CreateVMRequest) (
 	}
 	img, err := d.resolveImage(ctx, req.Image)
 	if err != nil {
+		return store.Image{}, err
+	}
+	if err := d.resolveVMM(ctx, req, img); err != nil {
 		return store.Image{}, err
 	}
 	if err := d.preflight(ctx, checksForCreate); err != nil {
@@ -193,6 +197,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 		ID: vmID, Name: req.Name, ImageID: img.ID, State: api.VMCreating,
 		CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, WorkDiskBytes: int64(req.DiskGiB) << 30,
 		Egress: req.Egress, Dir: dir, CreatedAt: time.Now().UTC(),
+		VMM: req.VMM, NetMode: requestNetMode(req),
 	}
 
 	err = stage("prepare", func(ctx context.Context) error {
@@ -239,10 +244,8 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 		return vm, err
 	}
 	err = stage("disks", func(ctx context.Context) error {
-		if _, err := d.runner.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
-			"-b", filepath.Join(img.Dir, image.FileRootfs), "-F", "raw",
-			filepath.Join(dir, paths.FileRootDisk)); err != nil {
-			return fmt.Errorf("create root overlay: %w", err)
+		if err := d.makeRootDisk(ctx, vm, img); err != nil {
+			return err
 		}
 		fp, err := d.makeWorkDisk(ctx, img, dir, vm.WorkDiskBytes)
 		vm.WorkSeedFingerprint = fp
@@ -252,7 +255,11 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 		return vm, err
 	}
 	vm.Accel = d.accelFor(ctx, img).Accel
-	proc, err := d.boot(ctx, &vm, img, stage, &undo, true)
+	if vm.VMM == config.VMMFirecracker {
+		// Firecracker has no emulation: it is KVM or nothing.
+		vm.Accel = "kvm"
+	}
+	proc, err := d.boot(ctx, &vm, img, stage, &undo, true, req.Jailer)
 	if err != nil {
 		return vm, err
 	}
@@ -320,8 +327,8 @@ func (d *Daemon) waitOpencode(ctx context.Context, vm store.VM) error {
 // boot is bootOnce, retried once when the guest hung before systemd
 // started: under TCG about one boot in ten stalls in early kernel init
 // and the next identical boot is fine (FACTS.md, "TCG boots can hang").
-func (d *Daemon) boot(ctx context.Context, vm *store.VM, img store.Image, stage stageFunc, undo *cleanup, persist bool) (vmm.Process, error) {
-	proc, err := d.bootOnce(ctx, vm, img, stage, undo, persist)
+func (d *Daemon) boot(ctx context.Context, vm *store.VM, img store.Image, stage stageFunc, undo *cleanup, persist, jailer bool) (vmm.Process, error) {
+	proc, err := d.bootOnce(ctx, vm, img, stage, undo, persist, jailer)
 	if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), "did not answer within") {
 		return proc, err
 	}
@@ -333,13 +340,13 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, img store.Image, stage 
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 	_ = d.driverFor(*vm).Stop(sctx, vm.Dir, proc, true, 0)
 	cancel()
-	return d.bootOnce(ctx, vm, img, stage, undo, persist)
+	return d.bootOnce(ctx, vm, img, stage, undo, persist, jailer)
 }
 
 // bootOnce writes a fresh seed disk, starts the VMM and waits until the
 // agent answers. On failure it stops what it started and the error
 // carries the console's tail.
-func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, stage stageFunc, undo *cleanup, persist bool) (vmm.Process, error) {
+func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, stage stageFunc, undo *cleanup, persist, jailer bool) (vmm.Process, error) {
 	var proc vmm.Process
 	// Only real VMs get the user's credentials; a verify boot does not.
 	err := stage("seed", func(ctx context.Context) error { return d.makeSeedDisk(ctx, vm, persist) })
@@ -350,6 +357,7 @@ func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, st
 	if err != nil {
 		return proc, err
 	}
+	spec.Jailer = d.jailed(*vm, jailer)
 	err = stage("boot", func(ctx context.Context) error {
 		os.Remove(filepath.Join(vm.Dir, paths.FileConsoleLog))
 		p, err := d.driverFor(*vm).Start(ctx, spec)
@@ -362,8 +370,9 @@ func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, st
 			defer cancel()
 			_ = d.driverFor(*vm).Stop(sctx, vm.Dir, p, true, 0)
 		})
-		// Record the PID at once: a daemon that dies now still finds it.
-		vm.PID, vm.PIDStartTime = p.PID, p.StartTime
+		// Record the PID (and the driver's sockets) at once: a daemon
+		// that dies now still finds them.
+		vm.PID, vm.PIDStartTime, vm.VMMStateJSON = p.PID, p.StartTime, p.State
 		if !persist {
 			return nil
 		}
@@ -439,8 +448,21 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		return vmm.Spec{}, err
 	}
 	args := []string{"banger.ip=10.0.2.15/24", "banger.gw=10.0.2.2", "banger.dns=10.0.2.3"}
-	if vm.Accel != "kvm" {
-		args = append(args, qemu.TCGKernelArgs()...)
+	kernel := filepath.Join(img.Dir, image.FileKernel)
+	rootDisk := vmm.Disk{Path: filepath.Join(vm.Dir, paths.FileRootDisk), Format: "qcow2"}
+	switch vm.VMM {
+	case config.VMMFirecracker:
+		// Firecracker boots the ELF vmlinux and takes raw disks only.
+		kernel = filepath.Join(img.Dir, image.FileVmlinux)
+		if _, err := os.Stat(kernel); err != nil {
+			return vmm.Spec{}, api.Errorf(api.CodeUnavailable, "rebuild it with `banger image build` (new images carry a vmlinux), or use --vmm qemu",
+				"image %q has no ELF vmlinux for Firecracker", img.Name)
+		}
+		rootDisk = vmm.Disk{Path: filepath.Join(vm.Dir, paths.FileRootRaw), Format: "raw"}
+	default:
+		if vm.Accel != "kvm" {
+			args = append(args, qemu.TCGKernelArgs()...)
+		}
 	}
 	initrd := filepath.Join(img.Dir, image.FileInitrd)
 	if _, err := os.Stat(initrd); err != nil {
@@ -458,11 +480,11 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		ID:          vm.ID,
 		ProcessName: d.layout.InstancePrefix() + "-" + vm.ID,
 		Dir:         vm.Dir,
-		Kernel:      filepath.Join(img.Dir, image.FileKernel),
+		Kernel:      kernel,
 		Initrd:      initrd,
 		Cmdline:     image.KernelCmdline(args...),
 		Disks: []vmm.Disk{
-			{Path: filepath.Join(vm.Dir, paths.FileRootDisk), Format: "qcow2"},
+			rootDisk,
 			{Path: filepath.Join(vm.Dir, paths.FileSeedDisk), Format: "raw", ReadOnly: true},
 			{Path: filepath.Join(vm.Dir, paths.FileWorkDisk), Format: "raw"},
 		},
@@ -471,7 +493,26 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		Accel:     vm.Accel,
 		Egress:    vm.Egress,
 		Forwards:  fwd,
+		Net:       vmm.Net{Mode: vm.NetMode},
 	}, nil
+}
+
+// makeRootDisk gives a VM its copy-on-write root disk: a qcow2 overlay
+// on the image for QEMU, a reflinked (or sparse) raw copy for
+// Firecracker, which reads raw images only.
+func (d *Daemon) makeRootDisk(ctx context.Context, vm store.VM, img store.Image) error {
+	base := filepath.Join(img.Dir, image.FileRootfs)
+	if vm.VMM == config.VMMFirecracker {
+		if err := system.CloneFile(ctx, base, filepath.Join(vm.Dir, paths.FileRootRaw)); err != nil {
+			return fmt.Errorf("clone root disk: %w", err)
+		}
+		return nil
+	}
+	if _, err := d.runner.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
+		"-b", base, "-F", "raw", filepath.Join(vm.Dir, paths.FileRootDisk)); err != nil {
+		return fmt.Errorf("create root overlay: %w", err)
+	}
+	return nil
 }
 
 // makeSeedDisk writes the small read-only disk that delivers banger-agent

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/bangerdev/banger/internal/api"
@@ -140,4 +141,91 @@ func Error(checks []Check) error {
 		return nil
 	}
 	return fmt.Errorf("host check failed: %s", strings.TrimSuffix(b.String(), "; "))
+}
+
+// MinFirecracker is the oldest Firecracker banger runs: 1.8 describes its
+// devices through ACPI, which the Debian kernel (no virtio-mmio command
+// line devices) needs to find its disks.
+var MinFirecracker = [3]int{1, 8, 0}
+
+// firecrackerFix says where Firecracker comes from (no distro packages it).
+const firecrackerFix = "install Firecracker >= 1.8 (a release binary from https://github.com/firecracker-microvm/firecracker/releases, as /usr/local/bin/firecracker), or use --vmm qemu"
+
+// Firecracker checks the firecracker binary and its version. required
+// makes a missing or old one a failure (a VM asked for Firecracker);
+// otherwise it is a warning, since QEMU runs VMs without it. Its vsock
+// is a userspace device, so /dev/vhost-vsock is not needed.
+func Firecracker(ctx context.Context, r system.Runner, required bool) Check {
+	c := Check{Name: "firecracker", Required: required}
+	bad := Warn
+	if required {
+		bad = Fail
+	}
+	path, err := system.LookPath("firecracker")
+	if err != nil {
+		c.Status, c.Detail, c.Fix = bad, "firecracker not found in PATH", firecrackerFix
+		return c
+	}
+	out, err := r.Run(ctx, path, "--version")
+	if err != nil {
+		c.Status, c.Detail, c.Fix = bad, fmt.Sprintf("%s --version failed: %v", path, err), firecrackerFix
+		return c
+	}
+	v, err := ParseFirecrackerVersion(string(out))
+	if err != nil {
+		c.Status, c.Detail, c.Fix = bad, err.Error(), firecrackerFix
+		return c
+	}
+	c.Detail = fmt.Sprintf("%s (v%d.%d.%d)", path, v[0], v[1], v[2])
+	if versionLess(v, MinFirecracker) {
+		c.Status = bad
+		c.Detail += ": older than 1.8, which guests need for ACPI device discovery"
+		c.Fix = firecrackerFix
+		return c
+	}
+	c.Status = OK
+	return c
+}
+
+// Jailer checks the jailer binary (only VMs created with --jailer use it).
+func Jailer(ctx context.Context, r system.Runner) Check {
+	c := tool(ctx, r, "jailer", "firecracker", "--version")
+	if c.Status == Fail {
+		c.Fix = "install the jailer binary from the same Firecracker release as firecracker, or create the VM without --jailer"
+	}
+	return c
+}
+
+// ParseFirecrackerVersion reads "Firecracker v1.8.0" (the first line of
+// `firecracker --version`).
+func ParseFirecrackerVersion(out string) ([3]int, error) {
+	var v [3]int
+	line, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
+	f := strings.Fields(line)
+	if len(f) < 2 || f[0] != "Firecracker" || !strings.HasPrefix(f[1], "v") {
+		return v, fmt.Errorf("unexpected `firecracker --version` output %q", line)
+	}
+	// Release candidates and dev builds carry a suffix: "v1.9.0-dev".
+	num, _, _ := strings.Cut(f[1][1:], "-")
+	parts := strings.Split(num, ".")
+	if len(parts) != 3 {
+		return v, fmt.Errorf("unexpected firecracker version %q", f[1])
+	}
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || n > 1<<20 {
+			return v, fmt.Errorf("unexpected firecracker version %q", f[1])
+		}
+		v[i] = n
+	}
+	return v, nil
+}
+
+func versionLess(a, b [3]int) bool {
+	for i := range a {
+		if a[i] != b[i] {
+			return a[i] < b[i]
+		}
+	}
+	return false
 }

@@ -86,7 +86,7 @@ func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, 
 				return err
 			}
 			pkgs := ParseDpkgStatus(st)
-			m := Manifest{Suite: spec.Suite, KernelVersion: meta.KernelVersion, Fingerprint: meta.Fingerprint, Packages: pkgs, NPM: npm}
+			m := Manifest{Suite: spec.Suite, KernelVersion: meta.KernelVersion, Vmlinux: FileVmlinux, Fingerprint: meta.Fingerprint, Packages: pkgs, NPM: npm}
 			if npm["opencode-ai"] != "" {
 				m.Services = append(m.Services, ServiceOpencode)
 			}
@@ -207,6 +207,9 @@ func (b *Builder) extractKernel(ctx context.Context, rootDir, outDir string) (st
 // kernels with; the payload after it is the ELF vmlinux.
 var lz4Legacy = []byte{0x02, 0x21, 0x4c, 0x18}
 
+// makeVmlinux decompresses the ELF vmlinux out of a bzImage: lz4 -dc from
+// the offset of the LZ4 magic (FACTS.md). The result must start with the
+// ELF magic, or Firecracker would fail much later with a vaguer error.
 func (b *Builder) makeVmlinux(ctx context.Context, vmlinuz, out string) error {
 	data, err := os.ReadFile(vmlinuz)
 	if err != nil {
@@ -237,10 +240,13 @@ func (b *Builder) makeVmlinux(ctx context.Context, vmlinuz, out string) error {
 
 // Manifest is the sidecar that records what an image contains.
 type Manifest struct {
-	Suite         string            `json:"suite"`
-	KernelVersion string            `json:"kernel_version"`
-	Fingerprint   string            `json:"fingerprint"`
-	Packages      map[string]string `json:"packages"`
+	Suite         string `json:"suite"`
+	KernelVersion string `json:"kernel_version"`
+	// Vmlinux names the uncompressed ELF kernel (Firecracker boots it;
+	// QEMU boots the bzImage), empty in images made before it existed.
+	Vmlinux     string            `json:"vmlinux,omitempty"`
+	Fingerprint string            `json:"fingerprint"`
+	Packages    map[string]string `json:"packages"`
 	// NPM maps the npm packages installed into /usr/local to their
 	// versions; Services names the services the image starts (opencode).
 	NPM      map[string]string `json:"npm,omitempty"`

@@ -51,6 +51,16 @@ const (
 	FileWorkDisk    = "work.ext4"
 	FileSeedDisk    = "seed.ext4"
 	FileKnownHosts  = "known_hosts"
+
+	// Firecracker: its API socket, the hybrid vsock socket, its own log
+	// (logger), its stderr before the logger is set, metrics, and the raw
+	// root disk (Firecracker takes no qcow2).
+	FileFCSocket    = "fc.sock"
+	FileVsockSocket = "vsock.sock"
+	FileFCLog       = "firecracker.log"
+	FileFCStderr    = "firecracker.stderr"
+	FileFCMetrics   = "firecracker.metrics"
+	FileRootRaw     = "root.ext4"
 )
 
 // System-wide locations used when the daemon runs as root.

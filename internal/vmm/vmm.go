@@ -48,6 +48,9 @@ type Spec struct {
 	Forwards []Forward
 	// Net says how the guest NIC is attached.
 	Net Net
+	// Jailer runs the VMM under Firecracker's jailer (chroot, own uid,
+	// cgroup). Drivers without a jailer refuse it.
+	Jailer bool
 }
 
 // Network modes.
@@ -70,6 +73,16 @@ type Net struct {
 type Process struct {
 	PID       int    `json:"pid"`
 	StartTime uint64 `json:"start_time"`
+	// State is the driver's own record of the VM (sockets, jail), opaque
+	// to the daemon, which persists it as store.VM.VMMStateJSON and hands
+	// it back with the PID.
+	State string `json:"state,omitempty"`
+}
+
+// Remover is a driver with leftovers of its own outside the VM directory
+// (a jail); the daemon calls Remove when it deletes the VM.
+type Remover interface {
+	Remove(ctx context.Context, dir string, p Process) error
 }
 
 // Driver starts and stops VMs. VMM processes must outlive the daemon.

@@ -105,6 +105,9 @@ func Args(spec vmm.Spec) []string {
 // once the VM is set up (or failed), and the VM process is re-parented
 // away from the daemon, so it survives daemon restarts.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
+	if spec.Jailer {
+		return vmm.Process{}, errors.New("qemu has no jailer; --jailer is a Firecracker option")
+	}
 	for _, s := range []string{paths.FileQMPSocket, paths.FileAgentSocket} {
 		if err := paths.CheckSocketPath(filepath.Join(spec.Dir, s)); err != nil {
 			return vmm.Process{}, err

@@ -1,0 +1,499 @@
+// Package firecracker drives Firecracker microVMs: a typed client of its
+// HTTP API on a Unix socket (src/firecracker/swagger/firecracker.yaml),
+// the hybrid-vsock handshake to reach the guest agent, and the optional
+// jailer. Firecracker runs detached from the daemon so VMs outlive it.
+package firecracker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/paths"
+	"github.com/bangerdev/banger/internal/system"
+	"github.com/bangerdev/banger/internal/vmm"
+)
+
+// Binary is the Firecracker executable banger runs.
+const Binary = "firecracker"
+
+// GuestCID is the guest's vsock context id. With hybrid vsock the CID
+// only has meaning inside the VM (there is no host vhost device and no
+// global CID space), so every VM can use the first valid one.
+const GuestCID = 3
+
+// MaxVCPUs is the swagger's maximum vcpu_count.
+const MaxVCPUs = 32
+
+// ErrNeedsTap is returned for a VM that is not on a TAP device:
+// Firecracker has no user-mode network stack.
+var ErrNeedsTap = errors.New("firecracker needs --net tap (it has no user-mode networking)")
+
+// Timeouts of the start sequence.
+const (
+	socketWait  = 5 * time.Second
+	configWait  = 30 * time.Second
+	killTimeout = 5 * time.Second
+)
+
+// Driver is the Firecracker driver.
+type Driver struct {
+	// Binary overrides the firecracker path.
+	Binary string
+	// Jailer is used for VMs whose spec asks for it.
+	Jailer JailerConfig
+}
+
+var _ vmm.Driver = (*Driver)(nil)
+var _ vmm.Remover = (*Driver)(nil)
+
+// Name implements vmm.Driver.
+func (d *Driver) Name() string { return "firecracker" }
+
+func (d *Driver) binary() string {
+	if d.Binary != "" {
+		return d.Binary
+	}
+	return Binary
+}
+
+// State is what the driver records per VM (store.VM.VMMStateJSON). Paths
+// are as the host sees them.
+type State struct {
+	APISocket string `json:"api_socket"`
+	VsockUDS  string `json:"vsock_uds"`
+	GuestCID  uint32 `json:"guest_cid"`
+	AgentPort uint32 `json:"agent_vsock_port"`
+	// Jail is set for a VM started under the jailer.
+	Jail *JailPlan `json:"jail,omitempty"`
+}
+
+// DecodeState reads a Process's State; an empty one means the defaults
+// in dir (a VM recorded before its state was).
+func DecodeState(dir, s string) (State, error) {
+	st := State{
+		APISocket: filepath.Join(dir, paths.FileFCSocket),
+		VsockUDS:  filepath.Join(dir, paths.FileVsockSocket),
+		GuestCID:  GuestCID,
+		AgentPort: api.AgentVsockPort,
+	}
+	if s == "" {
+		return st, nil
+	}
+	if err := json.Unmarshal([]byte(s), &st); err != nil {
+		return st, fmt.Errorf("decode firecracker state: %w", err)
+	}
+	return st, nil
+}
+
+// BootArgs is the guest command line for Firecracker. reboot=k makes a
+// guest reboot (which SendCtrlAltDel triggers) end Firecracker, as its
+// docs prescribe; pci=off skips probing a bus Firecracker does not offer
+// by default. nomodule is dropped: the Debian kernel finds its virtio
+// drivers as modules.
+func BootArgs(cmdline string) string {
+	var out []string
+	for _, a := range strings.Fields(cmdline) {
+		if a == "nomodule" {
+			continue
+		}
+		out = append(out, a)
+	}
+	for _, a := range []string{"reboot=k", "pci=off"} {
+		if !containsArg(out, a) {
+			out = append(out, a)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+func containsArg(args []string, a string) bool {
+	for _, x := range args {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// checkELF refuses a kernel Firecracker cannot load: on x86_64 it takes
+// an uncompressed ELF vmlinux, not a bzImage.
+func checkELF(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("open kernel: %w", err)
+	}
+	defer f.Close()
+	magic := make([]byte, 4)
+	if _, err := io.ReadFull(f, magic); err != nil || !bytes.Equal(magic, []byte("\x7fELF")) {
+		return fmt.Errorf("kernel %s is not an ELF vmlinux (Firecracker cannot boot a bzImage); rebuild the image with `banger image build`", path)
+	}
+	return nil
+}
+
+// plan is one start: the API calls' bodies, with paths as Firecracker
+// sees them (in-jail paths under the jailer), and the host-side state.
+type plan struct {
+	machine MachineConfig
+	boot    BootSource
+	drives  []Drive
+	nic     NetworkInterface
+	vsock   Vsock
+	logger  Logger
+	metrics Metrics
+	state   State
+	// fcArgs start Firecracker (after the jailer's own, when jailed).
+	fcArgs []string
+}
+
+// planStart turns a spec into the API calls. It is pure, and every check
+// that can fail before a process exists happens here.
+func planStart(spec vmm.Spec, jail *JailPlan) (plan, error) {
+	if spec.Net.Mode != vmm.NetTap {
+		return plan{}, ErrNeedsTap
+	}
+	if spec.Net.TapDevice == "" {
+		return plan{}, errors.New("firecracker: tap mode without a TAP device")
+	}
+	if spec.CPUs < 1 || spec.CPUs > MaxVCPUs {
+		return plan{}, fmt.Errorf("firecracker takes 1 to %d vCPUs, not %d", MaxVCPUs, spec.CPUs)
+	}
+	if spec.MemoryMiB < 1 {
+		return plan{}, fmt.Errorf("firecracker: impossible memory size %d MiB", spec.MemoryMiB)
+	}
+	if len(spec.Disks) == 0 {
+		return plan{}, errors.New("firecracker: no root disk")
+	}
+	for _, dk := range spec.Disks {
+		if dk.Format != "raw" {
+			return plan{}, fmt.Errorf("firecracker takes raw disks only, not %s (%s)", dk.Format, dk.Path)
+		}
+	}
+	smt := false
+	p := plan{
+		machine: MachineConfig{VCPUCount: spec.CPUs, MemSizeMiB: spec.MemoryMiB, SMT: &smt},
+		boot:    BootSource{KernelImagePath: spec.Kernel, InitrdPath: spec.Initrd, BootArgs: BootArgs(spec.Cmdline)},
+		nic:     NetworkInterface{IfaceID: "eth0", HostDevName: spec.Net.TapDevice, GuestMAC: spec.Net.MAC},
+		state: State{
+			APISocket: filepath.Join(spec.Dir, paths.FileFCSocket),
+			VsockUDS:  filepath.Join(spec.Dir, paths.FileVsockSocket),
+			GuestCID:  GuestCID,
+			AgentPort: api.AgentVsockPort,
+		},
+	}
+	apiSock := p.state.APISocket
+	p.vsock = Vsock{GuestCID: GuestCID, UDSPath: p.state.VsockUDS}
+	p.logger = Logger{LogPath: filepath.Join(spec.Dir, paths.FileFCLog), Level: "Info", ShowLevel: true}
+	p.metrics = Metrics{MetricsPath: filepath.Join(spec.Dir, paths.FileFCMetrics)}
+	for i, dk := range spec.Disks {
+		p.drives = append(p.drives, Drive{DriveID: driveID(i), PathOnHost: dk.Path, IsRootDevice: i == 0, IsReadOnly: dk.ReadOnly})
+	}
+	if jail != nil {
+		// Firecracker sees only the jail: every path it is given is an
+		// in-jail one; the host reaches the sockets under the jail root.
+		p.boot.KernelImagePath = jailKernel
+		if spec.Initrd != "" {
+			p.boot.InitrdPath = jailInitrd
+		}
+		for i := range p.drives {
+			p.drives[i].PathOnHost = "/" + driveID(i) + ".img"
+		}
+		apiSock = jailAPISocket
+		p.vsock.UDSPath = jailVsock
+		p.logger.LogPath = jailLog
+		p.metrics.MetricsPath = jailMetrics
+		p.state.APISocket = jail.HostPath(jailAPISocket)
+		p.state.VsockUDS = jail.HostPath(jailVsock)
+		p.state.Jail = jail
+	}
+	for _, s := range []string{p.state.APISocket, p.state.VsockUDS} {
+		if err := paths.CheckSocketPath(s); err != nil {
+			return plan{}, err
+		}
+	}
+	p.fcArgs = []string{"--api-sock", apiSock}
+	if jail == nil {
+		// The jailer passes --id itself.
+		p.fcArgs = append(p.fcArgs, "--id", spec.ID)
+	}
+	return p, nil
+}
+
+// configure runs the documented pre-boot sequence and starts the guest.
+func (p plan) configure(ctx context.Context, c *Client) error {
+	steps := []struct {
+		name string
+		run  func() error
+	}{
+		{"machine config", func() error { return c.PutMachineConfig(ctx, p.machine) }},
+		{"boot source", func() error { return c.PutBootSource(ctx, p.boot) }},
+		{"drives", func() error {
+			for _, dr := range p.drives {
+				if err := c.PutDrive(ctx, dr); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{"network interface", func() error { return c.PutNetworkInterface(ctx, p.nic) }},
+		{"vsock", func() error { return c.PutVsock(ctx, p.vsock) }},
+		{"logger", func() error { return c.PutLogger(ctx, p.logger) }},
+		{"metrics", func() error { return c.PutMetrics(ctx, p.metrics) }},
+		{"instance start", func() error { return c.Action(ctx, ActionInstanceStart) }},
+	}
+	for _, s := range steps {
+		if err := s.run(); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	return nil
+}
+
+// Start implements vmm.Driver.
+func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
+	if err := checkELF(spec.Kernel); err != nil {
+		return vmm.Process{}, err
+	}
+	fcPath, err := exec.LookPath(d.binary())
+	if err != nil {
+		return vmm.Process{}, fmt.Errorf("find firecracker: %w", err)
+	}
+	var jail *JailPlan
+	if spec.Jailer {
+		var disks []string
+		for _, dk := range spec.Disks {
+			disks = append(disks, dk.Path)
+		}
+		jp, err := PlanJail(d.Jailer, fcPath, spec.ID, spec.Kernel, spec.Initrd, disks)
+		if err != nil {
+			return vmm.Process{}, err
+		}
+		jail = &jp
+	}
+	p, err := planStart(spec, jail)
+	if err != nil {
+		return vmm.Process{}, err
+	}
+	stateJSON, err := json.Marshal(p.state)
+	if err != nil {
+		return vmm.Process{}, err
+	}
+	var cmd *exec.Cmd
+	if jail != nil {
+		// A jail left by the previous boot of this VM (same id) would
+		// keep stale sockets and a cgroup the jailer refuses to reuse.
+		if err := jail.Remove(); err != nil {
+			return vmm.Process{}, err
+		}
+		if err := jail.Prepare(ctx, d.Jailer); err != nil {
+			jail.Remove()
+			return vmm.Process{}, err
+		}
+		jb := d.Jailer.Binary
+		if jb == "" {
+			jb = "jailer"
+		}
+		// Not CommandContext: the VMM must outlive the boot's context.
+		cmd = exec.Command(jb, JailerArgs(d.Jailer, fcPath, spec.ID, p.fcArgs)...)
+	} else {
+		for _, f := range []string{p.logger.LogPath, p.metrics.MetricsPath} {
+			// Firecracker opens these, it does not create them.
+			if err := os.WriteFile(f, nil, 0o600); err != nil {
+				return vmm.Process{}, fmt.Errorf("create %s: %w", filepath.Base(f), err)
+			}
+		}
+		cmd = exec.Command(fcPath, p.fcArgs...)
+	}
+	for _, s := range []string{p.state.APISocket, p.state.VsockUDS} {
+		_ = os.Remove(s)
+	}
+	if jail != nil {
+		// The daemon reaches sockets through the VM directory, whatever
+		// the mode, so DialAgent needs no state.
+		for host, name := range map[string]string{jail.HostPath(jailAPISocket): paths.FileFCSocket, jail.HostPath(jailVsock): paths.FileVsockSocket} {
+			link := filepath.Join(spec.Dir, name)
+			_ = os.Remove(link)
+			if err := os.Symlink(host, link); err != nil {
+				jail.Remove()
+				return vmm.Process{}, fmt.Errorf("link jail socket: %w", err)
+			}
+		}
+	}
+	console, err := os.OpenFile(filepath.Join(spec.Dir, paths.FileConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return vmm.Process{}, fmt.Errorf("open console log: %w", err)
+	}
+	defer console.Close()
+	stderrPath := filepath.Join(spec.Dir, paths.FileFCStderr)
+	stderr, err := os.OpenFile(stderrPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return vmm.Process{}, fmt.Errorf("open firecracker stderr log: %w", err)
+	}
+	defer stderr.Close()
+	// The guest's serial console is Firecracker's stdout; it goes to a
+	// file, never to a pipe the daemon holds.
+	cmd.Stdout, cmd.Stderr = console, stderr
+	cmd.Env = []string{"LC_ALL=C", "PATH=" + os.Getenv("PATH")}
+	// Its own session: signals to the daemon's group never reach it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		if jail != nil {
+			jail.Remove()
+		}
+		return vmm.Process{}, fmt.Errorf("start firecracker: %w", err)
+	}
+	// Reap it when it exits while this daemon lives; after a daemon
+	// restart init does.
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	proc := vmm.Process{PID: cmd.Process.Pid, State: string(stateJSON)}
+	fail := func(err error) (vmm.Process, error) {
+		_ = cmd.Process.Kill()
+		<-exited
+		if jail != nil {
+			jail.Remove()
+		}
+		if t := strings.TrimSpace(system.TailFile(stderrPath, 1024)); t != "" {
+			err = fmt.Errorf("%w: %s", err, t)
+		}
+		return vmm.Process{}, err
+	}
+	st, err := system.ProcStartTime(proc.PID)
+	if err != nil {
+		return fail(fmt.Errorf("firecracker exited right after start"))
+	}
+	proc.StartTime = st
+	c := NewClient(p.state.APISocket)
+	if err := waitAPI(ctx, c, exited); err != nil {
+		return fail(err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, configWait)
+	defer cancel()
+	if err := p.configure(cctx, c); err != nil {
+		return fail(fmt.Errorf("configure firecracker: %w", err))
+	}
+	return proc, nil
+}
+
+// waitAPI waits until Firecracker answers on its socket.
+func waitAPI(ctx context.Context, c *Client, exited <-chan struct{}) error {
+	deadline := time.Now().Add(socketWait)
+	var last error
+	for time.Now().Before(deadline) {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := c.Describe(rctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		last = err
+		select {
+		case <-exited:
+			return errors.New("firecracker exited before its API answered")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("firecracker API did not answer within %s: %w", socketWait, last)
+}
+
+// Alive implements vmm.Driver.
+func (d *Driver) Alive(p vmm.Process) bool {
+	return p.PID > 0 && system.ProcAlive(p.PID, p.StartTime)
+}
+
+// Stop implements vmm.Driver: Ctrl+Alt+Del (the guest reboots, and with
+// reboot=k Firecracker exits), then SIGKILL after timeout.
+func (d *Driver) Stop(ctx context.Context, dir string, p vmm.Process, force bool, timeout time.Duration) error {
+	if !d.Alive(p) {
+		return nil
+	}
+	st, err := DecodeState(dir, p.State)
+	if err != nil {
+		return err
+	}
+	if !force {
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := NewClient(st.APISocket).Action(actx, ActionSendCtrlAltDel)
+		cancel()
+		if err == nil && waitGone(ctx, d, p, timeout) {
+			return nil
+		}
+	}
+	if err := syscall.Kill(p.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("kill firecracker %d: %w", p.PID, err)
+	}
+	if !waitGone(ctx, d, p, killTimeout) {
+		return fmt.Errorf("firecracker %d did not exit after SIGKILL", p.PID)
+	}
+	return nil
+}
+
+func waitGone(ctx context.Context, d *Driver, p vmm.Process, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if !d.Alive(p) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return !d.Alive(p)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return !d.Alive(p)
+}
+
+// Remove implements vmm.Remover: a jailed VM's chroot and cgroup go with
+// the VM.
+func (d *Driver) Remove(ctx context.Context, dir string, p vmm.Process) error {
+	st, err := DecodeState(dir, p.State)
+	if err != nil {
+		return err
+	}
+	if st.Jail == nil {
+		return nil
+	}
+	return st.Jail.Remove()
+}
+
+// DialAgent implements vmm.Driver: the guest agent's vsock port through
+// the hybrid vsock socket (a link into the jail under the jailer).
+func (d *Driver) DialAgent(ctx context.Context, dir string) (net.Conn, error) {
+	return DialVsock(ctx, filepath.Join(dir, paths.FileVsockSocket), api.AgentVsockPort)
+}
+
+// Status asks Firecracker for the instance state ("Running", "Paused",
+// "Not started"); reconcile uses it to confirm an adopted VMM answers.
+func Status(ctx context.Context, dir string, p vmm.Process) (string, error) {
+	st, err := DecodeState(dir, p.State)
+	if err != nil {
+		return "", err
+	}
+	info, err := NewClient(st.APISocket).Describe(ctx)
+	if err != nil {
+		return "", err
+	}
+	return info.State, nil
+}
+
+// Jailed reports whether a recorded state is of a jailed VM.
+func Jailed(state string) bool {
+	if state == "" {
+		return false
+	}
+	st, err := DecodeState("", state)
+	return err == nil && st.Jail != nil
+}
