@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/bangerdev/banger/internal/network"
 )
 
 var (
@@ -51,10 +54,26 @@ const (
 
 // Config is the daemon's configuration.
 type Config struct {
-	VM     VM     `toml:"vm"`
-	Image  Image  `toml:"image"`
-	Daemon Daemon `toml:"daemon"`
-	Auth   Auth   `toml:"auth"`
+	VM      VM      `toml:"vm"`
+	Image   Image   `toml:"image"`
+	Daemon  Daemon  `toml:"daemon"`
+	Auth    Auth    `toml:"auth"`
+	Network Network `toml:"network"`
+}
+
+// Network modes of a VM's NIC.
+const (
+	NetUser = "user" // the VMM's user-mode stack; forwards on 127.0.0.1
+	NetTap  = "tap"  // a TAP on banger's bridge, NAT for outbound traffic
+)
+
+// Network configures tap mode: banger's bridge takes the subnet's first
+// host address and guests get the following ones.
+type Network struct {
+	Subnet string `toml:"subnet"`
+	// DNS are the resolvers tap-mode guests use; empty means the host's
+	// own non-loopback nameservers from /etc/resolv.conf.
+	DNS []string `toml:"dns"`
 }
 
 // Auth says which of the daemon user's coding-agent credentials are copied
@@ -82,6 +101,7 @@ type VM struct {
 	MemoryMiB   int      `toml:"memory_mib"`
 	DiskGiB     int      `toml:"disk_gib"`
 	Egress      string   `toml:"egress"`
+	Net         string   `toml:"net"`
 	BootTimeout Duration `toml:"boot_timeout"`
 }
 
@@ -127,6 +147,7 @@ func Default() Config {
 			MemoryMiB:   1024,
 			DiskGiB:     4,
 			Egress:      EgressAll,
+			Net:         NetUser,
 			BootTimeout: Duration{180 * time.Second},
 		},
 		Image: Image{
@@ -138,7 +159,8 @@ func Default() Config {
 			LogLevel: "info",
 			Accel:    AccelAuto,
 		},
-		Auth: Auth{Files: append([]string(nil), DefaultAuthFiles...)},
+		Auth:    Auth{Files: append([]string(nil), DefaultAuthFiles...)},
+		Network: Network{Subnet: "172.30.0.0/24", DNS: []string{}},
 	}
 }
 
@@ -224,6 +246,17 @@ func (c Config) Validate() error {
 	}
 	if !slices.Contains([]string{EgressAll, EgressNone}, c.VM.Egress) {
 		bad("vm.egress", c.VM.Egress, `want "all" or "none"`)
+	}
+	if !slices.Contains([]string{NetUser, NetTap}, c.VM.Net) {
+		bad("vm.net", c.VM.Net, `want "user" or "tap"`)
+	}
+	if _, err := network.ParseSubnet(c.Network.Subnet); err != nil {
+		bad("network.subnet", c.Network.Subnet, err.Error())
+	}
+	for _, d := range c.Network.DNS {
+		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() {
+			bad("network.dns", d, "want IPv4 addresses such as \"192.0.2.53\"")
+		}
 	}
 	if c.VM.BootTimeout.Duration <= 0 {
 		bad("vm.boot_timeout", c.VM.BootTimeout.String(), `want a positive duration such as "180s"`)
