@@ -21,6 +21,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/config"
+	"github.com/bangerdev/banger/internal/network"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
@@ -36,6 +37,8 @@ type Options struct {
 	// AgentPath is the banger-agent binary delivered to each VM.
 	AgentPath string
 	Runner    system.Runner
+	// NetHost carries out tap networking; nil means the kernel.
+	NetHost network.Host
 }
 
 // Daemon is one banger instance.
@@ -65,6 +68,11 @@ type Daemon struct {
 
 	// sessions remembers guest sessions and publishes their changes.
 	sessions sessionTracker
+
+	// net runs tap mode: bridge, TAPs and NAT of this instance. netMu
+	// serialises its changes, since each rewrites the NAT table.
+	net   *network.Manager
+	netMu sync.Mutex
 }
 
 // New opens the state, re-adopts VMs and returns a daemon ready to Serve.
@@ -91,6 +99,12 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if d.runner == nil {
 		d.runner = system.Exec{}
 	}
+	if opts.NetHost == nil {
+		opts.NetHost = network.Kernel{}
+	}
+	if d.net, err = d.newNetwork(opts.NetHost); err != nil {
+		return nil, err
+	}
 	d.ops = newOperations(ctx, st, d.log.With("component", "ops"))
 	if _, err := st.FailDanglingOperations(ctx); err != nil {
 		return nil, fmt.Errorf("close operations of a previous daemon: %w", err)
@@ -103,6 +117,10 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	d.log.Info("accelerator chosen", "accel", d.accel.Accel, "why", d.accel.Note)
 	if err := d.reconcile(ctx); err != nil {
 		return nil, fmt.Errorf("reconcile: %w", err)
+	}
+	// A host without tap support (no root) still runs user-mode VMs.
+	if err := d.reconcileNetwork(ctx); err != nil {
+		d.log.Warn("reconcile tap network", "err", err)
 	}
 	return d, nil
 }
