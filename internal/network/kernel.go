@@ -92,9 +92,9 @@ func (Kernel) EnsureTap(_ context.Context, name, master string) error {
 			Mode:      netlink.TUNTAP_MODE_TAP,
 			Flags:     netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR,
 			Queues:    1,
-			// Only the daemon's user (who runs the VMM) may open it.
+			// Only the daemon's user and group (who run the VMM) may open it.
 			Owner: uint32(os.Getuid()),
-			Group: ^uint32(0),
+			Group: uint32(os.Getgid()),
 		}
 		if err := netlink.LinkAdd(tap); err != nil {
 			return fmt.Errorf("add tap: %w", err)
