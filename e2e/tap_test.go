@@ -42,7 +42,7 @@ type namespace struct{ name string }
 
 // newNamespace creates a network namespace with loopback up, and removes
 // it when the test ends, failed or not.
-func newNamespace(t *testing.T) *namespace {
+func newNamespace(t testing.TB) *namespace {
 	t.Helper()
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
@@ -66,7 +66,7 @@ func (ns *namespace) run(args ...string) (string, error) {
 	return string(out), err
 }
 
-func (ns *namespace) must(t *testing.T, args ...string) string {
+func (ns *namespace) must(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := ns.run(args...)
 	if err != nil {
@@ -77,7 +77,7 @@ func (ns *namespace) must(t *testing.T, args ...string) string {
 
 // links returns the namespace's interfaces by name, with their masters
 // resolved to names.
-func (ns *namespace) links(t *testing.T) map[string]string {
+func (ns *namespace) links(t testing.TB) map[string]string {
 	t.Helper()
 	h, err := netns.GetFromName(ns.name)
 	if err != nil {
@@ -104,7 +104,7 @@ func (ns *namespace) links(t *testing.T) map[string]string {
 	return out
 }
 
-func (ns *namespace) nftConn(t *testing.T) (*nftables.Conn, func()) {
+func (ns *namespace) nftConn(t testing.TB) (*nftables.Conn, func()) {
 	t.Helper()
 	h, err := netns.GetFromName(ns.name)
 	if err != nil {
@@ -118,7 +118,7 @@ func (ns *namespace) nftConn(t *testing.T) (*nftables.Conn, func()) {
 	return c, func() { h.Close() }
 }
 
-func (ns *namespace) tables(t *testing.T) []string {
+func (ns *namespace) tables(t testing.TB) []string {
 	t.Helper()
 	c, done := ns.nftConn(t)
 	defer done()
@@ -135,7 +135,7 @@ func (ns *namespace) tables(t *testing.T) []string {
 
 // addForeign puts objects banger did not make into the namespace: a TAP,
 // a bridge and an nft table. Reconcile and delete must leave them alone.
-func (ns *namespace) addForeign(t *testing.T) {
+func (ns *namespace) addForeign(t testing.TB) {
 	t.Helper()
 	ns.must(t, "ip", "tuntap", "add", "dev", "usertap0", "mode", "tap")
 	ns.must(t, "ip", "link", "add", "userbr0", "type", "bridge")
@@ -207,7 +207,7 @@ func ownedObjects(t *testing.T, ns *namespace, prefix string) []string {
 
 // tapInstance starts a daemon inside a fresh namespace with the cached
 // image imported.
-func tapInstance(t *testing.T) (*namespace, *instance) {
+func tapInstance(t testing.TB) (*namespace, *instance) {
 	t.Helper()
 	requireVM(t)
 	ns := newNamespace(t)
