@@ -118,9 +118,15 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if err := d.reconcile(ctx); err != nil {
 		return nil, fmt.Errorf("reconcile: %w", err)
 	}
-	// A host without tap support (no root) still runs user-mode VMs.
+	// A host without tap support (no root) still runs user-mode VMs; with
+	// no tap VM recorded, failing to even look (no CAP_NET_ADMIN for
+	// nftables) is expected and not worth a warning at every start.
 	if err := d.reconcileNetwork(ctx); err != nil {
-		d.log.Warn("reconcile tap network", "err", err)
+		if ls, lerr := st.ListLeases(ctx); lerr == nil && len(ls) == 0 {
+			d.log.Debug("reconcile tap network", "err", err)
+		} else {
+			d.log.Warn("reconcile tap network", "err", err)
+		}
 	}
 	return d, nil
 }
