@@ -5,9 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -160,6 +162,61 @@ func (ns *namespace) checkForeign(t *testing.T) {
 	}
 }
 
+// listen opens a TCP listener inside the namespace (on the bridge's
+// address, once it exists) that accepts and closes connections: a target
+// the guest may or may not reach, depending on its egress.
+func (ns *namespace) listen(t testing.TB, addr string) {
+	t.Helper()
+	ln, err := func() (net.Listener, error) {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			return nil, err
+		}
+		defer orig.Close()
+		h, err := netns.GetFromName(ns.name)
+		if err != nil {
+			runtime.UnlockOSThread()
+			return nil, err
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			runtime.UnlockOSThread()
+			return nil, err
+		}
+		ln, lerr := net.Listen("tcp", addr)
+		// A thread that cannot go back stays locked and dies with this
+		// goroutine instead of running other code in the namespace.
+		if err := netns.Set(orig); err == nil {
+			runtime.UnlockOSThread()
+		}
+		return ln, lerr
+	}()
+	if err != nil {
+		t.Fatalf("listen on %s in %s: %v", addr, ns.name, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+}
+
+// guestReaches says whether the guest can open a TCP connection to addr.
+func guestReaches(t testing.TB, in *instance, vm, addr string) bool {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	r := in.must(t, "vm", "exec", vm, "--", "bash", "-c",
+		fmt.Sprintf(`if timeout 5 bash -c 'exec 3<>/dev/tcp/%s/%s'; then echo open; else echo closed; fi`, host, port))
+	return strings.TrimSpace(r.stdout) == "open"
+}
+
 func instancePrefix(home string) string {
 	return layoutOf(home).InstancePrefix()
 }
@@ -272,6 +329,12 @@ func TestTapNetworking(t *testing.T) {
 
 	vm := in.createVM(t, "tap1", "--net", "tap")
 	checkTapVM(t, ns, in, in.vm(t, vm.Name), prefix)
+	// --egress none: the guest cannot open connections to the host (nor
+	// through it), while the host's connections to the guest work.
+	ns.listen(t, "172.30.0.1:8080")
+	if guestReaches(t, in, vm.Name, "172.30.0.1:8080") {
+		t.Error("a guest with --egress none reached the host's bridge address")
+	}
 
 	// The /30 has one guest address and tap1 holds it.
 	entries, _ := os.ReadDir(layoutOf(in.home).VMsDir)
@@ -305,9 +368,15 @@ func TestTapNetworking(t *testing.T) {
 func TestTapDaemonKillReadopt(t *testing.T) {
 	ns, in := tapInstance(t)
 	prefix := instancePrefix(in.home)
-	vm := in.createVM(t, "tapk", "--net", "tap")
+	vm := in.createVM(t, "tapk", "--net", "tap", "--egress", "all")
 	vm = in.vm(t, vm.Name)
 	checkTapVM(t, ns, in, vm, prefix)
+	// With egress all the guest reaches the host side of the bridge (the
+	// control for TestTapNetworking's egress none check).
+	ns.listen(t, "172.30.0.1:8080")
+	if !guestReaches(t, in, vm.Name, "172.30.0.1:8080") {
+		t.Error("a guest with --egress all cannot reach the bridge address")
+	}
 
 	in.killDaemon()
 	// While no daemon runs, a TAP of this instance appears that no VM

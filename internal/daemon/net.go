@@ -79,7 +79,7 @@ func (d *Daemon) netMembers(ctx context.Context, skipVM string) ([]network.Membe
 		if l.VMID == skipVM {
 			continue
 		}
-		out = append(out, network.Member{Tap: l.Tap, Isolated: egress[l.VMID] == config.EgressNone})
+		out = append(out, network.Member{Tap: l.Tap, Addr: l.Addr.Addr(), Isolated: egress[l.VMID] == config.EgressNone})
 	}
 	return out, nil
 }

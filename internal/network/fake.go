@@ -185,8 +185,11 @@ func RenderNAT(n NAT) []string {
 	out := []string{
 		fmt.Sprintf("postrouting: ip saddr %s oifname != %q masquerade", n.Subnet.Masked(), n.Bridge),
 	}
-	for _, t := range n.Isolated {
-		out = append(out, fmt.Sprintf("forward: iifname %q drop", t))
+	for _, a := range n.Isolated {
+		out = append(out, fmt.Sprintf("forward: iifname %q ip saddr %s drop", n.Bridge, a))
+	}
+	for _, a := range n.Isolated {
+		out = append(out, fmt.Sprintf("input: iifname %q ip saddr %s ct state != established,related drop", n.Bridge, a))
 	}
 	return out
 }

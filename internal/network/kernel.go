@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -166,14 +167,34 @@ func (Kernel) ApplyNAT(_ context.Context, n NAT) error {
 		Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
 	})
-	for _, tap := range n.Isolated {
-		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(tap)},
-			&expr.Verdict{Kind: expr.VerdictDrop},
-		}})
+	in := c.AddChain(&nftables.Chain{
+		Name: "input", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept,
+	})
+	for _, a := range n.Isolated {
+		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: append(fromGuest(n.Bridge, a), &expr.Verdict{Kind: expr.VerdictDrop})})
+	}
+	for _, a := range n.Isolated {
+		exprs := append(fromGuest(n.Bridge, a),
+			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0, 0, 0}},
+			&expr.Verdict{Kind: expr.VerdictDrop})
+		c.AddRule(&nftables.Rule{Table: t, Chain: in, Exprs: exprs})
 	}
 	return c.Flush()
+}
+
+// fromGuest is `iifname BRIDGE ip saddr ADDR`.
+func fromGuest(bridge string, a netip.Addr) []expr.Any {
+	b := a.As4()
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(bridge)},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b[:]},
+	}
 }
 
 // masqueradeExprs is `ip saddr SUBNET oifname != BRIDGE masquerade`.

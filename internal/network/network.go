@@ -48,9 +48,12 @@ type NAT struct {
 	Table  string
 	Subnet netip.Prefix
 	Bridge string
-	// Isolated are TAPs of VMs created with egress none: forwarding from
-	// them is dropped, so the guest reaches the host's bridge address only.
-	Isolated []string
+	// Isolated are the guest addresses of VMs created with egress none:
+	// nothing they send is forwarded, and the host accepts from them only
+	// replies to connections it opened (ssh, opencode). Guests are matched
+	// by source address because routed traffic from a bridge port enters
+	// IP filtering with the bridge, not the TAP, as its input interface.
+	Isolated []netip.Addr
 }
 
 // Host is every kernel effect tap networking needs.
@@ -140,6 +143,7 @@ func ParseSubnet(s string) (netip.Prefix, error) {
 // Member is one tap VM as the network plan needs it.
 type Member struct {
 	Tap      string
+	Addr     netip.Addr
 	Isolated bool // egress none
 }
 
@@ -155,10 +159,10 @@ func (m *Manager) nat(members []Member) NAT {
 	n := NAT{Table: m.Names.Table(), Subnet: m.Subnet, Bridge: m.Names.Bridge()}
 	for _, mb := range members {
 		if mb.Isolated {
-			n.Isolated = append(n.Isolated, mb.Tap)
+			n.Isolated = append(n.Isolated, mb.Addr)
 		}
 	}
-	slices.Sort(n.Isolated)
+	slices.SortFunc(n.Isolated, netip.Addr.Compare)
 	return n
 }
 

@@ -76,7 +76,8 @@ func TestParseSubnet(t *testing.T) {
 func TestAttachDetach(t *testing.T) {
 	ctx := context.Background()
 	m, f := newManager(t)
-	a, b := Member{Tap: m.Names.Tap("aaaaaaaa")}, Member{Tap: m.Names.Tap("bbbbbbbb"), Isolated: true}
+	a := Member{Tap: m.Names.Tap("aaaaaaaa"), Addr: netip.MustParseAddr("172.30.0.2")}
+	b := Member{Tap: m.Names.Tap("bbbbbbbb"), Addr: netip.MustParseAddr("172.30.0.3"), Isolated: true}
 	if err := m.Attach(ctx, a.Tap, []Member{a}); err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +89,9 @@ func TestAttachDetach(t *testing.T) {
 		"link bg1a2b3cbr bridge addr=172.30.0.1/24 up",
 		"link bg1a2b3ctaaaaaa tuntap master=bg1a2b3cbr up",
 		"link bg1a2b3ctbbbbbb tuntap master=bg1a2b3cbr up",
-		`table banger_bg1a2b3c: postrouting: ip saddr 172.30.0.0/24 oifname != "bg1a2b3cbr" masquerade; forward: iifname "bg1a2b3ctbbbbbb" drop`,
+		`table banger_bg1a2b3c: postrouting: ip saddr 172.30.0.0/24 oifname != "bg1a2b3cbr" masquerade; ` +
+			`forward: iifname "bg1a2b3cbr" ip saddr 172.30.0.3 drop; ` +
+			`input: iifname "bg1a2b3cbr" ip saddr 172.30.0.3 ct state != established,related drop`,
 	}
 	if got := f.State(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("state after two attaches:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -131,12 +134,13 @@ func TestAttachFailureNamesStep(t *testing.T) {
 func TestReconcileRemovesOnlyOwnOrphans(t *testing.T) {
 	ctx := context.Background()
 	m, f := newManager(t)
-	live := Member{Tap: m.Names.Tap("11111111")}
+	live := Member{Tap: m.Names.Tap("11111111"), Addr: netip.MustParseAddr("172.30.0.2")}
 	orphan := m.Names.Tap("22222222")
-	if err := m.Attach(ctx, live.Tap, []Member{live, {Tap: orphan, Isolated: true}}); err != nil {
+	both := []Member{live, {Tap: orphan, Addr: netip.MustParseAddr("172.30.0.3"), Isolated: true}}
+	if err := m.Attach(ctx, live.Tap, both); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Attach(ctx, orphan, []Member{live, {Tap: orphan, Isolated: true}}); err != nil {
+	if err := m.Attach(ctx, orphan, both); err != nil {
 		t.Fatal(err)
 	}
 	// Things banger did not make, some with names that look close.
