@@ -99,9 +99,7 @@ func (f *Fake) EnsureBridge(_ context.Context, name string, addr netip.Prefix) e
 	}
 	f.record("ensure bridge %s %s", name, addr)
 	f.links[name] = Link{Name: name, Kind: KindBridge, Up: true}
-	if !slices.Contains(f.addrs[name], addr) {
-		f.addrs[name] = append(f.addrs[name], addr)
-	}
+	f.addrs[name] = []netip.Prefix{addr}
 	return nil
 }
 

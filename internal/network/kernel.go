@@ -72,6 +72,18 @@ func (Kernel) EnsureBridge(_ context.Context, name string, addr netip.Prefix) er
 	if err := netlink.AddrReplace(l, nladdr); err != nil {
 		return fmt.Errorf("address %s: %w", addr, err)
 	}
+	// The bridge is banger's: an address from an older subnet goes.
+	old, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	for _, a := range old {
+		if a.IPNet.String() != addr.String() {
+			if err := netlink.AddrDel(l, &a); err != nil {
+				return fmt.Errorf("remove old address %s: %w", a.IPNet, err)
+			}
+		}
+	}
 	return netlink.LinkSetUp(l)
 }
 

@@ -52,6 +52,13 @@ func TestKernelHost(t *testing.T) {
 			t.Errorf("foreign table: %v", err)
 			return
 		}
+		// An address of an older subnet on the bridge is replaced.
+		old := *m
+		old.Subnet = netip.MustParsePrefix("10.77.0.0/24")
+		if err := old.Attach(ctx, a.Tap, []Member{a}); err != nil {
+			t.Errorf("attach: %v", err)
+			return
+		}
 		for range 2 { // idempotent
 			if err := m.Attach(ctx, a.Tap, []Member{a}); err != nil {
 				t.Errorf("attach: %v", err)

@@ -209,6 +209,7 @@ func TestReconcileRestoresMissingPieces(t *testing.T) {
 	}
 	state := strings.Join(f.State(), "\n")
 	for _, want := range []string{
+		"link bg1a2b3cbr bridge addr=172.30.0.1/24 up",
 		"link " + mb.Tap + " tuntap master=bg1a2b3cbr up",
 		"ip saddr 172.30.0.0/24",
 	} {
