@@ -92,9 +92,19 @@ type instance struct {
 	daemon *exec.Cmd
 	logf   *os.File
 	waitc  chan error
+	// wrap prefixes the daemon's command line (e.g. `ip netns exec NS`),
+	// so the daemon and the VMMs it starts live where the test says.
+	wrap []string
 }
 
 func newInstance(t testing.TB, configTOML string) *instance {
+	t.Helper()
+	return newWrappedInstance(t, configTOML, nil)
+}
+
+// newWrappedInstance starts the daemon under wrap (argv prepended to the
+// daemon's own).
+func newWrappedInstance(t testing.TB, configTOML string, wrap []string) *instance {
 	t.Helper()
 	// A short home keeps socket paths well under 108 bytes.
 	home, err := os.MkdirTemp("/tmp", "bge")
@@ -106,7 +116,7 @@ func newInstance(t testing.TB, configTOML string) *instance {
 			t.Fatal(err)
 		}
 	}
-	inst := &instance{t: t, home: home}
+	inst := &instance{t: t, home: home, wrap: wrap}
 	inst.startDaemon()
 	return inst
 }
@@ -129,7 +139,8 @@ func (in *instance) startDaemon() {
 	if err != nil {
 		in.t.Fatal(err)
 	}
-	cmd := exec.Command(bangerBin, "daemon", "--log-level", "debug")
+	argv := append(append([]string(nil), in.wrap...), bangerBin, "daemon", "--log-level", "debug")
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = in.env()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -240,7 +251,16 @@ func (in *instance) run(stdin io.Reader, args ...string) result {
 func (in *instance) runCtx(ctx context.Context, stdin io.Reader, args ...string) result {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bangerBin, args...)
+	return in.runWrapped(ctx, stdin, nil, args...)
+}
+
+// runWrapped runs the real CLI under wrap (e.g. inside the daemon's
+// network namespace, for commands that reach the guest's address).
+func (in *instance) runWrapped(ctx context.Context, stdin io.Reader, wrap []string, args ...string) result {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	argv := append(append(append([]string(nil), wrap...), bangerBin), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = in.env()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -94,18 +94,22 @@ type VersionInfo struct {
 
 // VM is the public view of a VM.
 type VM struct {
-	ID            string    `json:"id"`
-	Name          string    `json:"name"`
-	State         string    `json:"state"`
-	Image         string    `json:"image"`
-	CPUs          int       `json:"cpus"`
-	MemoryBytes   int64     `json:"memory_bytes"`
-	WorkDiskBytes int64     `json:"work_disk_bytes"`
-	Egress        string    `json:"egress"`
-	Accel         string    `json:"accel"`
-	VMM           string    `json:"vmm"`
-	PID           int       `json:"pid,omitempty"`
-	SSHPort       int       `json:"ssh_port,omitempty"`
+	ID            string `json:"id"`
+	Name          string `json:"name"`
+	State         string `json:"state"`
+	Image         string `json:"image"`
+	CPUs          int    `json:"cpus"`
+	MemoryBytes   int64  `json:"memory_bytes"`
+	WorkDiskBytes int64  `json:"work_disk_bytes"`
+	Egress        string `json:"egress"`
+	Accel         string `json:"accel"`
+	VMM           string `json:"vmm"`
+	PID           int    `json:"pid,omitempty"`
+	SSHPort       int    `json:"ssh_port,omitempty"`
+	// Net is "user" or "tap"; Address is the guest's own IP in tap mode,
+	// where ssh and services are reached directly (no forwards).
+	Net           string    `json:"net,omitempty"`
+	Address       string    `json:"address,omitempty"`
 	SSHHostKeyPin string    `json:"-"`
 	Dir           string    `json:"dir"`
 	CreatedAt     time.Time `json:"created_at"`
@@ -142,6 +146,9 @@ type CreateVMRequest struct {
 	VMM string `json:"vmm,omitempty"`
 	// Jailer runs Firecracker under its jailer.
 	Jailer bool `json:"jailer,omitempty"`
+	// Net is the NIC's network mode: "user" or "tap" (default: the
+	// config's vm.net).
+	Net string `json:"net,omitempty"`
 	// NoWaitServices skips waiting for the image's services (opencode on
 	// guest port 4096) after the agent answers.
 	NoWaitServices bool `json:"no_wait_services,omitempty"`

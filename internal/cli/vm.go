@@ -65,6 +65,7 @@ func addCreateFlags(f *pflag.FlagSet, req *api.CreateVMRequest) {
 	f.StringVar(&req.Egress, "egress", "", "guest network egress: all or none (default all)")
 	f.StringVar(&req.VMM, "vmm", "", "virtual machine monitor: qemu or firecracker (default: [vm] vmm in the config; auto picks Firecracker when it and KVM work)")
 	f.BoolVar(&req.Jailer, "jailer", false, "run Firecracker under its jailer (chroot, own uid, cgroup)")
+	f.StringVar(&req.Net, "net", "", "network mode: user (QEMU user networking, forwards on 127.0.0.1) or tap (own address on banger's bridge, NAT; needs root) (default: config vm.net, else user)")
 	f.BoolVar(&req.NoWaitServices, "no-wait-services", false, "do not wait for the image's services (opencode on :4096) once the agent answers")
 }
 
@@ -124,7 +125,10 @@ func newVMListCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tVMM\tCPUS\tMEMORY\tSSH\tACCEL\tAGE")
 			for _, v := range vms {
 				ssh := "-"
-				if v.SSHPort != 0 {
+				switch {
+				case v.Address != "":
+					ssh = v.Address + ":22"
+				case v.SSHPort != 0:
 					ssh = fmt.Sprintf("127.0.0.1:%d", v.SSHPort)
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.Name, v.State, v.Image, v.VMM, v.CPUs, v.MemoryBytes>>20, ssh, v.Accel, age(v.CreatedAt))
@@ -170,6 +174,12 @@ func (g *globals) printVM(vm api.VM) {
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "name:\t%s\nid:\t%s\nstate:\t%s\nimage:\t%s\nvmm:\t%s (%s)\ncpus:\t%d\nmemory:\t%d MiB\nwork disk:\t%d GiB\negress:\t%s\n",
 		vm.Name, vm.ID, vm.State, vm.Image, vm.VMM, vm.Accel, vm.CPUs, vm.MemoryBytes>>20, vm.WorkDiskBytes>>30, vm.Egress)
+	if vm.Net != "" {
+		fmt.Fprintf(tw, "net:\t%s\n", vm.Net)
+	}
+	if vm.Address != "" {
+		fmt.Fprintf(tw, "address:\t%s (ssh %s:22)\n", vm.Address, vm.Address)
+	}
 	for _, p := range vm.Ports {
 		fmt.Fprintf(tw, "port:\t127.0.0.1:%d -> guest :%d\n", p.HostPort, p.GuestPort)
 	}

@@ -306,6 +306,10 @@ func nextSteps(vm api.VM) []NextStep {
 		{"run a coding agent in a session (survives daemon restarts; Ctrl-P Ctrl-Q detaches)",
 			"banger vm session start " + n + " --name claude --pty --attach -- claude"},
 	}
+	if vm.Address != "" {
+		steps = append(steps, NextStep{"attach to opencode from the host (the agent image serves it on port 4096 of the guest's own address)",
+			fmt.Sprintf("opencode attach http://%s:4096", vm.Address)})
+	}
 	for _, p := range vm.Ports {
 		if p.GuestPort == 4096 {
 			steps = append(steps, NextStep{"attach to opencode from the host (the agent image serves it on guest port 4096, forwarded here)",

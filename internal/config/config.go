@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/bangerdev/banger/internal/network"
 )
 
 var (
@@ -63,6 +66,8 @@ type Config struct {
 	Image  Image  `toml:"image"`
 	Daemon Daemon `toml:"daemon"`
 	Auth   Auth   `toml:"auth"`
+	// Network configures tap mode.
+	Network Network `toml:"network"`
 	// Firecracker configures the Firecracker driver and its jailer.
 	Firecracker Firecracker `toml:"firecracker"`
 }
@@ -90,6 +95,21 @@ type Firecracker struct {
 	CgroupVersion string `toml:"cgroup_version"`
 }
 
+// Network modes of a VM's NIC.
+const (
+	NetUser = "user" // the VMM's user-mode stack; forwards on 127.0.0.1
+	NetTap  = "tap"  // a TAP on banger's bridge, NAT for outbound traffic
+)
+
+// Network configures tap mode: banger's bridge takes the subnet's first
+// host address and guests get the following ones.
+type Network struct {
+	Subnet string `toml:"subnet"`
+	// DNS are the resolvers tap-mode guests use; empty means the host's
+	// own non-loopback nameservers from /etc/resolv.conf.
+	DNS []string `toml:"dns"`
+}
+
 // Auth says which of the daemon user's coding-agent credentials are copied
 // into every VM at boot. A token refreshed inside a VM is not copied back.
 type Auth struct {
@@ -115,6 +135,7 @@ type VM struct {
 	MemoryMiB   int      `toml:"memory_mib"`
 	DiskGiB     int      `toml:"disk_gib"`
 	Egress      string   `toml:"egress"`
+	Net         string   `toml:"net"`
 	BootTimeout Duration `toml:"boot_timeout"`
 	// VMM is "auto", "qemu" or "firecracker".
 	VMM string `toml:"vmm"`
@@ -162,6 +183,7 @@ func Default() Config {
 			MemoryMiB:   1024,
 			DiskGiB:     4,
 			Egress:      EgressAll,
+			Net:         NetUser,
 			BootTimeout: Duration{180 * time.Second},
 			VMM:         VMMAuto,
 		},
@@ -182,6 +204,7 @@ func Default() Config {
 			Cgroups:       []string{},
 			CgroupVersion: "2",
 		},
+		Network: Network{Subnet: "172.30.0.0/24", DNS: []string{}},
 	}
 }
 
@@ -267,6 +290,17 @@ func (c Config) Validate() error {
 	}
 	if !slices.Contains([]string{EgressAll, EgressNone}, c.VM.Egress) {
 		bad("vm.egress", c.VM.Egress, `want "all" or "none"`)
+	}
+	if !slices.Contains([]string{NetUser, NetTap}, c.VM.Net) {
+		bad("vm.net", c.VM.Net, `want "user" or "tap"`)
+	}
+	if _, err := network.ParseSubnet(c.Network.Subnet); err != nil {
+		bad("network.subnet", c.Network.Subnet, err.Error())
+	}
+	for _, d := range c.Network.DNS {
+		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() {
+			bad("network.dns", d, "want IPv4 addresses such as \"192.0.2.53\"")
+		}
 	}
 	if c.VM.BootTimeout.Duration <= 0 {
 		bad("vm.boot_timeout", c.VM.BootTimeout.String(), `want a positive duration such as "180s"`)

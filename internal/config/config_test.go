@@ -19,11 +19,12 @@ func TestDefaultIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		VM:          VM{CPUs: 2, MemoryMiB: 1024, DiskGiB: 4, Egress: "all", BootTimeout: Duration{180 * time.Second}, VMM: "auto"},
+		VM:          VM{CPUs: 2, MemoryMiB: 1024, DiskGiB: 4, Egress: "all", Net: "user", BootTimeout: Duration{180 * time.Second}, VMM: "auto"},
 		Image:       Image{Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security"},
 		Daemon:      Daemon{LogLevel: "info"},
 		Auth:        Auth{Files: []string{".local/share/opencode/auth.json", ".claude/.credentials.json", ".claude.json", ".pi/agent/auth.json"}},
 		Firecracker: Firecracker{UID: 65534, GID: 65534, ChrootBase: "/srv/jailer", ParentCgroup: "banger", Cgroups: []string{}, CgroupVersion: "2"},
+		Network:     Network{Subnet: "172.30.0.0/24", DNS: []string{}},
 	}
 	if !reflect.DeepEqual(d, want) {
 		t.Fatalf("Default() = %+v", d)
@@ -70,7 +71,13 @@ agent_path = "/opt/banger/banger-agent"
 			},
 		},
 		{name: "unknown key", in: "[vm]\ncpu = 4\n", wantErr: []string{`"vm.cpu"`, "vm.cpus"}, wantIs: ErrUnknownKey},
-		{name: "unknown table reported once", in: "[network]\nmode = \"tap\"\nbridge = \"br0\"\n", wantErr: []string{`unknown config key "network";`}, wantIs: ErrUnknownKey},
+		{name: "unknown table reported once", in: "[netwerk]\nmode = \"tap\"\nbridge = \"br0\"\n", wantErr: []string{`unknown config key "netwerk";`}, wantIs: ErrUnknownKey},
+		{name: "tap network", in: "[vm]\nnet = \"tap\"\n[network]\nsubnet = \"10.20.0.0/16\"\ndns = [\"192.0.2.53\"]\n",
+			check: func(c Config) bool {
+				return c.VM.Net == "tap" && c.Network.Subnet == "10.20.0.0/16" && c.Network.DNS[0] == "192.0.2.53"
+			}},
+		{name: "bad network", in: "[vm]\nnet = \"bridge\"\n[network]\nsubnet = \"172.30.0.1/24\"\ndns = [\"dns.example\"]\n",
+			wantErr: []string{"vm.net", "network.subnet", "did you mean 172.30.0.0/24", "network.dns"}, wantIs: ErrInvalid},
 		{name: "unknown top-level key", in: "cpus = 2\n", wantErr: []string{`"cpus"`}, wantIs: ErrUnknownKey},
 		{name: "cpus zero", in: "[vm]\ncpus = 0\n", wantErr: []string{"vm.cpus = 0", "1 to 64"}, wantIs: ErrInvalid},
 		{name: "cpus too many", in: "[vm]\ncpus = 65\n", wantErr: []string{"vm.cpus = 65"}, wantIs: ErrInvalid},

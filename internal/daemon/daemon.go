@@ -21,6 +21,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/config"
+	"github.com/bangerdev/banger/internal/network"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
@@ -35,6 +36,8 @@ type Options struct {
 	// AgentPath is the banger-agent binary delivered to each VM.
 	AgentPath string
 	Runner    system.Runner
+	// NetHost carries out tap networking; nil means the kernel.
+	NetHost network.Host
 }
 
 // Daemon is one banger instance.
@@ -64,6 +67,11 @@ type Daemon struct {
 
 	// sessions remembers guest sessions and publishes their changes.
 	sessions sessionTracker
+
+	// net runs tap mode: bridge, TAPs and NAT of this instance. netMu
+	// serialises its changes, since each rewrites the NAT table.
+	net   *network.Manager
+	netMu sync.Mutex
 }
 
 // New opens the state, re-adopts VMs and returns a daemon ready to Serve.
@@ -90,6 +98,12 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if d.runner == nil {
 		d.runner = system.Exec{}
 	}
+	if opts.NetHost == nil {
+		opts.NetHost = network.Kernel{}
+	}
+	if d.net, err = d.newNetwork(opts.NetHost); err != nil {
+		return nil, err
+	}
 	d.ops = newOperations(ctx, st, d.log.With("component", "ops"))
 	if _, err := st.FailDanglingOperations(ctx); err != nil {
 		return nil, fmt.Errorf("close operations of a previous daemon: %w", err)
@@ -102,6 +116,16 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	d.log.Info("accelerator chosen", "accel", d.accel.Accel, "why", d.accel.Note)
 	if err := d.reconcile(ctx); err != nil {
 		return nil, fmt.Errorf("reconcile: %w", err)
+	}
+	// A host without tap support (no root) still runs user-mode VMs; with
+	// no tap VM recorded, failing to even look (no CAP_NET_ADMIN for
+	// nftables) is expected and not worth a warning at every start.
+	if err := d.reconcileNetwork(ctx); err != nil {
+		if ls, lerr := st.ListLeases(ctx); lerr == nil && len(ls) == 0 {
+			d.log.Debug("reconcile tap network", "err", err)
+		} else {
+			d.log.Warn("reconcile tap network", "err", err)
+		}
 	}
 	return d, nil
 }

@@ -77,6 +77,12 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 			return vm, err
 		}
 	}
+	if isTap(vm) {
+		// Restores the TAP after a host reboot; a no-op otherwise.
+		if err := d.attachNet(ctx, vm, nil); err != nil {
+			return vm, err
+		}
+	}
 	var undo cleanup
 	noStages := func(name string, fn func(ctx context.Context) error) error { return fn(ctx) }
 	proc, err := d.boot(ctx, &vm, img, noStages, &undo, true, false)
@@ -177,8 +183,14 @@ func (d *Daemon) DeleteVM(ctx context.Context, name string, force bool) error {
 	if err := d.removeVMMLeftovers(ctx, vm); err != nil {
 		return err
 	}
+	if err := d.detachNet(ctx, vm); err != nil {
+		return fmt.Errorf("remove network of %s: %w", vm.Name, err)
+	}
 	if err := os.RemoveAll(vm.Dir); err != nil {
 		return fmt.Errorf("remove vm dir: %w", err)
+	}
+	if err := d.store.ReleaseLease(ctx, vm.ID); err != nil {
+		return err
 	}
 	return d.store.DeleteVM(ctx, vm.ID)
 }

@@ -154,6 +154,12 @@ func (d *Daemon) vmView(ctx context.Context, vm store.VM) api.VM {
 			}
 		}
 	}
+	out.Net = vm.NetMode
+	if isTap(vm) {
+		if l, err := d.store.LeaseForVM(ctx, vm.ID); err == nil {
+			out.Address = l.Addr.Addr().String()
+		}
+	}
 	out.Workspace = workspaceOf(vm)
 	out.WorkSeedFingerprint = vm.WorkSeedFingerprint
 	out.AuthSynced = decodeNames(vm.AuthSyncedJSON)
@@ -299,8 +305,17 @@ func (d *Daemon) handleSSH(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	host, port := "127.0.0.1", vm.SSHPort
+	if isTap(vm) {
+		l, err := d.store.LeaseForVM(r.Context(), vm.ID)
+		if err != nil {
+			writeError(w, fmt.Errorf("lease of %s: %w", vm.Name, err))
+			return
+		}
+		host, port = l.Addr.Addr().String(), guestSSHPort
+	}
 	writeJSON(w, 200, api.SSHInfo{
-		Host: "127.0.0.1", Port: vm.SSHPort, User: "root", IdentityFile: key,
+		Host: host, Port: port, User: "root", IdentityFile: key,
 		KnownHostsFile: filepath.Join(vm.Dir, paths.FileKnownHosts), HostKeyAlias: hostKeyAlias(vm.Name),
 	})
 }

@@ -84,6 +84,9 @@ func (d *Daemon) validateCreate(ctx context.Context, req *api.CreateVMRequest) (
 	if req.Egress != "all" && req.Egress != "none" {
 		return store.Image{}, api.Errorf(api.CodeInvalid, "use --egress all or --egress none", "unknown egress mode %q", req.Egress)
 	}
+	if err := d.validateNet(ctx, req); err != nil {
+		return store.Image{}, err
+	}
 	if _, err := d.store.GetVM(ctx, req.Name); err == nil {
 		return store.Image{}, api.Errorf(api.CodeConflict, fmt.Sprintf("pick another name, or remove the old VM with `banger vm delete %s`", req.Name), "a VM named %q already exists", req.Name)
 	}
@@ -196,8 +199,8 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 	vm = store.VM{
 		ID: vmID, Name: req.Name, ImageID: img.ID, State: api.VMCreating,
 		CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, WorkDiskBytes: int64(req.DiskGiB) << 30,
-		Egress: req.Egress, Dir: dir, CreatedAt: time.Now().UTC(),
-		VMM: req.VMM, NetMode: requestNetMode(req),
+		Egress: req.Egress, NetMode: req.Net, Dir: dir, CreatedAt: time.Now().UTC(),
+		VMM: req.VMM,
 	}
 
 	err = stage("prepare", func(ctx context.Context) error {
@@ -229,6 +232,10 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 		if err := sshkeys.WriteKnownHosts(filepath.Join(dir, paths.FileKnownHosts), hostKeyAlias(vm.Name), pub); err != nil {
 			return fmt.Errorf("pin host key: %w", err)
 		}
+		if isTap(vm) {
+			// The guest has its own address: no forwards.
+			return d.leaseNet(ctx, &vm, &undo)
+		}
 		for _, gp := range []int{guestSSHPort, guestOpencodePort} {
 			hp, err := d.store.AllocatePort(ctx, vmID, gp, freeLocalPort)
 			if err != nil {
@@ -253,6 +260,12 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 	})
 	if err != nil {
 		return vm, err
+	}
+	if isTap(vm) {
+		err = stage("network", func(ctx context.Context) error { return d.attachNet(ctx, vm, &undo) })
+		if err != nil {
+			return vm, err
+		}
 	}
 	vm.Accel = d.accelFor(ctx, img).Accel
 	if vm.VMM == config.VMMFirecracker {
@@ -282,18 +295,9 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 // accepts on the host side before the guest listens, so a TCP connect
 // alone proves nothing).
 func (d *Daemon) waitOpencode(ctx context.Context, vm store.VM) error {
-	ports, err := d.store.PortsForVM(ctx, vm.ID)
+	addr, err := d.guestEndpoint(ctx, vm, guestOpencodePort)
 	if err != nil {
 		return err
-	}
-	host := 0
-	for _, p := range ports {
-		if p.GuestPort == guestOpencodePort {
-			host = p.Port
-		}
-	}
-	if host == 0 {
-		return fmt.Errorf("no host port forwards guest port %d", guestOpencodePort)
 	}
 	timeout := d.cfg.VM.BootTimeout.Duration
 	if timeout <= 0 {
@@ -301,7 +305,7 @@ func (d *Daemon) waitOpencode(ctx context.Context, vm store.VM) error {
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	url := fmt.Sprintf("http://127.0.0.1:%d/global/health", host)
+	url := "http://" + addr + "/global/health"
 	hc := &http.Client{Timeout: 3 * time.Second}
 	for {
 		req, err := http.NewRequestWithContext(wctx, http.MethodGet, url, nil)
@@ -448,6 +452,17 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		return vmm.Spec{}, err
 	}
 	args := []string{"banger.ip=10.0.2.15/24", "banger.gw=10.0.2.2", "banger.dns=10.0.2.3"}
+	var nic vmm.Net
+	if isTap(*vm) {
+		l, err := d.store.LeaseForVM(ctx, vm.ID)
+		if err != nil {
+			return vmm.Spec{}, fmt.Errorf("lease of %s: %w", vm.Name, err)
+		}
+		args = d.tapKernelArgs(l)
+		nic = vmm.Net{Mode: vmm.NetTap, TapDevice: l.Tap, MAC: l.MAC}
+		// Forwards belong to user networking.
+		ports = nil
+	}
 	kernel := filepath.Join(img.Dir, image.FileKernel)
 	rootDisk := vmm.Disk{Path: filepath.Join(vm.Dir, paths.FileRootDisk), Format: "qcow2"}
 	switch vm.VMM {
@@ -473,7 +488,7 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		fwd = append(fwd, vmm.Forward{HostPort: p.Port, GuestPort: p.GuestPort})
 	}
 	// Throwaway VMs (image provisioning) have no port rows, only an SSH port.
-	if len(ports) == 0 && vm.SSHPort != 0 {
+	if len(ports) == 0 && vm.SSHPort != 0 && !isTap(*vm) {
 		fwd = append(fwd, vmm.Forward{HostPort: vm.SSHPort, GuestPort: guestSSHPort})
 	}
 	return vmm.Spec{
@@ -493,7 +508,7 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		Accel:     vm.Accel,
 		Egress:    vm.Egress,
 		Forwards:  fwd,
-		Net:       vmm.Net{Mode: vm.NetMode},
+		Net:       nic,
 	}, nil
 }
 

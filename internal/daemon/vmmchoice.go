@@ -29,10 +29,13 @@ func newDrivers(cfg config.Config) map[string]vmm.Driver {
 	}
 }
 
-// requestNetMode is the network mode a create asks for. Until the TAP
-// network mode lands every VM is on user networking.
+// requestNetMode is the network mode a create asks for (validateNet has
+// filled the config's default).
 func requestNetMode(req api.CreateVMRequest) string {
-	return vmm.NetUser
+	if req.Net == "" {
+		return vmm.NetUser
+	}
+	return req.Net
 }
 
 // resolveVMM fills req.VMM: the flag, else the config, where "auto" means

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/config"
+	"github.com/bangerdev/banger/internal/network"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
@@ -109,7 +111,24 @@ func TestVMSpecPerVMM(t *testing.T) {
 	imgDir := t.TempDir()
 	img := store.Image{Name: "base", Dir: imgDir}
 	vm := &store.VM{ID: "v1", Name: "v1", Dir: "/var/lib/banger/vms/v1", VMM: "firecracker", NetMode: "tap", Accel: "kvm", CPUs: 2, MemoryMiB: 512}
-	_, err := d.vmSpec(ctx, vm, img)
+	// A tap VM needs its network and recorded lease for the NIC and
+	// kernel arguments.
+	var err error
+	if d.net, err = d.newNetwork(network.NewFake()); err != nil {
+		t.Fatal(err)
+	}
+	img.ID, img.State = "img1", store.ImageStateManaged
+	if err := d.store.CreateImage(ctx, &img); err != nil {
+		t.Fatal(err)
+	}
+	vm.ImageID, vm.State = img.ID, api.VMCreating
+	if err := d.store.CreateVM(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.store.AllocateLease(ctx, vm.ID, netip.MustParsePrefix("172.30.0.0/24"), "bgtestt000001", "02:00:00:00:00:01"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.vmSpec(ctx, vm, img)
 	var ae *api.Error
 	if !errors.As(err, &ae) || !strings.Contains(ae.Message, "no ELF vmlinux") || !strings.Contains(ae.Hint, "image build") {
 		t.Fatalf("image without vmlinux: %v", err)

@@ -113,6 +113,17 @@ ALTER TABLE vms ADD COLUMN vmm TEXT NOT NULL DEFAULT 'qemu';
 ALTER TABLE vms ADD COLUMN net_mode TEXT NOT NULL DEFAULT 'user';
 ALTER TABLE vms ADD COLUMN vmm_state_json TEXT NOT NULL DEFAULT '';
 `,
+	// 6: tap-mode network leases: the guest address, TAP device and MAC
+	// of each tap VM. UNIQUE keeps two VMs off one address or device.
+	`
+CREATE TABLE leases (
+	vm_id      TEXT PRIMARY KEY REFERENCES vms (id) ON DELETE CASCADE,
+	addr       TEXT NOT NULL UNIQUE,
+	tap        TEXT NOT NULL UNIQUE,
+	mac        TEXT NOT NULL,
+	created_at TEXT NOT NULL
+);
+`,
 }
 
 // migrate brings db to the newest schema this binary knows. It is safe to

@@ -87,6 +87,24 @@ func Args(spec vmm.Spec) []string {
 		"-chardev", "socket,path="+filepath.Join(dir, paths.FileAgentSocket)+",server=on,wait=off,id=agent",
 		"-device", "virtserialport,chardev=agent,name="+AgentPortName,
 	)
+	args = append(args, netArgs(spec)...)
+	// Balloon with free page reporting gives freed guest memory back.
+	args = append(args, "-device", "virtio-balloon-device,free-page-reporting=on")
+	return args
+}
+
+// netArgs attaches the guest NIC. In tap mode the TAP device already
+// exists on banger's bridge (the daemon made it); QEMU only opens it, so
+// no helper scripts run and no forwards exist: the host reaches the guest
+// at its own address.
+func netArgs(spec vmm.Spec) []string {
+	if spec.Net.Mode == vmm.NetTap {
+		dev := "virtio-net-device,netdev=n0"
+		if spec.Net.MAC != "" {
+			dev += ",mac=" + spec.Net.MAC
+		}
+		return []string{"-netdev", "tap,id=n0,ifname=" + spec.Net.TapDevice + ",script=no,downscript=no", "-device", dev}
+	}
 	netdev := "user,id=n0"
 	if spec.Egress == "none" {
 		// restrict=on cuts the guest off from everything; forwards still work.
@@ -95,10 +113,7 @@ func Args(spec vmm.Spec) []string {
 	for _, f := range spec.Forwards {
 		netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", f.HostPort, f.GuestPort)
 	}
-	args = append(args, "-netdev", netdev, "-device", "virtio-net-device,netdev=n0")
-	// Balloon with free page reporting gives freed guest memory back.
-	args = append(args, "-device", "virtio-balloon-device,free-page-reporting=on")
-	return args
+	return []string{"-netdev", netdev, "-device", "virtio-net-device,netdev=n0"}
 }
 
 // Start implements vmm.Driver. QEMU daemonizes itself: the launcher exits

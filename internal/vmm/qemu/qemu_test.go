@@ -50,3 +50,22 @@ func TestParseCPUkHz(t *testing.T) {
 		}
 	}
 }
+
+func TestArgsTap(t *testing.T) {
+	spec := vmm.Spec{
+		ID: "ab12cd34", Dir: "/v/ab12cd34", Kernel: "/i/vmlinuz", CPUs: 1, MemoryMiB: 512, Accel: "tcg", Egress: "none",
+		// Forwards are meaningless in tap mode and must not leak into args.
+		Forwards: []vmm.Forward{{HostPort: 40022, GuestPort: 22}},
+		Net:      vmm.Net{Mode: vmm.NetTap, TapDevice: "bg123456tab12cd", MAC: "0a:b6:ab:12:cd:34"},
+	}
+	got := strings.Join(Args(spec), " ")
+	want := "-netdev tap,id=n0,ifname=bg123456tab12cd,script=no,downscript=no -device virtio-net-device,netdev=n0,mac=0a:b6:ab:12:cd:34"
+	if !strings.Contains(got, want) {
+		t.Errorf("args lack %q:\n%s", want, got)
+	}
+	for _, bad := range []string{"hostfwd", "user,", "restrict"} {
+		if strings.Contains(got, bad) {
+			t.Errorf("tap args contain %q:\n%s", bad, got)
+		}
+	}
+}

@@ -1,0 +1,230 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/config"
+	"github.com/bangerdev/banger/internal/network"
+	"github.com/bangerdev/banger/internal/store"
+)
+
+// newNetwork builds the tap-mode manager of this instance. The config was
+// validated at load, so a bad subnet here is a programming error.
+func (d *Daemon) newNetwork(host network.Host) (*network.Manager, error) {
+	subnet, err := network.ParseSubnet(d.cfg.Network.Subnet)
+	if err != nil {
+		return nil, fmt.Errorf("network.subnet: %w", err)
+	}
+	names := network.Names{Prefix: d.layout.InstancePrefix()}
+	if err := names.Check(); err != nil {
+		return nil, err
+	}
+	return &network.Manager{Host: host, Names: names, Subnet: subnet, Log: d.log.With("component", "network")}, nil
+}
+
+func isTap(vm store.VM) bool { return vm.NetMode == config.NetTap }
+
+// validateNet fills and checks the network mode of a create request, and
+// refuses a tap VM when the subnet has no address left, before anything
+// exists.
+func (d *Daemon) validateNet(ctx context.Context, req *api.CreateVMRequest) error {
+	if req.Net == "" {
+		req.Net = d.cfg.VM.Net
+	}
+	if req.Net != config.NetUser && req.Net != config.NetTap {
+		return api.Errorf(api.CodeInvalid, "use --net user or --net tap", "unknown network mode %q", req.Net)
+	}
+	if req.Net != config.NetTap {
+		return nil
+	}
+	leases, err := d.store.ListLeases(ctx)
+	if err != nil {
+		return err
+	}
+	used := map[netip.Addr]bool{}
+	for _, l := range leases {
+		used[l.Addr.Addr()] = true
+	}
+	if _, ok := store.FirstFreeAddr(d.net.Subnet, used); !ok {
+		return api.Errorf(api.CodeUnavailable, "delete a tap VM, or choose a larger [network] subnet in the config and restart the daemon",
+			"no free address left in the tap subnet %s (%d VMs hold one)", d.net.Subnet, len(leases))
+	}
+	return nil
+}
+
+// netMembers lists every leased VM as the network plan needs it, leaving
+// out skipVM (a VM on its way out).
+func (d *Daemon) netMembers(ctx context.Context, skipVM string) ([]network.Member, error) {
+	leases, err := d.store.ListLeases(ctx)
+	if err != nil {
+		return nil, err
+	}
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	egress := map[string]string{}
+	for _, vm := range vms {
+		egress[vm.ID] = vm.Egress
+	}
+	var out []network.Member
+	for _, l := range leases {
+		if l.VMID == skipVM {
+			continue
+		}
+		out = append(out, network.Member{Tap: l.Tap, Addr: l.Addr.Addr(), Isolated: egress[l.VMID] == config.EgressNone})
+	}
+	return out, nil
+}
+
+// leaseNet gives a new tap VM its address, TAP name and MAC; undo
+// releases them.
+func (d *Daemon) leaseNet(ctx context.Context, vm *store.VM, undo *cleanup) error {
+	tap := d.net.Names.Tap(vm.ID)
+	l, err := d.store.AllocateLease(ctx, vm.ID, d.net.Subnet, tap, network.MAC(vm.ID))
+	switch {
+	case errors.Is(err, store.ErrExhausted):
+		return api.Errorf(api.CodeUnavailable, "delete a tap VM, or choose a larger [network] subnet", "no free address left in the tap subnet %s", d.net.Subnet)
+	case err != nil:
+		return fmt.Errorf("allocate address: %w", err)
+	}
+	undo.push(func() {
+		_ = d.store.ReleaseLease(context.WithoutCancel(ctx), vm.ID)
+	})
+	d.log.Info("leased tap address", "vm", vm.Name, "addr", l.Addr, "tap", l.Tap)
+	return nil
+}
+
+// attachNet makes sure the VM's TAP, the bridge and the NAT table exist.
+// Calls are serialised: each rewrites the instance's NAT table from the
+// leases.
+func (d *Daemon) attachNet(ctx context.Context, vm store.VM, undo *cleanup) error {
+	l, err := d.store.LeaseForVM(ctx, vm.ID)
+	if err != nil {
+		return fmt.Errorf("lease of %s: %w", vm.Name, err)
+	}
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	members, err := d.netMembers(ctx, "")
+	if err != nil {
+		return err
+	}
+	if undo != nil {
+		undo.push(func() { _ = d.detachNet(context.WithoutCancel(ctx), vm) })
+	}
+	if err := d.net.Attach(ctx, l.Tap, members); err != nil {
+		return api.Errorf(api.CodeUnavailable, "tap networking needs root (CAP_NET_ADMIN) and /dev/net/tun; `--net user` works without", "%v", err)
+	}
+	return nil
+}
+
+// detachNet removes the VM's TAP (and the bridge and NAT table with the
+// last tap VM). The lease is released by the caller.
+func (d *Daemon) detachNet(ctx context.Context, vm store.VM) error {
+	l, err := d.store.LeaseForVM(ctx, vm.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	members, err := d.netMembers(ctx, vm.ID)
+	if err != nil {
+		return err
+	}
+	return d.net.Detach(ctx, l.Tap, members)
+}
+
+// reconcileNetwork drops leases of VMs that no longer exist, then lets the
+// manager remove this instance's orphans (TAPs without a lease; bridge
+// and NAT table when no tap VM is left) and restore what leased VMs need.
+func (d *Daemon) reconcileNetwork(ctx context.Context) error {
+	leases, err := d.store.ListLeases(ctx)
+	if err != nil {
+		return err
+	}
+	for _, l := range leases {
+		if _, err := d.store.GetVM(ctx, l.VMID); errors.Is(err, store.ErrNotFound) {
+			if err := d.store.ReleaseLease(ctx, l.VMID); err != nil {
+				return err
+			}
+			d.log.Info("released lease of a deleted VM", "vm_id", l.VMID, "addr", l.Addr)
+		}
+	}
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	members, err := d.netMembers(ctx, "")
+	if err != nil {
+		return err
+	}
+	return d.net.Reconcile(ctx, members)
+}
+
+// tapKernelArgs are the guest NIC keys the agent applies at boot.
+func (d *Daemon) tapKernelArgs(l store.Lease) []string {
+	args := []string{"banger.ip=" + l.Addr.String(), "banger.gw=" + network.Gateway(d.net.Subnet).Addr().String()}
+	dns := d.cfg.Network.DNS
+	if len(dns) == 0 {
+		dns = hostResolvers("/etc/resolv.conf")
+	}
+	if len(dns) > 0 {
+		args = append(args, "banger.dns="+strings.Join(dns, ","))
+	}
+	return args
+}
+
+// hostResolvers returns the IPv4 nameservers of a resolv.conf that a
+// guest can use: loopback ones (systemd-resolved's stub) are useless
+// from inside a VM.
+func hostResolvers(path string) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 || fields[0] != "nameserver" {
+			continue
+		}
+		a, err := netip.ParseAddr(fields[1])
+		if err != nil || !a.Is4() || a.IsLoopback() {
+			continue
+		}
+		out = append(out, a.String())
+	}
+	return out
+}
+
+// guestEndpoint is where the host reaches guest port gp of vm: the
+// guest's own address in tap mode, the 127.0.0.1 forward otherwise.
+func (d *Daemon) guestEndpoint(ctx context.Context, vm store.VM, gp int) (string, error) {
+	if isTap(vm) {
+		l, err := d.store.LeaseForVM(ctx, vm.ID)
+		if err != nil {
+			return "", fmt.Errorf("lease of %s: %w", vm.Name, err)
+		}
+		return netip.AddrPortFrom(l.Addr.Addr(), uint16(gp)).String(), nil
+	}
+	ports, err := d.store.PortsForVM(ctx, vm.ID)
+	if err != nil {
+		return "", err
+	}
+	for _, p := range ports {
+		if p.GuestPort == gp {
+			return fmt.Sprintf("127.0.0.1:%d", p.Port), nil
+		}
+	}
+	return "", fmt.Errorf("no host port forwards guest port %d", gp)
+}
