@@ -65,6 +65,9 @@ type Daemon struct {
 
 	// sessions remembers guest sessions and publishes their changes.
 	sessions sessionTracker
+	// stats keeps the last CPU sample per VMM process (stats.go).
+	stats       statsSampler
+	vmWatchOnce sync.Once
 }
 
 // New opens the state, re-adopts VMs and returns a daemon ready to Serve.
@@ -92,6 +95,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		d.runner = system.Exec{}
 	}
 	d.ops = newOperations(ctx, st, d.log.With("component", "ops"))
+	d.ops.bus = d.sessions.publish
 	if _, err := st.FailDanglingOperations(ctx); err != nil {
 		return nil, fmt.Errorf("close operations of a previous daemon: %w", err)
 	}
