@@ -5,8 +5,8 @@ import (
 	"strconv"
 	"strings"
 
-	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/bubbles/textinput"
+	tea "github.com/charmbracelet/bubbletea"
 
 	"github.com/bangerdev/banger/internal/api"
 )
@@ -108,7 +108,9 @@ func (f form) view() []string {
 	}
 	lines = append(lines, "")
 	if f.err != "" {
-		lines = append(lines, errStyle.Render("error: "+f.err))
+		for _, l := range wrap("error: "+f.err, 76) {
+			lines = append(lines, errStyle.Render(l))
+		}
 	}
 	lines = append(lines, dimStyle.Render("tab/↑↓ move · enter create · esc cancel"))
 	return lines

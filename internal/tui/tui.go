@@ -14,10 +14,10 @@ import (
 	"os/exec"
 	"time"
 
-	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/bubbles/spinner"
 	"github.com/charmbracelet/bubbles/textinput"
 	"github.com/charmbracelet/bubbles/viewport"
+	tea "github.com/charmbracelet/bubbletea"
 
 	"github.com/bangerdev/banger/client"
 	"github.com/bangerdev/banger/internal/api"
@@ -193,13 +193,13 @@ func New(ctx context.Context, be Backend) Model {
 // Messages.
 type (
 	listedMsg struct {
-		vms       []api.VM
-		images    []api.Image
-		withImgs  bool
-		ops       []api.Operation
-		withOps   bool
-		err       error
-		initial   bool
+		vms      []api.VM
+		images   []api.Image
+		withImgs bool
+		ops      []api.Operation
+		withOps  bool
+		err      error
+		initial  bool
 	}
 	detailMsg struct {
 		d detail

@@ -37,7 +37,7 @@ var keyHelp = [][2]string{
 	{"q", "quit"},
 }
 
-const shortHelp = "c create  s ssh  a attach  x stop  r restart  d delete  l logs  / filter  ? help  q quit"
+const shortHelp = "c:create s:ssh a:attach x:stop r:restart d:delete l:logs /:filter ?:help q:quit"
 
 // View renders the screen: never wider than the terminal, never taller.
 func (m Model) View() string {
@@ -397,7 +397,7 @@ func (m Model) opsView() []string {
 }
 
 func (m Model) imageTable(rows int) []string {
-	format := "%-2s%-16s %-14s %-8s %-3s %7s  %s"
+	format := "%-2s%-15s %-15s %-8s %-3s %7s  %s"
 	head := fmt.Sprintf(format, "", "IMAGE", "DISTRO", "STATE", "DEF", "SIZE", "FINGERPRINT")
 	out := []string{paneTitle(head, m.focus == paneImages)}
 	if len(m.images) == 0 {
@@ -424,7 +424,7 @@ func (m Model) imageTable(rows int) []string {
 		if i == m.imgSel && m.focus == paneImages {
 			marker = "> "
 		}
-		line := fmt.Sprintf(format, marker, cut(img.Name, 16), cut(distro, 14), img.State, def, shortBytes(img.SizeBytes), cut(img.Fingerprint, 12))
+		line := fmt.Sprintf(format, marker, cut(img.Name, 15), cut(distro, 15), img.State, def, shortBytes(img.SizeBytes), prefix(img.Fingerprint, 12))
 		if i == m.imgSel && m.focus == paneImages {
 			line = selStyle.Render(line)
 		}
@@ -438,6 +438,13 @@ func cut(s string, n int) string {
 		return s
 	}
 	return string([]rune(s)[:n-1]) + "…"
+}
+
+func prefix(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }
 
 func shortDuration(d time.Duration) string {
@@ -483,10 +490,9 @@ func cleanLines(s string) []string {
 		if i := strings.LastIndexByte(line, '\r'); i >= 0 {
 			line = line[i+1:]
 		}
+		line = strings.ReplaceAll(line, "\t", "    ")
 		line = strings.Map(func(r rune) rune {
 			switch {
-			case r == '\t':
-				return ' '
 			case r < 0x20 || r == 0x7f:
 				return -1
 			}
