@@ -56,7 +56,7 @@ func (m Model) View() string {
 		lines = m.downView(h)
 	case m.mode == modeForm:
 		lines = append([]string{m.header()}, m.form.view()...)
-		lines = append(fit(lines, h-1), m.statusLine())
+		lines = append(pad(fit(lines, h-1), h-1), m.statusLine())
 	default:
 		lines = m.mainView(h)
 	}
@@ -71,6 +71,15 @@ func (m Model) View() string {
 func fit(lines []string, n int) []string {
 	if len(lines) > n {
 		return lines[:max(n, 0)]
+	}
+	return lines
+}
+
+// pad fills lines up to n with empty ones, so the status line and the
+// help bar stay at the bottom of the screen.
+func pad(lines []string, n int) []string {
+	for len(lines) < n {
+		lines = append(lines, "")
 	}
 	return lines
 }
@@ -128,8 +137,7 @@ func (m Model) downView(h int) []string {
 	lines = append(lines, "",
 		fmt.Sprintf("Retrying automatically in %s (backoff up to %s).", wait, maxBackoff),
 		"Press r to retry now, q to quit.")
-	lines = fit(lines, h-2)
-	return append(lines, m.statusLine(), dimStyle.Render("r retry  q quit  ? help"))
+	return append(pad(fit(lines, h-2), h-2), m.statusLine(), dimStyle.Render("r retry  q quit  ? help"))
 }
 
 // mainView is the dashboard: VMs, the selected VM's detail, operations,
@@ -172,8 +180,7 @@ func (m Model) mainView(h int) []string {
 	lines = append(lines, fit(m.detailView(detailRows), detailRows)...)
 	lines = append(lines, fit(opLines, opRows)...)
 	lines = append(lines, m.imageTable(imgRows)...)
-	lines = fit(lines, h-2)
-	return append(lines, m.statusLine(), m.helpBar())
+	return append(pad(fit(lines, h-2), h-2), m.statusLine(), m.helpBar())
 }
 
 func paneTitle(s string, focused bool) string {
