@@ -100,16 +100,8 @@ func (d *Daemon) watchVMs(ctx context.Context, every time.Duration) {
 			// Nobody to tell: forget the snapshot, so a new watcher is
 			// not flooded with changes from before it came.
 			snap = nil
-		} else if vms, err := d.store.ListVMs(ctx); err == nil {
-			if snap != nil {
-				for _, c := range vmDiff(snap, vms) {
-					d.publishVM(ctx, c)
-				}
-			}
-			snap = make(map[string]store.VM, len(vms))
-			for _, vm := range vms {
-				snap[vm.ID] = vm
-			}
+		} else {
+			snap = d.vmWatchStep(ctx, snap)
 		}
 		select {
 		case <-ctx.Done():
@@ -117,6 +109,26 @@ func (d *Daemon) watchVMs(ctx context.Context, every time.Duration) {
 		case <-tick.C:
 		}
 	}
+}
+
+// vmWatchStep reads the VMs table, publishes what changed since snap
+// (nothing when snap is nil: the first look) and returns the new snapshot.
+func (d *Daemon) vmWatchStep(ctx context.Context, snap map[string]store.VM) map[string]store.VM {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		d.log.Debug("watch vms", "err", err)
+		return snap
+	}
+	if snap != nil {
+		for _, c := range vmDiff(snap, vms) {
+			d.publishVM(ctx, c)
+		}
+	}
+	next := make(map[string]store.VM, len(vms))
+	for _, vm := range vms {
+		next[vm.ID] = vm
+	}
+	return next
 }
 
 func (d *Daemon) publishVM(ctx context.Context, c vmChange) {

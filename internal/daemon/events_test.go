@@ -31,10 +31,8 @@ func nextEvent(t *testing.T, ch <-chan api.BusEvent, kind string) api.BusEvent {
 // TestVMEventsOnStateChanges changes a real store the way the lifecycle
 // code does and checks that a bus watcher hears of each change.
 func TestVMEventsOnStateChanges(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx := context.Background()
 	d := testDaemon(t, nil)
-	d.ops = newOperations(ctx, d.store, d.log)
 	img := store.Image{Name: "img", Dir: "/x"}
 	if err := d.store.CreateImage(ctx, &img); err != nil {
 		t.Fatal(err)
@@ -43,36 +41,53 @@ func TestVMEventsOnStateChanges(t *testing.T) {
 	defer stop()
 	other, stopOther := d.sessions.watch("someone-else")
 	defer stopOther()
-	go d.watchVMs(ctx, 20*time.Millisecond)
-	// Let the watcher take its first snapshot.
-	time.Sleep(100 * time.Millisecond)
+	snap := d.vmWatchStep(ctx, nil)
+	step := func() api.BusEvent {
+		t.Helper()
+		snap = d.vmWatchStep(ctx, snap)
+		select {
+		case ev := <-events:
+			if ev.Kind != api.EventVM {
+				t.Fatalf("event %+v", ev)
+			}
+			return ev
+		default:
+			t.Fatal("no event after a change")
+		}
+		return api.BusEvent{}
+	}
 
 	vm := store.VM{Name: "dev", ImageID: img.ID}
 	if err := d.store.CreateVM(ctx, &vm); err != nil {
 		t.Fatal(err)
 	}
-	ev := nextEvent(t, events, api.EventVM)
+	ev := step()
 	if ev.Change != api.VMCreated || ev.VM != "dev" || ev.VMInfo == nil || ev.VMInfo.State != api.VMCreating {
 		t.Fatalf("create: %+v", ev)
 	}
 	if err := d.store.SetVMState(ctx, vm.ID, api.VMRunning, ""); err != nil {
 		t.Fatal(err)
 	}
-	ev = nextEvent(t, events, api.EventVM)
+	ev = step()
 	if ev.Change != api.VMChanged || ev.VMInfo.State != api.VMRunning {
 		t.Fatalf("running: %+v", ev)
+	}
+	// A change of nothing the event is about: no event.
+	snap = d.vmWatchStep(ctx, snap)
+	if len(events) != 0 {
+		t.Fatalf("event without a change: %+v", <-events)
 	}
 	if err := d.store.SetVMState(ctx, vm.ID, api.VMStopped, "qemu exited"); err != nil {
 		t.Fatal(err)
 	}
-	ev = nextEvent(t, events, api.EventVM)
+	ev = step()
 	if ev.VMInfo.State != api.VMStopped || ev.VMInfo.LastError != "qemu exited" {
 		t.Fatalf("stopped: %+v", ev)
 	}
 	if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
 		t.Fatal(err)
 	}
-	ev = nextEvent(t, events, api.EventVM)
+	ev = step()
 	if ev.Change != api.VMDeleted || ev.VM != "dev" {
 		t.Fatalf("delete: %+v", ev)
 	}
@@ -80,6 +95,44 @@ func TestVMEventsOnStateChanges(t *testing.T) {
 	case ev := <-other:
 		t.Fatalf("a watcher of another VM got %+v", ev)
 	default:
+	}
+}
+
+// TestVMWatcherLoop runs the watcher goroutine as the daemon does and
+// flips a VM's state until an event arrives (the loop's first snapshot
+// may or may not include the first flip).
+func TestVMWatcherLoop(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := testDaemon(t, nil)
+	img := store.Image{Name: "img", Dir: "/x"}
+	if err := d.store.CreateImage(ctx, &img); err != nil {
+		t.Fatal(err)
+	}
+	vm := store.VM{Name: "dev", ImageID: img.ID}
+	if err := d.store.CreateVM(ctx, &vm); err != nil {
+		t.Fatal(err)
+	}
+	events, stop := d.sessions.watch("dev")
+	defer stop()
+	go d.watchVMs(ctx, 10*time.Millisecond)
+	deadline := time.Now().Add(10 * time.Second)
+	states := []string{api.VMRunning, api.VMStopped}
+	for i := 0; ; i++ {
+		if err := d.store.SetVMState(ctx, vm.ID, states[i%2], ""); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case ev := <-events:
+			if ev.Kind != api.EventVM || ev.VM != "dev" || ev.Change != api.VMChanged {
+				t.Fatalf("event %+v", ev)
+			}
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the watcher loop published nothing in 10s of state changes")
+		}
 	}
 }
 

@@ -65,30 +65,46 @@ func TestVMViewLiveStats(t *testing.T) {
 }
 
 // TestStatsSamplerDelta samples the test process around a busy loop: the
-// second figure is the CPU use between the two samples, and a sample
-// closer than minCPUWindow reuses the previous figure.
+// second figure is the CPU use between the two samples (checked against
+// /proc read just before and after each sample, so a loaded machine
+// cannot fail it), and a sample closer than minCPUWindow reuses the
+// previous figure.
 func TestStatsSamplerDelta(t *testing.T) {
 	pid := os.Getpid()
 	start, err := system.ProcStartTime(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ticks := func() uint64 {
+		u, err := system.ReadProcUsage(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u.CPUTicks
+	}
 	var s statsSampler
 	t0 := time.Now()
+	a0 := ticks()
 	if _, ok := s.sample(t0, pid, start); !ok {
 		t.Fatal("no sample of the test process")
 	}
+	a1 := ticks()
 	for time.Since(t0) < 1200*time.Millisecond {
 	}
 	t1 := time.Now()
+	b0 := ticks()
 	st, ok := s.sample(t1, pid, start)
 	if !ok {
 		t.Fatal("no second sample")
 	}
-	// One goroutine spun the whole window: close to one core. Allow for
-	// a shared, busy machine.
-	if st.cpuPercent < 30 || st.cpuPercent > 250 {
-		t.Errorf("cpu = %.1f%% over a busy loop, want about 100", st.cpuPercent)
+	b1 := ticks()
+	if b0 <= a1 {
+		t.Fatalf("a 1.2 s busy loop used no CPU ticks (%d -> %d)", a1, b0)
+	}
+	lo := cpuPercent(b0-a1, t1.Sub(t0)) - 0.1
+	hi := cpuPercent(b1-a0, t1.Sub(t0)) + 0.1
+	if st.cpuPercent < lo || st.cpuPercent > hi || st.cpuPercent <= 0 {
+		t.Errorf("cpu = %.1f%%, want %.1f..%.1f from /proc around the samples", st.cpuPercent, lo, hi)
 	}
 	again, _ := s.sample(t1.Add(10*time.Millisecond), pid, start)
 	if again.cpuPercent != st.cpuPercent {
