@@ -143,6 +143,41 @@ func TestTUIStopsVM(t *testing.T) {
 	x.waitFor("the filter", 10*time.Second, func(s string) bool {
 		return strings.Contains(s, fmt.Sprintf("filter %q", name)) && strings.HasPrefix(strings.TrimSpace(vmLine(s, name)), ">")
 	})
+
+	// s hands the terminal to ssh; exiting the shell brings the dashboard
+	// back with the still-running reminder and the agent's health.
+	x.send("s")
+	x.waitFor("a shell prompt over ssh", 60*time.Second, func(s string) bool {
+		return strings.Contains(s, "root@"+name)
+	})
+	x.send("-l", "echo tui-ssh-$((6*7))")
+	x.send("Enter")
+	x.waitFor("the command's output over ssh", 30*time.Second, func(s string) bool {
+		return strings.Contains(s, "tui-ssh-42")
+	})
+	x.send("-l", "exit")
+	x.send("Enter")
+	screen = x.waitFor("the still-running reminder", 60*time.Second, func(s string) bool {
+		return strings.Contains(s, "is still running") && strings.Contains(s, "agent: ok")
+	})
+	t.Logf("after ssh:\n%s", screen)
+
+	// a attaches the live session; Ctrl-P Ctrl-Q detaches back.
+	in.must(t, "vm", "session", "start", name, "--name", "ticker", "--pty", "--", "sh", "-c", "i=0; while :; do i=$((i+1)); echo tick-$i; sleep 1; done")
+	x.waitFor("the session in the dashboard", 60*time.Second, func(s string) bool {
+		return strings.Contains(s, "ticker") && strings.Contains(s, "running")
+	})
+	x.send("a")
+	x.waitFor("the session's output on the terminal", 60*time.Second, func(s string) bool {
+		return strings.Contains(s, "tick-") && !strings.Contains(s, "c:create")
+	})
+	x.send("C-p")
+	x.send("C-q")
+	screen = x.waitFor("the dashboard after a detach", 60*time.Second, func(s string) bool {
+		return strings.Contains(s, "back from session ticker") && strings.Contains(s, "c:create")
+	})
+	t.Logf("after attach:\n%s", screen)
+
 	x.send("x")
 	screen = x.waitFor(name+" stopped", 3*time.Minute, func(s string) bool {
 		return strings.Contains(vmLine(s, name), api.VMStopped)

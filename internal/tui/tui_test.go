@@ -442,6 +442,11 @@ func TestBusEvents(t *testing.T) {
 	h.send(busMsg{api.BusEvent{Kind: api.EventOperation, Operation: op, Stage: &api.Stage{Seq: 1, Name: "disk", State: api.OpSucceeded}}})
 	h.send(busMsg{api.BusEvent{Kind: api.EventOperation, Operation: op, Stage: &api.Stage{Seq: 2, Name: "boot", State: api.OpRunning}}})
 	h.contains("operations", "vm.create new 0s · 1 stages done · … boot")
+	// Select the VM being created: its detail lists the stages.
+	h.keys("/")
+	h.typeText("new")
+	h.keys("enter")
+	h.contains("✓ disk", "⠋ boot")
 	fin := t0
 	final := api.Operation{ID: "op9", Kind: "vm.create", Target: "new", State: api.OpFailed, Error: "boot timed out", CreatedAt: t0, FinishedAt: &fin,
 		Stages: []api.Stage{{Seq: 1, Name: "disk", State: api.OpSucceeded}, {Seq: 2, Name: "boot", State: api.OpFailed, Error: "boot timed out"}}}

@@ -283,6 +283,19 @@ func (m Model) detailView(rows int) []string {
 		agent += " · last error: " + vm.LastError
 	}
 	out = append(out, "  "+agent)
+	// An operation on this VM (its create, a workspace prepare) lists its
+	// stages the way the CLI prints them.
+	for _, v := range m.ops {
+		if v.op.Target != vm.Name {
+			continue
+		}
+		for _, st := range v.op.Stages {
+			if len(out) >= rows-1 {
+				break
+			}
+			out = append(out, "  "+stageLine(st, m.spinner.View()))
+		}
+	}
 	// Sessions take up to half of what is left; the console tail the rest.
 	left := rows - len(out)
 	sessRows := 0
@@ -323,6 +336,21 @@ func (m Model) detailView(rows int) []string {
 		}
 	}
 	return out
+}
+
+// stageLine is one stage as `banger vm create` prints it.
+func stageLine(s api.Stage, spin string) string {
+	took := ""
+	if s.FinishedAt != nil {
+		took = s.FinishedAt.Sub(s.StartedAt).Round(100 * time.Millisecond).String()
+	}
+	switch s.State {
+	case api.OpRunning:
+		return spin + " " + s.Name
+	case api.OpSucceeded:
+		return okStyle.Render("✓") + fmt.Sprintf(" %-12s %s", s.Name, took)
+	}
+	return errStyle.Render("✗") + fmt.Sprintf(" %-12s %s: %s", s.Name, took, s.Error)
 }
 
 func agentLine(h *api.Health, errText string) string {
