@@ -76,7 +76,10 @@ func Run(ctx context.Context, o Options) error {
 		}
 		o.Exe = exe
 	}
-	m := New(ctx, o.Backend)
+	// Not the CLI's interrupt context: bubbletea handles SIGINT and
+	// SIGTERM itself, and ignores them while a child has the terminal,
+	// where the CLI's context would end the dashboard under it.
+	m := New(context.WithoutCancel(ctx), o.Backend)
 	m.handoff = func(args ...string) *exec.Cmd {
 		argv := args
 		if o.Socket != "" {
@@ -84,9 +87,9 @@ func Run(ctx context.Context, o Options) error {
 		}
 		return exec.Command(o.Exe, argv...)
 	}
-	p := tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx))
+	p := tea.NewProgram(m, tea.WithAltScreen())
 	_, err := p.Run()
-	if errors.Is(err, tea.ErrProgramKilled) && ctx.Err() != nil {
+	if errors.Is(err, tea.ErrInterrupted) {
 		return nil
 	}
 	return err

@@ -555,6 +555,9 @@ func (m Model) handoffTo(kind, vm, session string, args ...string) tea.Cmd {
 			return handoffDoneMsg{kind: kind, vm: vm, session: session, err: errors.New("no terminal to hand over")}
 		}
 	}
+	// bubbletea ignores SIGINT while the child has the terminal: a
+	// Ctrl-C then is the child's (ssh forwards it, a pipe-mode attach
+	// detaches), not a reason for the dashboard to end.
 	return tea.ExecProcess(m.handoff(args...), func(err error) tea.Msg {
 		return handoffDoneMsg{kind: kind, vm: vm, session: session, err: err}
 	})
