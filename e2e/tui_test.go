@@ -221,3 +221,39 @@ func TestTUIStopsVM(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestTUIDaemonDown starts the dashboard before its daemon: it says the
+// daemon is not reachable, finds it by itself once it listens, and says
+// so again when it goes away.
+func TestTUIDaemonDown(t *testing.T) {
+	requireVM(t)
+	home, err := os.MkdirTemp("/tmp", "bge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &instance{t: t, home: home}
+	t.Cleanup(func() { os.RemoveAll(home) })
+
+	x := tmux{t: t, socket: fmt.Sprintf("banger-e2e-down-%d", os.Getpid()), sess: "tui"}
+	start := exec.Command("tmux", "-L", x.socket, "new-session", "-d", "-x", "80", "-y", "24", "-s", x.sess,
+		"env", "BANGER_HOME="+home, bangerBin, "tui")
+	start.Env = append(in.env(), "TERM=xterm-256color")
+	if out, err := start.CombinedOutput(); err != nil {
+		t.Fatalf("tmux new-session: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _, _ = x.run("kill-server") })
+
+	x.waitFor("the daemon-down message", 20*time.Second, func(s string) bool {
+		return strings.Contains(s, "not reachable") && strings.Contains(s, "Retrying automatically")
+	})
+	in.startDaemon()
+	screen := x.waitFor("the dashboard once the daemon listens", 60*time.Second, func(s string) bool {
+		return strings.Contains(s, "no VMs yet") && strings.Contains(s, "daemon is back")
+	})
+	t.Logf("daemon up:\n%s", screen)
+	in.stopDaemon()
+	x.waitFor("the daemon-down message again", 20*time.Second, func(s string) bool {
+		return strings.Contains(s, "not reachable")
+	})
+	x.send("q")
+}
