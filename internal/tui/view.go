@@ -194,7 +194,7 @@ func paneTitle(s string, focused bool) string {
 // the selection is visible.
 func (m Model) vmTable(vis []api.VM, rows int) []string {
 	nameW := clamp(m.width-66, 8, 31)
-	format := "%-2s%-" + fmt.Sprint(nameW) + "s %-8s %-5s %-9s %-11s %5s %5s %5s %3s"
+	format := "%-2s%-" + fmt.Sprint(nameW) + "s %-8s %-5s %-12s %-11s %5s %5s %5s %3s"
 	head := fmt.Sprintf(format, "", "NAME", "STATE", "VMM", "IMAGE", "ADDRESS", "UP", "CPU%", "RSS", "SES")
 	out := []string{paneTitle(strings.TrimRight(head, " "), m.focus == paneVMs)}
 	if !m.loaded {
@@ -226,7 +226,7 @@ func (m Model) vmTable(vis []api.VM, rows int) []string {
 		if i == sel {
 			marker = "> "
 		}
-		line := fmt.Sprintf(format, marker, cut(vm.Name, nameW), vm.State, cut(vm.VMM, 5), cut(vm.Image, 9), address(vm), up, cpu, rss, ses)
+		line := fmt.Sprintf(format, marker, cut(vm.Name, nameW), vm.State, cut(vm.VMM, 5), cut(vm.Image, 12), address(vm), up, cpu, rss, ses)
 		line = strings.TrimRight(line, " ")
 		switch {
 		case i == sel && m.focus == paneVMs:
