@@ -276,6 +276,22 @@ func TestFilter(t *testing.T) {
 	}
 }
 
+// TestKeysInOneRead sends what a fast typist (or tmux send-keys) can
+// deliver in one read: "/bu" as one message must still open the filter
+// and type "bu" into it.
+func TestKeysInOneRead(t *testing.T) {
+	h := newHarness(t, fixture(), 80, 24)
+	h.send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("/bu")})
+	h.keys("enter")
+	if h.m.filter != "bu" || h.m.selName != "build" {
+		t.Fatalf("filter %q, selected %q", h.m.filter, h.m.selName)
+	}
+	h.send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("dn")})
+	if h.m.mode != modeNormal || len(h.f.deleted) != 0 {
+		t.Fatalf("d then n: mode %d, deleted %v", h.m.mode, h.f.deleted)
+	}
+}
+
 func TestCreateForm(t *testing.T) {
 	f := fixture()
 	h := newHarness(t, f, 80, 24)

@@ -354,6 +354,19 @@ func (m *Model) setErr(s string)    { m.status, m.statusErr = s, true }
 
 // key handles a key press in the current mode.
 func (m Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
+	// Keys typed faster than the terminal is read arrive as one message
+	// ("/dev" then enter); each is a key of its own here, in order, so
+	// that "/" switches to the filter before "dev" is typed into it.
+	if k.Type == tea.KeyRunes && len(k.Runes) > 1 && !k.Paste {
+		var cmds []tea.Cmd
+		var next tea.Model = m
+		for _, r := range k.Runes {
+			var cmd tea.Cmd
+			next, cmd = next.(Model).key(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}, Alt: k.Alt})
+			cmds = append(cmds, cmd)
+		}
+		return next, tea.Batch(cmds...)
+	}
 	if k.String() == "ctrl+c" {
 		return m, m.quit()
 	}
