@@ -60,7 +60,7 @@ func checkHost() string {
 	if os.Geteuid() != 0 {
 		return "the end-to-end suite needs root (image build bootstraps a rootfs)"
 	}
-	for _, tool := range []string{"qemu-system-x86_64", "qemu-img", "mkfs.ext4", "mmdebstrap", "lz4", "ssh"} {
+	for _, tool := range []string{"qemu-system-x86_64", "qemu-img", "mkfs.ext4", "mmdebstrap", "lz4", "ssh", "tmux"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return tool + " is not installed (run `make deps`)"
 		}

@@ -126,6 +126,15 @@ type VM struct {
 	// AuthSynced names the auth files copied into the VM at its last boot
 	// (paths relative to /root; never contents).
 	AuthSynced []string `json:"auth_synced,omitempty"`
+	// Live figures of the VMM process, read from /proc when the VM is
+	// read (absent when it is not running). CPUPercent is host CPU over
+	// the time since the daemon's previous sample of the same process
+	// (100 = one core busy); the first sample averages since the start.
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	CPUPercent float64    `json:"cpu_percent,omitempty"`
+	RSSBytes   int64      `json:"rss_bytes,omitempty"`
+	// LiveSessions counts the sessions the daemon believes are running.
+	LiveSessions int `json:"live_sessions,omitempty"`
 }
 
 // Port is a guest port forwarded to 127.0.0.1 on the host.

@@ -139,14 +139,25 @@ const (
 
 // BusEvent is one line of the daemon's GET /v1/events stream (NDJSON):
 // something changed that a dashboard or an orchestrator may want to
-// know without polling. Kind says which field is set; today only
-// sessions are published (EventSession).
+// know without polling. Kind says which fields are set.
 type BusEvent struct {
 	Time time.Time `json:"time"`
 	Kind string    `json:"kind"`
-	// VM is the name of the VM the event is about.
+	// VM is the name of the VM the event is about (for operations: the
+	// target of a VM or workspace operation).
 	VM      string   `json:"vm,omitempty"`
 	Session *Session `json:"session,omitempty"`
+	// Change says what happened to a VM (VMCreated, VMChanged,
+	// VMDeleted); VMInfo is the VM as it is now (as it was, for a
+	// deleted one).
+	Change string `json:"change,omitempty"`
+	VMInfo *VM    `json:"vm_info,omitempty"`
+	// Operation is the operation of an EventOperation (without stages
+	// while it runs; the final record when Done); Stage the stage that
+	// started or finished, if that is the news.
+	Operation *Operation `json:"operation,omitempty"`
+	Stage     *Stage     `json:"stage,omitempty"`
+	Done      bool       `json:"done,omitempty"`
 }
 
 // Event kinds of BusEvent.
@@ -154,4 +165,17 @@ const (
 	// EventSession: a session appeared or its state changed; Session is
 	// the new metadata (as the daemon last saw it).
 	EventSession = "session"
+	// EventVM: a VM was created, deleted, or its state, pid or last
+	// error changed.
+	EventVM = "vm"
+	// EventOperation: an operation started, one of its stages started or
+	// finished, or it finished (Done).
+	EventOperation = "operation"
+)
+
+// Values of BusEvent.Change.
+const (
+	VMCreated = "created"
+	VMChanged = "changed"
+	VMDeleted = "deleted"
 )

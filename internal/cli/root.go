@@ -131,6 +131,7 @@ func newRoot(g *globals) *cobra.Command {
 	root.AddCommand(
 		newVersionCmd(g), newDoctorCmd(g), newDaemonCmd(g),
 		newVMCmd(g), newImageCmd(g), newOpCmd(g),
+		newEventsCmd(g), newTUICmd(g),
 	)
 	return root
 }

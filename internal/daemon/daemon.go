@@ -72,6 +72,10 @@ type Daemon struct {
 	// serialises its changes, since each rewrites the NAT table.
 	net   *network.Manager
 	netMu sync.Mutex
+
+	// stats keeps the last CPU sample per VMM process (stats.go).
+	stats       statsSampler
+	vmWatchOnce sync.Once
 }
 
 // New opens the state, re-adopts VMs and returns a daemon ready to Serve.
@@ -105,6 +109,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.ops = newOperations(ctx, st, d.log.With("component", "ops"))
+	d.ops.bus = d.sessions.publish
 	if _, err := st.FailDanglingOperations(ctx); err != nil {
 		return nil, fmt.Errorf("close operations of a previous daemon: %w", err)
 	}

@@ -45,6 +45,10 @@ type operations struct {
 	running  sync.WaitGroup
 	// base is cancelled when the daemon shuts down.
 	base context.Context
+	// bus, when set, also gets every event (the daemon's GET /v1/events);
+	// meta names the running operations for it.
+	bus  func(api.BusEvent)
+	meta map[string][2]string
 }
 
 func newOperations(base context.Context, st *store.Store, log *slog.Logger) *operations {
@@ -63,6 +67,16 @@ func (o *operations) start(ctx context.Context, kind, target string, fn opFunc) 
 	op := store.Operation{ID: id, Kind: kind, Target: target, State: api.OpRunning, CreatedAt: time.Now().UTC()}
 	if err := o.store.CreateOperation(ctx, &op); err != nil {
 		return "", fmt.Errorf("record operation: %w", err)
+	}
+	o.mu.Lock()
+	if o.meta == nil {
+		o.meta = map[string][2]string{}
+	}
+	o.meta[id] = [2]string{kind, target}
+	bus := o.bus
+	o.mu.Unlock()
+	if bus != nil {
+		bus(opBusEvent(id, kind, target, api.Event{}))
 	}
 	o.running.Add(1)
 	go func() {
@@ -208,6 +222,9 @@ func (o *operations) watch(ctx context.Context, id string) (<-chan api.Event, fu
 func (o *operations) publish(id string, ev api.Event) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if m, ok := o.meta[id]; ok && o.bus != nil {
+		o.bus(opBusEvent(id, m[0], m[1], ev))
+	}
 	for _, ch := range o.watchers[id] {
 		select {
 		case ch <- ev:
@@ -241,4 +258,5 @@ func (o *operations) closeWatchers(id string) {
 		close(ch)
 	}
 	delete(o.watchers, id)
+	delete(o.meta, id)
 }

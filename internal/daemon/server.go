@@ -168,6 +168,7 @@ func (d *Daemon) vmView(ctx context.Context, vm store.VM) api.VM {
 			out.Ports = append(out.Ports, api.Port{HostPort: p.Port, GuestPort: p.GuestPort})
 		}
 	}
+	d.addLiveStats(&out, vm)
 	return out
 }
 

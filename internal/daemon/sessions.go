@@ -150,18 +150,7 @@ func (t *sessionTracker) put(vs *vmSessions, s api.Session) {
 	if ok && old.State == s.State && old.PID == s.PID {
 		return
 	}
-	ev := api.BusEvent{Time: time.Now().UTC(), Kind: api.EventSession, VM: vs.name, Session: &s}
-	for ch, filter := range t.watchers {
-		if filter != "" && filter != vs.name {
-			continue
-		}
-		select {
-		case ch <- ev:
-		default:
-			// A watcher that stopped reading loses events; it can always
-			// list the sessions again.
-		}
-	}
+	t.fanout(api.BusEvent{Time: time.Now().UTC(), Kind: api.EventSession, VM: vs.name, Session: &s})
 }
 
 // remembered returns the sessions the daemon knows for vm, oldest first.
@@ -570,6 +559,7 @@ func (l *lazyWriter) Write(p []byte) (int, error) {
 // ?vm=NAME limits it to one VM.
 func (d *Daemon) handleEvents(w http.ResponseWriter, r *http.Request) {
 	d.startSessionPoller()
+	d.startVMWatcher()
 	filter := r.URL.Query().Get("vm")
 	if filter != "" {
 		if _, err := d.getVM(r.Context(), filter); err != nil {

@@ -1,0 +1,158 @@
+package daemon
+
+// The event bus (GET /v1/events) carries three kinds of news: sessions
+// (sessions.go), VMs and operations (here).
+//
+// VM events come from watching the VMs table rather than from hooks in
+// every lifecycle path: whatever changes a VM (create, start, stop,
+// delete, a crash found by reconcile, code added later) goes through the
+// store, so a diff of the table cannot miss a path. The table is read
+// every vmWatchInterval, only while someone watches the bus; that is a
+// local SQLite read of a few rows, and no guest or VMM is touched.
+// Operation events are pushed by the operations runner as they happen.
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/store"
+)
+
+// vmWatchInterval bounds how late a VM event is.
+const vmWatchInterval = 300 * time.Millisecond
+
+// publish sends ev to every watcher whose filter matches.
+func (t *sessionTracker) publish(ev api.BusEvent) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.fanout(ev)
+}
+
+// fanout is publish for callers that hold t.mu.
+func (t *sessionTracker) fanout(ev api.BusEvent) {
+	for ch, filter := range t.watchers {
+		if filter != "" && filter != ev.VM {
+			continue
+		}
+		select {
+		case ch <- ev:
+		default:
+			// A watcher that stopped reading loses events; it can always
+			// list again.
+		}
+	}
+}
+
+// vmKey is what a VM event is about: a change in any of these fields.
+type vmKey struct {
+	name, state, lastError string
+	pid                    int
+}
+
+func keyOf(vm store.VM) vmKey {
+	return vmKey{name: vm.Name, state: vm.State, lastError: vm.LastError, pid: vm.PID}
+}
+
+// vmDiff compares two snapshots of the VMs table and returns the events
+// that turn before into after, in a stable order (created and changed in
+// table order, then deleted).
+func vmDiff(before map[string]store.VM, after []store.VM) []vmChange {
+	var out []vmChange
+	seen := map[string]bool{}
+	for _, vm := range after {
+		seen[vm.ID] = true
+		old, ok := before[vm.ID]
+		switch {
+		case !ok:
+			out = append(out, vmChange{api.VMCreated, vm})
+		case keyOf(old) != keyOf(vm):
+			out = append(out, vmChange{api.VMChanged, vm})
+		}
+	}
+	for id, vm := range before {
+		if !seen[id] {
+			out = append(out, vmChange{api.VMDeleted, vm})
+		}
+	}
+	return out
+}
+
+type vmChange struct {
+	change string
+	vm     store.VM
+}
+
+// startVMWatcher starts the VM table watcher once per daemon.
+func (d *Daemon) startVMWatcher() {
+	d.vmWatchOnce.Do(func() {
+		go d.watchVMs(d.ops.base, vmWatchInterval)
+	})
+}
+
+func (d *Daemon) watchVMs(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	var snap map[string]store.VM
+	for {
+		if !d.sessions.watched() {
+			// Nobody to tell: forget the snapshot, so a new watcher is
+			// not flooded with changes from before it came.
+			snap = nil
+		} else {
+			snap = d.vmWatchStep(ctx, snap)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// vmWatchStep reads the VMs table, publishes what changed since snap
+// (nothing when snap is nil: the first look) and returns the new snapshot.
+func (d *Daemon) vmWatchStep(ctx context.Context, snap map[string]store.VM) map[string]store.VM {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		d.log.Debug("watch vms", "err", err)
+		return snap
+	}
+	if snap != nil {
+		for _, c := range vmDiff(snap, vms) {
+			d.publishVM(ctx, c)
+		}
+	}
+	next := make(map[string]store.VM, len(vms))
+	for _, vm := range vms {
+		next[vm.ID] = vm
+	}
+	return next
+}
+
+func (d *Daemon) publishVM(ctx context.Context, c vmChange) {
+	var view api.VM
+	if c.change == api.VMDeleted {
+		view = api.VM{ID: c.vm.ID, Name: c.vm.Name, State: c.vm.State, VMM: c.vm.VMM}
+	} else {
+		view = d.vmView(ctx, c.vm)
+	}
+	d.sessions.publish(api.BusEvent{Time: time.Now().UTC(), Kind: api.EventVM, VM: c.vm.Name, Change: c.change, VMInfo: &view})
+}
+
+// opBusEvent turns an operation event into a bus event. Operations on a
+// VM (vm.*, workspace.prepare) carry the VM's name, so `events --vm`
+// shows them.
+func opBusEvent(id, kind, target string, ev api.Event) api.BusEvent {
+	be := api.BusEvent{Time: time.Now().UTC(), Kind: api.EventOperation, Stage: ev.Stage, Done: ev.Done}
+	if ev.Operation != nil {
+		be.Operation = ev.Operation
+	} else {
+		be.Operation = &api.Operation{ID: id, Kind: kind, Target: target, State: api.OpRunning}
+	}
+	if strings.HasPrefix(kind, "vm.") || kind == store.OpKindWorkspacePrepare {
+		be.VM = target
+	}
+	return be
+}
