@@ -239,9 +239,12 @@ func (m Model) vmTable(vis []api.VM, rows int) []string {
 	return out
 }
 
-// address is where the VM answers on the host: its SSH forward, and how
-// many more ports are forwarded.
+// address is where the VM answers on the host: its own address in tap
+// mode, else its SSH forward and how many more ports are forwarded.
 func address(vm api.VM) string {
+	if vm.Address != "" {
+		return vm.Address
+	}
 	if vm.SSHPort == 0 {
 		return "-"
 	}
