@@ -26,6 +26,7 @@ import (
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/tarx"
+	"github.com/bangerdev/banger/internal/vmm"
 )
 
 // deriveRecipe versions how a derived image is made; bump it when the
@@ -188,17 +189,11 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 		}
 		d.politePoweroff(ctx, vm)
 		d.dropAgent(vm.ID)
-		drv := d.driverFor(vm)
-		deadline := time.Now().Add(3 * time.Minute)
-		for drv.Alive(proc) {
-			if time.Now().After(deadline) {
-				return fmt.Errorf("the provisioning VM did not power off within 3m; its disk is not used")
-			}
-			select {
-			case <-ctx.Done():
+		if !vmm.WaitGone(ctx, d.driverFor(vm).Alive, proc, 3*time.Minute) {
+			if ctx.Err() != nil {
 				return ctx.Err()
-			case <-time.After(200 * time.Millisecond):
 			}
+			return fmt.Errorf("the provisioning VM did not power off within 3m; its disk is not used")
 		}
 		return nil
 	})

@@ -96,3 +96,20 @@ type Driver interface {
 	// DialAgent connects to the host end of the guest agent's channel.
 	DialAgent(ctx context.Context, dir string) (net.Conn, error)
 }
+
+// WaitGone polls alive until p has exited, timeout passes or ctx ends,
+// and says whether p is gone.
+func WaitGone(ctx context.Context, alive func(Process) bool, p Process, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if !alive(p) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return !alive(p)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return !alive(p)
+}

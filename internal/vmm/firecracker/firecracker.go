@@ -442,18 +442,7 @@ func (d *Driver) Stop(ctx context.Context, dir string, p vmm.Process, force bool
 }
 
 func waitGone(ctx context.Context, d *Driver, p vmm.Process, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if !d.Alive(p) {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return !d.Alive(p)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	return !d.Alive(p)
+	return vmm.WaitGone(ctx, d.Alive, p, timeout)
 }
 
 // Remove implements vmm.Remover: a jailed VM's chroot and cgroup go with
