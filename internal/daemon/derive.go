@@ -181,19 +181,20 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 		return fail(err)
 	}
 	err = stage("shutdown", func(ctx context.Context) error {
-		// The root disk becomes the image, so it must be cleanly
-		// unmounted: flush, power off from inside, and wait for the VMM
-		// to exit on its own. A VM that has to be killed fails the build.
-		if err := d.guestRun(ctx, vm.ID, io.Discard, "sync"); err != nil {
-			return fmt.Errorf("sync the provisioning VM: %w", err)
+		// The root disk becomes the image, so it must be consistent on
+		// disk: flush, have the kernel remount every filesystem read-only
+		// (SysRq u) and check it did, then power off. Once / is read-only
+		// a VMM that does not exit by itself can be killed safely.
+		if err := d.guestRun(ctx, vm.ID, io.Discard, "sh", "-c", freezeRootScript); err != nil {
+			return fmt.Errorf("make the provisioning VM's root read-only: %w", err)
 		}
 		d.politePoweroff(ctx, vm)
 		d.dropAgent(vm.ID)
-		if !vmm.WaitGone(ctx, d.driverFor(vm).Alive, proc, 3*time.Minute) {
-			if ctx.Err() != nil {
-				return ctx.Err()
+		drv := d.driverFor(vm)
+		if !vmm.WaitGone(ctx, drv.Alive, proc, 30*time.Second) {
+			if err := drv.Stop(ctx, vm.Dir, proc, true, 0); err != nil {
+				return fmt.Errorf("stop the provisioning VM: %w", err)
 			}
-			return fmt.Errorf("the provisioning VM did not power off within 3m; its disk is not used")
 		}
 		return nil
 	})
@@ -241,6 +242,16 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 	ok = true
 	return img, nil
 }
+
+// freezeRootScript syncs, asks the kernel to remount all filesystems
+// read-only (the emergency remount flushes the journal and marks them
+// clean) and waits until / shows ro.
+const freezeRootScript = `sync; echo u > /proc/sysrq-trigger
+for i in $(seq 1 300); do
+  awk '$2=="/"{o=$4} END{exit o !~ /^ro/}' /proc/mounts && exit 0
+  sleep 0.1
+done
+echo "/ is still read-write" >&2; exit 1`
 
 // runProvision runs script as root in the guest over SSH, with its output
 // streamed to out. The host key is the one banger generated for this VM,
