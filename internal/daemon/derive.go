@@ -188,10 +188,15 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 		if err := d.guestRun(ctx, vm.ID, io.Discard, "sh", "-c", freezeRootScript); err != nil {
 			return fmt.Errorf("make the provisioning VM's root read-only: %w", err)
 		}
-		d.politePoweroff(ctx, vm)
+		// Not politePoweroff: that looks the VM up by name, and this one
+		// has no record.
+		if err := d.guestRun(ctx, vm.ID, io.Discard, "systemctl", "poweroff", "--no-block"); err != nil {
+			d.log.Warn("provisioning VM: poweroff request failed", "err", err)
+		}
 		d.dropAgent(vm.ID)
 		drv := d.driverFor(vm)
-		if !vmm.WaitGone(ctx, drv.Alive, proc, 30*time.Second) {
+		if !vmm.WaitGone(ctx, drv.Alive, proc, 60*time.Second) {
+			d.log.Warn("provisioning VM did not power off within 60s; stopping it (its root is read-only)")
 			if err := drv.Stop(ctx, vm.Dir, proc, true, 0); err != nil {
 				return fmt.Errorf("stop the provisioning VM: %w", err)
 			}
