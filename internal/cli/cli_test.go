@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -71,5 +72,26 @@ func TestSocketFromHome(t *testing.T) {
 	g := &globals{}
 	if got := g.client().Socket(); got != filepath.Join(home, "banger.sock") {
 		t.Fatalf("socket %s", got)
+	}
+}
+
+func TestReadProvisionScript(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(body), 0o644)
+		return p
+	}
+	if s, err := readProvisionScript(write("ok.sh", "apt-get install -y htop\n")); err != nil || s != "apt-get install -y htop\n" {
+		t.Fatalf("good script: %q %v", s, err)
+	}
+	for path, want := range map[string]string{
+		write("empty.sh", " \n\t\n"):     "is empty",
+		write("bin.sh", "ELF\x00\x01"):   "is not text",
+		filepath.Join(dir, "missing.sh"): "no such file",
+	} {
+		if _, err := readProvisionScript(path); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want %q", filepath.Base(path), err, want)
+		}
 	}
 }

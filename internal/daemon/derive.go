@@ -20,7 +20,6 @@ import (
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/image"
-	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/sshkeys"
 	"github.com/bangerdev/banger/internal/store"
@@ -345,21 +344,15 @@ func dialSSH(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Clie
 	return ssh.NewClient(c, chans, reqs), nil
 }
 
-// guestRun runs argv through the guest agent with stdout to out.
+// guestRun runs argv in a throwaway VM through its agent, stdout to out;
+// a non-zero exit is an error carrying the command's stderr.
 func (d *Daemon) guestRun(ctx context.Context, vmID string, out io.Writer, argv ...string) error {
-	d.mu.Lock()
-	c := d.agents[vmID]
-	d.mu.Unlock()
+	c := d.cachedAgent(vmID)
 	if c == nil {
 		return fmt.Errorf("no agent connection")
 	}
-	conn, err := c.Exec(ctx, api.ExecRequest{Argv: argv})
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
 	var stderr bytes.Buffer
-	st, err := mux.RunExec(ctx, conn, nil, out, &stderr, nil, nil)
+	st, err := guestExec(ctx, c, api.ExecRequest{Argv: argv}, out, &stderr)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +13,6 @@ import (
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/image"
-	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/sshkeys"
 	"github.com/bangerdev/banger/internal/store"
@@ -278,16 +276,9 @@ func (d *Daemon) verifyImage(ctx context.Context, imgDir string, meta image.Meta
 		return err
 	}
 	defer d.dropAgent(vm.ID)
-	d.mu.Lock()
-	c := d.agents[vm.ID]
-	d.mu.Unlock()
-	conn, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"sh", "-c", "uname -r; systemctl is-active ssh"}})
-	if err != nil {
-		return fmt.Errorf("exec in verify VM: %w", err)
-	}
-	defer conn.Close()
+	c := d.cachedAgent(vm.ID)
 	var out strings.Builder
-	st, err := mux.RunExec(ctx, conn, nil, &out, io.Discard, nil, nil)
+	st, err := guestExec(ctx, c, api.ExecRequest{Argv: []string{"sh", "-c", "uname -r; systemctl is-active ssh"}}, &out, nil)
 	if err != nil {
 		return fmt.Errorf("exec in verify VM: %w", err)
 	}
@@ -315,13 +306,9 @@ done
 echo "opencode :4096 did not answer"; systemctl --no-pager status opencode | tail -n 5; exit 1`
 
 func verifyAgents(ctx context.Context, c *agentclient.Client) error {
-	conn, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"bash", "-c", agentChecks}, Env: map[string]string{"HOME": "/root", "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}})
-	if err != nil {
-		return fmt.Errorf("exec in verify VM: %w", err)
-	}
-	defer conn.Close()
 	var out strings.Builder
-	st, err := mux.RunExec(ctx, conn, nil, &out, &out, nil, nil)
+	req := api.ExecRequest{Argv: []string{"bash", "-c", agentChecks}, Env: map[string]string{"HOME": "/root", "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}}
+	st, err := guestExec(ctx, c, req, &out, &out)
 	if err != nil {
 		return fmt.Errorf("exec in verify VM: %w", err)
 	}

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"time"
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/config"
-	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/vmm"
 )
@@ -145,15 +143,9 @@ func (d *Daemon) politePoweroff(ctx context.Context, vm store.VM) {
 		d.log.Warn("polite poweroff: agent unreachable", "vm", vm.Name, "err", err)
 		return
 	}
-	conn, err := c.Exec(actx, api.ExecRequest{Argv: []string{"systemctl", "poweroff", "--no-block"}})
-	if err != nil {
-		d.log.Warn("polite poweroff failed", "vm", vm.Name, "err", err)
-		return
-	}
-	defer conn.Close()
 	// Wait for systemctl to return: closing the stream early would make
 	// the agent kill it before it queued the poweroff job.
-	if st, err := mux.RunExec(actx, conn, nil, io.Discard, io.Discard, nil, nil); err != nil || st.Code != 0 {
+	if st, err := guestExec(actx, c, api.ExecRequest{Argv: []string{"systemctl", "poweroff", "--no-block"}}, nil, nil); err != nil || st.Code != 0 {
 		d.log.Warn("polite poweroff failed", "vm", vm.Name, "err", err, "code", st.Code)
 	}
 }

@@ -339,12 +339,7 @@ func (d *Daemon) handleStartSession(w http.ResponseWriter, r *http.Request) {
 func guestIsDir(ctx context.Context, c *agentclient.Client, dir string) bool {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	conn, err := c.Exec(ctx, api.ExecRequest{Argv: []string{"test", "-d", dir}})
-	if err != nil {
-		return false
-	}
-	defer conn.Close()
-	st, err := mux.RunExec(ctx, conn, nil, nil, nil, nil, nil)
+	st, err := guestExec(ctx, c, api.ExecRequest{Argv: []string{"test", "-d", dir}}, nil, nil)
 	return err == nil && st.Code == 0
 }
 

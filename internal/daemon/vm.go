@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/image"
+	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/sshkeys"
 	"github.com/bangerdev/banger/internal/store"
@@ -650,6 +652,17 @@ func (d *Daemon) cachedAgent(vmID string) *agentclient.Client {
 		return c
 	}
 	return nil
+}
+
+// guestExec runs req through agent c without stdin, its output to stdout
+// and stderr (nil discards), and returns how it exited.
+func guestExec(ctx context.Context, c *agentclient.Client, req api.ExecRequest, stdout, stderr io.Writer) (api.ExitStatus, error) {
+	conn, err := c.Exec(ctx, req)
+	if err != nil {
+		return api.ExitStatus{}, err
+	}
+	defer conn.Close()
+	return mux.RunExec(ctx, conn, nil, stdout, stderr, nil, nil)
 }
 
 func (d *Daemon) lockAgentDial(vmID string) func() {
