@@ -90,7 +90,8 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 	}
 	defer logf.Close()
 	fail := func(err error) (store.Image, error) {
-		if _, isOp := err.(*opError); isOp {
+		var oe *opError
+		if errors.As(err, &oe) {
 			return store.Image{}, err
 		}
 		return store.Image{}, &opError{err: err, consoleTail: system.TailFile(logf.Name(), 3000), hint: "the build log is " + logf.Name()}

@@ -330,9 +330,11 @@ func (d *Daemon) waitOpencode(ctx context.Context, vm store.VM) error {
 	}
 }
 
-// boot is bootOnce, retried once when the guest hung before systemd
-// started: under TCG about one boot in ten stalls in early kernel init
-// and the next identical boot is fine (FACTS.md, "TCG boots can hang").
+// boot is bootOnce, retried once when the agent never answered: under
+// TCG about one boot in ten stalls in early kernel init and the next
+// identical boot is fine (FACTS.md, "TCG boots can hang"). The console is
+// quiet on a good boot too, so a hang is told apart only from a boot
+// whose console shows systemd at work (that one failed, it did not hang).
 func (d *Daemon) boot(ctx context.Context, vm *store.VM, img store.Image, stage stageFunc, undo *cleanup, persist, jailer bool) (vmm.Process, error) {
 	proc, err := d.bootOnce(ctx, vm, img, stage, undo, persist, jailer)
 	if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), "did not answer within") {
