@@ -68,6 +68,7 @@ func run(args []string, stderr io.Writer) int {
 		if opts.Root != "/" {
 			// Only the real root gets the kernel host name too.
 			opts.SetHostname = nil
+			opts.ReloadSystemd = nil
 		}
 		opts.Log = log
 		if err := agent.Init(opts); err != nil {

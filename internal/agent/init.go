@@ -37,16 +37,20 @@ type InitOptions struct {
 	// SetHostname sets the kernel host name; nil skips it (tests must not
 	// rename the machine they run on).
 	SetHostname func(name string) error
-	Log         *slog.Logger
+	// ReloadSystemd runs `systemctl daemon-reload`; nil skips it (tests,
+	// and any root other than "/").
+	ReloadSystemd func() error
+	Log           *slog.Logger
 }
 
 // DefaultInitOptions is what the guest runs at boot.
 func DefaultInitOptions() InitOptions {
 	return InitOptions{
-		Root:        "/",
-		SeedConfig:  DefaultSeedConfig,
-		Cmdline:     DefaultCmdline,
-		SetHostname: func(name string) error { return unix.Sethostname([]byte(name)) },
+		Root:          "/",
+		SeedConfig:    DefaultSeedConfig,
+		Cmdline:       DefaultCmdline,
+		SetHostname:   func(name string) error { return unix.Sethostname([]byte(name)) },
+		ReloadSystemd: reloadSystemd,
 	}
 }
 
@@ -90,6 +94,7 @@ func Init(opts InitOptions) error {
 		}
 		errs = append(errs, writeAuthFiles(opts.Root, seed.AuthFiles, opts.Log))
 	}
+	errs = append(errs, secureOpencode(opts))
 	if b, err := os.ReadFile(opts.Cmdline); err != nil {
 		errs = append(errs, fmt.Errorf("read kernel command line: %w", err))
 	} else if nc, err := ParseCmdline(string(b)); err != nil {

@@ -135,6 +135,26 @@ type VM struct {
 	RSSBytes   int64      `json:"rss_bytes,omitempty"`
 	// LiveSessions counts the sessions the daemon believes are running.
 	LiveSessions int `json:"live_sessions,omitempty"`
+	// Opencode is how to reach the opencode server of an image that
+	// serves one (absent otherwise).
+	Opencode *Opencode `json:"opencode,omitempty"`
+}
+
+// OpencodeUsername is the basic-auth user of `opencode serve` (opencode's
+// default, OPENCODE_SERVER_USERNAME unset).
+const OpencodeUsername = "opencode"
+
+// Opencode is the address and credentials of a VM's opencode server. The
+// server asks for HTTP basic auth with the VM's own random password
+// (OPENCODE_SERVER_PASSWORD); `opencode attach --password` or that
+// environment variable gives it to the client.
+type Opencode struct {
+	URL      string `json:"url"`
+	Username string `json:"username"`
+	// Password is sent only by GET /v1/vms/{name} (`banger vm show`):
+	// VM lists, lifecycle replies and operation results, which are
+	// stored, leave it out.
+	Password string `json:"password,omitempty"`
 }
 
 // Port is a guest port forwarded to 127.0.0.1 on the host.

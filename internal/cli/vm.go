@@ -29,7 +29,7 @@ func newVMCmd(g *globals) *cobra.Command {
 		newVMStopCmd(g),
 		newVMLifecycleCmd(g, "restart", "Stop and start a VM"),
 		newVMDeleteCmd(g), newVMExecCmd(g), newVMSSHCmd(g), newVMHealthCmd(g), newVMLogsCmd(g),
-		newVMRunCmd(g), newVMWorkspaceCmd(g), newVMSessionCmd(g))
+		newVMRunCmd(g), newVMWorkspaceCmd(g), newVMSessionCmd(g), newVMOpencodePasswordCmd(g))
 	return vm
 }
 
@@ -170,6 +170,39 @@ func newVMShowCmd(g *globals) *cobra.Command {
 	}
 }
 
+// newVMOpencodePasswordCmd prints the VM's opencode password alone, for
+// `OPENCODE_SERVER_PASSWORD=$(banger vm opencode-password NAME)`.
+func newVMOpencodePasswordCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "opencode-password NAME",
+		Short: "Print the password of the VM's opencode server (for opencode attach)",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			vm, err := g.client().GetVM(cmd.Context(), a[0])
+			if err != nil {
+				return err
+			}
+			pw, err := opencodePassword(vm)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(g.stdout, pw)
+			return nil
+		},
+	}
+}
+
+func opencodePassword(vm api.VM) (string, error) {
+	if vm.Opencode == nil {
+		return "", api.Errorf(api.CodeNotFound, "VMs of an agent image serve opencode (see `banger image list`)", "VM %s serves no opencode", vm.Name)
+	}
+	if vm.Opencode.Password == "" {
+		return "", api.Errorf(api.CodeUnavailable, fmt.Sprintf("restart it with `banger vm restart %s`: every boot gives opencode the VM's password", vm.Name),
+			"VM %s has not booted since banger gave opencode a password", vm.Name)
+	}
+	return vm.Opencode.Password, nil
+}
+
 func (g *globals) printVM(vm api.VM) {
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "name:\t%s\nid:\t%s\nstate:\t%s\nimage:\t%s\nvmm:\t%s (%s)\ncpus:\t%d\nmemory:\t%d MiB\nwork disk:\t%d GiB\negress:\t%s\n",
@@ -182,6 +215,10 @@ func (g *globals) printVM(vm api.VM) {
 	}
 	for _, p := range vm.Ports {
 		fmt.Fprintf(tw, "port:\t127.0.0.1:%d -> guest :%d\n", p.HostPort, p.GuestPort)
+	}
+	if oc := vm.Opencode; oc != nil {
+		fmt.Fprintf(tw, "opencode:\t%s (user %s, password from `banger vm opencode-password %s`)\n", oc.URL, oc.Username, vm.Name)
+		fmt.Fprintf(tw, "attach:\t%s\n", opencodeAttachCommand(vm))
 	}
 	fmt.Fprintf(tw, "dir:\t%s\ncreated:\t%s\n", vm.Dir, vm.CreatedAt.Local().Format(time.RFC3339))
 	if vm.LastError != "" {

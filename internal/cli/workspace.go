@@ -306,15 +306,9 @@ func nextSteps(vm api.VM) []NextStep {
 		{"run a coding agent in a session (survives daemon restarts; Ctrl-P Ctrl-Q detaches)",
 			"banger vm session start " + n + " --name claude --pty --attach -- claude"},
 	}
-	if vm.Address != "" {
-		steps = append(steps, NextStep{"attach to opencode from the host (the agent image serves it on port 4096 of the guest's own address)",
-			fmt.Sprintf("opencode attach http://%s:4096", vm.Address)})
-	}
-	for _, p := range vm.Ports {
-		if p.GuestPort == 4096 {
-			steps = append(steps, NextStep{"attach to opencode from the host (the agent image serves it on guest port 4096, forwarded here)",
-				fmt.Sprintf("opencode attach http://127.0.0.1:%d", p.HostPort)})
-		}
+	if vm.Opencode != nil {
+		steps = append(steps, NextStep{"attach to opencode from the host, in the repository (its password is this VM's own)",
+			opencodeAttachCommand(vm)})
 	}
 	steps = append(steps,
 		NextStep{"list the VM's sessions (attach one with banger vm session attach " + n + " S)", "banger vm session list " + n},
@@ -323,6 +317,19 @@ func nextSteps(vm api.VM) []NextStep {
 		NextStep{"delete the VM", "banger vm delete " + n},
 	)
 	return steps
+}
+
+// opencodeAttachCommand opens the VM's opencode in its repository.
+// The password travels in the environment that `opencode attach` reads,
+// fetched from the daemon at the moment the command runs: it never sits
+// in the printed text, a shell history or a process's argv.
+func opencodeAttachCommand(vm api.VM) string {
+	dir := "/root/repo"
+	if vm.Workspace != nil && vm.Workspace.Dir != "" {
+		dir = vm.Workspace.Dir
+	}
+	return fmt.Sprintf("OPENCODE_SERVER_PASSWORD=$(banger vm opencode-password %s) opencode attach %s --dir %s",
+		shellQuote(vm.Name), vm.Opencode.URL, shellQuote(dir))
 }
 
 // shellQuote quotes s for a POSIX shell when it needs it.

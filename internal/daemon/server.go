@@ -146,8 +146,10 @@ func (d *Daemon) vmView(ctx context.Context, vm store.VM) api.VM {
 		PID: vm.PID, SSHPort: vm.SSHPort, Dir: vm.Dir, CreatedAt: vm.CreatedAt, LastError: vm.LastError,
 		Image: vm.ImageID,
 	}
+	manifest := ""
 	if img, err := d.store.GetImage(ctx, vm.ImageID); err == nil {
 		out.Image = img.Name
+		manifest = img.Manifest
 		if vm.WorkSeedFingerprint != "" {
 			if fp, err := imageSeedFingerprint(img); err == nil && fp != vm.WorkSeedFingerprint {
 				out.ImageWorkSeedFingerprint = fp
@@ -168,6 +170,7 @@ func (d *Daemon) vmView(ctx context.Context, vm store.VM) api.VM {
 			out.Ports = append(out.Ports, api.Port{HostPort: p.Port, GuestPort: p.GuestPort})
 		}
 	}
+	out.Opencode = opencodeView(out, manifest)
 	d.addLiveStats(&out, vm)
 	return out
 }
@@ -247,7 +250,9 @@ func (d *Daemon) handleGetVM(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, 200, d.vmView(r.Context(), vm))
+	out := d.vmView(r.Context(), vm)
+	d.withOpencodePassword(&out, vm)
+	writeJSON(w, 200, out)
 }
 
 func (d *Daemon) handleDeleteVM(w http.ResponseWriter, r *http.Request) {

@@ -309,13 +309,16 @@ func (d *Daemon) waitOpencode(ctx context.Context, vm store.VM) error {
 	defer cancel()
 	url := "http://" + addr + "/global/health"
 	hc := &http.Client{Timeout: 3 * time.Second}
+	pw, _ := readOpencodePassword(vm.Dir)
 	for {
 		req, err := http.NewRequestWithContext(wctx, http.MethodGet, url, nil)
 		if err != nil {
 			return err
 		}
+		req.SetBasicAuth(api.OpencodeUsername, pw)
 		if resp, err := hc.Do(req); err == nil {
 			resp.Body.Close()
+			d.checkOpencodeAuth(wctx, hc, url, vm)
 			return nil
 		}
 		select {
@@ -582,6 +585,15 @@ func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM, withAuth bool) 
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(seedDir, "config.json"), cfg, 0o600); err != nil {
+		return err
+	}
+	// opencode.service reads its password from the seed disk: never a
+	// command line (ps shows it to everyone), never a log.
+	pw, err := ensureOpencodePassword(vm.Dir)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(seedDir, seedOpencodeEnv), opencodeEnv(pw), 0o600); err != nil {
 		return err
 	}
 	p := filepath.Join(vm.Dir, paths.FileSeedDisk)

@@ -66,6 +66,13 @@ func TestInstallAgents(t *testing.T) {
 	if err != nil || !strings.Contains(string(unit), "--port 4096") {
 		t.Fatalf("unit: %s %v", unit, err)
 	}
+	// opencode serves only with the VM's password, read from the seed
+	// disk (the file the daemon writes and banger-agent init checks for),
+	// never from its command line.
+	if !strings.Contains(string(unit), "\nEnvironmentFile=/run/banger/seed/opencode.env\n") ||
+		strings.Contains(string(unit), "EnvironmentFile=-") || strings.Contains(string(unit), "--password") {
+		t.Fatalf("unit does not require the seed's password file:\n%s", unit)
+	}
 	if l, err := os.Readlink(filepath.Join(root, "etc/systemd/system/multi-user.target.wants/opencode.service")); err != nil || l != "/etc/systemd/system/opencode.service" {
 		t.Fatalf("not enabled: %q %v", l, err)
 	}
