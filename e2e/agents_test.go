@@ -101,6 +101,7 @@ func TestAgentImage(t *testing.T) {
 	assertNoSecretInLogs(t, in, name, marker)
 	assertOpencodePasswordKept(t, in, name, password)
 	attachWithOpencodeClient(t, in, name)
+	checkOldOpencodeUnitSecured(t, in, name, password)
 	in.must(t, "vm", "delete", "--force", name)
 
 	// verify boots it once more and checks the same tools and :4096;
@@ -340,4 +341,50 @@ func inLoopbackNetns(t *testing.T, port int, start func() error) error {
 		errc <- start()
 	}()
 	return <-errc
+}
+
+// checkOldOpencodeUnitSecured: an agent image built before per-VM
+// passwords has an opencode.service without the EnvironmentFile. Made so
+// here (the root disk outlives a restart), the next boot's banger-agent
+// init gives the unit a runtime drop-in, and opencode still asks for the
+// same password.
+func checkOldOpencodeUnitSecured(t *testing.T, in *instance, name, password string) {
+	t.Helper()
+	in.must(t, "vm", "exec", name, "--", "sed", "-i", "/^EnvironmentFile=/d", "/etc/systemd/system/opencode.service")
+	t0 := time.Now()
+	in.must(t, "vm", "restart", name)
+	var vm api.VM
+	json.Unmarshal([]byte(in.must(t, "vm", "show", name, "--json").stdout), &vm)
+	if vm.Opencode == nil || vm.Opencode.Password != password {
+		t.Fatalf("password changed across a restart")
+	}
+	hc := &http.Client{Timeout: 5 * time.Second}
+	get := func(auth bool) int {
+		req, _ := http.NewRequest(http.MethodGet, vm.Opencode.URL+"/global/health", nil)
+		if auth {
+			req.SetBasicAuth("opencode", password)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for get(true) != http.StatusOK {
+		if time.Now().After(deadline) {
+			r := in.run(nil, "vm", "exec", name, "--", "systemctl", "--no-pager", "status", "opencode")
+			t.Fatalf("opencode with an old unit did not answer after a restart: %s", r)
+		}
+		time.Sleep(time.Second)
+	}
+	t.Logf("restarted with an old opencode unit; opencode answered in %s", time.Since(t0).Round(time.Second))
+	if code := get(false); code != http.StatusUnauthorized {
+		t.Errorf("old opencode unit: a request without the password got %d, want 401", code)
+	}
+	r := in.must(t, "vm", "exec", name, "--", "cat", "/run/systemd/system/opencode.service.d/50-banger-password.conf")
+	if !strings.Contains(r.stdout, "EnvironmentFile=/run/banger/seed/opencode.env") {
+		t.Errorf("drop-in: %q", r.stdout)
+	}
 }
