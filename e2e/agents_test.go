@@ -283,7 +283,8 @@ func attachWithOpencodeClient(t *testing.T, in *instance, name string) {
 	var screen string
 	for time.Now().Before(deadline) {
 		screen, _ = tmux("capture-pane", "-p")
-		if strings.Contains(screen, "/root/repo:main") {
+		// The TUI's footer names the directory and branch.
+		if strings.Contains(screen, "/root/repo:main") || strings.Contains(screen, "~/repo:main") {
 			t.Logf("opencode attach opened /root/repo:main")
 			return
 		}
