@@ -53,6 +53,11 @@ const (
 	AgentWorkspaceBundlePath = "/v1/workspace/bundle"
 )
 
+// SeedOpencodeEnv is the file next to the seed config that holds
+// OPENCODE_SERVER_PASSWORD=..., the EnvironmentFile of the agent image's
+// opencode.service (0600; a secret: never log it).
+const SeedOpencodeEnv = "opencode.env"
+
 // SeedConfig is /run/banger/seed/config.json, this VM's identity as
 // `banger-agent init` applies it at boot. It holds private key material:
 // it travels on the VM's read-only seed disk, never on the kernel

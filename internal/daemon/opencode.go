@@ -28,7 +28,7 @@ const (
 	fileOpencodePassword = "opencode-password"
 	// seedOpencodeEnv is the systemd EnvironmentFile on the seed disk
 	// that opencode.service reads (0600: only the guest's root reads it).
-	seedOpencodeEnv = "opencode.env"
+	seedOpencodeEnv = api.SeedOpencodeEnv
 	// opencodePasswordBytes of randomness: 192 bits.
 	opencodePasswordBytes = 24
 )
