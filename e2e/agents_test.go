@@ -237,6 +237,9 @@ func attachWithOpencodeClient(t *testing.T, in *instance, name string) {
 		client, _ = exec.LookPath("opencode")
 	}
 	if client == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("no opencode client on the host: scripts/test.sh installs it and sets BANGER_TEST_OPENCODE")
+		}
 		t.Log("no opencode client on the host (set BANGER_TEST_OPENCODE): skipping the attach check")
 		return
 	}

@@ -15,4 +15,15 @@ echo "== unit tests"
 $go test -count=1 $($go list ./... | grep -v /e2e)
 
 echo "== end-to-end tests (real VMs under QEMU)"
+# The real npm opencode client, for the test that attaches it to a VM's
+# server; the version the agent image pins.
+if [[ -z ${BANGER_TEST_OPENCODE:-} ]]; then
+  oc_version=$(sed -n 's/^\t"opencode-ai@\(.*\)",$/\1/p' internal/image/agents.go)
+  [[ -n $oc_version ]] || { echo "cannot read the pinned opencode-ai version from internal/image/agents.go" >&2; exit 1; }
+  oc_prefix=/var/cache/banger-test/opencode-$oc_version
+  if [[ ! -x $oc_prefix/bin/opencode ]]; then
+    npm install -g -q --prefix "$oc_prefix" "opencode-ai@$oc_version" >/dev/null
+  fi
+  export BANGER_TEST_OPENCODE=$oc_prefix/bin/opencode
+fi
 $go test -count=1 -v -timeout 60m ./e2e/...
