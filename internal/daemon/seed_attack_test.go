@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -218,12 +219,27 @@ func TestImportImageRefusesLinks(t *testing.T) {
 		return src
 	}
 	for name, plant := range map[string]func(src string){
-		"rootfs is a link":    func(src string) { os.Remove(filepath.Join(src, image.FileRootfs)); os.Symlink(filepath.Join(host, "id_ed25519"), filepath.Join(src, image.FileRootfs)) },
-		"kernel is a link":    func(src string) { os.Remove(filepath.Join(src, image.FileKernel)); os.Symlink(filepath.Join(host, "id_ed25519"), filepath.Join(src, image.FileKernel)) },
-		"initrd is a link":    func(src string) { os.Remove(filepath.Join(src, image.FileInitrd)); os.Symlink(filepath.Join(host, "id_ed25519"), filepath.Join(src, image.FileInitrd)) },
-		"vmlinux is a link":   func(src string) { os.Symlink(filepath.Join(host, "id_ed25519"), filepath.Join(src, image.FileVmlinux)) },
-		"work seed is a link": func(src string) { os.Remove(filepath.Join(src, image.DirWorkSeed)); os.Symlink(host, filepath.Join(src, image.DirWorkSeed)) },
-		"work seed is a file": func(src string) { os.Remove(filepath.Join(src, image.DirWorkSeed)); os.WriteFile(filepath.Join(src, image.DirWorkSeed), nil, 0o644) },
+		"rootfs is a link": func(src string) {
+			os.Remove(filepath.Join(src, image.FileRootfs))
+			os.Symlink(filepath.Join(host, "id_ed25519"), filepath.Join(src, image.FileRootfs))
+		},
+		"kernel is a link": func(src string) {
+			os.Remove(filepath.Join(src, image.FileKernel))
+			os.Symlink(filepath.Join(host, "id_ed25519"), filepath.Join(src, image.FileKernel))
+		},
+		"initrd is a link": func(src string) {
+			os.Remove(filepath.Join(src, image.FileInitrd))
+			os.Symlink(filepath.Join(host, "id_ed25519"), filepath.Join(src, image.FileInitrd))
+		},
+		"vmlinux is a link": func(src string) { os.Symlink(filepath.Join(host, "id_ed25519"), filepath.Join(src, image.FileVmlinux)) },
+		"work seed is a link": func(src string) {
+			os.Remove(filepath.Join(src, image.DirWorkSeed))
+			os.Symlink(host, filepath.Join(src, image.DirWorkSeed))
+		},
+		"work seed is a file": func(src string) {
+			os.Remove(filepath.Join(src, image.DirWorkSeed))
+			os.WriteFile(filepath.Join(src, image.DirWorkSeed), nil, 0o644)
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			d := testDaemon(t, nil)
@@ -395,5 +411,74 @@ func TestRegisterImageRootIsLink(t *testing.T) {
 	}
 	if strings.Contains(img.Manifest, "hostsecret") {
 		t.Fatalf("the host's file was read through the image's link: %s", img.Manifest)
+	}
+}
+
+// derive takes the provisioning VM's /root back as a tar stream the guest
+// writes: entries that go through links the stream planted must not
+// land on the host, and links stay links.
+func TestExtractWorkSeedHostileTar(t *testing.T) {
+	needTools(t, "mkfs.ext4", "debugfs")
+	ctx := context.Background()
+	for name, entries := range map[string][]tar.Header{
+		"mark through .banger link": {
+			{Name: ".banger", Typeflag: tar.TypeSymlink, Linkname: "HOST/sudoers.d"},
+			{Name: ".banger/work-seed", Typeflag: tar.TypeReg, Size: 6},
+		},
+		"file through a dir link": {
+			{Name: "x", Typeflag: tar.TypeSymlink, Linkname: "HOST"},
+			{Name: "x/id_ed25519", Typeflag: tar.TypeReg, Size: 6},
+		},
+		"dot is a link": {
+			{Name: ".", Typeflag: tar.TypeSymlink, Linkname: "HOST"},
+		},
+		"dot dot": {
+			{Name: "../escape", Typeflag: tar.TypeReg, Size: 6},
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			host := hostDir(t)
+			before := snapshot(t, host)
+			var buf bytes.Buffer
+			tw := tar.NewWriter(&buf)
+			for _, h := range entries {
+				h.Linkname = strings.Replace(h.Linkname, "HOST", host, 1)
+				h.Mode = 0o644
+				tw.WriteHeader(&h)
+				if h.Size > 0 {
+					tw.Write([]byte("PWNED\n"))
+				}
+			}
+			tw.Close()
+			seed := filepath.Join(t.TempDir(), image.DirWorkSeed)
+			err := extractWorkSeed(ctx, &buf, seed)
+			if after := snapshot(t, host); after != before {
+				t.Fatalf("host changed:\n%s", after)
+			}
+			if err == nil {
+				t.Fatal("a stream writing through a link must be refused")
+			}
+		})
+	}
+	// A stream with links (and no writes through them) is a fine seed;
+	// the VM made from it gets the links as links and its own mark.
+	host := hostDir(t)
+	before := snapshot(t, host)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: ".banger", Typeflag: tar.TypeSymlink, Linkname: filepath.Join(host, "sudoers.d")})
+	tw.WriteHeader(&tar.Header{Name: "hostkey", Typeflag: tar.TypeSymlink, Linkname: filepath.Join(host, "id_ed25519")})
+	tw.Close()
+	imgDir := t.TempDir()
+	if err := extractWorkSeed(ctx, &buf, filepath.Join(imgDir, image.DirWorkSeed)); err != nil {
+		t.Fatal(err)
+	}
+	d := testDaemon(t, nil)
+	vmDir := t.TempDir()
+	if _, err := d.makeWorkDisk(ctx, store.Image{Dir: imgDir}, vmDir, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if after := snapshot(t, host); after != before {
+		t.Fatalf("host changed:\n%s", after)
 	}
 }

@@ -297,3 +297,52 @@ func TestWorkSeedFingerprintStable(t *testing.T) {
 // stableSeedFingerprint is what banger before the os.Root rewrite
 // computed for the tree of TestWorkSeedFingerprintStable.
 const stableSeedFingerprint = "53fdf630aa2cdb209812661ed9ced24e0d4ed2dd547c06b4bdcbde602e46e8f4"
+
+func TestParseDebugfsLs(t *testing.T) {
+	good := "/12/040700/0/0/.//\n/2/040755/0/0/..//\n/0/000000/0/0/gone/0/\n/14/120777/0/0/y/20/\n/13/100644/0/0/x/6/\n\n"
+	got, err := ParseDebugfsLs([]byte(good))
+	if err != nil || len(got) != 4 || got[2].Name != "y" || !got[2].IsSymlink() || !got[0].IsDir() || got[3].Inode != 13 {
+		t.Fatalf("parse: %+v %v", got, err)
+	}
+	if err := checkDirListing("/root", 12, got); err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		out  string
+		want string
+	}{
+		"name with a slash":   {"/12/040700/0/0/.//\n/2/040755/0/0/..//\n/13/100644/0/0/../../etc/x/6/\n", "unexpected debugfs listing line"},
+		"name with a newline": {"/12/040700/0/0/.//\n/2/040755/0/0/..//\n/13/100644/0/0/a\nb/6/\n", "unexpected debugfs listing line"},
+		"twice":               {"/12/040700/0/0/.//\n/2/040755/0/0/..//\n/14/120777/0/0/y/20/\n/13/100644/0/0/y/6/\n", "twice"},
+		"dot is a file":       {"/12/100644/0/0/./0/\n/2/040755/0/0/..//\n", "not a directory"},
+		"dot is another dir":  {"/13/040700/0/0/.//\n/2/040755/0/0/..//\n", "another directory"},
+		"no dot":              {"", "no . or .."},
+	} {
+		entries, err := ParseDebugfsLs([]byte(tc.out))
+		if err == nil {
+			err = checkDirListing("/root", 12, entries)
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want %q", name, err, tc.want)
+		}
+	}
+}
+
+// FuzzParseDebugfsLs: the listing comes from a filesystem image anyone
+// may have made.
+func FuzzParseDebugfsLs(f *testing.F) {
+	f.Add([]byte("/12/040700/0/0/.//\n/2/040755/0/0/..//\n/13/100644/0/0/x/6/\n"))
+	f.Add([]byte("/13/100644/0/0/a/6/\n/13/1/0/0/"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		entries, err := ParseDebugfsLs(b)
+		if err != nil {
+			return
+		}
+		for _, e := range entries {
+			if e.Name == "" || strings.ContainsAny(e.Name, "/\n") || e.Inode == 0 {
+				t.Fatalf("bad entry %+v", e)
+			}
+		}
+		_ = checkDirListing("/root", 12, entries)
+	})
+}
