@@ -346,3 +346,44 @@ func FuzzParseDebugfsLs(f *testing.F) {
 		_ = checkDirListing("/root", 12, entries)
 	})
 }
+
+// The mark replaces whatever the seed put at .banger or at the mark.
+func TestMarkWorkSeedReplaces(t *testing.T) {
+	host := fakeHost(t)
+	for name, plant := range map[string]func(dir string){
+		".banger is a file": func(dir string) { os.WriteFile(filepath.Join(dir, ".banger"), []byte("x"), 0o644) },
+		".banger is a link": func(dir string) { os.Symlink(filepath.Join(host, "ssh"), filepath.Join(dir, ".banger")) },
+		".banger is a local link": func(dir string) {
+			os.Mkdir(filepath.Join(dir, "d"), 0o755)
+			os.Symlink("d", filepath.Join(dir, ".banger"))
+		},
+		"mark is a directory": func(dir string) { os.MkdirAll(filepath.Join(dir, FileWorkSeedMark, "x"), 0o755) },
+		"mark is a link": func(dir string) {
+			os.Mkdir(filepath.Join(dir, ".banger"), 0)
+			os.Symlink(filepath.Join(host, "os-release"), filepath.Join(dir, FileWorkSeedMark))
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			before := hostSnapshot(t, host)
+			dir := t.TempDir()
+			plant(dir)
+			root, err := os.OpenRoot(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer root.Close()
+			if err := MarkWorkSeed(root, "fp"); err != nil {
+				t.Fatal(err)
+			}
+			if fi, err := os.Lstat(filepath.Join(dir, ".banger")); err != nil || !fi.IsDir() {
+				t.Fatalf(".banger: %v %v", fi, err)
+			}
+			if b, err := os.ReadFile(filepath.Join(dir, FileWorkSeedMark)); err != nil || string(b) != "fp\n" {
+				t.Fatalf("mark: %q %v", b, err)
+			}
+			if after := hostSnapshot(t, host); after != before {
+				t.Fatalf("host changed:\n%s", after)
+			}
+		})
+	}
+}

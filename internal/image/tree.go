@@ -313,7 +313,12 @@ const FileWorkSeedMark = ".banger/work-seed"
 // staging tree. The seed may have put a link at .banger or at the mark
 // itself: both are replaced, never written through.
 func MarkWorkSeed(root *os.Root, fp string) error {
-	if err := mkdirReplacing(root, path.Dir(FileWorkSeedMark)); err != nil {
+	dir := path.Dir(FileWorkSeedMark)
+	if err := mkdirReplacing(root, dir); err != nil {
+		return fmt.Errorf("mark work disk: %w", err)
+	}
+	// The seed chose .banger's mode; banger must be able to write there.
+	if err := root.Chmod(dir, 0o700); err != nil {
 		return fmt.Errorf("mark work disk: %w", err)
 	}
 	if fi, err := root.Lstat(FileWorkSeedMark); err == nil && fi.IsDir() {
