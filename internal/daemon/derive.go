@@ -159,10 +159,6 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 		manifest.Fingerprint = fp
 		manifest.From = base.Name
 		manifest.ProvisionSHA256 = fmt.Sprintf("%x", sha256.Sum256(script))
-		seed := filepath.Join(outDir, image.DirWorkSeed)
-		if err := os.MkdirAll(seed, 0o700); err != nil {
-			return err
-		}
 		// /root becomes the new work seed: what the script set up for
 		// root (dotfiles, tool config) reaches every VM of the image.
 		// Keys and history are per VM, never part of an image.
@@ -171,9 +167,9 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 			pw.CloseWithError(d.guestRun(ctx, vm.ID, pw, "tar", "-C", "/root", "--exclude=./.ssh/authorized_keys",
 				"--exclude=./.bash_history", "--exclude=./"+image.FileWorkSeedMark, "--exclude=./lost+found", "-cf", "-", "."))
 		}()
-		if _, err := tarx.Extract(ctx, pr, seed, 4<<30); err != nil {
+		if err := extractWorkSeed(ctx, pr, filepath.Join(outDir, image.DirWorkSeed)); err != nil {
 			pr.CloseWithError(err)
-			return fmt.Errorf("copy /root back as the work seed: %w", err)
+			return err
 		}
 		return image.WriteManifest(outDir, manifest)
 	})
@@ -246,6 +242,21 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 	}
 	ok = true
 	return img, nil
+}
+
+// extractWorkSeed unpacks the provisioning VM's /root (a tar stream the
+// guest wrote, so hostile) into seed, a new directory. tarx confines every
+// entry to seed through an os.Root: an entry that goes through a link the
+// stream planted (.banger -> /etc/sudoers.d, then .banger/x) is refused,
+// and links themselves are stored, never followed.
+func extractWorkSeed(ctx context.Context, r io.Reader, seed string) error {
+	if err := os.Mkdir(seed, 0o700); err != nil {
+		return fmt.Errorf("copy /root back as the work seed: %w", err)
+	}
+	if _, err := tarx.Extract(ctx, r, seed, 4<<30); err != nil {
+		return fmt.Errorf("copy /root back as the work seed: %w", err)
+	}
+	return nil
 }
 
 // freezeRootScript syncs, asks the kernel to remount all filesystems

@@ -286,17 +286,17 @@ func (d *Daemon) RegisterImage(ctx context.Context, req api.RegisterImageRequest
 			return store.Image{}, err
 		}
 	}
-	// /root of the rootfs becomes the work seed, as for built images.
-	seedTmp := filepath.Join(dir, "seed-tmp")
-	if err := os.MkdirAll(seedTmp, 0o700); err != nil {
-		return store.Image{}, err
+	// /root of the rootfs becomes the work seed, as for built images. The
+	// image may be crafted: its /root tree is checked before anything of
+	// it is written on the host (see image.ReadExt4Seed).
+	err = image.ReadExt4Seed(ctx, d.runner, rootfs, filepath.Join(dir, image.DirWorkSeed))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, image.ErrInvalid):
+		return store.Image{}, api.Errorf(api.CodeInvalid, "fix the rootfs (its /root must be a plain directory tree) and register it again", "--rootfs %s: %v", req.Rootfs, err)
+	case err != nil:
+		return store.Image{}, fmt.Errorf("read the work seed from the rootfs: %w", err)
 	}
-	if _, err := d.runner.Run(ctx, "debugfs", "-R", "rdump /root "+seedTmp, rootfs); err == nil && dirExists(filepath.Join(seedTmp, "root")) {
-		if err := os.Rename(filepath.Join(seedTmp, "root"), filepath.Join(dir, image.DirWorkSeed)); err != nil {
-			return store.Image{}, err
-		}
-	}
-	os.RemoveAll(seedTmp)
 
 	status, _ := d.runner.Run(ctx, "debugfs", "-R", "cat /var/lib/dpkg/status", rootfs)
 	h := sha256.New()

@@ -439,17 +439,8 @@ func (d *Daemon) ImportImage(ctx context.Context, src string) (store.Image, erro
 	return img, err
 }
 
+// copyImageDir copies an image directory; see image.CopyImageDir for why
+// it goes through an os.Root.
 func copyImageDir(ctx context.Context, src, dst string) error {
-	for _, f := range []string{image.FileRootfs, image.FileKernel, image.FileInitrd, image.FileVmlinux, image.FileManifest, image.FileMeta} {
-		if _, err := os.Stat(filepath.Join(src, f)); errors.Is(err, os.ErrNotExist) && (f == image.FileVmlinux || f == image.FileInitrd) {
-			continue
-		}
-		if err := system.CloneFile(ctx, filepath.Join(src, f), filepath.Join(dst, f)); err != nil {
-			return fmt.Errorf("copy %s: %w", f, err)
-		}
-	}
-	if dirExists(filepath.Join(src, image.DirWorkSeed)) {
-		return image.CopyTree(filepath.Join(src, image.DirWorkSeed), filepath.Join(dst, image.DirWorkSeed))
-	}
-	return nil
+	return image.CopyImageDir(ctx, src, dst)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -26,30 +27,49 @@ func imageSeedFingerprint(img store.Image) (string, error) {
 // makeWorkDisk creates the VM's /root from the image's work seed, without
 // a loop mount, and marks the disk with the seed's fingerprint
 // (/root/.banger/work-seed). It returns that fingerprint.
+//
+// The seed came from a guest or an image author, so it is read only
+// through an os.Root (a seed that is itself a link is refused), copied
+// into a fresh staging directory of banger's own with its links kept as
+// links, and the mark is written there without following any link the
+// seed put at .banger. mkfs.ext4 -d reads that staging copy, and it
+// stores links as links (lstat), never following one.
 func (d *Daemon) makeWorkDisk(ctx context.Context, img store.Image, dir string, size int64) (string, error) {
-	fp, err := imageSeedFingerprint(img)
+	seedDir := filepath.Join(img.Dir, image.DirWorkSeed)
+	fp, err := image.WorkSeedFingerprint(seedDir)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("work seed of image %s: %w", img.Name, err)
 	}
 	staging := filepath.Join(dir, dirWorkStaging)
 	defer os.RemoveAll(staging)
 	if err := os.RemoveAll(staging); err != nil {
 		return "", fmt.Errorf("clean work staging: %w", err)
 	}
-	if seed := filepath.Join(img.Dir, image.DirWorkSeed); dirExists(seed) {
-		if err := image.CopyTree(seed, staging); err != nil {
+	if err := os.Mkdir(staging, 0o700); err != nil {
+		return "", fmt.Errorf("create work staging: %w", err)
+	}
+	dst, err := os.OpenRoot(staging)
+	if err != nil {
+		return "", fmt.Errorf("create work staging: %w", err)
+	}
+	defer dst.Close()
+	src, err := image.OpenTree(seedDir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return "", fmt.Errorf("work seed of image %s: %w", img.Name, err)
+	default:
+		err := image.CopyInto(src, dst)
+		src.Close()
+		if err != nil {
 			return "", fmt.Errorf("copy work seed: %w", err)
 		}
 	}
-	mark := filepath.Join(staging, image.FileWorkSeedMark)
-	if err := os.MkdirAll(filepath.Dir(mark), 0o700); err != nil {
+	if err := image.MarkWorkSeed(dst, fp); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(mark, []byte(fp+"\n"), 0o644); err != nil {
-		return "", fmt.Errorf("mark work disk: %w", err)
-	}
 	// /root itself must stay private whatever mode the seed's root had.
-	if err := os.Chmod(staging, 0o700); err != nil {
+	if err := dst.Chmod(".", 0o700); err != nil {
 		return "", err
 	}
 	p := filepath.Join(dir, paths.FileWorkDisk)

@@ -4,10 +4,12 @@ import (
 	"context"
 	"embed"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -90,9 +92,33 @@ func npmName(spec string) string {
 // InstallAgents installs spec.NPM into root's /usr/local from the host
 // side (npm --prefix; no npm under emulation), without install scripts,
 // enables the opencode service, and returns name -> installed version.
-func InstallAgents(ctx context.Context, r system.Runner, log io.Writer, root string, pkgs []string) (map[string]string, error) {
-	prefix := filepath.Join(root, "usr/local")
-	args := append([]string{"install", "--global", "--prefix", prefix, "--ignore-scripts",
+//
+// npm runs on the host and writes under the tree's /usr/local by path, so
+// every directory it writes into must be the tree's own: a link there
+// (usr/local -> /usr/local) is refused before npm runs. npm's global
+// config would be read from the tree (PREFIX/etc/npmrc): it is pointed
+// at /dev/null instead, so the image configures nothing of the host's npm.
+func InstallAgents(ctx context.Context, r system.Runner, log io.Writer, dir string, pkgs []string) (map[string]string, error) {
+	root, err := OpenTree(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	for _, d := range []string{"usr", "usr/local", "usr/local/bin", "usr/local/lib", "usr/local/lib/node_modules",
+		"usr/local/share", "usr/local/share/man", "usr/local/etc"} {
+		fi, err := root.Lstat(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("npm install: %w", treeErr(err, d))
+		}
+		if !fi.IsDir() {
+			return nil, fmt.Errorf("%w: the rootfs's /%s is %s, not a directory: refusing to install the agents through it", ErrInvalid, d, describeMode(fi.Mode()))
+		}
+	}
+	prefix := filepath.Join(dir, "usr/local")
+	args := append([]string{"install", "--global", "--prefix", prefix, "--globalconfig", os.DevNull, "--ignore-scripts",
 		"--no-audit", "--no-fund", "--no-update-notifier", "--loglevel=warn"}, pkgs...)
 	if _, err := r.RunIn(ctx, system.RunOpts{Stdout: log, Stderr: log}, "npm", args...); err != nil {
 		return nil, fmt.Errorf("npm install: %w", err)
@@ -104,7 +130,7 @@ func InstallAgents(ctx context.Context, r system.Runner, log io.Writer, root str
 		}
 	}
 	if len(rebuild) > 0 {
-		args := append([]string{"rebuild", "--global", "--prefix", prefix, "--no-audit", "--no-fund", "--no-update-notifier", "--loglevel=warn"}, rebuild...)
+		args := append([]string{"rebuild", "--global", "--prefix", prefix, "--globalconfig", os.DevNull, "--no-audit", "--no-fund", "--no-update-notifier", "--loglevel=warn"}, rebuild...)
 		if _, err := r.RunIn(ctx, system.RunOpts{Stdout: log, Stderr: log}, "npm", args...); err != nil {
 			return nil, fmt.Errorf("npm rebuild (native agent binaries): %w", err)
 		}
@@ -112,7 +138,7 @@ func InstallAgents(ctx context.Context, r system.Runner, log io.Writer, root str
 	versions := map[string]string{}
 	for _, p := range pkgs {
 		name := npmName(p)
-		data, err := os.ReadFile(filepath.Join(prefix, "lib/node_modules", name, "package.json"))
+		data, err := root.ReadFile(path.Join("usr/local/lib/node_modules", name, "package.json"))
 		if err != nil {
 			return nil, fmt.Errorf("npm package %s not installed: %w", name, err)
 		}
@@ -124,38 +150,31 @@ func InstallAgents(ctx context.Context, r system.Runner, log io.Writer, root str
 		}
 		versions[name] = pj.Version
 	}
+	// The bin links are relative (../lib/node_modules/...): os.Root
+	// follows them inside the tree and refuses any that leave it.
 	for _, bin := range []string{"node", "opencode", "claude", "pi"} {
-		if _, err := os.Stat(filepath.Join(prefix, "bin", bin)); err != nil {
-			return nil, fmt.Errorf("agent command %s missing after npm install: %w", bin, err)
+		if _, err := root.Stat("usr/local/bin/" + bin); err != nil {
+			return nil, fmt.Errorf("agent command %s missing after npm install: %w", bin, treeErr(err, "usr/local/bin/"+bin))
 		}
 	}
 	for _, bin := range nativeAgentBins {
-		if err := checkELF(filepath.Join(prefix, "bin", bin)); err != nil {
+		if err := checkELF(root, "usr/local/bin/"+bin); err != nil {
 			return nil, fmt.Errorf("agent command %s: %w", bin, err)
 		}
 	}
 	return versions, enableAgentServices(root)
 }
 
-// enableAgentServices installs and enables opencode.service in root.
-func enableAgentServices(root string) error {
+// enableAgentServices installs and enables opencode.service in the tree.
+func enableAgentServices(root *os.Root) error {
 	data, err := agentGuestFiles.ReadFile("guest-agents/opencode.service")
 	if err != nil {
 		return err
 	}
-	unit := filepath.Join(root, "etc/systemd/system/opencode.service")
-	if err := os.MkdirAll(filepath.Dir(unit), 0o755); err != nil {
-		return err
-	}
-	if err := os.WriteFile(unit, data, 0o644); err != nil {
+	if err := writeTreeFile(root, "etc/systemd/system/opencode.service", data, 0o644); err != nil {
 		return fmt.Errorf("write opencode.service: %w", err)
 	}
-	link := filepath.Join(root, "etc/systemd/system/multi-user.target.wants/opencode.service")
-	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
-		return err
-	}
-	_ = os.Remove(link)
-	return os.Symlink("/etc/systemd/system/opencode.service", link)
+	return symlinkTree(root, "/etc/systemd/system/opencode.service", "etc/systemd/system/multi-user.target.wants/opencode.service")
 }
 
 // HasService reports whether a manifest (JSON text) lists service name.
@@ -172,13 +191,13 @@ func HasService(manifestJSON, name string) bool {
 	return false
 }
 
-// checkELF fails unless p (after symlinks) is an ELF executable: a
-// placeholder script left by a skipped install script would only fail in
-// the guest.
-func checkELF(p string) error {
-	f, err := os.Open(p)
+// checkELF fails unless p (after symlinks, inside the tree) is an ELF
+// executable: a placeholder script left by a skipped install script would
+// only fail in the guest.
+func checkELF(root *os.Root, p string) error {
+	f, err := root.Open(p)
 	if err != nil {
-		return err
+		return treeErr(err, p)
 	}
 	defer f.Close()
 	head := make([]byte, 4)

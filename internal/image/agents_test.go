@@ -26,6 +26,8 @@ func fakeNPM(ctx context.Context, call system.FakeCall) ([]byte, error) {
 		case argv[i] == "--prefix":
 			prefix = argv[i+1]
 			i++
+		case argv[i] == "--globalconfig":
+			i++
 		case strings.HasPrefix(argv[i], "-") || argv[i] == "install":
 		default:
 			pkgs = append(pkgs, argv[i])
@@ -59,6 +61,7 @@ func TestInstallAgents(t *testing.T) {
 	}
 	cmds := f.Commands()
 	if len(cmds) != 2 || !strings.Contains(cmds[0], "--prefix "+filepath.Join(root, "usr/local")) || !strings.Contains(cmds[0], "--ignore-scripts") ||
+		!strings.Contains(cmds[0], "--globalconfig /dev/null") || !strings.Contains(cmds[1], "--globalconfig /dev/null") ||
 		!strings.HasPrefix(cmds[1], "npm rebuild --global --prefix "+filepath.Join(root, "usr/local")) || !strings.HasSuffix(cmds[1], "opencode-ai @anthropic-ai/claude-code") {
 		t.Fatalf("npm commands: %v", cmds)
 	}

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/bangerdev/banger/internal/system"
@@ -81,7 +81,12 @@ func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, 
 			return err
 		}},
 		{"manifest", func(ctx context.Context) error {
-			st, err := os.ReadFile(filepath.Join(rootDir, "var/lib/dpkg/status"))
+			root, err := OpenTree(rootDir)
+			if err != nil {
+				return err
+			}
+			st, err := readTreeFile(root, "var/lib/dpkg/status")
+			root.Close()
 			if err != nil {
 				return err
 			}
@@ -115,12 +120,20 @@ func WriteManifest(dir string, m Manifest) error {
 }
 
 // writeManifestAndSeed writes the manifest and makes the tree's /root the
-// image's work seed.
+// image's work seed. A /root that is a link is refused (it would make a
+// host directory every VM's /root); a tree without /root has no seed.
 func writeManifestAndSeed(rootDir, outDir string, m Manifest) error {
 	if err := WriteManifest(outDir, m); err != nil {
 		return err
 	}
-	return CopyTree(filepath.Join(rootDir, "root"), filepath.Join(outDir, DirWorkSeed))
+	err := CopyTree(filepath.Join(rootDir, "root"), filepath.Join(outDir, DirWorkSeed))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("copy /root as the work seed: %w", err)
+	}
+	return nil
 }
 
 // mkfsStep is the last build stage: the filesystem, then the image's
@@ -179,22 +192,42 @@ func rootfsSize(dir string) (int64, error) {
 }
 
 // extractKernel copies the kernel and initrd that the kernel package
-// installed inside the rootfs, and makes the ELF vmlinux Firecracker boots.
+// installed inside the rootfs, and makes the ELF vmlinux Firecracker
+// boots. The tree is read through an os.Root and both must be regular
+// files: a link there could name any file of the host.
 func (b *Builder) extractKernel(ctx context.Context, rootDir, outDir string) (string, error) {
-	matches, err := filepath.Glob(filepath.Join(rootDir, "boot", "vmlinuz-*"))
-	if err != nil || len(matches) == 0 {
+	root, err := OpenTree(rootDir)
+	if err != nil {
+		return "", err
+	}
+	defer root.Close()
+	names, err := readTreeDir(root, "boot")
+	if err != nil {
+		return "", fmt.Errorf("read rootfs /boot: %w", err)
+	}
+	var kernels []string
+	for _, n := range names {
+		if strings.HasPrefix(n, "vmlinuz-") {
+			kernels = append(kernels, n)
+		}
+	}
+	if len(kernels) == 0 {
 		return "", fmt.Errorf("no kernel in rootfs /boot: is linux-image-cloud-amd64 in the package list?")
 	}
-	sort.Strings(matches)
-	vmlinuz := matches[len(matches)-1]
-	kver := strings.TrimPrefix(filepath.Base(vmlinuz), "vmlinuz-")
-	initrd := filepath.Join(rootDir, "boot", "initrd.img-"+kver)
-	if _, err := os.Stat(filepath.Join(rootDir, "lib/modules", kver)); err != nil {
-		return "", fmt.Errorf("kernel %s has no modules in the rootfs: %w", kver, err)
+	vmlinuz := kernels[len(kernels)-1]
+	kver := strings.TrimPrefix(vmlinuz, "vmlinuz-")
+	if _, err := root.Stat("lib/modules/" + kver); err != nil {
+		return "", fmt.Errorf("kernel %s has no modules in the rootfs: %w", kver, treeErr(err, "lib/modules/"+kver))
 	}
-	for src, dst := range map[string]string{vmlinuz: FileKernel, initrd: FileInitrd} {
-		if err := system.CloneFile(ctx, src, filepath.Join(outDir, dst)); err != nil {
-			return "", fmt.Errorf("copy %s: %w", filepath.Base(src), err)
+	for src, dst := range map[string]string{"boot/" + vmlinuz: FileKernel, "boot/initrd.img-" + kver: FileInitrd} {
+		in, err := openRegular(root, src)
+		if err != nil {
+			return "", fmt.Errorf("copy %s: %w", src, err)
+		}
+		_, err = system.CloneFileFrom(ctx, in, filepath.Join(outDir, dst))
+		in.Close()
+		if err != nil {
+			return "", fmt.Errorf("copy %s: %w", src, err)
 		}
 	}
 	if err := b.makeVmlinux(ctx, filepath.Join(outDir, FileKernel), filepath.Join(outDir, FileVmlinux)); err != nil {
@@ -295,9 +328,34 @@ func WriteMeta(dir string, m Meta) error {
 	return system.WriteFileAtomic(filepath.Join(dir, FileMeta), data, 0o644)
 }
 
+// CheckDir checks the files of an image directory (one `image import`
+// is given may come from anyone): each is a regular file, the work seed a
+// real directory, never a link that would make banger copy, boot or
+// export a host file. The initrd, vmlinux and seed are optional: a
+// registered kernel may not need an initrd.
+func CheckDir(dir string) error {
+	for _, f := range []string{FileRootfs, FileKernel, FileManifest, FileMeta, FileInitrd, FileVmlinux, DirWorkSeed} {
+		fi, err := os.Lstat(filepath.Join(dir, f))
+		optional := f == FileInitrd || f == FileVmlinux || f == DirWorkSeed
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && optional:
+		case err != nil:
+			return fmt.Errorf("%w: %s is missing %s", ErrInvalid, dir, f)
+		case f == DirWorkSeed && !fi.IsDir():
+			return fmt.Errorf("%w: %s in %s is %s, not a directory: refusing it", ErrInvalid, f, dir, describeMode(fi.Mode()))
+		case f != DirWorkSeed && !fi.Mode().IsRegular():
+			return fmt.Errorf("%w: %s in %s is %s, not a regular file: refusing it", ErrInvalid, f, dir, describeMode(fi.Mode()))
+		}
+	}
+	return nil
+}
+
 // ReadMeta reads and checks an image directory.
 func ReadMeta(dir string) (Meta, error) {
 	var m Meta
+	if fi, err := os.Lstat(filepath.Join(dir, FileMeta)); err == nil && !fi.Mode().IsRegular() {
+		return m, fmt.Errorf("%w: %s in %s is %s, not a regular file: refusing it", ErrInvalid, FileMeta, dir, describeMode(fi.Mode()))
+	}
 	data, err := os.ReadFile(filepath.Join(dir, FileMeta))
 	if err != nil {
 		return m, fmt.Errorf("%w: %s has no %s: %v", ErrInvalid, dir, FileMeta, err)
@@ -305,11 +363,8 @@ func ReadMeta(dir string) (Meta, error) {
 	if err := json.Unmarshal(data, &m); err != nil {
 		return m, fmt.Errorf("%w: parse %s: %v", ErrInvalid, FileMeta, err)
 	}
-	// The initrd is optional: a registered kernel may not need one.
-	for _, f := range []string{FileRootfs, FileKernel, FileManifest} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			return m, fmt.Errorf("%w: %s is missing %s", ErrInvalid, dir, f)
-		}
+	if err := CheckDir(dir); err != nil {
+		return m, err
 	}
 	if m.Name == "" || m.Fingerprint == "" {
 		return m, fmt.Errorf("%w: %s lacks a name or fingerprint", ErrInvalid, FileMeta)

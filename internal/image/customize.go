@@ -7,20 +7,29 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
+	"path"
+	"strings"
 )
 
 // Customize turns a freshly bootstrapped Debian tree into a banger guest.
-// It works on the directory only (no chroot), so it is testable on any tree.
-func Customize(root string) error {
-	p := func(rel string) string { return filepath.Join(root, rel) }
+// It works on the directory only (no chroot), so it is testable on any
+// tree, and only through an os.Root: a link in the tree (etc/ssh ->
+// /etc/ssh) can never make it touch a host file.
+func Customize(dir string) error {
+	root, err := OpenTree(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
 
 	// Identity is per VM: no baked SSH host keys, no machine-id. An empty
 	// machine-id makes systemd generate a transient one at every boot.
 	if err := removeHostKeys(root); err != nil {
 		return err
 	}
-	_ = os.Remove(p("var/lib/dbus/machine-id"))
+	if err := removeTree(root, "var/lib/dbus/machine-id"); err != nil {
+		return err
+	}
 
 	files := []guestFileSpec{
 		{"etc/machine-id", "", 0o444},
@@ -37,10 +46,8 @@ func Customize(root string) error {
 	if err := writeGuestFiles(root, files); err != nil {
 		return err
 	}
-	for _, d := range []string{"run/banger/seed"} {
-		if err := os.MkdirAll(p(d), 0o755); err != nil {
-			return err
-		}
+	if err := root.MkdirAll("run/banger/seed", 0o755); err != nil {
+		return treeErr(err, "run/banger/seed")
 	}
 
 	enable := map[string]string{
@@ -60,22 +67,28 @@ func Customize(root string) error {
 		enable["etc/systemd/system/"+unit] = "/dev/null"
 	}
 	for link, target := range enable {
-		if err := os.MkdirAll(filepath.Dir(p(link)), 0o755); err != nil {
-			return err
-		}
-		_ = os.Remove(p(link))
-		if err := os.Symlink(target, p(link)); err != nil {
+		if err := symlinkTree(root, target, link); err != nil {
 			return fmt.Errorf("link %s: %w", link, err)
 		}
 	}
 	// Drop the wants of masked units so systemd does not warn about them.
-	for link, target := range enable {
-		if target != "/dev/null" {
+	// Only real *.wants directories: a link there is not this tree's.
+	units, err := readTreeDir(root, "etc/systemd/system")
+	if err != nil {
+		return err
+	}
+	for _, wants := range units {
+		rel := "etc/systemd/system/" + wants
+		if fi, err := root.Lstat(rel); err != nil || !fi.IsDir() || !strings.HasSuffix(wants, ".wants") {
 			continue
 		}
-		wants, _ := filepath.Glob(p("etc/systemd/system/*.wants/" + filepath.Base(link)))
-		for _, w := range wants {
-			_ = os.Remove(w)
+		for link, target := range enable {
+			if target != "/dev/null" {
+				continue
+			}
+			if err := removeTree(root, rel+"/"+path.Base(link)); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -88,14 +101,11 @@ type guestFileSpec struct {
 	mode fs.FileMode
 }
 
-func writeGuestFiles(root string, files []guestFileSpec) error {
+// writeGuestFiles writes files into the tree, replacing whatever was at
+// each path (resolv.conf may be a dangling symlink) without following it.
+func writeGuestFiles(root *os.Root, files []guestFileSpec) error {
 	for _, f := range files {
-		p := filepath.Join(root, f.rel)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		_ = os.Remove(p) // resolv.conf may be a dangling symlink
-		if err := os.WriteFile(p, []byte(f.data), f.mode); err != nil {
+		if err := writeTreeFile(root, f.rel, []byte(f.data), f.mode); err != nil {
 			return fmt.Errorf("write %s: %w", f.rel, err)
 		}
 	}
@@ -104,10 +114,16 @@ func writeGuestFiles(root string, files []guestFileSpec) error {
 
 // removeHostKeys drops SSH host keys baked into a tree: identity is per
 // VM, delivered on its seed disk.
-func removeHostKeys(root string) error {
-	keys, _ := filepath.Glob(filepath.Join(root, "etc/ssh/ssh_host_*"))
-	for _, k := range keys {
-		if err := os.Remove(k); err != nil {
+func removeHostKeys(root *os.Root) error {
+	names, err := readTreeDir(root, "etc/ssh")
+	if err != nil {
+		return fmt.Errorf("remove baked host keys: %w", err)
+	}
+	for _, n := range names {
+		if !strings.HasPrefix(n, "ssh_host_") {
+			continue
+		}
+		if err := removeTree(root, "etc/ssh/"+n); err != nil {
 			return fmt.Errorf("remove baked host key: %w", err)
 		}
 	}
@@ -122,70 +138,40 @@ func guestFile(name string) string {
 	return string(b)
 }
 
-// CopyTree copies a small directory tree (the /root skeleton), keeping
-// modes and symlinks.
-func CopyTree(src, dst string) error {
-	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, path)
-		target := filepath.Join(dst, rel)
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case d.IsDir():
-			return os.MkdirAll(target, info.Mode().Perm())
-		case info.Mode()&fs.ModeSymlink != 0:
-			l, err := os.Readlink(path)
-			if err != nil {
-				return err
-			}
-			return os.Symlink(l, target)
-		case info.Mode().IsRegular():
-			data, err := os.ReadFile(path)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(target, data, info.Mode().Perm())
-		}
-		return nil
-	})
-}
-
-// FileWorkSeedMark is written on every work disk (relative to /root): the
-// fingerprint of the work seed the disk was made from.
-const FileWorkSeedMark = ".banger/work-seed"
-
 // WorkSeedFingerprint hashes a work seed tree: every path, mode, symlink
 // target and file content, in a fixed order. A missing tree hashes as
-// the empty seed, so "no seed" is a fingerprint too.
+// the empty seed, so "no seed" is a fingerprint too. The tree is read
+// through an os.Root and a seed that is a link is refused: nothing
+// outside the seed is ever read.
 func WorkSeedFingerprint(dir string) (string, error) {
 	h := sha256.New()
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if errors.Is(err, fs.ErrNotExist) && p == dir {
-			return filepath.SkipDir
-		}
+	root, err := OpenTree(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return hex.EncodeToString(h.Sum(nil)), nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("fingerprint work seed: %w", err)
+	}
+	defer root.Close()
+	// The format is stored on every work disk: keep it byte for byte.
+	err = fs.WalkDir(root.FS(), ".", func(p string, _ fs.DirEntry, err error) error {
 		if err != nil {
-			return err
+			return treeErr(err, p)
 		}
-		rel, _ := filepath.Rel(dir, p)
-		info, err := d.Info()
+		info, err := root.Lstat(p)
 		if err != nil {
-			return err
+			return treeErr(err, p)
 		}
-		fmt.Fprintf(h, "%s\x00%o\x00", rel, info.Mode())
+		fmt.Fprintf(h, "%s\x00%o\x00", p, info.Mode())
 		switch {
 		case info.Mode()&fs.ModeSymlink != 0:
-			l, err := os.Readlink(p)
+			l, err := root.Readlink(p)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(h, "%s\x00", l)
 		case info.Mode().IsRegular():
-			data, err := os.ReadFile(p)
+			data, err := readTreeFile(root, p)
 			if err != nil {
 				return err
 			}

@@ -188,8 +188,8 @@ func (b *Builder) BuildVoid(ctx context.Context, s VoidSpec, kver, fp, workDir, 
 				}
 			}
 			// Void's /lib is a link to usr/lib; the modules go where the
-			// guest's modprobe looks.
-			if err := CopyTree(s.Modules, filepath.Join(rootDir, "usr/lib/modules", kver)); err != nil {
+			// guest's modprobe looks, through the tree's own os.Root.
+			if err := copyModules(s.Modules, rootDir, "usr/lib/modules/"+kver); err != nil {
 				return fmt.Errorf("copy modules: %w", err)
 			}
 			// Firecracker needs an ELF vmlinux; only LZ4 kernels can be
@@ -258,7 +258,13 @@ func (b *Builder) extractRootfs(ctx context.Context, tarball, dir string) error 
 	if err != nil {
 		return fmt.Errorf("extract %s: %w", tarball, err)
 	}
-	osr, _ := os.ReadFile(filepath.Join(dir, "etc/os-release"))
+	// Read through the tree: an os-release that is a link to the host's
+	// must not vouch for the tarball.
+	var osr []byte
+	if root, err := OpenTree(dir); err == nil {
+		osr, _ = readTreeFile(root, "etc/os-release")
+		root.Close()
+	}
 	if !bytes.Contains(osr, []byte(`ID="void"`)) && !bytes.Contains(osr, []byte("ID=void")) {
 		return fmt.Errorf("%w: %s is not a Void Linux rootfs (its etc/os-release has no ID=void)", ErrInvalid, tarball)
 	}
@@ -267,9 +273,14 @@ func (b *Builder) extractRootfs(ctx context.Context, tarball, dir string) error 
 
 // CustomizeVoid turns a Void tree into a banger guest: per-VM identity
 // instead of baked keys, the banger disks in fstab, and runit starting
-// the agent and sshd. Like Customize it only touches the directory.
-func CustomizeVoid(root string) error {
-	p := func(rel string) string { return filepath.Join(root, rel) }
+// the agent and sshd. Like Customize it only touches the directory, and
+// only through an os.Root on it.
+func CustomizeVoid(dir string) error {
+	root, err := OpenTree(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
 	if err := removeHostKeys(root); err != nil {
 		return err
 	}
@@ -293,47 +304,82 @@ func CustomizeVoid(root string) error {
 	if err := writeGuestFiles(root, files); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(p("run/banger/seed"), 0o755); err != nil {
-		return err
+	if err := root.MkdirAll("run/banger/seed", 0o755); err != nil {
+		return treeErr(err, "run/banger/seed")
 	}
 	// Void's sshd_config has no Include line: add one for banger's drop-in.
-	if cfg, err := os.ReadFile(p("etc/ssh/sshd_config")); err == nil && !bytes.Contains(cfg, []byte("sshd_config.d")) {
+	const sshdConfig = "etc/ssh/sshd_config"
+	cfg, err := readTreeFile(root, sshdConfig)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return err
+	case !bytes.Contains(cfg, []byte("sshd_config.d")):
 		cfg = append([]byte("Include /etc/ssh/sshd_config.d/*.conf\n"), cfg...)
-		if err := os.WriteFile(p("etc/ssh/sshd_config"), cfg, 0o644); err != nil {
+		if err := writeTreeFile(root, sshdConfig, cfg, 0o644); err != nil {
 			return err
 		}
 	}
 	enable := []string{"banger-agent"}
-	if _, err := os.Stat(p("etc/sv/sshd")); err == nil {
+	if fi, err := root.Lstat("etc/sv/sshd"); err == nil && fi.IsDir() {
 		enable = append(enable, "sshd")
 	}
 	for _, svc := range enable {
-		link := p("etc/runit/runsvdir/default/" + svc)
-		if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
-			return err
-		}
-		_ = os.Remove(link)
-		if err := os.Symlink("/etc/sv/"+svc, link); err != nil {
+		if err := symlinkTree(root, "/etc/sv/"+svc, "etc/runit/runsvdir/default/"+svc); err != nil {
 			return fmt.Errorf("enable %s: %w", svc, err)
 		}
 	}
 	return nil
 }
 
+// copyModules copies the modules directory the user staged (a host path
+// of their choosing) to rel inside the rootfs tree dir, through an
+// os.Root on the tree.
+func copyModules(src, dir, rel string) error {
+	s, err := os.OpenRoot(src)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	root, err := OpenTree(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	if err := mkdirReplacing(root, rel); err != nil {
+		return err
+	}
+	d, err := root.OpenRoot(rel)
+	if err != nil {
+		return treeErr(err, rel)
+	}
+	defer d.Close()
+	return CopyInto(s, d)
+}
+
 // voidPackages reads name → version from xbps's package database
 // (var/db/xbps/pkgdb-*.plist): each top-level key is a package whose
 // dict holds its "pkgver" (name-version_revision).
-func voidPackages(root string) (map[string]string, error) {
-	dbs, _ := filepath.Glob(filepath.Join(root, "var/db/xbps/pkgdb-*.plist"))
-	if len(dbs) == 0 {
-		return nil, fmt.Errorf("%w: no xbps package database (var/db/xbps/pkgdb-*.plist) in the rootfs", ErrInvalid)
-	}
-	f, err := os.Open(dbs[0])
+func voidPackages(dir string) (map[string]string, error) {
+	root, err := OpenTree(dir)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	return ParsePkgdb(f)
+	defer root.Close()
+	names, err := readTreeDir(root, "var/db/xbps")
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, "pkgdb-") && strings.HasSuffix(n, ".plist") {
+			data, err := readTreeFile(root, "var/db/xbps/"+n)
+			if err != nil {
+				return nil, err
+			}
+			return ParsePkgdb(bytes.NewReader(data))
+		}
+	}
+	return nil, fmt.Errorf("%w: no xbps package database (var/db/xbps/pkgdb-*.plist) in the rootfs", ErrInvalid)
 }
 
 // ParsePkgdb parses an xbps pkgdb property list.

@@ -39,6 +39,14 @@ func CloneFileMethod(ctx context.Context, src, dst string) (method CloneMethod, 
 		return "", fmt.Errorf("clone file: %w", err)
 	}
 	defer in.Close()
+	return CloneFileFrom(ctx, in, dst)
+}
+
+// CloneFileFrom is CloneFileMethod from a file already open, so a caller
+// that opened it through an os.Root (a tree an image or a guest controls)
+// copies exactly the file it checked.
+func CloneFileFrom(ctx context.Context, in *os.File, dst string) (method CloneMethod, err error) {
+	src := in.Name()
 	fi, err := in.Stat()
 	if err != nil {
 		return "", fmt.Errorf("clone file: %w", err)

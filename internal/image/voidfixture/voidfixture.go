@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 )
 
 // Release is the kernel release the fixture's parts agree on.
@@ -26,13 +28,22 @@ type Paths struct {
 // Write creates the fixture under dir. kernelRelease and initrdRelease
 // let a test make parts that do not match.
 func Write(dir, kernelRelease, initrdRelease string) (Paths, error) {
+	return WriteWithLinks(dir, kernelRelease, initrdRelease, nil)
+}
+
+// WriteWithLinks is Write with a hostile rootfs tarball: each key of
+// links (a path in the tree, "etc/ssh") becomes a symlink to its value
+// instead of what the fixture has there, and whatever the fixture had
+// below it is left out. Tests point the links at paths outside the tree
+// to check that building the image never reaches through them.
+func WriteWithLinks(dir, kernelRelease, initrdRelease string, links map[string]string) (Paths, error) {
 	p := Paths{
 		RootfsTar: filepath.Join(dir, "void-rootfs.tar.gz"),
 		Kernel:    filepath.Join(dir, "vmlinuz-"+kernelRelease),
 		Initrd:    filepath.Join(dir, "initramfs-"+initrdRelease+".img"),
 		Modules:   filepath.Join(dir, "modules", Release),
 	}
-	if err := os.WriteFile(p.RootfsTar, rootfsTar(), 0o644); err != nil {
+	if err := os.WriteFile(p.RootfsTar, rootfsTar(links), 0o644); err != nil {
 		return p, err
 	}
 	if err := os.WriteFile(p.Kernel, Kernel(kernelRelease), 0o644); err != nil {
@@ -98,11 +109,23 @@ const pkgdb = `<?xml version="1.0" encoding="UTF-8"?>
 </plist>
 `
 
-func rootfsTar() []byte {
+func rootfsTar(links map[string]string) []byte {
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(zw)
+	replaced := func(name string) bool {
+		name = strings.TrimSuffix(name, "/")
+		for l := range links {
+			if name == l || strings.HasPrefix(name, l+"/") {
+				return true
+			}
+		}
+		return false
+	}
 	add := func(h *tar.Header, body string) {
+		if replaced(h.Name) {
+			return
+		}
 		h.Size = int64(len(body))
 		if h.Mode == 0 {
 			h.Mode = 0o644
@@ -127,6 +150,14 @@ func rootfsTar() []byte {
 	add(&tar.Header{Name: "dev/null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3}, "")
 	add(&tar.Header{Name: "root/.bashrc", Typeflag: tar.TypeReg}, "# void root\n")
 	add(&tar.Header{Name: "var/db/xbps/pkgdb-0.38.plist", Typeflag: tar.TypeReg}, pkgdb)
+	names := make([]string, 0, len(links))
+	for l := range links {
+		names = append(names, l)
+	}
+	sort.Strings(names)
+	for _, l := range names {
+		_ = tw.WriteHeader(&tar.Header{Name: l, Typeflag: tar.TypeSymlink, Linkname: links[l], Mode: 0o777})
+	}
 	_ = tw.Close()
 	_ = zw.Close()
 	return buf.Bytes()
