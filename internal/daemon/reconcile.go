@@ -117,28 +117,37 @@ func (d *Daemon) sweepVMMs(ctx context.Context, vms []store.VM, rep *sweepReport
 			live[vm.ID] = d.proc(vm)
 		}
 	}
-	procs, err := instanceVMMs(d.layout.InstancePrefix(), d.layout.VMsDir)
-	if err != nil {
-		return err
-	}
-	var killed []vmmProc
-	for _, p := range procs {
-		if lp, ok := live[p.id]; ok && lp.PID == p.pid && lp.StartTime == p.start {
-			continue
+	// Look again after each round: a QEMU launcher killed while it
+	// daemonized may have forked its VM process after the first look.
+	seen := map[vmmProc]bool{}
+	for range 5 {
+		procs, err := instanceVMMs(d.layout.InstancePrefix(), d.layout.VMsDir)
+		if err != nil {
+			return err
 		}
-		// The VM is discarded: no polite power-off, nothing it writes now
-		// is kept.
-		if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-			d.log.Warn("stop orphaned VMM", "pid", p.pid, "vm_id", p.id, "err", err)
-			continue
+		var killed []vmmProc
+		for _, p := range procs {
+			if lp, ok := live[p.id]; (ok && lp.PID == p.pid && lp.StartTime == p.start) || seen[p] {
+				continue
+			}
+			seen[p] = true
+			// The VM is discarded: no polite power-off, nothing it
+			// writes now is kept.
+			if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+				d.log.Warn("stop orphaned VMM", "pid", p.pid, "vm_id", p.id, "err", err)
+				continue
+			}
+			killed = append(killed, p)
+			rep.procs = append(rep.procs, fmt.Sprintf("%s(pid %d)", p.id, p.pid))
 		}
-		killed = append(killed, p)
-		rep.procs = append(rep.procs, fmt.Sprintf("%s(pid %d)", p.id, p.pid))
-	}
-	for _, p := range killed {
-		alive := func(vmm.Process) bool { return system.ProcAlive(p.pid, p.start) }
-		if !vmm.WaitGone(ctx, alive, vmm.Process{PID: p.pid, StartTime: p.start}, 5*time.Second) {
-			d.log.Warn("orphaned VMM did not exit after SIGKILL", "pid", p.pid, "vm_id", p.id)
+		if len(killed) == 0 {
+			return nil
+		}
+		for _, p := range killed {
+			alive := func(vmm.Process) bool { return system.ProcAlive(p.pid, p.start) }
+			if !vmm.WaitGone(ctx, alive, vmm.Process{PID: p.pid, StartTime: p.start}, 5*time.Second) {
+				d.log.Warn("orphaned VMM did not exit after SIGKILL", "pid", p.pid, "vm_id", p.id)
+			}
 		}
 	}
 	return nil
