@@ -203,6 +203,13 @@ func (d *Daemon) sweepFiles(ctx context.Context, rep *sweepReport) error {
 			remove(p, &rep.tempFiles)
 		}
 	}
+	// A client key write cut short (sshkeys writes through a temp file).
+	entries, _ = os.ReadDir(d.layout.SSHDir)
+	for _, e := range entries {
+		if n := e.Name(); strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-") {
+			remove(filepath.Join(d.layout.SSHDir, n), &rep.tempFiles)
+		}
+	}
 	return nil
 }
 
