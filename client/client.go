@@ -17,6 +17,8 @@ import (
 	"os"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bangerdev/banger/internal/api"
 )
 
@@ -31,11 +33,55 @@ type Client struct {
 }
 
 // New returns a client for the daemon listening on socket.
+//
+// Every connection is checked before a byte is sent: the process serving
+// the socket must be root or the caller's own user (SO_PEERCRED). A socket
+// in a directory another user squatted is refused, not talked to.
 func New(socket string) *Client {
 	return NewWithDialer(socket, func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
-		return d.DialContext(ctx, "unix", socket)
+		c, err := d.DialContext(ctx, "unix", socket)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkServer(c, socket, os.Geteuid()); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
 	})
+}
+
+// checkServer refuses a daemon socket whose server is neither root nor
+// uid.
+func checkServer(c net.Conn, socket string, uid int) error {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("daemon connection to %s is not a unix socket", socket)
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return fmt.Errorf("read the daemon's credentials on %s: %w", socket, err)
+	}
+	if cerr != nil {
+		return fmt.Errorf("read the daemon's credentials on %s: %w", socket, cerr)
+	}
+	if cred.Uid == 0 || int(cred.Uid) == uid {
+		return nil
+	}
+	return &api.Error{
+		Code: api.CodeUnavailable,
+		Message: fmt.Sprintf("refusing the daemon socket %s: it is served by uid %d (pid %d), neither you (uid %d) nor root; nothing was sent",
+			socket, cred.Uid, cred.Pid, uid),
+		Hint: "another user may be impersonating banger: remove that socket and its directory (or set XDG_RUNTIME_DIR, BANGER_SOCKET or BANGER_HOME to a directory of your own) and start `banger daemon` again",
+	}
 }
 
 // NewWithDialer lets callers (tests, orchestrators behind a proxy) choose
@@ -111,6 +157,10 @@ func (c *Client) send(ctx context.Context, method, path string, q url.Values, in
 // unreachable turns "no such file" and "connection refused" into the
 // error a user can act on. The CLI never starts a daemon by itself.
 func (c *Client) unreachable(err error) error {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return ae
+	}
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
 		return &api.Error{
 			Code:    api.CodeUnavailable,

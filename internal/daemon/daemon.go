@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -42,6 +44,8 @@ type Options struct {
 
 // Daemon is one banger instance.
 type Daemon struct {
+	// lock is the state directory's flock, held for the daemon's life.
+	lock   *os.File
 	layout paths.Layout
 	cfg    config.Config
 	log    *slog.Logger
@@ -83,11 +87,19 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if err := paths.EnsureDirs(opts.Layout); err != nil {
 		return nil, fmt.Errorf("create state dirs: %w", err)
 	}
+	// One daemon per state directory, before anything is read: a second
+	// one would reconcile too and take the first one's VMs for orphans.
+	lock, err := lockDataDir(opts.Layout.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	st, err := store.Open(ctx, opts.Layout.DBPath)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("open state: %w", err)
 	}
 	d := &Daemon{
+		lock:      lock,
 		layout:    opts.Layout,
 		cfg:       opts.Config,
 		log:       opts.Logger,
@@ -105,6 +117,13 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if opts.NetHost == nil {
 		opts.NetHost = network.Kernel{}
 	}
+	ok := false
+	defer func() {
+		if !ok {
+			st.Close()
+			lock.Close()
+		}
+	}()
 	if d.net, err = d.newNetwork(opts.NetHost); err != nil {
 		return nil, err
 	}
@@ -132,7 +151,39 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 			d.log.Warn("reconcile tap network", "err", err)
 		}
 	}
+	ok = true
 	return d, nil
+}
+
+// fileDaemonLock is the lock file in the data directory; it holds the
+// owner's pid for the message a second daemon prints.
+const fileDaemonLock = "daemon.lock"
+
+// lockDataDir takes the state directory's exclusive lock, for as long as
+// the returned file stays open (the kernel drops it when the daemon dies,
+// however it dies). The file is close-on-exec, so no VMM inherits it.
+func lockDataDir(dir string) (*os.File, error) {
+	p := filepath.Join(dir, fileDaemonLock)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open daemon lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		defer f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			data, _ := os.ReadFile(p)
+			pid := strings.TrimSpace(string(data))
+			if pid == "" {
+				pid = "?"
+			}
+			return nil, fmt.Errorf("another banger daemon (pid %s) owns %s: stop it first, or give this one its own %s", pid, dir, paths.EnvHome)
+		}
+		return nil, fmt.Errorf("lock %s: %w", p, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
 }
 
 // Close releases the daemon's state. Running VMs keep running. Operations
@@ -152,7 +203,10 @@ func (d *Daemon) Close() error {
 	}
 	d.agents = map[string]*agentclient.Client{}
 	d.mu.Unlock()
-	return d.store.Close()
+	err := d.store.Close()
+	// The lock goes last: the next daemon may open the state at once.
+	d.lock.Close()
+	return err
 }
 
 // Serve listens on the instance's socket until ctx ends.
@@ -164,7 +218,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
 		return fmt.Errorf("create socket dir: %w", err)
 	}
-	if err := removeStaleSocket(sock); err != nil {
+	if err := removeStaleSocket(sock, os.Geteuid()); err != nil {
 		return err
 	}
 	// The umask makes the socket 0600 from birth: there is no window in
@@ -175,9 +229,17 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", sock, err)
 	}
+	// Listen unlinks nothing at close: the socket is removed below only
+	// while it is still the one this daemon made.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	if err := os.Chmod(sock, 0o600); err != nil {
 		ln.Close()
 		return fmt.Errorf("chmod socket: %w", err)
+	}
+	mine, err := os.Lstat(sock)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("stat socket: %w", err)
 	}
 	srv := &http.Server{
 		Handler:           d.routes(),
@@ -192,18 +254,36 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
-		os.Remove(sock)
+		if now, err := os.Lstat(sock); err == nil && os.SameFile(mine, now) {
+			os.Remove(sock)
+		}
 		return nil
 	case err := <-errc:
 		return err
 	}
 }
 
-// removeStaleSocket refuses to steal a live daemon's socket but cleans up
-// after a dead one.
-func removeStaleSocket(sock string) error {
-	if _, err := os.Lstat(sock); errors.Is(err, os.ErrNotExist) {
+// removeStaleSocket clears the way for the daemon's socket. It removes
+// only a dead socket of uid's own (the previous daemon's, left by a
+// crash); a live one, a socket of another user, or anything that is not
+// a socket is refused and left where it is.
+func removeStaleSocket(sock string, uid int) error {
+	fi, err := os.Lstat(sock)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check socket path: %w", err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket (%s): banger does not remove it; move it away and start again", sock, fi.Mode().Type())
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != uid {
+		owner := -1
+		if ok {
+			owner = int(st.Uid)
+		}
+		return fmt.Errorf("socket %s belongs to uid %d, not to this daemon's uid %d: banger does not remove it; check who made it, remove it and start again", sock, owner, uid)
 	}
 	c, err := net.DialTimeout("unix", sock, time.Second)
 	if err == nil {

@@ -371,6 +371,13 @@ func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, st
 	spec.Jailer = d.jailed(*vm, jailer)
 	err = stage("boot", func(ctx context.Context) error {
 		os.Remove(filepath.Join(vm.Dir, paths.FileConsoleLog))
+		// The VMM is recorded before it exists: its command line carries
+		// the instance prefix and the VM id (spec.ProcessName), and a real
+		// VM's row (state creating) is written before this. A daemon
+		// killed before the PID below is stored leaves a VMM the next
+		// one finds by that name and stops (reconcile's sweepVMMs);
+		// provisioning and verify VMs have no row and are found the same
+		// way.
 		p, err := d.driverFor(*vm).Start(ctx, spec)
 		if err != nil {
 			return err

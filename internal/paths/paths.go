@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // ErrSocketPathTooLong reports a Unix socket path the kernel cannot bind.
@@ -224,10 +225,14 @@ func CheckSocketPath(p string) error {
 // EnsureDirs creates the layout's directories with mode 0700. Existing
 // directories keep their mode. The config file's directory is not
 // created: the daemon only reads config.
+//
+// The runtime directory (and the socket's, when it is elsewhere) must be
+// this user's own: under /tmp another user could create it first and put
+// a socket of their own in it, so one that is a link, someone else's, or
+// open to others is refused rather than used.
 func EnsureDirs(l Layout) error {
-	dirs := []string{l.DataDir, l.RunDir, filepath.Dir(l.Socket), filepath.Dir(l.DBPath),
-		l.ImagesDir, l.VMsDir, l.LogDir, l.SSHDir, l.CacheDir}
-	for _, d := range dirs {
+	uid := os.Geteuid()
+	for _, d := range []string{l.DataDir, filepath.Dir(l.DBPath), l.ImagesDir, l.VMsDir, l.LogDir, l.SSHDir, l.CacheDir} {
 		if d == "" || d == "." {
 			continue
 		}
@@ -235,5 +240,62 @@ func EnsureDirs(l Layout) error {
 			return fmt.Errorf("create state dir: %w", err)
 		}
 	}
+	if l.RunDir != "" {
+		if err := EnsurePrivateDir(l.RunDir, uid, true); err != nil {
+			return err
+		}
+	}
+	if sd := filepath.Dir(l.Socket); l.Socket != "" && sd != l.RunDir {
+		if err := EnsurePrivateDir(sd, uid, false); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// ErrUnsafeDir reports a directory banger will not keep its socket in.
+var ErrUnsafeDir = errors.New("unsafe directory")
+
+// EnsurePrivateDir creates dir (mode 0700) when missing and checks that it
+// is a real directory owned by uid. strict also refuses any access for
+// group or others (a directory banger made itself, such as
+// /tmp/banger-UID); otherwise only their write access is refused (a
+// BANGER_HOME the user made).
+func EnsurePrivateDir(dir string, uid int, strict bool) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", filepath.Dir(dir), err)
+	}
+	// Mkdir, unlike MkdirAll, never follows a link at the last element:
+	// an existing link is EEXIST and the Lstat below refuses it.
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	return checkPrivateDir(dir, uid, strict)
+}
+
+func checkPrivateDir(dir string, uid int, strict bool) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	var what string
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case fi.Mode()&os.ModeSymlink != 0:
+		what = "is a symbolic link"
+	case !fi.IsDir():
+		what = "is not a directory"
+	case st == nil:
+		what = "has no owner information"
+	case int(st.Uid) != uid:
+		what = fmt.Sprintf("is owned by uid %d", st.Uid)
+	case strict && fi.Mode().Perm()&0o077 != 0:
+		what = fmt.Sprintf("has mode %04o", fi.Mode().Perm())
+	case !strict && fi.Mode().Perm()&0o022 != 0:
+		what = fmt.Sprintf("is writable by others (mode %04o)", fi.Mode().Perm())
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: %s %s; banger keeps its socket there and needs a directory of uid %d with mode 0700: remove it (or set XDG_RUNTIME_DIR or %s elsewhere) and try again",
+		ErrUnsafeDir, dir, what, uid, EnvHome)
 }

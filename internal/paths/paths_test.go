@@ -228,3 +228,62 @@ func TestEnsureDirs(t *testing.T) {
 		t.Error("EnsureDirs under a regular file succeeded")
 	}
 }
+
+// The runtime directory holds the daemon's socket. Under /tmp another user
+// can create it first and put a socket of their own in it; a directory
+// that is a link, someone else's, or open to others is refused, with what
+// to do, and nothing is created through it.
+func TestEnsureDirsRefusesSquattedRunDir(t *testing.T) {
+	uid := os.Getuid()
+	layoutWithRun := func(run string) Layout {
+		l := layoutUnder(filepath.Join(t.TempDir(), "data"))
+		l.RunDir = run
+		l.Socket = filepath.Join(run, FileSocket)
+		return l
+	}
+	// A fresh one is created private.
+	fresh := filepath.Join(t.TempDir(), "banger-fresh")
+	if err := EnsureDirs(layoutWithRun(fresh)); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(fresh); err != nil || fi.Mode().Perm() != 0o700 || !fi.IsDir() {
+		t.Fatalf("fresh run dir: %v %v", fi, err)
+	}
+
+	target := t.TempDir()
+	link := filepath.Join(t.TempDir(), "banger-link")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	open := filepath.Join(t.TempDir(), "banger-open")
+	if err := os.Mkdir(open, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]string{"symlink": link, "mode 0777": open}
+	if uid == 0 {
+		other := filepath.Join(t.TempDir(), "banger-other")
+		if err := os.Mkdir(other, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(other, 4242, 4242); err != nil {
+			t.Fatal(err)
+		}
+		cases["owned by uid 4242"] = other
+	}
+	for name, dir := range cases {
+		err := EnsureDirs(layoutWithRun(dir))
+		if err == nil {
+			t.Errorf("%s: run dir accepted", name)
+			continue
+		}
+		if !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "remove it") {
+			t.Errorf("%s: error does not name the directory and what to do: %v", name, err)
+		}
+	}
+	if entries, _ := os.ReadDir(target); len(entries) != 0 {
+		t.Errorf("something was created through the link: %v", entries)
+	}
+}
