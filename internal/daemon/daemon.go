@@ -122,6 +122,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if err := d.reconcile(ctx); err != nil {
 		return nil, fmt.Errorf("reconcile: %w", err)
 	}
+	d.startVMMUsers(ctx)
 	// A host without tap support (no root) still runs user-mode VMs; with
 	// no tap VM recorded, failing to even look (no CAP_NET_ADMIN for
 	// nftables) is expected and not worth a warning at every start.
@@ -152,6 +153,9 @@ func (d *Daemon) Close() error {
 	}
 	d.agents = map[string]*agentclient.Client{}
 	d.mu.Unlock()
+	gctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	d.syncLocalGuard(gctx)
+	cancel()
 	return d.store.Close()
 }
 
