@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -67,7 +68,8 @@ func (d *Daemon) localGuard() (network.Guard, network.LocalGuard, bool) {
 	if !ok || r.Empty() || os.Geteuid() != 0 {
 		return nil, network.LocalGuard{}, false
 	}
-	return g, network.LocalGuard{Table: d.net.Names.GuardTable(), First: r.First, Last: r.Last}, true
+	// The tap subnet too: other VMs live there.
+	return g, network.LocalGuard{Table: d.net.Names.GuardTable(), First: r.First, Last: r.Last, Blocked: []netip.Prefix{d.net.Subnet}}, true
 }
 
 func (d *Daemon) applyLocalGuard(ctx context.Context) error {

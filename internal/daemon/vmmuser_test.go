@@ -63,7 +63,8 @@ func TestRunAsGivesEachVMItsOwnUser(t *testing.T) {
 		t.Fatalf("uids %d/%d and %d, want 3100000 and 3100001", a.UID, a.GID, b.UID)
 	}
 	// Only the user-mode VM with egress all needed the guard.
-	if len(g.applied) != 1 || g.applied[0].Table != d.net.Names.GuardTable() || g.applied[0].First != 3100000 || g.applied[0].Last != 3100009 {
+	if len(g.applied) != 1 || g.applied[0].Table != d.net.Names.GuardTable() || g.applied[0].First != 3100000 || g.applied[0].Last != 3100009 ||
+		len(g.applied[0].Blocked) != 1 || g.applied[0].Blocked[0].String() != "172.30.0.0/24" {
 		t.Fatalf("guard applied %+v", g.applied)
 	}
 	if fc := boot(newVM("fc", config.VMMFirecracker, "tap", "all"), false, true, &undo); fc.UID != 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 
 	"github.com/google/nftables"
@@ -23,12 +24,17 @@ import (
 // address of the host) is rejected. Replies on the VM's own forwards are
 // not new connections and pass; DNS (port 53) passes, since slirp's
 // resolver at 10.0.2.3 forwards to the host's nameserver, often a local
-// one.
+// one. The tap subnet is closed the same way, so a user-mode guest
+// cannot reach tap-mode VMs through the host either.
 type LocalGuard struct {
 	// Table is the inet table holding the rule (Names.GuardTable).
 	Table string
 	// First and Last bound the VMM uid range.
 	First, Last uint32
+	// Blocked are further IPv4 networks the VMMs may not open
+	// connections to: the tap subnet, where other VMs live (slirp would
+	// otherwise carry a user-mode guest to them through the host).
+	Blocked []netip.Prefix
 }
 
 // Guard installs and removes LocalGuards. Kernel implements it.
@@ -80,12 +86,35 @@ func guardRules(g LocalGuard) [][]expr.Any {
 		}
 		return e
 	}
-	return [][]expr.Any{
+	rules := [][]expr.Any{
 		append(match(unix.IPPROTO_UDP, dnsPort), &expr.Verdict{Kind: expr.VerdictAccept}),
 		append(match(unix.IPPROTO_TCP, dnsPort), &expr.Verdict{Kind: expr.VerdictAccept}),
 		append(match(unix.IPPROTO_TCP, 0), &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}),
 		append(match(0, 0), &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}),
 	}
+	for _, p := range g.Blocked {
+		if !p.Addr().Is4() {
+			continue
+		}
+		p = p.Masked()
+		a := p.Addr().As4()
+		// meta skuid RANGE ct state new meta nfproto ipv4 ip daddr P reject
+		e := append(match(0, 0)[:6:6],
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: netipMask(p.Bits()), Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a[:]},
+		)
+		rules = append(rules,
+			append(append(e[:len(e):len(e)],
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}}),
+				&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}),
+			append(e, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}),
+		)
+	}
+	return rules
 }
 
 // ApplyLocalGuard implements Guard: the table is added, deleted and

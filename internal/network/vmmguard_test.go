@@ -3,6 +3,7 @@ package network
 import (
 	"context"
 	"net"
+	"net/netip"
 	"runtime"
 	"syscall"
 	"testing"
@@ -48,7 +49,7 @@ func inNetns(t *testing.T, fn func()) {
 func dialAs(uid int, network, addr string) error {
 	old, _ := unix.SetfsuidRetUid(uid)
 	defer unix.Setfsuid(old)
-	c, err := net.DialTimeout(network, addr, 2*time.Second)
+	c, err := net.DialTimeout(network, addr, time.Second)
 	if err == nil {
 		c.Close()
 	}
@@ -98,7 +99,19 @@ func TestLocalGuard(t *testing.T) {
 		if err := dialAs(vmmUID, "tcp4", svc4.Addr().String()); err != nil {
 			t.Fatalf("control: without the guard: %v", err)
 		}
-		g := LocalGuard{Table: "banger_test_vmm", First: 3000000, Last: 3000009}
+		// A stand-in for the tap subnet: routed, but nothing answers.
+		dummy := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "bgveth0"}, PeerName: "bgveth1"}
+		if err := netlink.LinkAdd(dummy); err != nil {
+			t.Fatal(err)
+		}
+		addr, _ := netlink.ParseAddr("10.99.0.1/24")
+		if err := netlink.AddrAdd(dummy, addr); err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.LinkSetUp(dummy); err != nil {
+			t.Fatal(err)
+		}
+		g := LocalGuard{Table: "banger_test_vmm", First: 3000000, Last: 3000009, Blocked: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/24")}}
 		k := Kernel{}
 		if err := k.ApplyLocalGuard(ctx, g); err != nil {
 			t.Fatal(err)
@@ -114,6 +127,14 @@ func TestLocalGuard(t *testing.T) {
 			} else if !errorsIsRefused(err) {
 				t.Errorf("VMM uid to %s: %v, want a quick connection refused", a.addr, err)
 			}
+		}
+		// Another VM on the tap subnet: refused at once.
+		if err := dialAs(vmmUID, "tcp4", "10.99.0.2:22"); !errorsIsRefused(err) {
+			t.Errorf("VMM uid to the tap subnet: %v, want connection refused", err)
+		}
+		// Others are not affected (the dial times out: nothing there).
+		if err := dialAs(otherUID, "tcp4", "10.99.0.2:22"); errorsIsRefused(err) {
+			t.Errorf("a uid outside the range was refused the tap subnet")
 		}
 		for _, c := range []struct {
 			uid  int
@@ -162,6 +183,10 @@ func TestGuardTableName(t *testing.T) {
 		t.Fatal(got)
 	}
 	if rules := guardRules(LocalGuard{First: 1, Last: 2}); len(rules) != 4 {
+		t.Fatalf("%d rules", len(rules))
+	}
+	// Two more per IPv4 network blocked; IPv6 ones are not supported.
+	if rules := guardRules(LocalGuard{First: 1, Last: 2, Blocked: []netip.Prefix{netip.MustParsePrefix("172.30.0.0/24"), netip.MustParsePrefix("fd00::/64")}}); len(rules) != 6 {
 		t.Fatalf("%d rules", len(rules))
 	}
 }
