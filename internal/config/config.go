@@ -70,6 +70,73 @@ type Config struct {
 	Network Network `toml:"network"`
 	// Firecracker configures the Firecracker driver and its jailer.
 	Firecracker Firecracker `toml:"firecracker"`
+	// VMMProcess configures the VMM processes themselves.
+	VMMProcess VMMProcess `toml:"vmm"`
+}
+
+// VMMProcess says whom the VMM processes run as.
+type VMMProcess struct {
+	// UIDRange is "FIRST-LAST": when the daemon runs as root, each VM's
+	// QEMU (and each jailed Firecracker) runs under its own uid and gid
+	// from this range, so a VMM taken over by its guest holds no
+	// privilege and cannot reach another VM's process or files. Empty
+	// runs VMMs as the daemon's own user (root!), which weakens that.
+	UIDRange string `toml:"uid_range"`
+}
+
+// DefaultUIDRange sits in the block systemd leaves unused between its
+// container ranges (524288-1879048191) and its foreign range
+// (2147352576-), far from regular and system users, and below 2^31,
+// where some tools break.
+const DefaultUIDRange = "2000000000-2000065535"
+
+// IDRange is an inclusive range of uids (each VM uses the same number as
+// its gid). The zero IDRange is empty.
+type IDRange struct{ First, Last uint32 }
+
+// Empty says the range holds no id (per-VM users are off).
+func (r IDRange) Empty() bool { return r.First == 0 && r.Last == 0 }
+
+// Contains says whether id is in the range.
+func (r IDRange) Contains(id uint32) bool { return !r.Empty() && id >= r.First && id <= r.Last }
+
+// String renders the range as the config writes it.
+func (r IDRange) String() string {
+	if r.Empty() {
+		return ""
+	}
+	return fmt.Sprintf("%d-%d", r.First, r.Last)
+}
+
+// Limits of a uid range: clear of root, system and regular users and of
+// nobody (65534), and below 2^31-1 (many tools treat larger ids as
+// negative; 2^31-1 and 2^32-1 are special).
+const (
+	minRangeUID = 65536
+	maxRangeUID = 1<<31 - 2
+)
+
+// ParseIDRange reads "FIRST-LAST"; "" is the empty range.
+func ParseIDRange(s string) (IDRange, error) {
+	if s == "" {
+		return IDRange{}, nil
+	}
+	a, b, ok := strings.Cut(s, "-")
+	first, err1 := strconv.ParseUint(strings.TrimSpace(a), 10, 32)
+	last, err2 := strconv.ParseUint(strings.TrimSpace(b), 10, 32)
+	if !ok || err1 != nil || err2 != nil {
+		return IDRange{}, fmt.Errorf("want \"FIRST-LAST\" such as %q, or \"\" to run VMMs as the daemon's user", DefaultUIDRange)
+	}
+	if first < minRangeUID || last > maxRangeUID || first > last {
+		return IDRange{}, fmt.Errorf("want %d <= FIRST <= LAST <= %d (ids of no existing user), such as %q", minRangeUID, maxRangeUID, DefaultUIDRange)
+	}
+	return IDRange{First: uint32(first), Last: uint32(last)}, nil
+}
+
+// UIDs is the parsed [vmm] uid_range (Validate has checked it).
+func (v VMMProcess) UIDs() IDRange {
+	r, _ := ParseIDRange(v.UIDRange)
+	return r
 }
 
 // Firecracker configures the Firecracker driver (docs/jailer.md for the
@@ -81,7 +148,8 @@ type Firecracker struct {
 	// Jailer runs every Firecracker VM under the jailer (`vm create
 	// --jailer` asks for it per VM).
 	Jailer bool `toml:"jailer"`
-	// UID and GID Firecracker runs as in the jail.
+	// UID and GID Firecracker runs as in the jail when [vmm] uid_range
+	// is empty; otherwise every jailed VM gets its own from that range.
 	UID int `toml:"uid"`
 	GID int `toml:"gid"`
 	// ChrootBase is where jails are built; it should be on the same
@@ -204,7 +272,8 @@ func Default() Config {
 			Cgroups:       []string{},
 			CgroupVersion: "2",
 		},
-		Network: Network{Subnet: "172.30.0.0/24", DNS: []string{}},
+		Network:    Network{Subnet: "172.30.0.0/24", DNS: []string{}},
+		VMMProcess: VMMProcess{UIDRange: DefaultUIDRange},
 	}
 }
 
@@ -318,6 +387,9 @@ func (c Config) Validate() error {
 	}
 	if c.Firecracker.UID < 0 || c.Firecracker.GID < 0 {
 		bad("firecracker.uid/gid", fmt.Sprintf("%d/%d", c.Firecracker.UID, c.Firecracker.GID), "want non-negative ids")
+	}
+	if _, err := ParseIDRange(c.VMMProcess.UIDRange); err != nil {
+		bad("vmm.uid_range", c.VMMProcess.UIDRange, err.Error())
 	}
 	if c.Firecracker.CgroupVersion != "1" && c.Firecracker.CgroupVersion != "2" {
 		bad("firecracker.cgroup_version", c.Firecracker.CgroupVersion, `want "1" or "2"`)

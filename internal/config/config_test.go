@@ -25,6 +25,7 @@ func TestDefaultIsValid(t *testing.T) {
 		Auth:        Auth{Files: []string{".local/share/opencode/auth.json", ".claude/.credentials.json", ".claude.json", ".pi/agent/auth.json"}},
 		Firecracker: Firecracker{UID: 65534, GID: 65534, ChrootBase: "/srv/jailer", ParentCgroup: "banger", Cgroups: []string{}, CgroupVersion: "2"},
 		Network:     Network{Subnet: "172.30.0.0/24", DNS: []string{}},
+		VMMProcess:  VMMProcess{UIDRange: "2000000000-2000065535"},
 	}
 	if !reflect.DeepEqual(d, want) {
 		t.Fatalf("Default() = %+v", d)
@@ -240,6 +241,38 @@ func TestVMMAndFirecrackerKeys(t *testing.T) {
 	} {
 		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%q: got %v, want ErrInvalid", bad, err)
+		}
+	}
+}
+
+func TestUIDRange(t *testing.T) {
+	c, err := Parse([]byte("[vmm]\nuid_range = \"3000000-3000009\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.VMMProcess.UIDs(); r.First != 3000000 || r.Last != 3000009 || !r.Contains(3000009) || r.Contains(2999999) || r.String() != "3000000-3000009" {
+		t.Fatalf("uid range = %+v", r)
+	}
+	if r := Default().VMMProcess.UIDs(); r.First != 2000000000 || r.Last != 2000065535 {
+		t.Fatalf("default uid range = %+v", r)
+	}
+	// Empty turns per-VM users off.
+	c, err = Parse([]byte("[vmm]\nuid_range = \"\"\n"))
+	if err != nil || !c.VMMProcess.UIDs().Empty() {
+		t.Fatalf("empty range: %+v %v", c.VMMProcess.UIDs(), err)
+	}
+	for _, bad := range []string{
+		"0-100",                 // root and system users
+		"1000-70000",            // regular users
+		"65534-70000",           // nobody
+		"70000-60000",           // reversed
+		"3000000000-3000000001", // above 2^31
+		"2147483647-2147483647", // (uid_t)-1 / 2
+		"abc", "100", "-5", "5-", "1-2-3",
+	} {
+		_, err := Parse([]byte("[vmm]\nuid_range = \"" + bad + "\"\n"))
+		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "vmm.uid_range") {
+			t.Errorf("uid_range %q: %v", bad, err)
 		}
 	}
 }

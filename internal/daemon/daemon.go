@@ -141,6 +141,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if err := d.reconcile(ctx); err != nil {
 		return nil, fmt.Errorf("reconcile: %w", err)
 	}
+	d.startVMMUsers(ctx)
 	// A host without tap support (no root) still runs user-mode VMs; with
 	// no tap VM recorded, failing to even look (no CAP_NET_ADMIN for
 	// nftables) is expected and not worth a warning at every start.
@@ -203,6 +204,9 @@ func (d *Daemon) Close() error {
 	}
 	d.agents = map[string]*agentclient.Client{}
 	d.mu.Unlock()
+	gctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	d.syncLocalGuard(gctx)
+	cancel()
 	err := d.store.Close()
 	// The lock goes last: the next daemon may open the state at once.
 	d.lock.Close()

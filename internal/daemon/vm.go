@@ -369,6 +369,9 @@ func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, st
 		return proc, err
 	}
 	spec.Jailer = d.jailed(*vm, jailer)
+	if err := d.runAs(ctx, vm, &spec, persist, undo); err != nil {
+		return proc, err
+	}
 	err = stage("boot", func(ctx context.Context) error {
 		os.Remove(filepath.Join(vm.Dir, paths.FileConsoleLog))
 		// The VMM is recorded before it exists: its command line carries
@@ -478,7 +481,9 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		ports = nil
 	}
 	kernel := filepath.Join(img.Dir, image.FileKernel)
-	rootDisk := vmm.Disk{Path: filepath.Join(vm.Dir, paths.FileRootDisk), Format: "qcow2"}
+	// The overlay's backing file is named here, not taken from its
+	// header: QEMU gets it as a read-only descriptor (qemu/launch.go).
+	rootDisk := vmm.Disk{Path: filepath.Join(vm.Dir, paths.FileRootDisk), Format: "qcow2", Backing: filepath.Join(img.Dir, image.FileRootfs)}
 	switch vm.VMM {
 	case config.VMMFirecracker:
 		// Firecracker boots the ELF vmlinux and takes raw disks only.

@@ -124,6 +124,21 @@ CREATE TABLE leases (
 	created_at TEXT NOT NULL
 );
 `,
+	// 7: the uid (and same-numbered gid) each VM's VMM runs as when the
+	// daemon is root. owner is a VM id, or the id of a throwaway VM
+	// (image verify, derive) that has no vms row, hence no foreign key;
+	// the trigger releases a VM's uid with its row.
+	`
+CREATE TABLE vmm_users (
+	owner      TEXT PRIMARY KEY,
+	uid        INTEGER NOT NULL UNIQUE CHECK (uid > 0),
+	created_at TEXT NOT NULL
+);
+CREATE TRIGGER vms_release_vmm_user AFTER DELETE ON vms
+BEGIN
+	DELETE FROM vmm_users WHERE owner = OLD.id;
+END;
+`,
 }
 
 // migrate brings db to the newest schema this binary knows. It is safe to

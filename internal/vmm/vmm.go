@@ -14,11 +14,17 @@ import (
 // ErrNotSupported is returned for an optional capability a driver lacks.
 var ErrNotSupported = errors.New("not supported by this VMM")
 
-// Disk is one block device. The root disk comes first.
+// Disk is one block device. The root disk comes first. Path is the VM's
+// own file, inside Spec.Dir: a driver that runs the VMM under Spec.UID
+// hands it to that user.
 type Disk struct {
 	Path     string
 	Format   string // "raw" or "qcow2"
 	ReadOnly bool
+	// Backing is the raw file a qcow2 overlay reads through to (an
+	// image's rootfs, shared by many VMs: only ever read). Empty means
+	// whatever the overlay's header names.
+	Backing string
 }
 
 // Forward exposes a guest TCP port on 127.0.0.1 of the host.
@@ -51,6 +57,10 @@ type Spec struct {
 	// Jailer runs the VMM under Firecracker's jailer (chroot, own uid,
 	// cgroup). Drivers without a jailer refuse it.
 	Jailer bool
+	// UID and GID are this VM's own unprivileged user for the VMM
+	// process (QEMU, or Firecracker in its jail); 0 runs it as the
+	// daemon's user. Only a root daemon sets them.
+	UID, GID int
 }
 
 // Network modes.

@@ -270,12 +270,17 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 		return vmm.Process{}, fmt.Errorf("find firecracker: %w", err)
 	}
 	var jail *JailPlan
+	jcfg := d.Jailer
+	if spec.UID != 0 {
+		// The VM's own user: jailed VMs never share a uid.
+		jcfg.UID, jcfg.GID = spec.UID, spec.GID
+	}
 	if spec.Jailer {
 		var disks []string
 		for _, dk := range spec.Disks {
 			disks = append(disks, dk.Path)
 		}
-		jp, err := PlanJail(d.Jailer, fcPath, spec.ID, spec.Kernel, spec.Initrd, disks)
+		jp, err := PlanJail(jcfg, fcPath, spec.ID, spec.Kernel, spec.Initrd, disks)
 		if err != nil {
 			return vmm.Process{}, err
 		}
@@ -296,16 +301,24 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 		if err := jail.Remove(); err != nil {
 			return vmm.Process{}, err
 		}
-		if err := jail.Prepare(ctx, d.Jailer); err != nil {
+		if err := jail.Prepare(ctx); err != nil {
 			jail.Remove()
 			return vmm.Process{}, err
+		}
+		// Firecracker opens its TAP by name inside the jail, as the
+		// jail's user: make that user the TAP's owner.
+		if spec.Net.TapDevice != "" {
+			if err := vmm.SetTapOwner(spec.Net.TapDevice, jail.UID, jail.GID); err != nil {
+				jail.Remove()
+				return vmm.Process{}, err
+			}
 		}
 		jb := d.Jailer.Binary
 		if jb == "" {
 			jb = "jailer"
 		}
 		// Not CommandContext: the VMM must outlive the boot's context.
-		cmd = exec.Command(jb, JailerArgs(d.Jailer, fcPath, spec.ID, p.fcArgs)...)
+		cmd = exec.Command(jb, JailerArgs(jcfg, fcPath, spec.ID, p.fcArgs)...)
 	} else {
 		for _, f := range []string{p.logger.LogPath, p.metrics.MetricsPath} {
 			// Firecracker opens these, it does not create them.

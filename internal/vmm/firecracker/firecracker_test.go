@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -327,7 +328,7 @@ func TestJailerArgs(t *testing.T) {
 }
 
 func TestPlanJail(t *testing.T) {
-	cfg := JailerConfig{ChrootBase: "/srv/jailer", Cgroups: []string{"cpu.weight=50"}}
+	cfg := JailerConfig{ChrootBase: "/srv/jailer", Cgroups: []string{"cpu.weight=50"}, UID: 3000001, GID: 3000001}
 	p, err := PlanJail(cfg, "/opt/fc/firecracker-v1.12", "abc", "/img/vmlinux", "", []string{"/vm/root.ext4", "/vm/seed.ext4"})
 	if err != nil {
 		t.Fatal(err)
@@ -347,8 +348,87 @@ func TestPlanJail(t *testing.T) {
 			t.Errorf("id %q accepted", id)
 		}
 	}
-	if _, err := PlanJail(JailerConfig{ChrootBase: "rel"}, "/fc", "a", "/k", "", nil); err == nil {
+	if _, err := PlanJail(JailerConfig{ChrootBase: "rel", UID: 1, GID: 1}, "/fc", "a", "/k", "", nil); err == nil {
 		t.Error("relative chroot base accepted")
+	}
+	// Root in the jail defeats the jail.
+	if _, err := PlanJail(JailerConfig{ChrootBase: "/srv/jailer"}, "/fc", "a", "/k", "", nil); err == nil || !strings.Contains(err.Error(), "uid_range") {
+		t.Errorf("uid 0 jail: %v", err)
+	}
+	if p.UID != 3000001 || p.GID != 3000001 {
+		t.Errorf("plan uid/gid %d/%d", p.UID, p.GID)
+	}
+}
+
+// jailUID is a uid the tests may hand files to: another user's when
+// root (as the daemon is), else the test's own.
+func jailUID() int {
+	if os.Getuid() == 0 {
+		return 3000001
+	}
+	return os.Getuid()
+}
+
+// The jail must never change the image's shared boot files: a hard link
+// chowned to the jail's user would let a compromised Firecracker rewrite
+// the kernel every VM of the image boots. The jail gets root-owned,
+// read-only copies; only the VM's own disks are linked and handed over.
+func TestJailKeepsImageFiles(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to hand files to another uid")
+	}
+	imgDir, vmDir, base := t.TempDir(), t.TempDir(), t.TempDir()
+	kernel, initrd := filepath.Join(imgDir, "vmlinux"), filepath.Join(imgDir, "initrd.img")
+	disk := filepath.Join(vmDir, "root.ext4")
+	os.WriteFile(kernel, []byte("\x7fELF kernel"), 0o644)
+	os.WriteFile(initrd, []byte("initrd"), 0o644)
+	os.WriteFile(disk, []byte("disk"), 0o600)
+	stat := func(p string) syscall.Stat_t {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	before := map[string]syscall.Stat_t{kernel: stat(kernel), initrd: stat(initrd)}
+	var plans []JailPlan
+	for i, uid := range []int{3000001, 3000002} {
+		cfg := JailerConfig{ChrootBase: base, UID: uid, GID: uid}
+		p, err := PlanJail(cfg, "/usr/bin/firecracker", fmt.Sprintf("vm%d", i), kernel, initrd, []string{disk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Prepare(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		plans = append(plans, p)
+		for _, f := range []string{"/vmlinux", "/initrd.img"} {
+			st := stat(p.HostPath(f))
+			if st.Uid != 0 || st.Mode&0o777 != 0o444 {
+				t.Errorf("%s in jail: uid %d mode %o, want root's 0444", f, st.Uid, st.Mode&0o777)
+			}
+		}
+		if st := stat(p.HostPath("/rootfs.img")); st.Uid != uint32(uid) || st.Ino != stat(disk).Ino {
+			t.Errorf("VM disk in jail: uid %d ino %d, want the VM's disk given to %d", st.Uid, st.Ino, uid)
+		}
+		if st := stat(p.Root); st.Uid != uint32(uid) {
+			t.Errorf("jail root owned by %d, want %d", st.Uid, uid)
+		}
+	}
+	for p, b := range before {
+		a := stat(p)
+		if a.Uid != b.Uid || a.Gid != b.Gid || a.Mode != b.Mode || a.Nlink != b.Nlink || a.Nlink != 1 {
+			t.Errorf("image file %s changed: uid %d->%d mode %o->%o links %d->%d", filepath.Base(p), b.Uid, a.Uid, b.Mode, a.Mode, b.Nlink, a.Nlink)
+		}
+	}
+	// Two VMs, two users: the jailer is told each VM's own.
+	a := JailerArgs(JailerConfig{UID: plans[0].UID, GID: plans[0].GID}, "/fc", plans[0].ID, nil)
+	b := JailerArgs(JailerConfig{UID: plans[1].UID, GID: plans[1].GID}, "/fc", plans[1].ID, nil)
+	if a[5] != "3000001" || b[5] != "3000002" || a[7] != "3000001" || b[7] != "3000002" {
+		t.Errorf("jailer args: %q / %q", a, b)
+	}
+	for _, p := range plans {
+		p.Remove()
 	}
 }
 
@@ -359,12 +439,12 @@ func TestJailPrepareAndRemove(t *testing.T) {
 	disk := filepath.Join(vmDir, "root.ext4")
 	os.WriteFile(kernel, []byte("\x7fELF kernel"), 0o644)
 	os.WriteFile(disk, []byte("disk"), 0o600)
-	cfg := JailerConfig{ChrootBase: base, UID: os.Getuid(), GID: os.Getgid()}
+	cfg := JailerConfig{ChrootBase: base, UID: jailUID(), GID: jailUID()}
 	p, err := PlanJail(cfg, "/usr/bin/firecracker", "vm1", kernel, "", []string{disk})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Prepare(context.Background(), cfg); err != nil {
+	if err := p.Prepare(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	// Hard links: the jail's disk is the VM's disk.
@@ -531,9 +611,9 @@ func TestJailPrepareRefusesDiskCopy(t *testing.T) {
 	disk := filepath.Join(vmDir, "root.ext4")
 	os.WriteFile(kernel, []byte("\x7fELF"), 0o644)
 	os.WriteFile(disk, []byte("disk"), 0o600)
-	cfg := JailerConfig{ChrootBase: base, UID: os.Getuid(), GID: os.Getgid()}
+	cfg := JailerConfig{ChrootBase: base, UID: jailUID(), GID: jailUID()}
 	p, _ := PlanJail(cfg, "/usr/bin/firecracker", "vm2", kernel, "", []string{disk})
-	err = p.Prepare(context.Background(), cfg)
+	err = p.Prepare(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "chroot_base") {
 		t.Fatalf("disk copied across filesystems: %v", err)
 	}

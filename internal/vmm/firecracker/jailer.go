@@ -19,7 +19,9 @@ const DefaultChrootBase = "/srv/jailer"
 type JailerConfig struct {
 	// Binary is the jailer executable; empty means "jailer" on PATH.
 	Binary string
-	// UID and GID are what Firecracker runs as inside the jail.
+	// UID and GID are what Firecracker runs as inside the jail when the
+	// VM has no user of its own (vmm.Spec.UID; the daemon gives every
+	// jailed VM one unless [vmm] uid_range is empty). Never 0.
 	UID, GID int
 	// ChrootBase is where jails are built (--chroot-base-dir).
 	ChrootBase string
@@ -52,9 +54,12 @@ type JailPlan struct {
 	// jail. Root is Dir/root, Firecracker's "/".
 	Dir  string `json:"dir"`
 	Root string `json:"root"`
-	// Links are host files hard-linked (or copied, across filesystems)
-	// into Root under their in-jail name.
+	// Links are host files put into Root under their in-jail name: the
+	// VM's disks hard-linked, the image's boot files copied.
 	Links []JailLink `json:"links"`
+	// UID and GID are the jail's user (the VM's own).
+	UID int `json:"uid,omitempty"`
+	GID int `json:"gid,omitempty"`
 	// CgroupDir is the cgroup the jailer creates for the VM, removed with
 	// the jail ("" when the jailer creates none).
 	CgroupDir string `json:"cgroup_dir,omitempty"`
@@ -64,8 +69,11 @@ type JailPlan struct {
 type JailLink struct {
 	Src  string `json:"src"`
 	Name string `json:"name"`
-	// Disk marks a writable disk: it must be a hard link, since writes
-	// to a copy would never reach the VM's own disk.
+	// Disk marks one of the VM's own disks: it must be a hard link,
+	// since writes to a copy would never reach the VM's disk, and it is
+	// handed to the jail's user. Anything else is an image's boot file,
+	// shared by every VM of the image: the jail gets its own read-only
+	// copy, so the shared inode never changes owner or mode.
 	Disk bool `json:"disk,omitempty"`
 }
 
@@ -87,8 +95,11 @@ func PlanJail(cfg JailerConfig, execFile, id, kernel, initrd string, disks []str
 	if !filepath.IsAbs(base) {
 		return JailPlan{}, fmt.Errorf("jailer chroot base %q is not an absolute path", base)
 	}
+	if cfg.UID <= 0 || cfg.GID <= 0 {
+		return JailPlan{}, fmt.Errorf("jailer uid/gid %d/%d: Firecracker must not run as root in its jail; set [vmm] uid_range (or [firecracker] uid and gid)", cfg.UID, cfg.GID)
+	}
 	dir := filepath.Join(base, filepath.Base(execFile), id)
-	p := JailPlan{ID: id, Dir: dir, Root: filepath.Join(dir, "root")}
+	p := JailPlan{ID: id, Dir: dir, Root: filepath.Join(dir, "root"), UID: cfg.UID, GID: cfg.GID}
 	p.Links = append(p.Links, JailLink{Src: kernel, Name: jailKernel})
 	if initrd != "" {
 		p.Links = append(p.Links, JailLink{Src: initrd, Name: jailInitrd})
@@ -144,26 +155,34 @@ func JailerArgs(cfg JailerConfig, execFile, id string, fcArgs []string) []string
 	return args
 }
 
-// Prepare builds the jail's root: in-jail files linked in and owned by
-// the jail's user, who must be able to open disks read-write and to
-// create the sockets.
-func (p JailPlan) Prepare(ctx context.Context, cfg JailerConfig) error {
+// Prepare builds the jail's root. The VM's own disks are hard-linked in
+// and, with the log, metrics and the root itself, given to the jail's
+// user, who must open disks read-write and create the sockets. The
+// image's kernel and initrd are copied (reflinked where the filesystem
+// can): a hard link would be the very inode every VM of the image boots,
+// and a chown of it would let a compromised Firecracker rewrite it.
+func (p JailPlan) Prepare(ctx context.Context) error {
 	if err := os.MkdirAll(p.Root, 0o750); err != nil {
 		return fmt.Errorf("create jail: %w", err)
 	}
+	var own []string
 	for _, l := range p.Links {
 		dst := p.HostPath(l.Name)
 		_ = os.Remove(dst)
-		if err := os.Link(l.Src, dst); err != nil {
-			if l.Disk {
-				return fmt.Errorf("hard-link %s into the jail: %w (put [firecracker] chroot_base on the filesystem of banger's state directory)", l.Src, err)
-			}
-			// Read-only boot files may be copied (reflinked where the
-			// filesystem can) into a jail on another filesystem.
+		if !l.Disk {
 			if err := system.CloneFile(ctx, l.Src, dst); err != nil {
-				return fmt.Errorf("put %s into jail: %w", l.Src, err)
+				return fmt.Errorf("copy %s into the jail: %w", l.Src, err)
 			}
+			// Root's, readable by the jail's user, writable by nobody.
+			if err := os.Chmod(dst, 0o444); err != nil {
+				return fmt.Errorf("copy %s into the jail: %w", l.Src, err)
+			}
+			continue
 		}
+		if err := os.Link(l.Src, dst); err != nil {
+			return fmt.Errorf("hard-link %s into the jail: %w (put [firecracker] chroot_base on the filesystem of banger's state directory)", l.Src, err)
+		}
+		own = append(own, l.Name)
 	}
 	for _, name := range []string{jailLog, jailMetrics} {
 		f, err := os.OpenFile(p.HostPath(name), os.O_CREATE|os.O_WRONLY, 0o600)
@@ -171,14 +190,15 @@ func (p JailPlan) Prepare(ctx context.Context, cfg JailerConfig) error {
 			return fmt.Errorf("create %s in jail: %w", name, err)
 		}
 		f.Close()
+		own = append(own, name)
 	}
 	var errs []error
-	for _, name := range append(p.linkNames(), jailLog, jailMetrics) {
-		errs = append(errs, os.Chown(p.HostPath(name), cfg.UID, cfg.GID))
+	for _, name := range own {
+		errs = append(errs, os.Lchown(p.HostPath(name), p.UID, p.GID))
 	}
-	errs = append(errs, os.Chown(p.Root, cfg.UID, cfg.GID))
+	errs = append(errs, os.Chown(p.Root, p.UID, p.GID))
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("hand jail files to uid %d: %w", cfg.UID, err)
+		return fmt.Errorf("hand jail files to uid %d: %w", p.UID, err)
 	}
 	return nil
 }

@@ -36,7 +36,7 @@ func ProbeKVM(ctx context.Context, binary, kernel string, timeout time.Duration)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary,
-		"-M", "microvm,acpi=on", "-accel", "kvm", "-cpu", "host", "-m", "256",
+		"-M", "microvm,acpi=on", "-accel", "kvm", "-cpu", "host", "-m", "256", "-sandbox", Sandbox,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-serial", "file:"+console, "-kernel", kernel,
 		"-append", "console=ttyS0 panic=-1 root=/dev/banger-probe-none")

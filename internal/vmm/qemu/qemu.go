@@ -1,13 +1,16 @@
 // Package qemu drives QEMU's microvm machine: KVM where a real boot probe
-// proves it works, TCG otherwise. QEMU runs daemonized so it outlives the
+// proves it works, TCG otherwise. QEMU runs detached so it outlives the
 // banger daemon; the daemon controls it over QMP and reaches the guest
-// agent through a virtio-serial port backed by a Unix socket.
+// agent through a virtio-serial port backed by a Unix socket. QEMU runs
+// under its seccomp sandbox and, for a root daemon, as the VM's own
+// unprivileged user (launch.go).
 package qemu
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -49,34 +52,94 @@ func (d *Driver) binary() string {
 	return Binary
 }
 
-// Args renders the QEMU command line for spec. It is a pure function so
-// the exact command line is unit-tested.
-func Args(spec vmm.Spec) []string {
-	dir := spec.Dir
+// Sandbox is QEMU's seccomp filter: besides the default deny list, no
+// obsolete system calls, no set*id/setsid and friends, no fork or exec,
+// no scheduler or resource changes. A guest that takes QEMU over keeps
+// what QEMU holds and nothing more. It rules out -daemonize (a fork
+// after the filter is on) and -runas (setuid after it); Start does both
+// jobs itself instead.
+const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// optValue quotes s for a QEMU key=value option list, where a comma
+// ends the value unless doubled.
+func optValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// sources says how QEMU reaches each of the VM's files: by path, or by a
+// descriptor it inherited (/proc/self/fd/N, fd=N). Option values here
+// are raw; render quotes them.
+type sources struct {
+	kernel, initrd string
+	// disks are the disks' file names, backing their backing files
+	// ("" keeps the overlay header's).
+	disks, backing []string
+	console        string
+	// qmp and agent are the sockets' addresses: "path=P" or "fd=N".
+	qmp, agent string
+	// tap is the tap netdev's "ifname=..." or "fd=N" (tap mode).
+	tap string
+	// addFDs are the descriptors of /dev/fdset/N names: -add-fd values.
+	addFDs []string
+}
+
+// pathSources has QEMU open everything by path, as its own user.
+func pathSources(spec vmm.Spec) sources {
+	src := sources{
+		kernel: spec.Kernel, initrd: spec.Initrd,
+		console: filepath.Join(spec.Dir, paths.FileConsoleLog),
+		qmp:     "path=" + optValue(filepath.Join(spec.Dir, paths.FileQMPSocket)),
+		agent:   "path=" + optValue(filepath.Join(spec.Dir, paths.FileAgentSocket)),
+		tap:     "ifname=" + optValue(spec.Net.TapDevice) + ",script=no,downscript=no",
+	}
+	for _, d := range spec.Disks {
+		src.disks = append(src.disks, d.Path)
+		src.backing = append(src.backing, d.Backing)
+	}
+	return src
+}
+
+// Args renders the QEMU command line for spec with every file named by
+// its path (commas doubled where QEMU parses the value as an option
+// list). It is a pure function so the exact command line is unit-tested;
+// Start renders the same line with inherited descriptors instead.
+func Args(spec vmm.Spec) []string { return render(spec, pathSources(spec)) }
+
+func render(spec vmm.Spec, src sources) []string {
 	cpu := "max" // TCG's default CPU lacks AVX2, which the agents' binaries need
 	accel := "tcg"
 	if spec.Accel == "kvm" {
 		cpu, accel = "host", "kvm"
 	}
+	name := optValue(spec.ProcessName)
 	args := []string{
-		"-name", spec.ProcessName + ",process=" + spec.ProcessName,
+		"-name", name + ",process=" + name,
 		"-M", "microvm,acpi=on", "-accel", accel, "-cpu", cpu,
 		"-smp", strconv.Itoa(spec.CPUs), "-m", strconv.Itoa(spec.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-sandbox", Sandbox,
+	}
+	for _, a := range src.addFDs {
+		args = append(args, "-add-fd", a)
+	}
+	args = append(args,
 		// The console goes to a file, never to a pipe the daemon holds:
 		// QEMU must not block or die when the daemon goes away.
-		"-serial", "file:" + filepath.Join(dir, paths.FileConsoleLog),
-		"-qmp", "unix:" + filepath.Join(dir, paths.FileQMPSocket) + ",server=on,wait=off",
-		"-pidfile", filepath.Join(dir, paths.FilePID),
-		"-kernel", spec.Kernel,
+		"-chardev", "file,id=console,append=on,path="+optValue(src.console),
+		"-serial", "chardev:console",
+		"-chardev", "socket,id=qmp,"+src.qmp+",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		// -kernel, -initrd and -append take their value whole: no quoting.
+		"-kernel", src.kernel,
 		"-append", spec.Cmdline,
-	}
+	)
 	// A registered image may have a kernel that needs no initrd.
-	if spec.Initrd != "" {
-		args = append(args, "-initrd", spec.Initrd)
+	if src.initrd != "" {
+		args = append(args, "-initrd", src.initrd)
 	}
 	for i, d := range spec.Disks {
-		drive := fmt.Sprintf("id=d%d,file=%s,format=%s,if=none,discard=unmap", i, d.Path, d.Format)
+		drive := fmt.Sprintf("id=d%d,if=none,driver=%s,discard=unmap,file.driver=file,file.filename=%s", i, d.Format, optValue(src.disks[i]))
+		if src.backing[i] != "" {
+			drive += ",backing.driver=raw,backing.file.driver=file,backing.file.filename=" + optValue(src.backing[i])
+		}
 		if d.ReadOnly {
 			drive += ",readonly=on"
 		}
@@ -84,26 +147,26 @@ func Args(spec vmm.Spec) []string {
 	}
 	args = append(args,
 		"-device", "virtio-serial-device",
-		"-chardev", "socket,path="+filepath.Join(dir, paths.FileAgentSocket)+",server=on,wait=off,id=agent",
+		"-chardev", "socket,id=agent,"+src.agent+",server=on,wait=off",
 		"-device", "virtserialport,chardev=agent,name="+AgentPortName,
 	)
-	args = append(args, netArgs(spec)...)
+	args = append(args, netArgs(spec, src)...)
 	// Balloon with free page reporting gives freed guest memory back.
 	args = append(args, "-device", "virtio-balloon-device,free-page-reporting=on")
 	return args
 }
 
 // netArgs attaches the guest NIC. In tap mode the TAP device already
-// exists on banger's bridge (the daemon made it); QEMU only opens it, so
+// exists on banger's bridge (the daemon made it); QEMU only uses it, so
 // no helper scripts run and no forwards exist: the host reaches the guest
 // at its own address.
-func netArgs(spec vmm.Spec) []string {
+func netArgs(spec vmm.Spec, src sources) []string {
 	if spec.Net.Mode == vmm.NetTap {
 		dev := "virtio-net-device,netdev=n0"
 		if spec.Net.MAC != "" {
-			dev += ",mac=" + spec.Net.MAC
+			dev += ",mac=" + optValue(spec.Net.MAC)
 		}
-		return []string{"-netdev", "tap,id=n0,ifname=" + spec.Net.TapDevice + ",script=no,downscript=no", "-device", dev}
+		return []string{"-netdev", "tap,id=n0," + src.tap, "-device", dev}
 	}
 	netdev := "user,id=n0"
 	if spec.Egress == "none" {
@@ -116,9 +179,17 @@ func netArgs(spec vmm.Spec) []string {
 	return []string{"-netdev", netdev, "-device", "virtio-net-device,netdev=n0"}
 }
 
-// Start implements vmm.Driver. QEMU daemonizes itself: the launcher exits
-// once the VM is set up (or failed), and the VM process is re-parented
-// away from the daemon, so it survives daemon restarts.
+// startWait bounds how long QEMU may take to set the machine up and
+// answer on QMP.
+const startWait = 60 * time.Second
+
+// Start implements vmm.Driver. QEMU is started in a session of its own
+// and not tied to the daemon, so it survives daemon restarts; the daemon
+// reaps it while it lives, init after. Every file QEMU uses is opened
+// here and inherited, and when spec.UID is set QEMU runs as that user
+// from its first instruction: it needs no path into banger's state
+// directory, the VM's own disks and console are handed to that user, and
+// the image's shared files are only read, never chowned or chmoded.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
 	if spec.Jailer {
 		return vmm.Process{}, errors.New("qemu has no jailer; --jailer is a Firecracker option")
@@ -128,35 +199,87 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 			return vmm.Process{}, err
 		}
 	}
-	_ = os.Remove(filepath.Join(spec.Dir, paths.FilePID))
-	logf, err := os.OpenFile(filepath.Join(spec.Dir, paths.FileQEMULog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	l, err := prepare(spec)
+	if err != nil {
+		return vmm.Process{}, err
+	}
+	defer l.close()
+	logPath := filepath.Join(spec.Dir, paths.FileQEMULog)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return vmm.Process{}, fmt.Errorf("open qemu log: %w", err)
 	}
 	defer logf.Close()
-	args := append(Args(spec), "-daemonize")
-	cmd := exec.CommandContext(ctx, d.binary(), args...)
+	// Not CommandContext: the VMM must outlive the boot's context.
+	cmd := exec.Command(d.binary(), l.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	cmd.ExtraFiles = l.files
 	// Its own session: a signal to the daemon's process group never
 	// reaches the VM.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Run(); err != nil {
-		return vmm.Process{}, fmt.Errorf("start qemu: %w: %s", err, tailFile(filepath.Join(spec.Dir, paths.FileQEMULog), 1024))
+	if spec.UID != 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(spec.UID), Gid: uint32(spec.GID), Groups: l.groups}
 	}
-	pidData, err := os.ReadFile(filepath.Join(spec.Dir, paths.FilePID))
+	if err := cmd.Start(); err != nil {
+		return vmm.Process{}, fmt.Errorf("start qemu: %w", err)
+	}
+	// QEMU has its copies; ours would keep the sockets accepting (into
+	// the backlog) after QEMU is gone.
+	l.close()
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	fail := func(err error) (vmm.Process, error) {
+		_ = cmd.Process.Kill()
+		<-exited
+		return vmm.Process{}, fmt.Errorf("%w: %s", err, tailFile(logPath, 1024))
+	}
+	st, err := system.ProcStartTime(cmd.Process.Pid)
 	if err != nil {
-		return vmm.Process{}, fmt.Errorf("read qemu pid file: %w", err)
+		return fail(errors.New("qemu exited right after start"))
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(pidData)))
+	if err := waitQMP(ctx, filepath.Join(spec.Dir, paths.FileQMPSocket), exited); err != nil {
+		return fail(err)
+	}
+	return vmm.Process{PID: cmd.Process.Pid, StartTime: st}, nil
+}
+
+// waitQMP waits until QEMU greets on its QMP socket, which it does once
+// the machine is set up and its main loop runs.
+func waitQMP(ctx context.Context, path string, exited <-chan struct{}) error {
+	deadline := time.Now().Add(startWait)
+	var last error
+	for time.Now().Before(deadline) {
+		if last = qmpGreets(path); last == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			return errors.New("qemu exited during start")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("qemu did not answer on QMP within %s: %w", startWait, last)
+}
+
+func qmpGreets(path string) error {
+	c, err := net.DialTimeout("unix", path, time.Second)
 	if err != nil {
-		return vmm.Process{}, fmt.Errorf("parse qemu pid file: %w", err)
+		return err
 	}
-	st, err := system.ProcStartTime(pid)
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 64)
+	n, err := io.ReadAtLeast(c, buf, 6)
 	if err != nil {
-		return vmm.Process{}, fmt.Errorf("qemu exited right after start: %s", tailFile(filepath.Join(spec.Dir, paths.FileQEMULog), 1024))
+		return err
 	}
-	return vmm.Process{PID: pid, StartTime: st}, nil
+	if !strings.HasPrefix(string(buf[:n]), `{"QMP"`) {
+		return fmt.Errorf("unexpected QMP greeting %q", buf[:n])
+	}
+	return nil
 }
 
 // Alive implements vmm.Driver.
