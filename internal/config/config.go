@@ -70,6 +70,25 @@ type Config struct {
 	Network Network `toml:"network"`
 	// Firecracker configures the Firecracker driver and its jailer.
 	Firecracker Firecracker `toml:"firecracker"`
+	// Limits bound what guests and clients can make the host hold.
+	Limits Limits `toml:"limits"`
+}
+
+// Limits bound what a guest (or a client) can make the host store or
+// hold open: a guest is hostile input, and the host's disk is shared.
+type Limits struct {
+	// ConsoleLogMiB caps each generation of a VM's console log
+	// (console.log and console.log.1), so at most twice this per VM.
+	ConsoleLogMiB int `toml:"console_log_mib"`
+	// GuestStreamMiB caps any single stream a guest sends that the host
+	// writes to disk: a `workspace pull` bundle, a derive's /root tar.
+	GuestStreamMiB int `toml:"guest_stream_mib"`
+	// MinFreeMiB is free space left over after the estimated need of a
+	// large write (image build, create, derive, import, pull).
+	MinFreeMiB int `toml:"min_free_mib"`
+	// MaxConnections caps concurrent connections to the daemon's socket
+	// (attach, exec and event streams included).
+	MaxConnections int `toml:"max_connections"`
 }
 
 // Firecracker configures the Firecracker driver (docs/jailer.md for the
@@ -205,6 +224,7 @@ func Default() Config {
 			CgroupVersion: "2",
 		},
 		Network: Network{Subnet: "172.30.0.0/24", DNS: []string{}},
+		Limits:  Limits{ConsoleLogMiB: 8, GuestStreamMiB: 4096, MinFreeMiB: 256, MaxConnections: 256},
 	}
 }
 
@@ -352,6 +372,14 @@ func (c Config) Validate() error {
 		if f == "" || !filepath.IsLocal(f) || filepath.Clean(f) != f || strings.HasPrefix(f, ".ssh/") {
 			bad("auth.files", f, "want clean paths relative to the home directory, outside ~/.ssh")
 		}
+	}
+	for k, v := range map[string]int{"limits.console_log_mib": c.Limits.ConsoleLogMiB, "limits.guest_stream_mib": c.Limits.GuestStreamMiB, "limits.max_connections": c.Limits.MaxConnections} {
+		if v < 1 {
+			bad(k, v, "want a positive number")
+		}
+	}
+	if c.Limits.MinFreeMiB < 0 {
+		bad("limits.min_free_mib", c.Limits.MinFreeMiB, "want 0 or more")
 	}
 	return errors.Join(errs...)
 }
