@@ -25,6 +25,7 @@ func TestDefaultIsValid(t *testing.T) {
 		Auth:        Auth{Files: []string{".local/share/opencode/auth.json", ".claude/.credentials.json", ".claude.json", ".pi/agent/auth.json"}},
 		Firecracker: Firecracker{UID: 65534, GID: 65534, ChrootBase: "/srv/jailer", ParentCgroup: "banger", Cgroups: []string{}, CgroupVersion: "2"},
 		Network:     Network{Subnet: "172.30.0.0/24", DNS: []string{}},
+		Limits:      Limits{ConsoleLogMiB: 8, GuestStreamMiB: 4096, MinFreeMiB: 256, MaxConnections: 256},
 	}
 	if !reflect.DeepEqual(d, want) {
 		t.Fatalf("Default() = %+v", d)
