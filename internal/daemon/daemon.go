@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -179,14 +178,10 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		ln.Close()
 		return fmt.Errorf("chmod socket: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           d.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
-	}
+	srv := d.httpServer(d.routes())
 	d.log.Info("daemon listening", "socket", sock, "pid", os.Getpid())
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(&peerListener{Listener: ln, uid: os.Getuid(), log: d.log}) }()
+	go func() { errc <- srv.Serve(d.limitConns(&peerListener{Listener: ln, uid: os.Getuid(), log: d.log})) }()
 	select {
 	case <-ctx.Done():
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
