@@ -56,7 +56,7 @@ type Daemon struct {
 	// vmLocks serialise lifecycle changes per VM (create, start, stop,
 	// delete); names reserved by a running create live here too.
 	mu       sync.Mutex
-	vmLocks  map[string]*sync.Mutex
+	vmLocks  map[string]*vmLock
 	creating map[string]bool
 	agents   map[string]*agentclient.Client
 	building bool
@@ -94,7 +94,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		drivers:   newDrivers(opts.Config),
 		runner:    opts.Runner,
 		agentPath: opts.AgentPath,
-		vmLocks:   map[string]*sync.Mutex{},
+		vmLocks:   map[string]*vmLock{},
 		creating:  map[string]bool{},
 		agents:    map[string]*agentclient.Client{},
 	}
@@ -255,17 +255,33 @@ func peerUID(c net.Conn) (int, error) {
 	return int(cred.Uid), nil
 }
 
+// vmLock is a per-VM mutex with the count of its holders and waiters,
+// so the entry goes when the last one leaves and the map does not grow
+// with every VM name ever seen.
+type vmLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
 // lockVM serialises lifecycle changes of one VM (keyed by name).
 func (d *Daemon) lockVM(name string) func() {
 	d.mu.Lock()
 	l, ok := d.vmLocks[name]
 	if !ok {
-		l = &sync.Mutex{}
+		l = &vmLock{}
 		d.vmLocks[name] = l
 	}
+	l.refs++
 	d.mu.Unlock()
-	l.Lock()
-	return l.Unlock
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		d.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(d.vmLocks, name)
+		}
+		d.mu.Unlock()
+	}
 }
 
 // driverFor returns the driver that runs vm. VMs recorded before the VMM
