@@ -61,6 +61,9 @@ type Daemon struct {
 	agents   map[string]*agentclient.Client
 	building bool
 
+	// statfs reports free space (system.FreeBytes; tests inject one).
+	statfs system.Statfs
+
 	// verifyHook replaces the verification boot in tests.
 	verifyHook verifyBootFunc
 

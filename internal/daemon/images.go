@@ -278,7 +278,7 @@ func (d *Daemon) verifyImage(ctx context.Context, imgDir string, meta image.Meta
 	defer d.dropAgent(vm.ID)
 	c := d.cachedAgent(vm.ID)
 	var out strings.Builder
-	st, err := guestExec(ctx, c, api.ExecRequest{Argv: []string{"sh", "-c", "uname -r; systemctl is-active ssh"}}, &out, nil)
+	st, err := guestExec(ctx, c, api.ExecRequest{Argv: []string{"sh", "-c", "uname -r; systemctl is-active ssh"}}, guestOutputBuffer(&out, "verify output"), nil)
 	if err != nil {
 		return fmt.Errorf("exec in verify VM: %w", err)
 	}
@@ -308,7 +308,8 @@ echo "opencode :4096 did not answer"; systemctl --no-pager status opencode | tai
 func verifyAgents(ctx context.Context, c *agentclient.Client) error {
 	var out strings.Builder
 	req := api.ExecRequest{Argv: []string{"bash", "-c", agentChecks}, Env: map[string]string{"HOME": "/root", "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}}
-	st, err := guestExec(ctx, c, req, &out, &out)
+	buf := guestOutputBuffer(&out, "agent check output")
+	st, err := guestExec(ctx, c, req, buf, buf)
 	if err != nil {
 		return fmt.Errorf("exec in verify VM: %w", err)
 	}

@@ -3,6 +3,7 @@ package system
 import (
 	"errors"
 	"fmt"
+	"io"
 )
 
 // ErrNoSpace reports that a filesystem has too little free space for an
@@ -57,4 +58,50 @@ func HumanBytes(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
+
+// spaceCheckEvery is how many bytes a SpaceGuard lets through between two
+// statfs calls: cheap enough, and the margin absorbs the bytes in between.
+const spaceCheckEvery = 32 << 20
+
+// SpaceGuard stops a stream of unknown length (a bundle or tar from a
+// guest) before it eats the last MinFree bytes of Dir's filesystem.
+type SpaceGuard struct {
+	Statfs  Statfs
+	What    string
+	Dir     string
+	MinFree uint64
+	since   int64
+	checked bool
+}
+
+// Add accounts n more bytes and checks the filesystem at the start and
+// then every spaceCheckEvery bytes.
+func (g *SpaceGuard) Add(n int) error {
+	if g == nil {
+		return nil
+	}
+	g.since += int64(n)
+	if g.checked && g.since < spaceCheckEvery {
+		return nil
+	}
+	g.checked, g.since = true, 0
+	return CheckFree(g.Statfs, g.What, g.Dir, g.MinFree+spaceCheckEvery)
+}
+
+// GuardedReader reads from R while Guard allows it.
+type GuardedReader struct {
+	R     io.Reader
+	Guard *SpaceGuard
+}
+
+func (r *GuardedReader) Read(p []byte) (int, error) {
+	if err := r.Guard.Add(0); err != nil {
+		return 0, err
+	}
+	n, err := r.R.Read(p)
+	if gerr := r.Guard.Add(n); gerr != nil && err == nil {
+		err = gerr
+	}
+	return n, err
 }

@@ -46,3 +46,35 @@ func TestLimitedWriter(t *testing.T) {
 		t.Fatalf("wrote %d bytes past the limit", buf.Len()-5)
 	}
 }
+
+func TestSpaceGuardStopsStream(t *testing.T) {
+	free := uint64(1 << 30)
+	statfs := func(string) (uint64, error) { return free, nil }
+	var buf bytes.Buffer
+	w := &LimitedWriter{W: &buf, Max: 1 << 40, What: "bundle", Guard: &SpaceGuard{Statfs: statfs, What: "workspace pull", Dir: "/state", MinFree: 100 << 20}}
+	chunk := make([]byte, 1<<20)
+	var err error
+	for i := 0; i < 2000 && err == nil; i++ {
+		_, err = w.Write(chunk)
+		free -= 1 << 20 // the disk fills as the stream lands
+	}
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "in /state") {
+		t.Fatalf("err = %v, want a no-space error naming the dir", err)
+	}
+	if free < 100<<20 {
+		t.Fatalf("stream ate into the reserve: %d MiB left", free>>20)
+	}
+}
+
+func TestCappedWriter(t *testing.T) {
+	var buf bytes.Buffer
+	w := &CappedWriter{W: &buf, Max: 8, Note: "[cut]"}
+	for range 5 {
+		if n, err := w.Write([]byte("abc")); n != 3 || err != nil {
+			t.Fatalf("write = %d, %v", n, err)
+		}
+	}
+	if buf.String() != "abcabcab[cut]" {
+		t.Fatalf("got %q", buf.String())
+	}
+}
