@@ -47,6 +47,9 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (str
 		if err := d.preflight(ctx, checksForDerive); err != nil {
 			return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
 		}
+		if err := d.checkVoidSpace(spec); err != nil {
+			return "", err
+		}
 		target = spec.Name
 		run = func(ctx context.Context, stage stageFunc) (store.Image, error) {
 			return d.buildVoid(ctx, spec, kver, req.Force, stage)
@@ -55,7 +58,11 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (str
 		if err := validateDerive(req); err != nil {
 			return "", err
 		}
-		if _, err := d.getImage(ctx, req.From); err != nil {
+		base, err := d.getImage(ctx, req.From)
+		if err != nil {
+			return "", err
+		}
+		if err := d.checkDeriveSpace(base); err != nil {
 			return "", err
 		}
 		if err := d.preflight(ctx, checksForDerive); err != nil {
@@ -79,6 +86,9 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (str
 		if img, err := d.store.GetImage(ctx, spec.Name); err != nil || img.Fingerprint != spec.Fingerprint() || req.Force {
 			if err := d.preflight(ctx, checks); err != nil {
 				return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
+			}
+			if err := d.checkBuildSpace(req.Base); err != nil {
+				return "", err
 			}
 		}
 		target = spec.Name
@@ -423,6 +433,9 @@ func (d *Daemon) ImportImage(ctx context.Context, src string) (store.Image, erro
 			return existing, nil
 		}
 		return store.Image{}, api.Errorf(api.CodeConflict, "delete the existing image first", "an image named %q with other contents exists", meta.Name)
+	}
+	if err := d.checkImportSpace(src); err != nil {
+		return store.Image{}, err
 	}
 	id := newID(4)
 	dir := d.layout.ImageDir(id)
