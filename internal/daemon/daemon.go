@@ -61,6 +61,9 @@ type Daemon struct {
 	agents   map[string]*agentclient.Client
 	building bool
 
+	// consoles are the running console-log pumps (console.go).
+	consoles consoleSet
+
 	// statfs reports free space (system.FreeBytes; tests inject one).
 	statfs system.Statfs
 

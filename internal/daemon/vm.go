@@ -370,7 +370,7 @@ func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, st
 	}
 	spec.Jailer = d.jailed(*vm, jailer)
 	err = stage("boot", func(ctx context.Context) error {
-		os.Remove(filepath.Join(vm.Dir, paths.FileConsoleLog))
+		resetConsole(vm.Dir)
 		p, err := d.driverFor(*vm).Start(ctx, spec)
 		if err != nil {
 			return err
@@ -384,6 +384,7 @@ func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, st
 		// Record the PID (and the driver's sockets) at once: a daemon
 		// that dies now still finds them.
 		vm.PID, vm.PIDStartTime, vm.VMMStateJSON = p.PID, p.StartTime, p.State
+		d.keepConsole(d.baseCtx(), *vm)
 		if !persist {
 			return nil
 		}
@@ -409,6 +410,7 @@ func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, st
 // withConsole attaches the tail of the VM's console log to a boot error:
 // it is the first thing anyone debugging a boot wants to see.
 func (d *Daemon) withConsole(dir string, err error) error {
+	d.consoleSettled(dir, 500*time.Millisecond)
 	tail := system.TailFile(filepath.Join(dir, paths.FileConsoleLog), 3000)
 	return &opError{err: err, consoleTail: tail, hint: "see the console tail below; `banger doctor` checks the host"}
 }

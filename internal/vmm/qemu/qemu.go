@@ -63,9 +63,13 @@ func Args(spec vmm.Spec) []string {
 		"-M", "microvm,acpi=on", "-accel", accel, "-cpu", cpu,
 		"-smp", strconv.Itoa(spec.CPUs), "-m", strconv.Itoa(spec.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		// The console goes to a file, never to a pipe the daemon holds:
-		// QEMU must not block or die when the daemon goes away.
-		"-serial", "file:" + filepath.Join(dir, paths.FileConsoleLog),
+		// The console goes to a listening socket that the daemon reads
+		// into a size-capped, rotated console.log. A file QEMU writes
+		// itself would grow without bound while no daemon runs; with
+		// no client connected QEMU 7.2 drops the serial output instead
+		// (bounded, never blocking the guest or dying).
+		"-chardev", "socket,id=console,path=" + filepath.Join(dir, paths.FileConsoleSocket) + ",server=on,wait=off",
+		"-serial", "chardev:console",
 		"-qmp", "unix:" + filepath.Join(dir, paths.FileQMPSocket) + ",server=on,wait=off",
 		"-pidfile", filepath.Join(dir, paths.FilePID),
 		"-kernel", spec.Kernel,
@@ -123,7 +127,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 	if spec.Jailer {
 		return vmm.Process{}, errors.New("qemu has no jailer; --jailer is a Firecracker option")
 	}
-	for _, s := range []string{paths.FileQMPSocket, paths.FileAgentSocket} {
+	for _, s := range []string{paths.FileQMPSocket, paths.FileAgentSocket, paths.FileConsoleSocket} {
 		if err := paths.CheckSocketPath(filepath.Join(spec.Dir, s)); err != nil {
 			return vmm.Process{}, err
 		}

@@ -18,7 +18,7 @@ func TestArgs(t *testing.T) {
 	got := strings.Join(Args(spec), " ")
 	for _, want := range []string{
 		"-M microvm,acpi=on -accel tcg -cpu max -smp 2 -m 1024",
-		"-serial file:/v/ab12cd34/console.log",
+		"-chardev socket,id=console,path=/v/ab12cd34/console.sock,server=on,wait=off -serial chardev:console",
 		"-qmp unix:/v/ab12cd34/qmp.sock,server=on,wait=off",
 		"-drive id=d0,file=/v/root.qcow2,format=qcow2,if=none,discard=unmap -device virtio-blk-device,drive=d0",
 		"file=/v/seed.ext4,format=raw,if=none,discard=unmap,readonly=on",
