@@ -71,7 +71,7 @@ func estimateCreate(img store.Image, vmm string) uint64 {
 // checkCreateSpace refuses a create the VMs directory cannot hold. The
 // work disk's size is not counted: it is sparse, and growing into it
 // later is the guest's business (and bounded by it).
-func (d *Daemon) checkCreateSpace(img store.Image, vmm string, _ int) error {
+func (d *Daemon) checkCreateSpace(img store.Image, vmm string) error {
 	return d.checkFree("create VM", d.layout.VMsDir, estimateCreate(img, vmm))
 }
 

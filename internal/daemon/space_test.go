@@ -55,11 +55,11 @@ func TestCreateSpaceCountsRealWrites(t *testing.T) {
 	// 1 GiB free: less than the 4 GiB rootfs or work disk, but plenty
 	// for what a QEMU create writes.
 	d := spaceDaemon(t, 1<<30)
-	if err := d.checkCreateSpace(img, config.VMMQEMU, 4); err != nil {
+	if err := d.checkCreateSpace(img, config.VMMQEMU); err != nil {
 		t.Fatalf("create refused although it writes far less than 1 GiB: %v", err)
 	}
 	d = spaceDaemon(t, 100<<20)
-	err := d.checkCreateSpace(img, config.VMMQEMU, 4)
+	err := d.checkCreateSpace(img, config.VMMQEMU)
 	if !errors.Is(err, system.ErrNoSpace) {
 		t.Fatalf("err = %v, want ErrNoSpace", err)
 	}

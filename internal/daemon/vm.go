@@ -102,7 +102,7 @@ func (d *Daemon) validateCreate(ctx context.Context, req *api.CreateVMRequest) (
 	if err := d.preflight(ctx, checksForCreate); err != nil {
 		return store.Image{}, err
 	}
-	if err := d.checkCreateSpace(img, req.VMM, req.DiskGiB); err != nil {
+	if err := d.checkCreateSpace(img, req.VMM); err != nil {
 		return store.Image{}, err
 	}
 	return img, nil
