@@ -340,7 +340,8 @@ func shared(t testing.TB) *instance {
 			sharedErr = err
 			return
 		}
-		inst := newInstance(t, fmt.Sprintf("[vm]\nboot_timeout = \"100s\"\n[auth]\nhome = %q\n", authHome))
+		// A 1 MiB console cap lets TestVMLifecycle see rotation quickly.
+		inst := newInstance(t, fmt.Sprintf("[vm]\nboot_timeout = \"100s\"\n[auth]\nhome = %q\n[limits]\nconsole_log_mib = 1\n", authHome))
 		sharedInst = inst
 		sharedErr = ensureImage(t, inst)
 	})

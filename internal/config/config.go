@@ -72,6 +72,8 @@ type Config struct {
 	Firecracker Firecracker `toml:"firecracker"`
 	// VMMProcess configures the VMM processes themselves.
 	VMMProcess VMMProcess `toml:"vmm"`
+	// Limits bound what guests and clients can make the host hold.
+	Limits Limits `toml:"limits"`
 }
 
 // VMMProcess says whom the VMM processes run as.
@@ -137,6 +139,23 @@ func ParseIDRange(s string) (IDRange, error) {
 func (v VMMProcess) UIDs() IDRange {
 	r, _ := ParseIDRange(v.UIDRange)
 	return r
+}
+
+// Limits bound what a guest (or a client) can make the host store or
+// hold open: a guest is hostile input, and the host's disk is shared.
+type Limits struct {
+	// ConsoleLogMiB caps each generation of a VM's console log
+	// (console.log and console.log.1), so at most twice this per VM.
+	ConsoleLogMiB int `toml:"console_log_mib"`
+	// GuestStreamMiB caps any single stream a guest sends that the host
+	// writes to disk: a `workspace pull` bundle, a derive's /root tar.
+	GuestStreamMiB int `toml:"guest_stream_mib"`
+	// MinFreeMiB is free space left over after the estimated need of a
+	// large write (image build, create, derive, import, pull).
+	MinFreeMiB int `toml:"min_free_mib"`
+	// MaxConnections caps concurrent connections to the daemon's socket
+	// (attach, exec and event streams included).
+	MaxConnections int `toml:"max_connections"`
 }
 
 // Firecracker configures the Firecracker driver (docs/jailer.md for the
@@ -274,6 +293,7 @@ func Default() Config {
 		},
 		Network:    Network{Subnet: "172.30.0.0/24", DNS: []string{}},
 		VMMProcess: VMMProcess{UIDRange: DefaultUIDRange},
+		Limits:     Limits{ConsoleLogMiB: 8, GuestStreamMiB: 4096, MinFreeMiB: 256, MaxConnections: 256},
 	}
 }
 
@@ -424,6 +444,14 @@ func (c Config) Validate() error {
 		if f == "" || !filepath.IsLocal(f) || filepath.Clean(f) != f || strings.HasPrefix(f, ".ssh/") {
 			bad("auth.files", f, "want clean paths relative to the home directory, outside ~/.ssh")
 		}
+	}
+	for k, v := range map[string]int{"limits.console_log_mib": c.Limits.ConsoleLogMiB, "limits.guest_stream_mib": c.Limits.GuestStreamMiB, "limits.max_connections": c.Limits.MaxConnections} {
+		if v < 1 {
+			bad(k, v, "want a positive number")
+		}
+	}
+	if c.Limits.MinFreeMiB < 0 {
+		bad("limits.min_free_mib", c.Limits.MinFreeMiB, "want 0 or more")
 	}
 	return errors.Join(errs...)
 }

@@ -26,6 +26,7 @@ func TestDefaultIsValid(t *testing.T) {
 		Firecracker: Firecracker{UID: 65534, GID: 65534, ChrootBase: "/srv/jailer", ParentCgroup: "banger", Cgroups: []string{}, CgroupVersion: "2"},
 		Network:     Network{Subnet: "172.30.0.0/24", DNS: []string{}},
 		VMMProcess:  VMMProcess{UIDRange: "2000000000-2000065535"},
+		Limits:      Limits{ConsoleLogMiB: 8, GuestStreamMiB: 4096, MinFreeMiB: 256, MaxConnections: 256},
 	}
 	if !reflect.DeepEqual(d, want) {
 		t.Fatalf("Default() = %+v", d)
@@ -100,6 +101,12 @@ agent_path = "/opt/banger/banger-agent"
 		{name: "auth home relative", in: "[auth]\nhome = \"dev\"\n", wantErr: []string{"auth.home"}, wantIs: ErrInvalid},
 		{name: "auth file escapes", in: "[auth]\nfiles = [\"../etc/shadow\", \"/abs\", \".ssh/id_ed25519\"]\n", wantErr: []string{`"../etc/shadow"`, `"/abs"`, `".ssh/id_ed25519"`}, wantIs: ErrInvalid},
 		{name: "agent path relative", in: "[daemon]\nagent_path = \"bin/agent\"\n", wantErr: []string{"daemon.agent_path"}, wantIs: ErrInvalid},
+		{name: "limits", in: "[limits]\nconsole_log_mib = 1\nguest_stream_mib = 64\nmin_free_mib = 0\nmax_connections = 8\n",
+			check: func(c Config) bool {
+				return c.Limits == Limits{ConsoleLogMiB: 1, GuestStreamMiB: 64, MinFreeMiB: 0, MaxConnections: 8}
+			}},
+		{name: "limits invalid", in: "[limits]\nconsole_log_mib = 0\nguest_stream_mib = -1\nmin_free_mib = -1\nmax_connections = 0\n",
+			wantErr: []string{"limits.console_log_mib", "limits.guest_stream_mib", "limits.min_free_mib", "limits.max_connections"}, wantIs: ErrInvalid},
 		{name: "mirror", in: "[image]\nmirror = \"ftp://x\"\n", wantErr: []string{"image.mirror"}, wantIs: ErrInvalid},
 		{name: "suite", in: "[image]\nsuite = \"../x\"\n", wantErr: []string{"image.suite"}, wantIs: ErrInvalid},
 		{name: "wrong type", in: "[vm]\ncpus = \"two\"\n", wantErr: []string{"vm.cpus"}},

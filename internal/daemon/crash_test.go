@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -74,7 +73,7 @@ func crashDaemon(t *testing.T, ctx context.Context, log *syncBuffer) *Daemon {
 	d.drivers = newDrivers(d.cfg)
 	d.ops = newOperations(ctx, d.store, d.log)
 	d.agents = map[string]*agentclient.Client{}
-	d.vmLocks = map[string]*sync.Mutex{}
+	d.vmLocks = map[string]*vmLock{}
 	var err error
 	if d.net, err = d.newNetwork(network.NewFake()); err != nil {
 		t.Fatal(err)

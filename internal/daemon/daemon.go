@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -61,10 +60,16 @@ type Daemon struct {
 	// vmLocks serialise lifecycle changes per VM (create, start, stop,
 	// delete); names reserved by a running create live here too.
 	mu       sync.Mutex
-	vmLocks  map[string]*sync.Mutex
+	vmLocks  map[string]*vmLock
 	creating map[string]bool
 	agents   map[string]*agentclient.Client
 	building bool
+
+	// consoles are the running console-log pumps (console.go).
+	consoles consoleSet
+
+	// statfs reports free space (system.FreeBytes; tests inject one).
+	statfs system.Statfs
 
 	// verifyHook replaces the verification boot in tests.
 	verifyHook verifyBootFunc
@@ -107,7 +112,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		drivers:   newDrivers(opts.Config),
 		runner:    opts.Runner,
 		agentPath: opts.AgentPath,
-		vmLocks:   map[string]*sync.Mutex{},
+		vmLocks:   map[string]*vmLock{},
 		creating:  map[string]bool{},
 		agents:    map[string]*agentclient.Client{},
 	}
@@ -245,14 +250,10 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		ln.Close()
 		return fmt.Errorf("stat socket: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           d.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
-	}
+	srv := d.httpServer(d.routes())
 	d.log.Info("daemon listening", "socket", sock, "pid", os.Getpid())
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(&peerListener{Listener: ln, uid: os.Getuid(), log: d.log}) }()
+	go func() { errc <- srv.Serve(d.limitConns(&peerListener{Listener: ln, uid: os.Getuid(), log: d.log})) }()
 	select {
 	case <-ctx.Done():
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -344,17 +345,33 @@ func peerUID(c net.Conn) (int, error) {
 	return int(cred.Uid), nil
 }
 
+// vmLock is a per-VM mutex with the count of its holders and waiters,
+// so the entry goes when the last one leaves and the map does not grow
+// with every VM name ever seen.
+type vmLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
 // lockVM serialises lifecycle changes of one VM (keyed by name).
 func (d *Daemon) lockVM(name string) func() {
 	d.mu.Lock()
 	l, ok := d.vmLocks[name]
 	if !ok {
-		l = &sync.Mutex{}
+		l = &vmLock{}
 		d.vmLocks[name] = l
 	}
+	l.refs++
 	d.mu.Unlock()
-	l.Lock()
-	return l.Unlock
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		d.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(d.vmLocks, name)
+		}
+		d.mu.Unlock()
+	}
 }
 
 // driverFor returns the driver that runs vm. VMs recorded before the VMM

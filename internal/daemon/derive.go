@@ -140,7 +140,10 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 	defer d.dropAgent(vm.ID)
 
 	err = stage("provision", func(ctx context.Context) error {
-		out := io.MultiWriter(logf, stageOutput(ctx))
+		// The script's output is the guest's to choose: the log file
+		// keeps its first part, watchers still see all of it live.
+		capped := &system.CappedWriter{W: logf, Max: maxBuildLog, Note: "\n[banger: build log cut here; limit reached]\n"}
+		out := io.MultiWriter(capped, stageOutput(ctx))
 		return d.runProvision(ctx, vm.SSHPort, hostPub, script, out)
 	})
 	if err != nil {
@@ -152,7 +155,7 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 	}
 	err = stage("manifest", func(ctx context.Context) error {
 		var pkgs bytes.Buffer
-		if err := d.guestRun(ctx, vm.ID, &pkgs, "dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n"); err != nil {
+		if err := d.guestRun(ctx, vm.ID, guestOutputBuffer(&pkgs, "package list"), "dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n"); err != nil {
 			return fmt.Errorf("read the package list back: %w", err)
 		}
 		manifest.Packages = parseDpkgQuery(pkgs.String())
@@ -167,7 +170,7 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 			pw.CloseWithError(d.guestRun(ctx, vm.ID, pw, "tar", "-C", "/root", "--exclude=./.ssh/authorized_keys",
 				"--exclude=./.bash_history", "--exclude=./"+image.FileWorkSeedMark, "--exclude=./lost+found", "-cf", "-", "."))
 		}()
-		if err := extractWorkSeed(ctx, pr, filepath.Join(outDir, image.DirWorkSeed)); err != nil {
+		if err := d.receiveRootTar(ctx, pr, filepath.Join(outDir, image.DirWorkSeed)); err != nil {
 			pr.CloseWithError(err)
 			return err
 		}
@@ -249,11 +252,12 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 // entry to seed through an os.Root: an entry that goes through a link the
 // stream planted (.banger -> /etc/sudoers.d, then .banger/x) is refused,
 // and links themselves are stored, never followed.
-func extractWorkSeed(ctx context.Context, r io.Reader, seed string) error {
+func extractWorkSeed(ctx context.Context, r io.Reader, seed string, max int64) error {
+	// Mkdir, not MkdirAll: the seed directory is new and banger's own.
 	if err := os.Mkdir(seed, 0o700); err != nil {
 		return fmt.Errorf("copy /root back as the work seed: %w", err)
 	}
-	if _, err := tarx.Extract(ctx, r, seed, 4<<30); err != nil {
+	if _, err := tarx.Extract(ctx, r, seed, max); err != nil {
 		return fmt.Errorf("copy /root back as the work seed: %w", err)
 	}
 	return nil
@@ -364,7 +368,7 @@ func (d *Daemon) guestRun(ctx context.Context, vmID string, out io.Writer, argv 
 		return fmt.Errorf("no agent connection")
 	}
 	var stderr bytes.Buffer
-	st, err := guestExec(ctx, c, api.ExecRequest{Argv: argv}, out, &stderr)
+	st, err := guestExec(ctx, c, api.ExecRequest{Argv: argv}, out, guestOutputBuffer(&stderr, argv[0]+" stderr"))
 	if err != nil {
 		return err
 	}
@@ -386,4 +390,35 @@ func parseDpkgQuery(s string) map[string]string {
 		out[f[1]] = f[2]
 	}
 	return out
+}
+
+// receiveRootTar unpacks the provisioning VM's /root tar into seed. The
+// guest decides what it sends: the contents are capped by
+// limits.guest_stream_mib and the stream stops before the disk runs low
+// (the caller removes the half-made image directory).
+func (d *Daemon) receiveRootTar(ctx context.Context, r io.Reader, seed string) error {
+	const op = "derive"
+	if err := d.checkFree(op, filepath.Dir(seed), 0); err != nil {
+		return err
+	}
+	r = &system.GuardedReader{R: r, Guard: d.spaceGuard(op, filepath.Dir(seed))}
+	if err := extractWorkSeed(ctx, r, seed, d.guestStreamMax()); err != nil {
+		if errors.Is(err, tarx.ErrTooLarge) {
+			err = fmt.Errorf("%w (limits.guest_stream_mib): %w", system.ErrTooLarge, err)
+		}
+		return streamLimitError(err)
+	}
+	return nil
+}
+
+// maxBuildLog bounds the provisioning output kept in a build log.
+const maxBuildLog = 64 << 20
+
+// maxGuestOutput bounds a guest command's output that the daemon keeps
+// in memory (a package list, a verify check, stderr for an error).
+const maxGuestOutput = 16 << 20
+
+// guestOutputBuffer bounds w, an in-memory buffer of guest output.
+func guestOutputBuffer(w io.Writer, what string) io.Writer {
+	return &system.LimitedWriter{W: w, Max: maxGuestOutput, What: what}
 }

@@ -47,6 +47,9 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (str
 		if err := d.preflight(ctx, checksForDerive); err != nil {
 			return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
 		}
+		if err := d.checkVoidSpace(spec); err != nil {
+			return "", err
+		}
 		target = spec.Name
 		run = func(ctx context.Context, stage stageFunc) (store.Image, error) {
 			return d.buildVoid(ctx, spec, kver, req.Force, stage)
@@ -55,7 +58,11 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (str
 		if err := validateDerive(req); err != nil {
 			return "", err
 		}
-		if _, err := d.getImage(ctx, req.From); err != nil {
+		base, err := d.getImage(ctx, req.From)
+		if err != nil {
+			return "", err
+		}
+		if err := d.checkDeriveSpace(base); err != nil {
 			return "", err
 		}
 		if err := d.preflight(ctx, checksForDerive); err != nil {
@@ -79,6 +86,9 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (str
 		if img, err := d.store.GetImage(ctx, spec.Name); err != nil || img.Fingerprint != spec.Fingerprint() || req.Force {
 			if err := d.preflight(ctx, checks); err != nil {
 				return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
+			}
+			if err := d.checkBuildSpace(req.Base); err != nil {
+				return "", err
 			}
 		}
 		target = spec.Name
@@ -278,7 +288,7 @@ func (d *Daemon) verifyImage(ctx context.Context, imgDir string, meta image.Meta
 	defer d.dropAgent(vm.ID)
 	c := d.cachedAgent(vm.ID)
 	var out strings.Builder
-	st, err := guestExec(ctx, c, api.ExecRequest{Argv: []string{"sh", "-c", "uname -r; systemctl is-active ssh"}}, &out, nil)
+	st, err := guestExec(ctx, c, api.ExecRequest{Argv: []string{"sh", "-c", "uname -r; systemctl is-active ssh"}}, guestOutputBuffer(&out, "verify output"), nil)
 	if err != nil {
 		return fmt.Errorf("exec in verify VM: %w", err)
 	}
@@ -308,7 +318,8 @@ echo "opencode :4096 did not answer"; systemctl --no-pager status opencode | tai
 func verifyAgents(ctx context.Context, c *agentclient.Client) error {
 	var out strings.Builder
 	req := api.ExecRequest{Argv: []string{"bash", "-c", agentChecks}, Env: map[string]string{"HOME": "/root", "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}}
-	st, err := guestExec(ctx, c, req, &out, &out)
+	buf := guestOutputBuffer(&out, "agent check output")
+	st, err := guestExec(ctx, c, req, buf, buf)
 	if err != nil {
 		return fmt.Errorf("exec in verify VM: %w", err)
 	}
@@ -422,6 +433,9 @@ func (d *Daemon) ImportImage(ctx context.Context, src string) (store.Image, erro
 			return existing, nil
 		}
 		return store.Image{}, api.Errorf(api.CodeConflict, "delete the existing image first", "an image named %q with other contents exists", meta.Name)
+	}
+	if err := d.checkImportSpace(src); err != nil {
+		return store.Image{}, err
 	}
 	id := newID(4)
 	dir := d.layout.ImageDir(id)

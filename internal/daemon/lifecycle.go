@@ -184,5 +184,9 @@ func (d *Daemon) DeleteVM(ctx context.Context, name string, force bool) error {
 	if err := d.store.ReleaseLease(ctx, vm.ID); err != nil {
 		return err
 	}
-	return d.store.DeleteVM(ctx, vm.ID)
+	if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
+		return err
+	}
+	d.forgetVM(vm.ID)
+	return nil
 }

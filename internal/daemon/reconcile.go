@@ -70,6 +70,8 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 				}
 			}
 			vm.State = api.VMRunning
+			// The previous daemon's console pump died with it.
+			d.keepConsole(d.ops.base, vm)
 			// Reconnect the agent in the background; exec redials anyway.
 			go func() {
 				actx, cancel := context.WithTimeout(d.ops.base, 30*time.Second)

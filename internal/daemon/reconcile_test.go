@@ -32,7 +32,7 @@ func TestReconcileFirecracker(t *testing.T) {
 	d.drivers = newDrivers(d.cfg)
 	d.ops = newOperations(ctx, d.store, d.log)
 	d.agents = map[string]*agentclient.Client{}
-	d.vmLocks = map[string]*sync.Mutex{}
+	d.vmLocks = map[string]*vmLock{}
 
 	dir, err := os.MkdirTemp("", "rc")
 	if err != nil {

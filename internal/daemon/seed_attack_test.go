@@ -451,7 +451,7 @@ func TestExtractWorkSeedHostileTar(t *testing.T) {
 			}
 			tw.Close()
 			seed := filepath.Join(t.TempDir(), image.DirWorkSeed)
-			err := extractWorkSeed(ctx, &buf, seed)
+			err := extractWorkSeed(ctx, &buf, seed, 4<<30)
 			if after := snapshot(t, host); after != before {
 				t.Fatalf("host changed:\n%s", after)
 			}
@@ -470,7 +470,7 @@ func TestExtractWorkSeedHostileTar(t *testing.T) {
 	tw.WriteHeader(&tar.Header{Name: "hostkey", Typeflag: tar.TypeSymlink, Linkname: filepath.Join(host, "id_ed25519")})
 	tw.Close()
 	imgDir := t.TempDir()
-	if err := extractWorkSeed(ctx, &buf, filepath.Join(imgDir, image.DirWorkSeed)); err != nil {
+	if err := extractWorkSeed(ctx, &buf, filepath.Join(imgDir, image.DirWorkSeed), 4<<30); err != nil {
 		t.Fatal(err)
 	}
 	d := testDaemon(t, nil)

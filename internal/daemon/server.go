@@ -20,6 +20,7 @@ import (
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/sshkeys"
 	"github.com/bangerdev/banger/internal/store"
+	"github.com/bangerdev/banger/internal/system"
 )
 
 func (d *Daemon) routes() http.Handler {
@@ -326,28 +327,40 @@ func (d *Daemon) handleSSH(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// handleLogs streams the console log; with follow=1 it keeps polling the
-// file until the client leaves or the VM stops.
+// handleLogs streams the console log: the older generation kept by
+// rotation (console.go), then the current one; with follow=1 it keeps
+// polling the current file, following it across rotations, until the
+// client leaves or the VM stops.
 func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) {
 	vm, err := d.getVM(r.Context(), r.PathValue("name"))
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	f, err := os.Open(filepath.Join(vm.Dir, paths.FileConsoleLog))
+	path := filepath.Join(vm.Dir, paths.FileConsoleLog)
+	f, err := os.Open(path)
 	if err != nil {
 		writeError(w, api.Errorf(api.CodeNotFound, "the VM has not booted yet", "no console log for %q", vm.Name))
 		return
 	}
-	defer f.Close()
+	defer func() { f.Close() }()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(200)
+	if old, err := os.Open(path + system.RotatedSuffix); err == nil {
+		_, err = io.Copy(w, old)
+		old.Close()
+		if err != nil {
+			return
+		}
+	}
 	fl, _ := w.(http.Flusher)
 	follow := r.URL.Query().Get("follow") == "1"
 	buf := make([]byte, 32<<10)
+	var off int64
 	for {
 		n, err := f.Read(buf)
 		if n > 0 {
+			off += int64(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -361,6 +374,22 @@ func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) {
 		}
 		if fl != nil {
 			fl.Flush()
+		}
+		// Rotated (renamed away, a new file in its place) or trimmed
+		// (copy-truncate): carry on from the start of the current file.
+		if cur, err := os.Stat(path); err == nil {
+			if st, err := f.Stat(); err == nil && !os.SameFile(cur, st) {
+				if nf, err := os.Open(path); err == nil {
+					f.Close()
+					f, off = nf, 0
+					continue
+				}
+			} else if cur.Size() < off {
+				if _, err := f.Seek(0, io.SeekStart); err == nil {
+					off = 0
+					continue
+				}
+			}
 		}
 		cur, gerr := d.store.GetVM(r.Context(), vm.ID)
 		if gerr != nil || !d.driverFor(cur).Alive(d.proc(cur)) {

@@ -38,6 +38,11 @@ import (
 	"github.com/bangerdev/banger/internal/store"
 )
 
+// maxEndedSessions is how many ended (exited or lost) sessions the
+// daemon remembers per VM; older ones are forgotten first. A guest that
+// keeps starting sessions and rebooting cannot grow the daemon's memory.
+const maxEndedSessions = 100
+
 // sessionPollInterval is how often live sessions are polled for state
 // changes (see the comment at the top of this file).
 const sessionPollInterval = 3 * time.Second
@@ -107,6 +112,7 @@ func (t *sessionTracker) observe(vm store.VM, bootID string, ss []api.Session, c
 		seen[s.ID] = true
 		t.put(vs, s)
 	}
+	defer t.prune(vs)
 	if !complete {
 		return
 	}
@@ -124,6 +130,44 @@ func (t *sessionTracker) observe(vm store.VM, bootID string, ss []api.Session, c
 	}
 }
 
+// forget drops everything remembered about a VM (it was deleted).
+func (t *sessionTracker) forget(vmID string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.vms, vmID)
+}
+
+// prune keeps the newest maxEndedSessions ended sessions of vs.
+// Callers hold t.mu.
+func (t *sessionTracker) prune(vs *vmSessions) {
+	var ended []api.Session
+	for _, s := range vs.byID {
+		if s.Final() {
+			ended = append(ended, s)
+		}
+	}
+	if len(ended) <= maxEndedSessions {
+		return
+	}
+	slices.SortFunc(ended, func(a, b api.Session) int {
+		if c := a.StartedAt.Compare(b.StartedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	for _, s := range ended[:len(ended)-maxEndedSessions] {
+		delete(vs.byID, s.ID)
+	}
+}
+
+// forgetVM drops the per-VM state the daemon keeps in memory (agent
+// session, session records) once a VM is gone; the lock map shrinks by
+// itself (lockVM) and stats samples age out (statsSampler).
+func (d *Daemon) forgetVM(vmID string) {
+	d.dropAgent(vmID)
+	d.sessions.forget(vmID)
+}
+
 // markLost marks every live session of a VM lost (the VM stopped).
 func (t *sessionTracker) markLost(vm store.VM, why string) {
 	t.mu.Lock()
@@ -134,6 +178,7 @@ func (t *sessionTracker) markLost(vm store.VM, why string) {
 			t.put(vs, lostSession(s, why))
 		}
 	}
+	t.prune(vs)
 }
 
 func lostSession(s api.Session, why string) api.Session {

@@ -102,6 +102,9 @@ func (d *Daemon) validateCreate(ctx context.Context, req *api.CreateVMRequest) (
 	if err := d.preflight(ctx, checksForCreate); err != nil {
 		return store.Image{}, err
 	}
+	if err := d.checkCreateSpace(img, req.VMM); err != nil {
+		return store.Image{}, err
+	}
 	return img, nil
 }
 
@@ -373,7 +376,7 @@ func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, st
 		return proc, err
 	}
 	err = stage("boot", func(ctx context.Context) error {
-		os.Remove(filepath.Join(vm.Dir, paths.FileConsoleLog))
+		resetConsole(vm.Dir)
 		// The VMM is recorded before it exists: its command line carries
 		// the instance prefix and the VM id (spec.ProcessName), and a real
 		// VM's row (state creating) is written before this. A daemon
@@ -394,6 +397,7 @@ func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, st
 		// Record the PID (and the driver's sockets) at once: a daemon
 		// that dies now still finds them.
 		vm.PID, vm.PIDStartTime, vm.VMMStateJSON = p.PID, p.StartTime, p.State
+		d.keepConsole(d.baseCtx(), *vm)
 		if !persist {
 			return nil
 		}
@@ -419,6 +423,7 @@ func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, st
 // withConsole attaches the tail of the VM's console log to a boot error:
 // it is the first thing anyone debugging a boot wants to see.
 func (d *Daemon) withConsole(dir string, err error) error {
+	d.consoleSettled(dir, 500*time.Millisecond)
 	tail := system.TailFile(filepath.Join(dir, paths.FileConsoleLog), 3000)
 	return &opError{err: err, consoleTail: tail, hint: "see the console tail below; `banger doctor` checks the host"}
 }

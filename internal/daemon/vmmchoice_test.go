@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/bangerdev/banger/internal/api"
@@ -31,7 +30,7 @@ func TestCreateFirecrackerMissingFailsFast(t *testing.T) {
 	}, os.Getuid())
 	d.drivers = newDrivers(d.cfg)
 	d.creating = map[string]bool{}
-	d.vmLocks = map[string]*sync.Mutex{}
+	d.vmLocks = map[string]*vmLock{}
 	img := store.Image{Name: "base", Dir: t.TempDir()}
 	if err := d.store.CreateImage(ctx, &img); err != nil {
 		t.Fatal(err)

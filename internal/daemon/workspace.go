@@ -14,6 +14,7 @@ import (
 	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/store"
+	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/workspace"
 )
 
@@ -295,21 +296,14 @@ func (d *Daemon) PullWorkspace(ctx context.Context, name string, req api.PullReq
 	if err != nil {
 		return api.PullResult{}, err
 	}
-	f, err := os.CreateTemp(d.layout.CacheDir, "pull-*.bundle")
-	if err != nil {
-		return api.PullResult{}, fmt.Errorf("create bundle file: %w", err)
-	}
-	defer os.Remove(f.Name())
-	refs, n, err := ac.ExportWorkspace(ctx, workspace.ExportRequest{Dir: info.Dir, Have: have}, f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	file, refs, n, err := d.receivePull(ctx, ac, workspace.ExportRequest{Dir: info.Dir, Have: have})
 	if err != nil {
 		return api.PullResult{}, err
 	}
+	defer os.Remove(file)
 	bundle := ""
 	if n > 0 {
-		bundle = f.Name()
+		bundle = file
 	}
 	res, err := workspace.ImportPull(ctx, d.runner, repo, vm.Name, refs, bundle)
 	res.BundleBytes = n
@@ -329,4 +323,84 @@ func (d *Daemon) bangerRefObjects(ctx context.Context, repo workspace.Repo, vm s
 		return nil
 	}
 	return strings.Fields(string(out))
+}
+
+// receivePull has the guest export its workspace into a bundle file in
+// the cache directory. The guest decides how much it sends, so the
+// bundle is capped by limits.guest_stream_mib and stops before the disk
+// runs low; either way the partial file is removed. The caller removes
+// the file on success.
+func (d *Daemon) receivePull(ctx context.Context, ac *agentclient.Client, req workspace.ExportRequest) (string, []workspace.Ref, int64, error) {
+	const what = "workspace pull"
+	dir := d.layout.CacheDir
+	if err := d.checkFree(what, dir, 0); err != nil {
+		return "", nil, 0, err
+	}
+	f, err := os.CreateTemp(dir, "pull-*.bundle")
+	if err != nil {
+		return "", nil, 0, fmt.Errorf("create bundle file: %w", err)
+	}
+	refs, n, err := ac.ExportWorkspace(ctx, req, d.guestStreamWriter(f, what, "the bundle from the guest", dir))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", nil, 0, streamLimitError(err)
+	}
+	return f.Name(), refs, n, nil
+}
+
+// guestStreamWriter bounds a stream a guest sends into a file in dir:
+// at most limits.guest_stream_mib, and never into the last
+// limits.min_free_mib of the disk.
+func (d *Daemon) guestStreamWriter(w io.Writer, op, stream, dir string) io.Writer {
+	return &system.LimitedWriter{W: w, Max: d.guestStreamMax(), What: stream + " (limits.guest_stream_mib)", Guard: d.spaceGuard(op, dir)}
+}
+
+func (d *Daemon) guestStreamMax() int64 {
+	if n := d.cfg.Limits.GuestStreamMiB; n > 0 {
+		return int64(n) << 20
+	}
+	return 4 << 30
+}
+
+func (d *Daemon) spaceGuard(op, dir string) *system.SpaceGuard {
+	return &system.SpaceGuard{Statfs: d.statfs, What: op, Dir: dir, MinFree: uint64(max(d.cfg.Limits.MinFreeMiB, 0)) << 20}
+}
+
+// streamLimitError gives a size or space refusal its API code and a
+// hint; other errors pass through.
+func streamLimitError(err error) error {
+	switch {
+	case errors.Is(err, system.ErrTooLarge):
+		return &hintedError{err: err, code: api.CodeInvalid, hint: "raise limits.guest_stream_mib in the daemon's config if this much is expected"}
+	case errors.Is(err, system.ErrNoSpace):
+		return &hintedError{err: err, code: api.CodeUnavailable, hint: "free some space (`banger image list`, `banger vm list`) or lower limits.min_free_mib"}
+	}
+	return err
+}
+
+// hintedError is err as an *api.Error (code and hint) for writeError,
+// while errors.Is still sees what it wraps.
+type hintedError struct {
+	err        error
+	code, hint string
+}
+
+func (e *hintedError) Error() string { return e.err.Error() }
+func (e *hintedError) Unwrap() error { return e.err }
+func (e *hintedError) As(target any) bool {
+	if p, ok := target.(**api.Error); ok {
+		*p = &api.Error{Code: e.code, Hint: e.hint, Message: e.err.Error()}
+		return true
+	}
+	return false
+}
+
+// checkFree refuses an operation that will write about need bytes into
+// dir when the disk lacks need plus limits.min_free_mib.
+func (d *Daemon) checkFree(op, dir string, need uint64) error {
+	reserve := uint64(max(d.cfg.Limits.MinFreeMiB, 0)) << 20
+	return streamLimitError(system.CheckFree(d.statfs, op, dir, need+reserve))
 }

@@ -46,12 +46,15 @@ const (
 	FileQMPSocket   = "qmp.sock"
 	FileAgentSocket = "agent.sock"
 	FileConsoleLog  = "console.log"
-	FileQEMULog     = "qemu.log"
-	FilePID         = "qemu.pid"
-	FileRootDisk    = "root.qcow2"
-	FileWorkDisk    = "work.ext4"
-	FileSeedDisk    = "seed.ext4"
-	FileKnownHosts  = "known_hosts"
+	// FileConsoleSocket is QEMU's serial console; the daemon reads it
+	// into FileConsoleLog (daemon/console.go).
+	FileConsoleSocket = "console.sock"
+	FileQEMULog       = "qemu.log"
+	FilePID           = "qemu.pid"
+	FileRootDisk      = "root.qcow2"
+	FileWorkDisk      = "work.ext4"
+	FileSeedDisk      = "seed.ext4"
+	FileKnownHosts    = "known_hosts"
 
 	// Firecracker: its API socket, the hybrid vsock socket, its own log
 	// (logger), its stderr before the logger is set, metrics, and the raw

@@ -125,15 +125,12 @@ func prepare(spec vmm.Spec) (l *launch, err error) {
 		}
 		src.backing = append(src.backing, b)
 	}
-	console, err := own(filepath.Join(spec.Dir, paths.FileConsoleLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return l, err
-	}
-	src.console = l.fdPath(console)
+	// The console log is written by the daemon (rotated, capped), not by
+	// QEMU: QEMU only gets the console's listening socket.
 	for _, s := range []struct {
 		name string
 		dst  *string
-	}{{paths.FileQMPSocket, &src.qmp}, {paths.FileAgentSocket, &src.agent}} {
+	}{{paths.FileConsoleSocket, &src.console}, {paths.FileQMPSocket, &src.qmp}, {paths.FileAgentSocket, &src.agent}} {
 		f, err := listenUnix(filepath.Join(spec.Dir, s.name))
 		if err != nil {
 			return l, err

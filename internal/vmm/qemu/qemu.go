@@ -72,9 +72,9 @@ type sources struct {
 	// disks are the disks' file names, backing their backing files
 	// ("" keeps the overlay header's).
 	disks, backing []string
-	console        string
-	// qmp and agent are the sockets' addresses: "path=P" or "fd=N".
-	qmp, agent string
+	// console, qmp and agent are the sockets' addresses: "path=P" or
+	// "fd=N".
+	console, qmp, agent string
 	// tap is the tap netdev's "ifname=..." or "fd=N" (tap mode).
 	tap string
 	// addFDs are the descriptors of /dev/fdset/N names: -add-fd values.
@@ -85,7 +85,7 @@ type sources struct {
 func pathSources(spec vmm.Spec) sources {
 	src := sources{
 		kernel: spec.Kernel, initrd: spec.Initrd,
-		console: filepath.Join(spec.Dir, paths.FileConsoleLog),
+		console: "path=" + optValue(filepath.Join(spec.Dir, paths.FileConsoleSocket)),
 		qmp:     "path=" + optValue(filepath.Join(spec.Dir, paths.FileQMPSocket)),
 		agent:   "path=" + optValue(filepath.Join(spec.Dir, paths.FileAgentSocket)),
 		tap:     "ifname=" + optValue(spec.Net.TapDevice) + ",script=no,downscript=no",
@@ -121,9 +121,12 @@ func render(spec vmm.Spec, src sources) []string {
 		args = append(args, "-add-fd", a)
 	}
 	args = append(args,
-		// The console goes to a file, never to a pipe the daemon holds:
-		// QEMU must not block or die when the daemon goes away.
-		"-chardev", "file,id=console,append=on,path="+optValue(src.console),
+		// The console goes to a listening socket that the daemon reads
+		// into a size-capped, rotated console.log. A file QEMU writes
+		// itself would grow without bound while no daemon runs; with
+		// no client connected QEMU 7.2 drops the serial output instead
+		// (bounded, never blocking the guest or dying).
+		"-chardev", "socket,id=console,"+src.console+",server=on,wait=off",
 		"-serial", "chardev:console",
 		"-chardev", "socket,id=qmp,"+src.qmp+",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
@@ -194,7 +197,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 	if spec.Jailer {
 		return vmm.Process{}, errors.New("qemu has no jailer; --jailer is a Firecracker option")
 	}
-	for _, s := range []string{paths.FileQMPSocket, paths.FileAgentSocket} {
+	for _, s := range []string{paths.FileQMPSocket, paths.FileAgentSocket, paths.FileConsoleSocket} {
 		if err := paths.CheckSocketPath(filepath.Join(spec.Dir, s)); err != nil {
 			return vmm.Process{}, err
 		}

@@ -22,7 +22,7 @@ func TestArgs(t *testing.T) {
 	for _, want := range []string{
 		"-M microvm,acpi=on -accel tcg -cpu max -smp 2 -m 1024",
 		"-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-		"-chardev file,id=console,append=on,path=/v/ab12cd34/console.log -serial chardev:console",
+		"-chardev socket,id=console,path=/v/ab12cd34/console.sock,server=on,wait=off -serial chardev:console",
 		"-chardev socket,id=qmp,path=/v/ab12cd34/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control",
 		"-drive id=d0,if=none,driver=qcow2,discard=unmap,file.driver=file,file.filename=/v/root.qcow2,backing.driver=raw,backing.file.driver=file,backing.file.filename=/i/rootfs.ext4 -device virtio-blk-device,drive=d0",
 		"-drive id=d1,if=none,driver=raw,discard=unmap,file.driver=file,file.filename=/v/seed.ext4,readonly=on",
