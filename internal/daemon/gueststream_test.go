@@ -211,7 +211,7 @@ func TestDeriveRootTarOverCap(t *testing.T) {
 			}
 		}
 	}()
-	seed := t.TempDir()
+	seed := filepath.Join(t.TempDir(), "work-seed")
 	err := d.receiveRootTar(context.Background(), pr, seed)
 	pr.CloseWithError(errors.New("done"))
 	if err == nil || !strings.Contains(err.Error(), "limits.guest_stream_mib") {

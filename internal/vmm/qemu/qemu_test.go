@@ -105,7 +105,7 @@ func TestArgsCommaPaths(t *testing.T) {
 		{"-drive", "id=d1", "readonly", "on"},
 		{"-chardev", "id=qmp", "path", dir + "/qmp.sock"},
 		{"-chardev", "id=agent", "path", dir + "/agent.sock"},
-		{"-chardev", "id=console", "path", dir + "/console.log"},
+		{"-chardev", "id=console", "path", dir + "/console.sock"},
 	} {
 		if got, ok := optOf(args, c.flag, c.marker, c.key); !ok || got != c.want {
 			t.Errorf("%s %s: %s = %q (found %v), want %q\n%s", c.flag, c.marker, c.key, got, ok, c.want, strings.Join(args, " "))
@@ -225,7 +225,7 @@ func TestPrepareAsVMUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.close()
-	for _, p := range []string{spec.Disks[0].Path, spec.Disks[1].Path, spec.Disks[2].Path, filepath.Join(spec.Dir, "console.log")} {
+	for _, p := range []string{spec.Disks[0].Path, spec.Disks[1].Path, spec.Disks[2].Path} {
 		if o := ownerOf(t, p); o.uid != 3000007 || o.gid != 3000007 || o.mode != 0o600 {
 			t.Errorf("%s: %+v, want owned by 3000007 with mode 0600", filepath.Base(p), o)
 		}
@@ -235,7 +235,7 @@ func TestPrepareAsVMUser(t *testing.T) {
 			t.Errorf("image file %s changed: %+v -> %+v", filepath.Base(p), before[p], o)
 		}
 	}
-	for _, s := range []string{"qmp.sock", "agent.sock"} {
+	for _, s := range []string{"console.sock", "qmp.sock", "agent.sock"} {
 		if o := ownerOf(t, filepath.Join(spec.Dir, s)); o.uid != 0 || o.mode&0o077 != 0 {
 			t.Errorf("%s: %+v, want root's alone", s, o)
 		}
@@ -245,7 +245,7 @@ func TestPrepareAsVMUser(t *testing.T) {
 		t.Errorf("QEMU is told paths into the state directory:\n%s", joined)
 	}
 	// kernel, initrd; root disk read-only and read-write, its backing;
-	// seed read-only; work disk twice; console; 2 sockets.
+	// seed read-only; work disk twice; 3 sockets (console, QMP, agent).
 	if len(l.files) != 11 {
 		t.Errorf("%d inherited files, want 11", len(l.files))
 	}
@@ -254,7 +254,7 @@ func TestPrepareAsVMUser(t *testing.T) {
 		"-add-fd fd=5,set=1 -add-fd fd=6,set=1 -add-fd fd=7,set=4 -add-fd fd=8,set=2 -add-fd fd=9,set=3 -add-fd fd=10,set=3",
 		"file.filename=/dev/fdset/1,backing.driver=raw,backing.file.driver=file,backing.file.filename=/dev/fdset/4",
 		"file.filename=/dev/fdset/2,readonly=on", "file.filename=/dev/fdset/3",
-		"-chardev file,id=console,append=on,path=/proc/self/fd/11",
+		"-chardev socket,id=console,fd=11,server=on,wait=off",
 		"socket,id=qmp,fd=12", "socket,id=agent,fd=13",
 	} {
 		if !strings.Contains(joined, want) {
