@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"testing"
 
@@ -11,7 +12,7 @@ import (
 const testOpencodePassword = "s3cretPASSWORDs3cretPASSWORD"
 
 func opencodeVM() api.VM {
-	return api.VM{Name: "dev", Ports: []api.Port{{HostPort: 40961, GuestPort: 4096}},
+	return api.VM{Name: "dev", State: api.VMRunning, Ports: []api.Port{{HostPort: 40961, GuestPort: 4096}},
 		Opencode: &api.Opencode{URL: "http://127.0.0.1:40961", Username: "opencode", Password: testOpencodePassword}}
 }
 
@@ -84,5 +85,24 @@ func TestOpencodePassword(t *testing.T) {
 	}
 	if code, _, stderr := run(t, "vm", "opencode-password"); code != ExitUsage || !strings.Contains(stderr, "accepts 1 arg") {
 		t.Fatalf("no name: %d %q", code, stderr)
+	}
+}
+
+// A stopped VM's forwarded port is free: another local user can listen
+// on it and collect the password from an `opencode attach`. So the
+// password and the attach line are for running VMs only.
+func TestOpencodePasswordOnlyWhileRunning(t *testing.T) {
+	vm := opencodeVM()
+	vm.State = api.VMStopped
+	_, err := opencodePassword(vm)
+	var ae *api.Error
+	if err == nil || !errors.As(err, &ae) || !strings.Contains(ae.Message, "not running") || !strings.Contains(ae.Hint, "banger vm start dev") {
+		t.Fatalf("password of a stopped VM: %v", err)
+	}
+	var out bytes.Buffer
+	g := &globals{stdout: &out}
+	g.printVM(vm)
+	if s := out.String(); strings.Contains(s, "opencode attach") || strings.Contains(s, testOpencodePassword) || !strings.Contains(s, "start it first") {
+		t.Fatalf("vm show of a stopped VM offers the attach line:\n%s", s)
 	}
 }

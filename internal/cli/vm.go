@@ -196,6 +196,12 @@ func opencodePassword(vm api.VM) (string, error) {
 	if vm.Opencode == nil {
 		return "", api.Errorf(api.CodeNotFound, "VMs of an agent image serve opencode (see `banger image list`)", "VM %s serves no opencode", vm.Name)
 	}
+	if vm.State != api.VMRunning {
+		// Its forwarded port is free while it is not running: whoever
+		// listens there would get the password from `opencode attach`.
+		return "", api.Errorf(api.CodeConflict, fmt.Sprintf("start it first: `banger vm start %s`", vm.Name),
+			"VM %s is not running (%s); its opencode password is given out only while it runs", vm.Name, vm.State)
+	}
 	if vm.Opencode.Password == "" {
 		return "", api.Errorf(api.CodeUnavailable, fmt.Sprintf("restart it with `banger vm restart %s`: every boot gives opencode the VM's password", vm.Name),
 			"VM %s has not booted since banger gave opencode a password", vm.Name)
@@ -218,7 +224,11 @@ func (g *globals) printVM(vm api.VM) {
 	}
 	if oc := vm.Opencode; oc != nil {
 		fmt.Fprintf(tw, "opencode:\t%s (user %s, password from `banger vm opencode-password %s`)\n", oc.URL, oc.Username, vm.Name)
-		fmt.Fprintf(tw, "attach:\t%s\n", opencodeAttachCommand(vm))
+		if vm.State == api.VMRunning {
+			fmt.Fprintf(tw, "attach:\t%s\n", opencodeAttachCommand(vm))
+		} else {
+			fmt.Fprintf(tw, "attach:\tnot running; start it first (`banger vm start %s`)\n", vm.Name)
+		}
 	}
 	fmt.Fprintf(tw, "dir:\t%s\ncreated:\t%s\n", vm.Dir, vm.CreatedAt.Local().Format(time.RFC3339))
 	if vm.LastError != "" {

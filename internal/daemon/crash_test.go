@@ -341,3 +341,76 @@ func TestVMMIDFromArgs(t *testing.T) {
 		}
 	}
 }
+
+// The same state directory reached through another path (a symlinked
+// BANGER_HOME): the rows name the path they were written with, the layout
+// the other one. The sweep matches entries to rows by id, so the live
+// VM's directory (its work disk) and the image's stay; a directory no row
+// owns still goes.
+func TestReconcileSweepStateDirAlias(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var log syncBuffer
+	d := crashDaemon(t, ctx, &log)
+	l := d.layout
+	alias := filepath.Join(t.TempDir(), "alias")
+	if err := os.Symlink(l.DataDir, alias); err != nil {
+		t.Fatal(err)
+	}
+	img := store.Image{ID: "img1", Name: "base", Dir: filepath.Join(alias, paths.DirImages, "img1"), State: store.ImageStateManaged}
+	if err := d.store.CreateImage(ctx, &img); err != nil {
+		t.Fatal(err)
+	}
+	mkdirs(t, img.Dir)
+	vm := store.VM{ID: "beef0002", Name: "stopped", ImageID: img.ID, State: api.VMStopped, Dir: filepath.Join(alias, paths.DirVMs, "beef0002"),
+		VMM: config.VMMQEMU, CPUs: 1, MemoryMiB: 128, Egress: "none", CreatedAt: time.Now()}
+	if err := d.store.CreateVM(ctx, &vm); err != nil {
+		t.Fatal(err)
+	}
+	mkdirs(t, vm.Dir, l.VMDir("f00d0004"))
+	if err := os.WriteFile(filepath.Join(vm.Dir, paths.FileWorkDisk), []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{filepath.Join(l.VMDir(vm.ID), paths.FileWorkDisk), l.ImageDir(img.ID)} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("owned %s removed by the sweep: %v", p, err)
+		}
+	}
+	if _, err := os.Lstat(l.VMDir("f00d0004")); err == nil {
+		t.Error("a directory no row owns was left behind")
+	}
+}
+
+// Rows whose directories are somewhere else altogether (a state database
+// copied into a new state directory): the sweep cannot tell what is whose,
+// so it removes nothing and says so.
+func TestReconcileSweepSkipsForeignRows(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var log syncBuffer
+	d := crashDaemon(t, ctx, &log)
+	l := d.layout
+	elsewhere := t.TempDir()
+	img := store.Image{ID: "img1", Name: "base", Dir: l.ImageDir("img1"), State: store.ImageStateManaged}
+	if err := d.store.CreateImage(ctx, &img); err != nil {
+		t.Fatal(err)
+	}
+	vm := store.VM{ID: "beef0002", Name: "moved", ImageID: img.ID, State: api.VMStopped, Dir: filepath.Join(elsewhere, "beef0002"),
+		VMM: config.VMMQEMU, CPUs: 1, MemoryMiB: 128, Egress: "none", CreatedAt: time.Now()}
+	if err := d.store.CreateVM(ctx, &vm); err != nil {
+		t.Fatal(err)
+	}
+	mkdirs(t, l.VMDir("f00d0004"))
+	if err := d.reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(l.VMDir("f00d0004")); err != nil {
+		t.Errorf("sweep removed a directory although the rows live elsewhere: %v", err)
+	}
+	if out := log.String(); !strings.Contains(out, "leftover sweep skipped") {
+		t.Errorf("daemon log does not say the sweep was skipped:\n%s", out)
+	}
+}

@@ -1,8 +1,12 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -10,6 +14,7 @@ import (
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/store"
+	"github.com/bangerdev/banger/internal/system"
 )
 
 func TestValidateDerive(t *testing.T) {
@@ -104,5 +109,71 @@ func TestStageWriterPublishesWholeLines(t *testing.T) {
 	}
 	if stageOutput(context.Background()) == nil {
 		t.Error("stageOutput outside a stage must discard, not be nil")
+	}
+}
+
+// A provisioning VM's QEMU can write its root overlay, header included.
+// One that points the header's backing file (or an external data file)
+// at a host file would have the daemon read that file into the derived
+// image: flattenRootDisk refuses, and a genuine overlay still flattens.
+func TestFlattenRootDiskRefusesRewrittenHeader(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img not installed")
+	}
+	ctx := context.Background()
+	r := system.Exec{}
+	dir := t.TempDir()
+	base := filepath.Join(dir, "dir,with,commas", "rootfs.ext4")
+	secret := filepath.Join(dir, "shadow")
+	mkdirs(t, filepath.Dir(base))
+	write := func(p, content string) {
+		t.Helper()
+		b := make([]byte, 1<<20)
+		copy(b, content)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(base, "BASE-ROOTFS")
+	write(secret, "root:SECRET-HASH")
+	qimg := func(args ...string) {
+		t.Helper()
+		if out, err := r.Run(ctx, "qemu-img", args...); err != nil {
+			t.Fatalf("qemu-img %v: %v %s", args, err, out)
+		}
+	}
+	overlay := func(name string) string {
+		p := filepath.Join(dir, name)
+		qimg("create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", p)
+		return p
+	}
+
+	good := overlay("good.qcow2")
+	dst := filepath.Join(dir, "good.raw")
+	if err := flattenRootDisk(ctx, r, good, base, dst); err != nil {
+		t.Fatalf("genuine overlay refused: %v", err)
+	}
+	if b, _ := os.ReadFile(dst); !bytes.HasPrefix(b, []byte("BASE-ROOTFS")) {
+		t.Error("flattened genuine overlay lacks the base's content")
+	}
+
+	rebased := overlay("rebased.qcow2")
+	qimg("rebase", "-q", "-u", "-b", secret, "-F", "raw", rebased)
+	wrongFmt := overlay("wrongfmt.qcow2")
+	qimg("rebase", "-q", "-u", "-b", base, "-F", "qcow2", wrongFmt)
+	dataFile := filepath.Join(dir, "datafile.qcow2")
+	qimg("create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", "-o", "data_file="+filepath.Join(dir, "scratch"), dataFile)
+	rawAsQcow := filepath.Join(dir, "raw.qcow2")
+	write(rawAsQcow, "not a qcow2")
+	for name, p := range map[string]string{"backing rewritten": rebased, "backing format": wrongFmt, "data file": dataFile, "not qcow2": rawAsQcow} {
+		out := filepath.Join(dir, "out-"+filepath.Base(p))
+		err := flattenRootDisk(ctx, r, p, base, out)
+		if err == nil {
+			t.Errorf("%s: overlay accepted", name)
+		}
+		t.Logf("%s: %v", name, err)
+		if b, _ := os.ReadFile(out); bytes.Contains(b, []byte("SECRET-HASH")) {
+			t.Errorf("%s: host file read into the image", name)
+		}
 	}
 }

@@ -130,9 +130,11 @@ func opencodeView(vm api.VM, manifest string) *api.Opencode {
 
 // withOpencodePassword adds the password to a VM view for its owner
 // (GET /v1/vms/{name}); a VM that has not booted since passwords exist
-// has none yet.
+// has none yet. Only a running VM's: while it is not running its
+// forwarded port is free, and whoever listens there would collect the
+// password from the owner's `opencode attach`.
 func (d *Daemon) withOpencodePassword(out *api.VM, vm store.VM) {
-	if out.Opencode == nil {
+	if out.Opencode == nil || vm.State != api.VMRunning {
 		return
 	}
 	pw, err := readOpencodePassword(vm.Dir)

@@ -182,6 +182,13 @@ func TestOpencodePasswordOnlyInShow(t *testing.T) {
 			t.Errorf("GET %s carries the password: %t, want %t", path, got, want)
 		}
 	}
+	// Stopped, its forwarded port is anyone's: no password until it runs.
+	if err := d.store.SetVMState(ctx, vm.ID, api.VMStopped, ""); err != nil {
+		t.Fatal(err)
+	}
+	if rec := httptestGet(t, h, "/"+api.Version+"/vms/dev"); strings.Contains(rec, pw) {
+		t.Error("GET of a stopped VM carries the password")
+	}
 }
 
 func httptestGet(t *testing.T, h http.Handler, path string) string {

@@ -164,9 +164,9 @@ func (d *Daemon) sweepFiles(ctx context.Context, rep *sweepReport) error {
 	if err != nil {
 		return err
 	}
-	vmDirs := map[string]bool{}
-	for _, vm := range vms {
-		vmDirs[filepath.Clean(vm.Dir)] = true
+	imgs, err := d.store.ListImages(ctx)
+	if err != nil {
+		return err
 	}
 	remove := func(p string, list *[]string) {
 		if err := os.RemoveAll(p); err != nil {
@@ -175,27 +175,17 @@ func (d *Daemon) sweepFiles(ctx context.Context, rep *sweepReport) error {
 		}
 		*list = append(*list, filepath.Base(p))
 	}
-	entries, _ := os.ReadDir(d.layout.VMsDir)
-	for _, e := range entries {
-		if p := filepath.Join(d.layout.VMsDir, e.Name()); !vmDirs[p] {
-			remove(p, &rep.vmDirs)
-		}
+	vmRows := make([]ownedDir, 0, len(vms))
+	for _, vm := range vms {
+		vmRows = append(vmRows, ownedDir{vm.ID, vm.Dir})
 	}
-	imgs, err := d.store.ListImages(ctx)
-	if err != nil {
-		return err
-	}
-	imgDirs := map[string]bool{}
+	imgRows := make([]ownedDir, 0, len(imgs))
 	for _, img := range imgs {
-		imgDirs[filepath.Clean(img.Dir)] = true
+		imgRows = append(imgRows, ownedDir{img.ID, img.Dir})
 	}
-	entries, _ = os.ReadDir(d.layout.ImagesDir)
-	for _, e := range entries {
-		if p := filepath.Join(d.layout.ImagesDir, e.Name()); !imgDirs[p] {
-			remove(p, &rep.imageDirs)
-		}
-	}
-	entries, _ = os.ReadDir(d.layout.CacheDir)
+	d.sweepDirs(d.layout.VMsDir, "VM", vmRows, func(p string) { remove(p, &rep.vmDirs) })
+	d.sweepDirs(d.layout.ImagesDir, "image", imgRows, func(p string) { remove(p, &rep.imageDirs) })
+	entries, _ := os.ReadDir(d.layout.CacheDir)
 	for _, e := range entries {
 		n, p := e.Name(), filepath.Join(d.layout.CacheDir, e.Name())
 		switch {
@@ -213,6 +203,46 @@ func (d *Daemon) sweepFiles(ctx context.Context, rep *sweepReport) error {
 		}
 	}
 	return nil
+}
+
+// ownedDir is a row's id and the directory the row records.
+type ownedDir struct{ id, dir string }
+
+// sweepDirs removes every entry of parent that no row owns. Entries are
+// matched to rows by name (a row's directory is parent/ID), never by the
+// path a row records: the state directory may be reached through another
+// path (a symlinked BANGER_HOME, a bind mount) than the one the rows were
+// written with, and comparing paths would take every live VM's directory,
+// work disk included, for a leftover. If any row's directory is not in
+// parent, even after resolving links, the rows and this layout disagree
+// about where things live, and nothing is removed.
+func (d *Daemon) sweepDirs(parent, kind string, rows []ownedDir, remove func(string)) {
+	entries, err := os.ReadDir(parent)
+	if err != nil || len(entries) == 0 {
+		return
+	}
+	realParent, err := filepath.EvalSymlinks(parent)
+	if err != nil {
+		d.log.Warn("leftover sweep skipped: cannot resolve directory", "kind", kind, "dir", parent, "err", err)
+		return
+	}
+	owned := map[string]bool{}
+	for _, r := range rows {
+		owned[r.id] = true
+		if filepath.Base(r.dir) == r.id {
+			if rp, err := filepath.EvalSymlinks(filepath.Dir(filepath.Clean(r.dir))); err == nil && rp == realParent {
+				continue
+			}
+		}
+		d.log.Warn("leftover sweep skipped: a row's directory is outside the state directory",
+			"kind", kind, "id", r.id, "row_dir", r.dir, "dir", parent)
+		return
+	}
+	for _, e := range entries {
+		if n := e.Name(); paths.CheckID(n) == nil && !owned[n] {
+			remove(filepath.Join(parent, n))
+		}
+	}
 }
 
 // buildDirPrefix names an image build's scratch directory in the cache.

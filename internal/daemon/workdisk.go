@@ -106,6 +106,15 @@ func (d *Daemon) growWorkDisk(ctx context.Context, vm *store.VM, size int64) err
 	}
 	// resize2fs wants a freshly checked filesystem. e2fsck exits 1 when it
 	// fixed something (a journal replay after a kill): that is fine.
+	//
+	// TODO(security): the guest wrote this filesystem, so e2fsck and
+	// resize2fs parse hostile input as the daemon's user (root in a
+	// system install); a parser bug in e2fsprogs would be a way out of
+	// the VM. The VMM cannot swap the file for a link (it gets the disk
+	// as an fd and has no write access to the VM directory), but the
+	// contents are the guest's. Run both as the VM's own VMM uid (it
+	// owns work.ext4 already), or grow the filesystem from inside the
+	// guest (resize2fs online) at next boot instead.
 	if _, err := d.runner.Run(ctx, "e2fsck", "-f", "-y", p); err != nil {
 		var ce *system.CmdError
 		if !errors.As(err, &ce) || ce.ExitCode != 1 {
