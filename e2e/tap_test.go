@@ -263,13 +263,17 @@ func ownedObjects(t *testing.T, ns *namespace, prefix string) []string {
 }
 
 // tapInstance starts a daemon inside a fresh namespace with the cached
-// image imported.
-func tapInstance(t testing.TB) (*namespace, *instance) {
+// image imported; config is tapConfig unless given.
+func tapInstance(t testing.TB, config ...string) (*namespace, *instance) {
 	t.Helper()
 	requireVM(t)
 	ns := newNamespace(t)
 	ns.addForeign(t)
-	in := newWrappedInstance(t, tapConfig, ns.wrap())
+	cfg := tapConfig
+	if len(config) > 0 {
+		cfg = config[0]
+	}
+	in := newWrappedInstance(t, cfg, ns.wrap())
 	t.Cleanup(in.shutdown)
 	if err := ensureImage(t, in); err != nil {
 		t.Fatal(err)
