@@ -121,10 +121,14 @@ func (ns *namespace) nftConn(t testing.TB) (*nftables.Conn, func()) {
 }
 
 func (ns *namespace) tables(t testing.TB) []string {
+	return ns.tablesOf(t, nftables.TableFamilyIPv4)
+}
+
+func (ns *namespace) tablesOf(t testing.TB, family nftables.TableFamily) []string {
 	t.Helper()
 	c, done := ns.nftConn(t)
 	defer done()
-	ts, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	ts, err := c.ListTablesOfFamily(family)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,6 +263,11 @@ func ownedObjects(t *testing.T, ns *namespace, prefix string) []string {
 			out = append(out, "table "+tb)
 		}
 	}
+	for _, tb := range ns.tablesOf(t, nftables.TableFamilyBridge) {
+		if strings.Contains(tb, prefix) {
+			out = append(out, "bridge table "+tb)
+		}
+	}
 	return out
 }
 
@@ -298,6 +307,9 @@ func checkTapVM(t *testing.T, ns *namespace, in *instance, vm api.VM, prefix str
 	}
 	if !slices.Contains(ns.tables(t), "banger_"+prefix) {
 		t.Errorf("nft table banger_%s missing: %v", prefix, ns.tables(t))
+	}
+	if bt := ns.tablesOf(t, nftables.TableFamilyBridge); !slices.Contains(bt, "banger_"+prefix) {
+		t.Errorf("nft bridge table banger_%s missing: %v", prefix, bt)
 	}
 	// sshd answers on the guest's own address, reached from the namespace.
 	if banner, err := sshBanner(ns, vm.Address); err != nil || banner != "SSH-2.0" {

@@ -152,6 +152,7 @@ func (d *Daemon) Close() error {
 	}
 	d.agents = map[string]*agentclient.Client{}
 	d.mu.Unlock()
+	d.closeNetwork(context.Background())
 	return d.store.Close()
 }
 
