@@ -76,8 +76,8 @@ type Port struct {
 
 // PortFilter is the bridge-family nftables table of one banger instance:
 // anti-spoofing for each port, and no frames bridged from one port to
-// another (besides the ports being isolated, so that holds on a kernel
-// without IFLA_BRPORT_ISOLATED too). Rewritten atomically, like NAT.
+// another (the ports are isolated too: VM-to-VM isolation does not rest
+// on one mechanism). Rewritten atomically, like NAT.
 type PortFilter struct {
 	Table string
 	Ports []Port
