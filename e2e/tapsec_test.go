@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/bangerdev/banger/internal/api"
 )
 
 // tapSecConfig leaves room for five guests (a /29), so two VMs and a
@@ -40,9 +42,11 @@ func guestProbes(t *testing.T, in *instance, vm, script string) map[string]strin
 
 // TestTapContainment is a hostile guest in tap mode: one with --egress
 // none changes its address, speaks IPv6 and tries to reach another VM on
-// the bridge; one with --egress all tries to reach the first, directly
-// and routed through the host. Everything but the controls must be
-// blocked, and the last VM to go restores ip_forward.
+// the bridge; one with --egress all tries to reach the first, and then
+// a second one with --egress all (where no egress rule stands in the
+// way), directly, routed through the host and over IPv6. Everything but
+// the controls must be blocked, and the last VM to go restores
+// ip_forward. The VMs run two at a time (TCG on a small machine).
 func TestTapContainment(t *testing.T) {
 	ns, in := tapInstance(t, tapSecConfig)
 	prefix := instancePrefix(in.home)
@@ -104,25 +108,41 @@ probe fd00:b::2 22 ipv6_other_vm
 
 	// The egress all guest: the other VM directly and routed through the
 	// host, and over IPv6.
-	got = guestProbes(t, in, open.Name, fmt.Sprintf(`probe %[1]s 22 other_vm
+	probeOther := func(other api.VM, other6 string) {
+		t.Helper()
+		got = guestProbes(t, in, open.Name, fmt.Sprintf(`probe %[1]s 22 other_vm
 ip route add %[1]s/32 via 172.30.0.1
 probe %[1]s 22 other_vm_routed
 ip route del %[1]s/32 via 172.30.0.1
-probe fd00:b::3 22 ipv6_other_vm
+probe %[2]s 22 ipv6_other_vm
 probe fd00:b::1 8080 ipv6_host
-`, shut.Address))
-	for _, k := range []string{"other_vm", "other_vm_routed", "ipv6_other_vm", "ipv6_host"} {
-		if got[k] != "closed" {
-			t.Errorf("egress all guest: %s is %q, want closed", k, got[k])
+`, other.Address, other6))
+		for _, k := range []string{"other_vm", "other_vm_routed", "ipv6_other_vm", "ipv6_host"} {
+			if got[k] != "closed" {
+				t.Errorf("egress all guest -> %s (egress %s): %s is %q, want closed", other.Name, other.Egress, k, got[k])
+			}
 		}
 	}
+	probeOther(shut, "fd00:b::3")
+
+	// A second egress all VM in place of the egress none one: no egress
+	// rule applies to either, and they still cannot talk. The second
+	// one routes back through the host too, so that replies would have
+	// a way if the forward were let through.
+	in.must(t, "vm", "delete", shut.Name)
+	open2 := in.createVM(t, "open2", "--net", "tap", "--egress", "all")
+	open2 = in.vm(t, open2.Name)
+	guestProbes(t, in, open2.Name, fmt.Sprintf(`ip -6 addr add fd00:b::4/64 dev eth0 nodad
+ip route add %s/32 via 172.30.0.1
+`, open.Address))
+	probeOther(open2, "fd00:b::4")
 
 	// While tap VMs run, forwarding is on (NAT needs it); the last one to
 	// go puts the namespace back as it was.
 	if got := strings.TrimSpace(ns.must(t, "cat", "/proc/sys/net/ipv4/ip_forward")); got != "1" {
 		t.Errorf("ip_forward with tap VMs = %s, want 1", got)
 	}
-	in.must(t, "vm", "delete", shut.Name)
+	in.must(t, "vm", "delete", open2.Name)
 	in.must(t, "vm", "delete", open.Name)
 	if left := ownedObjects(t, ns, prefix); len(left) != 0 {
 		t.Errorf("after delete, banger objects remain in the namespace: %v", left)
