@@ -110,7 +110,11 @@ probe fd00:b::2 22 ipv6_other_vm
 	// host, and over IPv6.
 	probeOther := func(other api.VM, other6 string) {
 		t.Helper()
-		got = guestProbes(t, in, open.Name, fmt.Sprintf(`probe %[1]s 22 other_vm
+		// Forget neighbours first: open2 takes the address shut had, and a
+		// stale entry with shut's MAC would fail the probe for the wrong
+		// reason.
+		got = guestProbes(t, in, open.Name, fmt.Sprintf(`ip neigh flush dev eth0
+probe %[1]s 22 other_vm
 ip route add %[1]s/32 via 172.30.0.1
 probe %[1]s 22 other_vm_routed
 ip route del %[1]s/32 via 172.30.0.1
