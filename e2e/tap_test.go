@@ -121,10 +121,14 @@ func (ns *namespace) nftConn(t testing.TB) (*nftables.Conn, func()) {
 }
 
 func (ns *namespace) tables(t testing.TB) []string {
+	return ns.tablesOf(t, nftables.TableFamilyIPv4)
+}
+
+func (ns *namespace) tablesOf(t testing.TB, family nftables.TableFamily) []string {
 	t.Helper()
 	c, done := ns.nftConn(t)
 	defer done()
-	ts, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	ts, err := c.ListTablesOfFamily(family)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,17 +263,26 @@ func ownedObjects(t *testing.T, ns *namespace, prefix string) []string {
 			out = append(out, "table "+tb)
 		}
 	}
+	for _, tb := range ns.tablesOf(t, nftables.TableFamilyBridge) {
+		if strings.Contains(tb, prefix) {
+			out = append(out, "bridge table "+tb)
+		}
+	}
 	return out
 }
 
 // tapInstance starts a daemon inside a fresh namespace with the cached
-// image imported.
-func tapInstance(t testing.TB) (*namespace, *instance) {
+// image imported; config is tapConfig unless given.
+func tapInstance(t testing.TB, config ...string) (*namespace, *instance) {
 	t.Helper()
 	requireVM(t)
 	ns := newNamespace(t)
 	ns.addForeign(t)
-	in := newWrappedInstance(t, tapConfig, ns.wrap())
+	cfg := tapConfig
+	if len(config) > 0 {
+		cfg = config[0]
+	}
+	in := newWrappedInstance(t, cfg, ns.wrap())
 	t.Cleanup(in.shutdown)
 	if err := ensureImage(t, in); err != nil {
 		t.Fatal(err)
@@ -294,6 +307,9 @@ func checkTapVM(t *testing.T, ns *namespace, in *instance, vm api.VM, prefix str
 	}
 	if !slices.Contains(ns.tables(t), "banger_"+prefix) {
 		t.Errorf("nft table banger_%s missing: %v", prefix, ns.tables(t))
+	}
+	if bt := ns.tablesOf(t, nftables.TableFamilyBridge); !slices.Contains(bt, "banger_"+prefix) {
+		t.Errorf("nft bridge table banger_%s missing: %v", prefix, bt)
 	}
 	// sshd answers on the guest's own address, reached from the namespace.
 	if banner, err := sshBanner(ns, vm.Address); err != nil || banner != "SSH-2.0" {

@@ -211,6 +211,7 @@ func (d *Daemon) Close() error {
 	d.mu.Unlock()
 	gctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	d.syncLocalGuard(gctx)
+	d.closeNetwork(gctx)
 	cancel()
 	err := d.store.Close()
 	// The lock goes last: the next daemon may open the state at once.

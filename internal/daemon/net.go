@@ -26,7 +26,8 @@ func (d *Daemon) newNetwork(host network.Host) (*network.Manager, error) {
 	if err := names.Check(); err != nil {
 		return nil, err
 	}
-	return &network.Manager{Host: host, Names: names, Subnet: subnet, Log: d.log.With("component", "network")}, nil
+	return &network.Manager{Host: host, Names: names, Subnet: subnet, Log: d.log.With("component", "network"),
+		StateDir: d.layout.DataDir}, nil
 }
 
 func isTap(vm store.VM) bool { return vm.NetMode == config.NetTap }
@@ -79,7 +80,11 @@ func (d *Daemon) netMembers(ctx context.Context, skipVM string) ([]network.Membe
 		if l.VMID == skipVM {
 			continue
 		}
-		out = append(out, network.Member{Tap: l.Tap, Addr: l.Addr.Addr(), Isolated: egress[l.VMID] == config.EgressNone})
+		mac := l.MAC
+		if mac == "" {
+			mac = network.MAC(l.VMID) // what leaseNet would have stored
+		}
+		out = append(out, network.Member{Tap: l.Tap, MAC: mac, Addr: l.Addr.Addr(), Isolated: egress[l.VMID] == config.EgressNone})
 	}
 	return out, nil
 }
@@ -167,6 +172,22 @@ func (d *Daemon) reconcileNetwork(ctx context.Context) error {
 		return err
 	}
 	return d.net.Reconcile(ctx, members)
+}
+
+// closeNetwork runs at shutdown: with no tap VM left, IPv4 forwarding
+// goes back to what banger found, in case the last teardown could not
+// (another instance still had tap VMs then). With tap VMs it stays on:
+// they keep running without the daemon.
+func (d *Daemon) closeNetwork(ctx context.Context) {
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	ls, err := d.store.ListLeases(ctx)
+	if err != nil || len(ls) > 0 {
+		return
+	}
+	if err := d.net.RestoreForwarding(ctx); err != nil {
+		d.log.Warn("restore ip_forward", "err", err)
+	}
 }
 
 // tapKernelArgs are the guest NIC keys the agent applies at boot.

@@ -185,3 +185,113 @@ func TestHostResolvers(t *testing.T) {
 		t.Errorf("missing file: %v", got)
 	}
 }
+
+// A tap VM's port is pinned to the MAC and address of its lease, and the
+// port is isolated from the other VMs' ports.
+func TestTapPortPinnedToLease(t *testing.T) {
+	ctx := context.Background()
+	d, f := tapDaemon(t, "172.30.0.0/24")
+	vm := tapVM(t, d, "one", "none")
+	var undo cleanup
+	if err := d.leaseNet(ctx, &vm, &undo); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.attachNet(ctx, vm, nil); err != nil {
+		t.Fatal(err)
+	}
+	l, err := d.store.LeaseForVM(ctx, vm.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := strings.Join(f.State(), "\n")
+	for _, want := range []string{
+		"link " + l.Tap + " tuntap master=" + d.net.Names.Bridge() + " isolated up",
+		`iifname "` + l.Tap + `" ether saddr != ` + l.MAC + " drop",
+		`iifname "` + l.Tap + `" ether type ip ip saddr != 172.30.0.2 drop`,
+		`iifname "` + l.Tap + `" drop`,
+		`forward: iifname "` + d.net.Names.Bridge() + `" oifname "` + d.net.Names.Bridge() + `" drop`,
+	} {
+		if !strings.Contains(state, want) {
+			t.Errorf("state lacks %q:\n%s", want, state)
+		}
+	}
+}
+
+// ip_forward goes back off with the last tap VM, even when the daemon
+// that switched it on died: the record in the data directory tells its
+// successor.
+func TestForwardingRestoredAcrossDaemons(t *testing.T) {
+	ctx := context.Background()
+	d, f := tapDaemon(t, "172.30.0.0/24")
+	vm := tapVM(t, d, "one", "all")
+	var undo cleanup
+	if err := d.leaseNet(ctx, &vm, &undo); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.attachNet(ctx, vm, nil); err != nil {
+		t.Fatal(err)
+	}
+	record := filepath.Join(d.layout.DataDir, network.FileForwardRecord)
+	if on, _ := f.Forwarding(ctx); !on {
+		t.Fatal("forwarding off with a tap VM")
+	}
+	if _, err := os.Stat(record); err != nil {
+		t.Fatalf("no record of the original ip_forward: %v", err)
+	}
+	// Shutdown with a tap VM running leaves forwarding on: it still
+	// needs it.
+	d.closeNetwork(ctx)
+	if on, _ := f.Forwarding(ctx); !on {
+		t.Fatal("shutdown switched forwarding off under a running tap VM")
+	}
+	// The daemon dies; the VM is deleted behind its back; a new daemon
+	// (a new manager on the same data directory) reconciles.
+	if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if d.net, err = d.newNetwork(f); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.reconcileNetwork(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if on, _ := f.Forwarding(ctx); on {
+		t.Error("forwarding left on after the last tap VM went")
+	}
+	if _, err := os.Stat(record); !os.IsNotExist(err) {
+		t.Errorf("record survived: %v", err)
+	}
+}
+
+// When another banger instance's bridge kept forwarding on at the last
+// detach, the daemon's shutdown tries again.
+func TestForwardingRestoredAtShutdown(t *testing.T) {
+	ctx := context.Background()
+	d, f := tapDaemon(t, "172.30.0.0/24")
+	vm := tapVM(t, d, "one", "all")
+	var undo cleanup
+	if err := d.leaseNet(ctx, &vm, &undo); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.attachNet(ctx, vm, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.AddForeign("bg0f0f0fbr", network.KindBridge)
+	if err := d.detachNet(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.store.ReleaseLease(ctx, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	if on, _ := f.Forwarding(ctx); !on {
+		t.Fatal("forwarding switched off under another instance")
+	}
+	if err := f.DeleteLink(ctx, "bg0f0f0fbr"); err != nil {
+		t.Fatal(err)
+	}
+	d.closeNetwork(ctx)
+	if on, _ := f.Forwarding(ctx); on {
+		t.Error("shutdown with no tap VM left forwarding on")
+	}
+}

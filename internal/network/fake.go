@@ -19,6 +19,7 @@ type Fake struct {
 	links      map[string]Link
 	addrs      map[string][]netip.Prefix
 	tables     map[string][]string
+	btables    map[string][]string // bridge family
 	forwarding bool
 	// Calls records every mutating call, in order.
 	Calls []string
@@ -26,18 +27,22 @@ type Fake struct {
 
 // NewFake returns an empty host.
 func NewFake() *Fake {
-	return &Fake{links: map[string]Link{}, addrs: map[string][]netip.Prefix{}, tables: map[string][]string{}}
+	return &Fake{links: map[string]Link{}, addrs: map[string][]netip.Prefix{}, tables: map[string][]string{}, btables: map[string][]string{}}
 }
 
 var _ Host = (*Fake)(nil)
 
 // AddForeign adds a link or table banger did not create (kind "" makes a
-// table named name instead).
+// table named name instead, kind "bridge-table" a bridge-family table).
 func (f *Fake) AddForeign(name, kind string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if kind == "" {
+	switch kind {
+	case "":
 		f.tables[name] = []string{"foreign"}
+		return
+	case "bridge-table":
+		f.btables[name] = []string{"foreign"}
 		return
 	}
 	f.links[name] = Link{Name: name, Kind: kind, Up: true}
@@ -56,6 +61,9 @@ func (f *Fake) State() []string {
 		for _, a := range f.addrs[l.Name] {
 			s += " addr=" + a.String()
 		}
+		if l.Isolated {
+			s += " isolated"
+		}
 		if l.Up {
 			s += " up"
 		}
@@ -63,6 +71,9 @@ func (f *Fake) State() []string {
 	}
 	for name, rules := range f.tables {
 		out = append(out, "table "+name+": "+strings.Join(rules, "; "))
+	}
+	for name, rules := range f.btables {
+		out = append(out, "bridge table "+name+": "+strings.Join(rules, "; "))
 	}
 	if f.forwarding {
 		out = append(out, "ip_forward=1")
@@ -117,7 +128,7 @@ func (f *Fake) EnsureTap(_ context.Context, name, master string) error {
 		return fmt.Errorf("%s exists and is a %s", name, l.Kind)
 	}
 	f.record("ensure tap %s master=%s", name, master)
-	f.links[name] = Link{Name: name, Kind: KindTap, Master: master, Up: true}
+	f.links[name] = Link{Name: name, Kind: KindTap, Master: master, Up: true, Isolated: true}
 	return nil
 }
 
@@ -169,11 +180,52 @@ func (f *Fake) DeleteTable(_ context.Context, name string) error {
 	return nil
 }
 
-// EnableForwarding implements Host.
-func (f *Fake) EnableForwarding(context.Context) error {
+// BridgeTables implements Host.
+func (f *Fake) BridgeTables(context.Context) ([]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.forwarding = true
+	return slices.Sorted(maps.Keys(f.btables)), nil
+}
+
+// ApplyPortFilter implements Host, refusing what the real one refuses
+// (a port without a valid MAC or IPv4 address).
+func (f *Fake) ApplyPortFilter(_ context.Context, p PortFilter) error {
+	rules, err := renderPortFilter(p)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("apply bridge table %s", p.Table)
+	f.btables[p.Table] = rules
+	return nil
+}
+
+// DeleteBridgeTable implements Host.
+func (f *Fake) DeleteBridgeTable(_ context.Context, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.btables[name]; !ok {
+		return fmt.Errorf("bridge table %s not found", name)
+	}
+	f.record("delete bridge table %s", name)
+	delete(f.btables, name)
+	return nil
+}
+
+// Forwarding implements Host.
+func (f *Fake) Forwarding(context.Context) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.forwarding, nil
+}
+
+// SetForwarding implements Host.
+func (f *Fake) SetForwarding(_ context.Context, on bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("set ip_forward %v", on)
+	f.forwarding = on
 	return nil
 }
 
@@ -182,6 +234,7 @@ func (f *Fake) EnableForwarding(context.Context) error {
 func RenderNAT(n NAT) []string {
 	out := []string{
 		fmt.Sprintf("postrouting: ip saddr %s oifname != %q masquerade", n.Subnet.Masked(), n.Bridge),
+		fmt.Sprintf("forward: iifname %q oifname %q drop", n.Bridge, n.Bridge),
 	}
 	for _, a := range n.Isolated {
 		out = append(out, fmt.Sprintf("forward: iifname %q ip saddr %s drop", n.Bridge, a))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -34,7 +35,14 @@ func (Kernel) Links(context.Context) ([]Link, error) {
 	out := make([]Link, 0, len(ls))
 	for _, l := range ls {
 		a := l.Attrs()
-		out = append(out, Link{Name: a.Name, Kind: l.Type(), Master: byIndex[a.MasterIndex], Up: a.Flags&unix.IFF_UP != 0})
+		link := Link{Name: a.Name, Kind: l.Type(), Master: byIndex[a.MasterIndex], Up: a.Flags&unix.IFF_UP != 0}
+		if a.MasterIndex != 0 {
+			// A link dump without AF_BRIDGE carries no port flags.
+			if pi, err := netlink.LinkGetProtinfo(l); err == nil {
+				link.Isolated = pi.Isolated
+			}
+		}
+		out = append(out, link)
 	}
 	return out, nil
 }
@@ -89,7 +97,8 @@ func (Kernel) EnsureBridge(_ context.Context, name string, addr netip.Prefix) er
 
 // EnsureTap implements Host. The TAP is persistent (it outlives the file
 // descriptor used to make it), so QEMU or Firecracker opens it by name
-// and it survives VMM and daemon restarts.
+// and it survives VMM and daemon restarts. It joins the bridge as an
+// isolated port, and goes up only after that.
 func (Kernel) EnsureTap(_ context.Context, name, master string) error {
 	br, err := netlink.LinkByName(master)
 	if err != nil {
@@ -128,6 +137,9 @@ func (Kernel) EnsureTap(_ context.Context, name, master string) error {
 			return fmt.Errorf("attach to %s: %w", master, err)
 		}
 	}
+	if err := netlink.LinkSetIsolated(l, true); err != nil {
+		return fmt.Errorf("isolate bridge port: %w", err)
+	}
 	return netlink.LinkSetUp(l)
 }
 
@@ -142,11 +154,20 @@ func (Kernel) DeleteLink(_ context.Context, name string) error {
 
 // Tables implements Host.
 func (Kernel) Tables(context.Context) ([]string, error) {
+	return tablesOf(nftables.TableFamilyIPv4)
+}
+
+// BridgeTables implements Host.
+func (Kernel) BridgeTables(context.Context) ([]string, error) {
+	return tablesOf(nftables.TableFamilyBridge)
+}
+
+func tablesOf(family nftables.TableFamily) ([]string, error) {
 	c, err := nftables.New()
 	if err != nil {
 		return nil, err
 	}
-	ts, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	ts, err := c.ListTablesOfFamily(family)
 	if err != nil {
 		return nil, err
 	}
@@ -183,6 +204,7 @@ func (Kernel) ApplyNAT(_ context.Context, n NAT) error {
 		Name: "input", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept,
 	})
+	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: bridgeToBridge(n.Bridge)})
 	for _, a := range n.Isolated {
 		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: append(fromGuest(n.Bridge, a), &expr.Verdict{Kind: expr.VerdictDrop})})
 	}
@@ -196,6 +218,19 @@ func (Kernel) ApplyNAT(_ context.Context, n NAT) error {
 		c.AddRule(&nftables.Rule{Table: t, Chain: in, Exprs: exprs})
 	}
 	return c.Flush()
+}
+
+// bridgeToBridge is `iifname BRIDGE oifname BRIDGE drop`: a guest that
+// routes to another guest through the host (its gateway) gets nowhere,
+// whatever either one's egress.
+func bridgeToBridge(bridge string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(bridge)},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(bridge)},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
 }
 
 // fromGuest is `iifname BRIDGE ip saddr ADDR`.
@@ -250,12 +285,67 @@ func (Kernel) DeleteTable(_ context.Context, name string) error {
 	return c.Flush()
 }
 
-// EnableForwarding implements Host. /proc/sys/net is per network
-// namespace, so this affects only the namespace banger runs in.
-func (Kernel) EnableForwarding(context.Context) error {
-	const p = "/proc/sys/net/ipv4/ip_forward"
-	if b, err := os.ReadFile(p); err == nil && len(b) > 0 && b[0] == '1' {
-		return nil
+// ApplyPortFilter implements Host, atomically like ApplyNAT. The chains
+// hook in at -200, what nft calls the bridge family's filter priority.
+func (Kernel) ApplyPortFilter(_ context.Context, p PortFilter) error {
+	rules, err := portFilterRules(p)
+	if err != nil {
+		return err
 	}
-	return os.WriteFile(p, []byte("1\n"), 0o644)
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	t := &nftables.Table{Name: p.Table, Family: nftables.TableFamilyBridge}
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	accept := nftables.ChainPolicyAccept
+	prio := nftables.ChainPriorityRef(-200)
+	chains := map[string]*nftables.Chain{
+		chainPrerouting: c.AddChain(&nftables.Chain{
+			Name: chainPrerouting, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPrerouting, Priority: prio, Policy: &accept,
+		}),
+		chainForward: c.AddChain(&nftables.Chain{
+			Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: prio, Policy: &accept,
+		}),
+	}
+	for _, r := range rules {
+		c.AddRule(&nftables.Rule{Table: t, Chain: chains[r.Chain], Exprs: r.Exprs})
+	}
+	return c.Flush()
+}
+
+// DeleteBridgeTable implements Host.
+func (Kernel) DeleteBridgeTable(_ context.Context, name string) error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	c.DelTable(&nftables.Table{Name: name, Family: nftables.TableFamilyBridge})
+	return c.Flush()
+}
+
+// ipForward is per network namespace, so it concerns only the namespace
+// banger runs in.
+const ipForward = "/proc/sys/net/ipv4/ip_forward"
+
+// Forwarding implements Host.
+func (Kernel) Forwarding(context.Context) (bool, error) {
+	b, err := os.ReadFile(ipForward)
+	if err != nil {
+		return false, err
+	}
+	return strings.TrimSpace(string(b)) != "0", nil
+}
+
+// SetForwarding implements Host.
+func (Kernel) SetForwarding(_ context.Context, on bool) error {
+	v := "0\n"
+	if on {
+		v = "1\n"
+	}
+	return os.WriteFile(ipForward, []byte(v), 0o644)
 }

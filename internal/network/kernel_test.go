@@ -41,8 +41,12 @@ func TestKernelHost(t *testing.T) {
 	inNewNetns(t, func() {
 		ctx := context.Background()
 		k := Kernel{}
-		m := &Manager{Host: k, Names: Names{Prefix: "bgtest01"}, Subnet: netip.MustParsePrefix("172.30.0.0/24")}
-		a := Member{Tap: m.Names.Tap("aaaaaaaa"), Addr: netip.MustParseAddr("172.30.0.2"), Isolated: true}
+		m := &Manager{Host: k, Names: Names{Prefix: "bgtest01"}, Subnet: netip.MustParsePrefix("172.30.0.0/24"), StateDir: t.TempDir()}
+		a := Member{Tap: m.Names.Tap("aaaaaaaa"), MAC: MAC("aaaaaaaa"), Addr: netip.MustParseAddr("172.30.0.2"), Isolated: true}
+		if on, err := k.Forwarding(ctx); err != nil || on {
+			t.Errorf("a fresh namespace has forwarding %v (%v); want off", on, err)
+			return
+		}
 		// Foreign objects that must survive.
 		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "userbr0"}}); err != nil {
 			t.Errorf("add foreign bridge: %v", err)
@@ -50,6 +54,10 @@ func TestKernelHost(t *testing.T) {
 		}
 		if err := k.ApplyNAT(ctx, NAT{Table: "user_table", Subnet: netip.MustParsePrefix("10.0.0.0/8"), Bridge: "userbr0"}); err != nil {
 			t.Errorf("foreign table: %v", err)
+			return
+		}
+		if err := k.ApplyPortFilter(ctx, PortFilter{Table: "user_table"}); err != nil {
+			t.Errorf("foreign bridge table: %v", err)
 			return
 		}
 		// An address of an older subnet on the bridge is replaced.
@@ -71,7 +79,7 @@ func TestKernelHost(t *testing.T) {
 			return
 		}
 		i := slices.IndexFunc(links, func(l Link) bool { return l.Name == a.Tap })
-		if i < 0 || links[i].Kind != KindTap || links[i].Master != m.Names.Bridge() || !links[i].Up {
+		if i < 0 || links[i].Kind != KindTap || links[i].Master != m.Names.Bridge() || !links[i].Up || !links[i].Isolated {
 			t.Errorf("tap after attach: %+v", links)
 		}
 		br, err := netlink.LinkByName(m.Names.Bridge())
@@ -86,6 +94,9 @@ func TestKernelHost(t *testing.T) {
 		tables, err := k.Tables(ctx)
 		if err != nil || !slices.Contains(tables, m.Names.Table()) {
 			t.Errorf("tables %v %v", tables, err)
+		}
+		if bt, err := k.BridgeTables(ctx); err != nil || !slices.Contains(bt, m.Names.Table()) {
+			t.Errorf("bridge tables %v %v", bt, err)
 		}
 		if b, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); string(b) != "1\n" {
 			t.Errorf("ip_forward = %q", b)
@@ -115,6 +126,12 @@ func TestKernelHost(t *testing.T) {
 		}
 		if slices.Contains(tables, m.Names.Table()) || !slices.Contains(tables, "user_table") || !slices.Contains(names, "userbr0") {
 			t.Errorf("after detach: links %v tables %v", names, tables)
+		}
+		if bt, _ := k.BridgeTables(ctx); slices.Contains(bt, m.Names.Table()) || !slices.Contains(bt, "user_table") {
+			t.Errorf("after detach: bridge tables %v", bt)
+		}
+		if b, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); string(b) != "0\n" {
+			t.Errorf("ip_forward after the last detach = %q, want 0 as found", b)
 		}
 	})
 }
