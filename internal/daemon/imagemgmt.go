@@ -149,7 +149,7 @@ func (d *Daemon) healImage(ctx context.Context, img store.Image) (store.Image, e
 		img.KernelVersion = kver
 	}
 	rootfs := filepath.Join(img.Dir, image.FileRootfs)
-	status, err := d.runner.Run(ctx, "debugfs", "-R", "cat /var/lib/dpkg/status", rootfs)
+	status, err := readDpkgStatus(ctx, d.runner, rootfs)
 	if err != nil {
 		d.log.Warn("heal image: no package list", "image", img.Name, "err", err)
 	}
@@ -298,7 +298,7 @@ func (d *Daemon) RegisterImage(ctx context.Context, req api.RegisterImageRequest
 		return store.Image{}, fmt.Errorf("read the work seed from the rootfs: %w", err)
 	}
 
-	status, _ := d.runner.Run(ctx, "debugfs", "-R", "cat /var/lib/dpkg/status", rootfs)
+	status, _ := readDpkgStatus(ctx, d.runner, rootfs)
 	h := sha256.New()
 	fmt.Fprintf(h, "registered\nkernel=%s\n", kver)
 	for _, f := range []string{image.FileKernel, image.FileInitrd, image.FileRootfs} {
@@ -408,4 +408,18 @@ func modulesScript(src, dst, base string) (string, error) {
 	b.WriteString(strings.Join(lines, "\n"))
 	b.WriteString("\n")
 	return b.String(), nil
+}
+
+// maxDpkgStatus bounds the package list read out of a rootfs: the image
+// decides its size, and a real one is a few MiB.
+const maxDpkgStatus = 64 << 20
+
+// readDpkgStatus reads /var/lib/dpkg/status out of the ext4 rootfs with
+// debugfs (no mount), refusing one over maxDpkgStatus.
+func readDpkgStatus(ctx context.Context, r system.Runner, rootfs string) ([]byte, error) {
+	out, err := r.RunIn(ctx, system.RunOpts{MaxStdout: maxDpkgStatus}, "debugfs", "-R", "cat /var/lib/dpkg/status", rootfs)
+	if errors.Is(err, system.ErrOutputTooLarge) {
+		return nil, fmt.Errorf("the rootfs's /var/lib/dpkg/status is more than %d bytes: ignoring it", maxDpkgStatus)
+	}
+	return out, err
 }

@@ -2,6 +2,7 @@ package image
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -26,11 +27,22 @@ import (
 // maxSeedEntries bounds the listing of an image's /root.
 const maxSeedEntries = 200_000
 
+// maxSeedBytes bounds the apparent size of /root's files, each and in
+// all: rdump writes every byte a file claims, holes included, so a file
+// of a few blocks claiming a terabyte would fill the host's disk.
+const maxSeedBytes = 4 << 30
+
+// maxLsOutput bounds one `ls -p` listing read back from debugfs. A line
+// is at most ~300 bytes (a 255-byte name), so every listing
+// maxSeedEntries allows fits.
+const maxLsOutput = 64 << 20
+
 // DebugfsEntry is one line of `debugfs -R "ls -p DIR"`.
 type DebugfsEntry struct {
 	Inode uint64
 	Mode  uint32 // st_mode bits as the filesystem stores them
 	Name  string
+	Size  uint64 // apparent size; 0 for directories, which list none
 }
 
 // IsDir reports whether the entry is a directory.
@@ -59,10 +71,16 @@ func ParseDebugfsLs(out []byte) ([]DebugfsEntry, error) {
 		if err1 != nil || err2 != nil || f[5] == "" {
 			return nil, fmt.Errorf("%w: unexpected debugfs listing line %q", ErrInvalid, line)
 		}
+		var size uint64
+		if f[6] != "" {
+			if size, err1 = strconv.ParseUint(f[6], 10, 64); err1 != nil {
+				return nil, fmt.Errorf("%w: unexpected debugfs listing line %q", ErrInvalid, line)
+			}
+		}
 		if ino == 0 {
 			continue
 		}
-		entries = append(entries, DebugfsEntry{Inode: ino, Mode: uint32(mode), Name: f[5]})
+		entries = append(entries, DebugfsEntry{Inode: ino, Mode: uint32(mode), Name: f[5], Size: size})
 	}
 	return entries, nil
 }
@@ -96,7 +114,10 @@ func checkDirListing(where string, ino uint64, entries []DebugfsEntry) error {
 // or its tree is one no valid filesystem holds.
 func ReadExt4Seed(ctx context.Context, r system.Runner, rootfs, dst string) error {
 	ls := func(spec string) ([]DebugfsEntry, error) {
-		out, err := r.Run(ctx, "debugfs", "-R", "ls -p "+spec, rootfs)
+		out, err := r.RunIn(ctx, system.RunOpts{MaxStdout: maxLsOutput}, "debugfs", "-R", "ls -p "+spec, rootfs)
+		if errors.Is(err, system.ErrOutputTooLarge) {
+			return nil, fmt.Errorf("%w: the listing of %s in the rootfs is more than %d bytes: refusing it", ErrInvalid, spec, maxLsOutput)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("list %s in the rootfs: %w", spec, err)
 		}
@@ -133,6 +154,7 @@ func ReadExt4Seed(ctx context.Context, r system.Runner, rootfs, dst string) erro
 	queue := []dir{{rootIno, "/root"}}
 	visited := map[uint64]bool{rootIno: true}
 	total := 0
+	var totalBytes uint64
 	for len(queue) > 0 {
 		d := queue[0]
 		queue = queue[1:]
@@ -147,6 +169,15 @@ func ReadExt4Seed(ctx context.Context, r system.Runner, rootfs, dst string) erro
 			return fmt.Errorf("%w: the rootfs's /root holds more than %d entries", ErrInvalid, maxSeedEntries)
 		}
 		for _, e := range entries {
+			// rdump writes every byte a file claims, holes included.
+			if !e.IsDir() {
+				if e.Size > maxSeedBytes {
+					return fmt.Errorf("%w: the rootfs's %s/%s claims %d bytes, more than the %d a work seed may hold: shrink or remove it", ErrInvalid, d.path, e.Name, e.Size, uint64(maxSeedBytes))
+				}
+				if totalBytes += e.Size; totalBytes > maxSeedBytes {
+					return fmt.Errorf("%w: the rootfs's /root claims more than %d bytes in all (at %s/%s), more than a work seed may hold: shrink it", ErrInvalid, uint64(maxSeedBytes), d.path, e.Name)
+				}
+			}
 			if !e.IsDir() || e.Name == "." || e.Name == ".." {
 				continue
 			}

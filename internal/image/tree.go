@@ -173,6 +173,11 @@ func openRegular(root *os.Root, rel string) (*os.File, error) {
 	return f, nil
 }
 
+// maxTreeFile bounds a file of an image-controlled tree read into
+// memory (os-release, sshd_config, package databases): the image decides
+// its size.
+const maxTreeFile = 64 << 20
+
 // readTreeFile reads the regular file rel of a confined tree.
 func readTreeFile(root *os.Root, rel string) ([]byte, error) {
 	f, err := openRegular(root, rel)
@@ -180,16 +185,48 @@ func readTreeFile(root *os.Root, rel string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	return io.ReadAll(f)
+	if fi, err := f.Stat(); err == nil && fi.Size() > maxTreeFile {
+		return nil, fmt.Errorf("%w: %s is %d bytes, more than the %d banger reads from an image: refusing it", ErrInvalid, rel, fi.Size(), maxTreeFile)
+	}
+	// The file may still grow after the check.
+	b, err := io.ReadAll(io.LimitReader(f, maxTreeFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", rel, err)
+	}
+	if len(b) > maxTreeFile {
+		return nil, fmt.Errorf("%w: %s is more than the %d bytes banger reads from an image: refusing it", ErrInvalid, rel, maxTreeFile)
+	}
+	return b, nil
 }
 
+// copyRegular copies a file keeping its holes: a seed file claiming a
+// huge size in a few blocks (image import, every vm create) must not be
+// written out in full.
 func copyRegular(src, dst *os.Root, rel string, perm fs.FileMode) error {
 	in, err := openRegular(src, rel)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	return writeTreeFileFrom(dst, rel, in, perm)
+	if err := clearEntry(dst, rel); err != nil {
+		return err
+	}
+	// O_EXCL after clearEntry: a link raced in is refused, not followed.
+	f, err := dst.OpenFile(rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return treeErr(err, rel)
+	}
+	// CopyInto has no context of its own; the copy is bounded by the
+	// source's data blocks.
+	err = system.SparseCopy(context.Background(), in, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", rel, err)
+	}
+	// The umask may have narrowed perm at create time.
+	return treeErr(dst.Chmod(rel, perm), rel)
 }
 
 // writeTreeFile replaces rel in a confined tree with a new regular file.

@@ -34,6 +34,9 @@ type FakeCall struct {
 	Dir   string
 	Env   []string
 	Stdin []byte // everything RunOpts.Stdin yielded
+	// MaxStdout is RunOpts.MaxStdout; output over it fails the call the
+	// way the real runner does.
+	MaxStdout int64
 }
 
 type fakeResponse struct {
@@ -114,6 +117,8 @@ func (f *Fake) RunIn(ctx context.Context, opts RunOpts, name string, args ...str
 		Argv: argv,
 		Dir:  opts.Dir,
 		Env:  append([]string(nil), opts.Env...),
+
+		MaxStdout: opts.MaxStdout,
 	}
 	if opts.Stdin != nil {
 		b, err := io.ReadAll(opts.Stdin)
@@ -144,6 +149,9 @@ func (f *Fake) RunIn(ctx context.Context, opts RunOpts, name string, args ...str
 	}
 	if fe, isExit := err.(*fakeExit); isExit {
 		err = &CmdError{Argv: argv, Output: fe.output, ExitCode: fe.code, Err: fe}
+	}
+	if opts.MaxStdout > 0 && opts.Stdout == nil && int64(len(out)) > opts.MaxStdout {
+		return nil, &CmdError{Argv: argv, ExitCode: -1, Err: fmt.Errorf("%w: more than %d bytes", ErrOutputTooLarge, opts.MaxStdout)}
 	}
 	if opts.Stdout != nil && len(out) > 0 {
 		if _, werr := opts.Stdout.Write(out); werr != nil && err == nil {

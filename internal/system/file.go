@@ -88,6 +88,24 @@ const (
 	zeroBlock = 4 << 10
 )
 
+// SparseCopy copies the regular file in to out, which must be empty,
+// leaving holes where in has holes or all-zero blocks. Trees an image
+// or a guest controls are copied with it: a file claiming a terabyte in
+// a few blocks must not cost a terabyte of host disk.
+func SparseCopy(ctx context.Context, in, out *os.File) error {
+	fi, err := in.Stat()
+	if err != nil {
+		return fmt.Errorf("sparse copy: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("sparse copy: %s is not a regular file", in.Name())
+	}
+	if err := sparseCopy(ctx, in, out, fi.Size()); err != nil {
+		return fmt.Errorf("sparse copy %s: %w", in.Name(), err)
+	}
+	return nil
+}
+
 // sparseCopy copies the data regions of in to out and leaves holes where
 // in has holes or all-zero blocks. out must be empty.
 func sparseCopy(ctx context.Context, in, out *os.File, size int64) error {

@@ -38,7 +38,14 @@ type RunOpts struct {
 	Stdout io.Writer
 	// Stderr, when set, receives stderr as it is produced.
 	Stderr io.Writer
+	// MaxStdout (> 0) caps the stdout Run returns: a command printing
+	// more is killed and fails with ErrOutputTooLarge. For output an
+	// image or a guest controls (debugfs cat of an image's file).
+	MaxStdout int64
 }
+
+// ErrOutputTooLarge means a command printed more than RunOpts.MaxStdout.
+var ErrOutputTooLarge = errors.New("command output exceeds the limit")
 
 // outputTail bounds how much command output an error carries: enough to
 // show the real failure, small enough to log and send over the API.
@@ -90,7 +97,17 @@ func (x Exec) Run(ctx context.Context, name string, args ...string) ([]byte, err
 // RunIn implements Runner.
 func (x Exec) RunIn(ctx context.Context, opts RunOpts, name string, args ...string) ([]byte, error) {
 	argv := append([]string{name}, args...)
-	cmd := exec.CommandContext(ctx, name, args...)
+	// A capped run kills the command through its own context once it
+	// prints too much, so it cannot keep the daemon busy either.
+	runCtx := ctx
+	var capped *capBuffer
+	if opts.MaxStdout > 0 && opts.Stdout == nil {
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		capped = &capBuffer{max: opts.MaxStdout, over: cancel}
+	}
+	cmd := exec.CommandContext(runCtx, name, args...)
 	cmd.Dir = opts.Dir
 	// LC_ALL=C keeps tool output parseable and error text greppable
 	// whatever locale the daemon was started under.
@@ -100,9 +117,12 @@ func (x Exec) RunIn(ctx context.Context, opts RunOpts, name string, args ...stri
 
 	tail := &tailBuffer{max: outputTail}
 	var stdout strings.Builder
-	if opts.Stdout != nil {
+	switch {
+	case opts.Stdout != nil:
 		cmd.Stdout = io.MultiWriter(opts.Stdout, tail)
-	} else {
+	case capped != nil:
+		cmd.Stdout = io.MultiWriter(capped, tail)
+	default:
 		cmd.Stdout = io.MultiWriter(&stdout, tail)
 	}
 	if opts.Stderr != nil {
@@ -120,7 +140,14 @@ func (x Exec) RunIn(ctx context.Context, opts RunOpts, name string, args ...stri
 			slog.Any("err", err))
 	}
 	var out []byte
-	if opts.Stdout == nil {
+	switch {
+	case capped != nil:
+		out = capped.buf
+		if capped.exceeded {
+			return nil, &CmdError{Argv: argv, Output: tail.String(), ExitCode: -1,
+				Err: fmt.Errorf("%w: more than %d bytes", ErrOutputTooLarge, opts.MaxStdout)}
+		}
+	case opts.Stdout == nil:
 		out = []byte(stdout.String())
 	}
 	if err == nil {
@@ -211,4 +238,28 @@ func (t *tailBuffer) String() string {
 		return "..." + string(t.buf)
 	}
 	return string(t.buf)
+}
+
+// capBuffer keeps stdout up to max bytes; past that it drops the rest
+// and calls over (which kills the command). Only the stdout copy
+// goroutine writes to it.
+type capBuffer struct {
+	max      int64
+	buf      []byte
+	exceeded bool
+	over     func()
+}
+
+func (c *capBuffer) Write(p []byte) (int, error) {
+	if c.exceeded {
+		return len(p), nil
+	}
+	if int64(len(c.buf))+int64(len(p)) > c.max {
+		c.exceeded = true
+		c.buf = nil
+		c.over()
+		return len(p), nil
+	}
+	c.buf = append(c.buf, p...)
+	return len(p), nil
 }

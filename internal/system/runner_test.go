@@ -162,3 +162,27 @@ func TestQuoteArgv(t *testing.T) {
 		}
 	}
 }
+
+// Output over MaxStdout kills the command and fails the run instead of
+// filling the daemon's memory.
+func TestRunMaxStdout(t *testing.T) {
+	ctx := context.Background()
+	out, err := Exec{}.RunIn(ctx, RunOpts{MaxStdout: 1 << 10}, "head", "-c", "1048576", "/dev/zero")
+	if !errors.Is(err, ErrOutputTooLarge) {
+		t.Fatalf("want ErrOutputTooLarge, got %v", err)
+	}
+	if len(out) > 1<<10 {
+		t.Fatalf("returned %d bytes over the cap", len(out))
+	}
+	out, err = Exec{}.RunIn(ctx, RunOpts{MaxStdout: 5}, "printf", "12345")
+	if err != nil || string(out) != "12345" {
+		t.Fatalf("output at the cap: %q %v", out, err)
+	}
+}
+
+func TestFakeMaxStdout(t *testing.T) {
+	f := (&Fake{}).On("cat", "123456", nil)
+	if _, err := f.RunIn(context.Background(), RunOpts{MaxStdout: 5}, "cat", "x"); !errors.Is(err, ErrOutputTooLarge) {
+		t.Fatalf("want ErrOutputTooLarge, got %v", err)
+	}
+}

@@ -27,6 +27,31 @@ var ErrUnsafePath = errors.New("tar entry escapes the target directory")
 // ErrTooLarge means the stream carried more file data than allowed.
 var ErrTooLarge = errors.New("tar stream exceeds the size limit")
 
+// ErrTooManyEntries means the stream carried more entries than allowed.
+var ErrTooManyEntries = errors.New("tar stream exceeds the entry limit")
+
+// DefaultMaxEntries bounds the entries of one stream: an empty file, a
+// directory or a link has no data but costs an inode, so millions of them
+// would exhaust the target filesystem's inodes under any byte cap. A
+// full distribution rootfs holds well under 200,000.
+const DefaultMaxEntries = 2_000_000
+
+// headerCost is what each entry counts against the byte cap: the size
+// of a tar header block.
+const headerCost = 512
+
+// Options tunes an extraction.
+type Options struct {
+	// MaxBytes (> 0) caps the file data written plus headerCost per
+	// entry: a sparse entry can claim terabytes in a few bytes of stream.
+	MaxBytes int64
+	// MaxEntries caps the number of entries; 0 means DefaultMaxEntries,
+	// < 0 no cap.
+	MaxEntries int
+	// Rootfs extracts an operating system tree (see ExtractRootfs).
+	Rootfs bool
+}
+
 // ErrUnsupported means an entry type banger does not extract (devices,
 // FIFOs): nothing in a repository or an auth file needs them.
 var ErrUnsupported = errors.New("unsupported tar entry type")
@@ -66,10 +91,10 @@ func CleanName(name string) (string, error) {
 // Extract writes the tar stream r into dir, which must exist. Existing
 // files are replaced; directories are merged. Permission bits are kept
 // (setuid, setgid and sticky bits are dropped); ownership is not.
-// maxBytes (> 0) caps the file data written: a sparse entry can claim
-// terabytes in a few bytes of stream.
+// maxBytes (> 0) caps the file data written plus 512 bytes per entry
+// (see Options); the entries are capped at DefaultMaxEntries.
 func Extract(ctx context.Context, r io.Reader, dir string, maxBytes int64) (Stats, error) {
-	return extract(ctx, r, dir, maxBytes, false)
+	return ExtractWith(ctx, r, dir, Options{MaxBytes: maxBytes})
 }
 
 // ExtractRootfs is Extract for an operating system tree (an image's root
@@ -77,10 +102,20 @@ func Extract(ctx context.Context, r io.Reader, dir string, maxBytes int64) (Stat
 // bits and hard links are kept, device nodes and FIFOs are skipped (the
 // guest's devtmpfs provides them). The same confinement applies.
 func ExtractRootfs(ctx context.Context, r io.Reader, dir string, maxBytes int64) (Stats, error) {
-	return extract(ctx, r, dir, maxBytes, true)
+	return ExtractWith(ctx, r, dir, Options{MaxBytes: maxBytes, Rootfs: true})
 }
 
-func extract(ctx context.Context, r io.Reader, dir string, maxBytes int64, rootfs bool) (Stats, error) {
+// ExtractWith is Extract (or ExtractRootfs, with opts.Rootfs) with every
+// limit spelled out.
+func ExtractWith(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
+	maxBytes, rootfs := opts.MaxBytes, opts.Rootfs
+	maxEntries := opts.MaxEntries
+	if maxEntries == 0 {
+		maxEntries = DefaultMaxEntries
+	}
+	// used is what counts against maxBytes: file data and headers.
+	// st.Bytes stays the file data alone.
+	entries, used := 0, int64(0)
 	var st Stats
 	root, err := os.OpenRoot(dir)
 	if err != nil {
@@ -98,6 +133,15 @@ func extract(ctx context.Context, r io.Reader, dir string, maxBytes int64, rootf
 		}
 		if err != nil {
 			return st, fmt.Errorf("read tar: %w", err)
+		}
+		if entries++; maxEntries > 0 && entries > maxEntries {
+			return st, fmt.Errorf("%w: more than %d entries (at %q)", ErrTooManyEntries, maxEntries, hdr.Name)
+		}
+		if maxBytes > 0 {
+			if used+headerCost > maxBytes {
+				return st, fmt.Errorf("%w: more than %d bytes counting %d bytes per entry, at %q (entry %d)", ErrTooLarge, maxBytes, headerCost, hdr.Name, entries)
+			}
+			used += headerCost
 		}
 		name, err := CleanName(hdr.Name)
 		if err != nil {
@@ -145,10 +189,10 @@ func extract(ctx context.Context, r io.Reader, dir string, maxBytes int64, rootf
 			}
 			var src io.Reader = tr
 			if maxBytes > 0 {
-				if hdr.Size > maxBytes-st.Bytes {
-					return st, fmt.Errorf("%w: %q is %d bytes, %d left", ErrTooLarge, hdr.Name, hdr.Size, maxBytes-st.Bytes)
+				if hdr.Size > maxBytes-used {
+					return st, fmt.Errorf("%w: %q is %d bytes, %d left", ErrTooLarge, hdr.Name, hdr.Size, maxBytes-used)
 				}
-				src = io.LimitReader(tr, maxBytes-st.Bytes)
+				src = io.LimitReader(tr, maxBytes-used)
 			}
 			n, err := writeFile(root, name, src, perm)
 			if err != nil {
@@ -159,6 +203,7 @@ func extract(ctx context.Context, r io.Reader, dir string, maxBytes int64, rootf
 			}
 			st.Files++
 			st.Bytes += n
+			used += n
 		case tar.TypeSymlink:
 			if err := prepareParent(root, name); err != nil {
 				return st, err

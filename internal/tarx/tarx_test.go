@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,10 +162,11 @@ func FuzzExtract(f *testing.F) {
 
 func TestExtractSizeLimit(t *testing.T) {
 	data := makeTar(t, entry{name: "a", typ: tar.TypeReg, body: "12345"}, entry{name: "b", typ: tar.TypeReg, body: "67890"})
-	if _, err := Extract(context.Background(), bytes.NewReader(data), t.TempDir(), 8); !errors.Is(err, ErrTooLarge) {
+	// Each entry also counts a 512-byte header.
+	if _, err := Extract(context.Background(), bytes.NewReader(data), t.TempDir(), 2*512+8); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("want ErrTooLarge, got %v", err)
 	}
-	if _, err := Extract(context.Background(), bytes.NewReader(data), t.TempDir(), 10); err != nil {
+	if _, err := Extract(context.Background(), bytes.NewReader(data), t.TempDir(), 2*512+10); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -234,5 +236,34 @@ func TestExtractRootfs(t *testing.T) {
 	// Plain Extract still refuses hard links and devices.
 	if _, err := Extract(context.Background(), bytes.NewReader(makeTar(t, entry{name: "l", link: "x", typ: tar.TypeLink})), t.TempDir(), 0); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("Extract with a hard link: %v", err)
+	}
+}
+
+// Empty files, directories and links carry no data but each costs an
+// inode and a header: they count against the byte cap, 512 bytes each.
+func TestExtractCountsHeaders(t *testing.T) {
+	var entries []entry
+	for i := range 20 {
+		entries = append(entries, entry{name: fmt.Sprintf("e%d", i), typ: tar.TypeReg})
+	}
+	data := makeTar(t, entries...)
+	if _, err := Extract(context.Background(), bytes.NewReader(data), t.TempDir(), 4<<10); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("20 empty files under a 4 KiB cap: want ErrTooLarge, got %v", err)
+	}
+}
+
+// An inode bomb: more entries than allowed is refused however small.
+func TestExtractEntryLimit(t *testing.T) {
+	var entries []entry
+	for i := range 5 {
+		entries = append(entries, entry{name: fmt.Sprintf("d%d", i), typ: tar.TypeDir, mode: 0o755})
+	}
+	data := makeTar(t, entries...)
+	_, err := ExtractWith(context.Background(), bytes.NewReader(data), t.TempDir(), Options{MaxEntries: 4})
+	if !errors.Is(err, ErrTooManyEntries) {
+		t.Fatalf("want ErrTooManyEntries, got %v", err)
+	}
+	if _, err := ExtractWith(context.Background(), bytes.NewReader(data), t.TempDir(), Options{MaxEntries: 5}); err != nil {
+		t.Fatal(err)
 	}
 }
