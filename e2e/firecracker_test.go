@@ -20,7 +20,7 @@ import (
 // --net tap`) and drives it through the agent, stop, start and delete.
 //
 // It runs only where Firecracker and a KVM that boots guests exist.
-// Unlike the rest of the suite it skips even under CI=true: Firecracker
+// Unlike the rest of the suite it skips even under CI: Firecracker
 // cannot be installed on the project's build machines (no package
 // carries it, and their nested KVM does not boot Linux guests), so CI
 // there proves the driver with the fake-API unit tests in
