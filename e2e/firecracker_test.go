@@ -117,6 +117,7 @@ func newNetnsInstance(t *testing.T, ns string) *instance {
 	for time.Now().Before(deadline) {
 		if c, err := net.Dial("unix", in.socket()); err == nil {
 			c.Close()
+			in.trackRetries(t)
 			return in
 		}
 		time.Sleep(100 * time.Millisecond)
