@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -38,8 +41,13 @@ func TestVMLifecycle(t *testing.T) {
 		if err := json.Unmarshal([]byte(r.stdout), &vms); err != nil {
 			t.Fatal(err)
 		}
-		if len(vms) != 1 || vms[0].Name != name || vms[0].State != "running" {
-			t.Fatalf("vm list = %s", r.stdout)
+		// Other tests' VMs may be listed too: look for this one.
+		found := false
+		for _, v := range vms {
+			found = found || v.Name == name && v.State == "running"
+		}
+		if !found {
+			t.Fatalf("vm list lacks %s running: %s", name, r.stdout)
 		}
 		if !strings.Contains(r.stdout, `"created_at"`) || !strings.Contains(r.stdout, `"memory_bytes"`) {
 			t.Fatalf("vm list JSON lacks snake_case fields: %s", r.stdout)
@@ -89,6 +97,43 @@ func TestVMLifecycle(t *testing.T) {
 		r := in.run(nil, "vm", "exec", "-t", name, "--", "tty")
 		if r.code != 0 || !strings.Contains(r.stdout, "/dev/pts/") {
 			t.Fatalf("exec -t: %s", r)
+		}
+	})
+
+	t.Run("egress none blocks the host", func(t *testing.T) {
+		// A host service on 127.0.0.1: under QEMU user networking without
+		// restrict=on the guest would reach it as 10.0.2.2.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		var accepted atomic.Int32
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				accepted.Add(1)
+				c.Close()
+			}
+		}()
+		port := ln.Addr().(*net.TCPAddr).Port
+		probe := func(addr string) result {
+			return in.run(nil, "vm", "exec", name, "--", "timeout", "8", "bash", "-c", "echo > /dev/tcp/"+addr)
+		}
+		// The probe itself works: the guest's own sshd answers.
+		if r := probe("127.0.0.1/22"); r.code != 0 {
+			t.Fatalf("probe of the guest's own sshd failed, so the probe proves nothing: %s", r)
+		}
+		for _, addr := range []string{fmt.Sprintf("10.0.2.2/%d", port), "10.0.2.2/22", "10.0.2.3/53"} {
+			if r := probe(addr); r.code == 0 {
+				t.Errorf("guest connected to %s with --egress none: %s", addr, r)
+			}
+		}
+		if n := accepted.Load(); n != 0 {
+			t.Errorf("the host listener on 127.0.0.1:%d accepted %d connection(s) from the guest", port, n)
 		}
 	})
 

@@ -518,7 +518,17 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		Egress:    vm.Egress,
 		Forwards:  fwd,
 		Net:       nic,
+		// Benchmark-only raw ports ([vm] extra_serial_ports); QEMU only.
+		ExtraSerialPorts: qemuOnly(vm.VMM, d.cfg.VM.ExtraSerialPorts),
 	}, nil
+}
+
+// qemuOnly keeps ports for QEMU VMs: Firecracker has no virtio-serial.
+func qemuOnly(vmmName string, ports []string) []string {
+	if vmmName == config.VMMFirecracker {
+		return nil
+	}
+	return ports
 }
 
 // makeRootDisk gives a VM its copy-on-write root disk: a qcow2 overlay

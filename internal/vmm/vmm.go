@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"path/filepath"
 	"time"
 )
 
@@ -51,7 +52,15 @@ type Spec struct {
 	// Jailer runs the VMM under Firecracker's jailer (chroot, own uid,
 	// cgroup). Drivers without a jailer refuse it.
 	Jailer bool
+	// ExtraSerialPorts names extra virtio-serial ports, each backed by
+	// the host socket ExtraSerialSocket(Dir, name) with nothing of banger
+	// on either end. They exist for measurements (the benchmarks' raw
+	// channel baseline); QEMU only.
+	ExtraSerialPorts []string
 }
+
+// ExtraSerialSocket is the host socket of an extra virtio-serial port.
+func ExtraSerialSocket(dir, name string) string { return filepath.Join(dir, "port-"+name+".sock") }
 
 // Network modes.
 const (

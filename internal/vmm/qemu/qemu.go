@@ -87,6 +87,12 @@ func Args(spec vmm.Spec) []string {
 		"-chardev", "socket,path="+filepath.Join(dir, paths.FileAgentSocket)+",server=on,wait=off,id=agent",
 		"-device", "virtserialport,chardev=agent,name="+AgentPortName,
 	)
+	for i, name := range spec.ExtraSerialPorts {
+		id := fmt.Sprintf("xport%d", i)
+		args = append(args,
+			"-chardev", "socket,path="+vmm.ExtraSerialSocket(dir, name)+",server=on,wait=off,id="+id,
+			"-device", "virtserialport,chardev="+id+",name="+name)
+	}
 	args = append(args, netArgs(spec)...)
 	// Balloon with free page reporting gives freed guest memory back.
 	args = append(args, "-device", "virtio-balloon-device,free-page-reporting=on")

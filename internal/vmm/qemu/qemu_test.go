@@ -31,6 +31,11 @@ func TestArgs(t *testing.T) {
 			t.Errorf("args lack %q:\n%s", want, got)
 		}
 	}
+	spec.ExtraSerialPorts = []string{"bench"}
+	if got := strings.Join(Args(spec), " "); !strings.Contains(got, "-chardev socket,path=/v/ab12cd34/port-bench.sock,server=on,wait=off,id=xport0 -device virtserialport,chardev=xport0,name=bench") {
+		t.Errorf("extra serial port args wrong:\n%s", got)
+	}
+	spec.ExtraSerialPorts = nil
 	spec.Accel, spec.Egress = "kvm", "all"
 	got = strings.Join(Args(spec), " ")
 	if !strings.Contains(got, "-accel kvm -cpu host") || strings.Contains(got, "restrict=on") {
