@@ -41,7 +41,7 @@ func TestFirecrackerLive(t *testing.T) {
 	}
 	kvm.Close()
 	in := shared(t)
-	img := defaultImage(t, in)
+	img := baseImage(t, in)
 	if _, err := os.Stat(filepath.Join(img.Dir, image.FileVmlinux)); err != nil {
 		t.Fatalf("default image has no %s for Firecracker: %v", image.FileVmlinux, err)
 	}
