@@ -515,7 +515,28 @@ func shared(t testing.TB) *instance {
 		t.Fatal(sharedErr)
 	}
 	sharedInst.trackRetries(t)
+	ensureBaseDefault(t, sharedInst)
 	return sharedInst
+}
+
+// ensureBaseDefault makes the base image the default again when an
+// earlier test left another one promoted (or failed before restoring
+// it): no test depends on an earlier one cleaning up after itself.
+func ensureBaseDefault(t testing.TB, in *instance) {
+	t.Helper()
+	cfg := config.Default()
+	base := image.DefaultSpec(cfg.Image.Suite, cfg.Image.Mirror, cfg.Image.SecurityMirror).Name
+	var imgs []api.Image
+	if err := json.Unmarshal([]byte(in.must(t, "image", "list", "--json").stdout), &imgs); err != nil {
+		t.Fatalf("image list: %v", err)
+	}
+	for _, i := range imgs {
+		if i.Default && i.Name != base {
+			t.Logf("an earlier test left %s as the default image; promoting %s back", i.Name, base)
+			in.must(t, "image", "promote", base)
+			return
+		}
+	}
 }
 
 func imageCacheDir() string {
