@@ -272,6 +272,10 @@ func (in *instance) trackRetries(t testing.TB) {
 	in.retryMu.Lock()
 	in.retryTest = t
 	in.retryMu.Unlock()
+	// A shared instance's failures (a daemon that does not come back in
+	// startDaemon) are reported on the test using it now, not on the
+	// long-finished test that created it.
+	in.t = t
 	t.Cleanup(func() {
 		in.collectRetries()
 		checkRetries(t)
