@@ -299,7 +299,10 @@ func TestSession(t *testing.T) {
 		}
 		// Attach again, end the shell, and the attach exits with its status.
 		tmux("respawn-pane", "-k", "-t", "s", attachCmd+"; echo attach-exit=$?; sleep 60")
-		time.Sleep(2 * time.Second)
+		// Wait until the new attach carries keys to the guest shell and
+		// its output back (only the guest computes 1+1).
+		tmux("send-keys", "-t", "s", "echo re$((1+1))attached", "Enter")
+		waitScreen("re2attached")
 		tmux("send-keys", "-t", "s", "exit 3", "Enter")
 		waitScreen("attach-exit=3")
 	})
