@@ -381,6 +381,26 @@ func killInstanceProcesses(home string) {
 	}
 }
 
+// vmProcesses lists the processes of one VM of the instance (its VMM is
+// named <instance prefix>-<VM id>), so a test checks its own VM and not
+// whatever other VMs the instance runs.
+func vmProcesses(home, id string) []int {
+	prefix := paths.Resolve(func(k string) string {
+		if k == "BANGER_HOME" {
+			return home
+		}
+		return ""
+	}, 0).InstancePrefix()
+	var out []int
+	for _, pid := range instanceProcesses(home) {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", fmt.Sprint(pid), "cmdline"))
+		if err == nil && bytes.Contains(cmdline, []byte(prefix+"-"+id)) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
 // instanceProcesses lists processes named with this instance's prefix.
 func instanceProcesses(home string) []int {
 	prefix := paths.Resolve(func(k string) string {

@@ -192,7 +192,7 @@ func TestVMLifecycle(t *testing.T) {
 		if stopped.State != "stopped" {
 			t.Fatalf("after stop: %s", r.stdout)
 		}
-		if pids := instanceProcesses(in.home); len(pids) != 0 {
+		if pids := vmProcesses(in.home, vm.ID); len(pids) != 0 {
 			t.Fatalf("VMM still running after stop: %v", pids)
 		}
 		if r := in.run(nil, "vm", "exec", name, "--", "true"); r.code != 125 || !strings.Contains(r.stderr, "stopped") {
@@ -263,7 +263,7 @@ func TestVMLifecycle(t *testing.T) {
 		if _, err := os.Stat(vm.Dir); !os.IsNotExist(err) {
 			t.Fatalf("VM dir %s left behind", vm.Dir)
 		}
-		if pids := instanceProcesses(in.home); len(pids) != 0 {
+		if pids := vmProcesses(in.home, vm.ID); len(pids) != 0 {
 			t.Fatalf("VMM still running after delete: %v", pids)
 		}
 	})
