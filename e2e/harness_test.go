@@ -121,6 +121,8 @@ type instance struct {
 	// expectRetries marks an instance whose boots fail on purpose: its
 	// daemon's retries are reported but do not fail the test.
 	expectRetries bool
+	// tally is where retries are counted; nil means the suite's.
+	tally *bootTally
 }
 
 func newInstance(t testing.TB, configTOML string) *instance {
@@ -318,10 +320,14 @@ func (in *instance) collectRetries() {
 	if n == 0 || in.retryTest == nil {
 		return
 	}
+	tally := in.tally
+	if tally == nil {
+		tally = &boots
+	}
 	if in.expectRetries {
-		boots.add(in.retryTest, 0, 0, n)
+		tally.add(in.retryTest, 0, 0, n)
 	} else {
-		boots.add(in.retryTest, 0, n, 0)
+		tally.add(in.retryTest, 0, n, 0)
 	}
 }
 
