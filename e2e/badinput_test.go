@@ -175,6 +175,7 @@ func TestFailedCreateCleansUp(t *testing.T) {
 	shared(t) // the image is imported from the shared cache
 	in := newInstance(t, "[vm]\nboot_timeout = \"2s\"\n[daemon]\naccel = \"tcg\"\n")
 	defer in.shutdown()
+	in.expectRetries = true // a 2s deadline fails every boot; the daemon retries it once
 	if err := ensureImage(t, in); err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -13,14 +12,13 @@ import (
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/image"
-	"github.com/bangerdev/banger/internal/vmm/qemu"
 )
 
 // TestFirecrackerLive boots a real Firecracker VM (`--vmm firecracker
 // --net tap`) and drives it through the agent, stop, start and delete.
 //
-// It runs only where Firecracker and a KVM that boots guests exist.
-// Unlike the rest of the suite it skips even under CI=true: Firecracker
+// It runs where the firecracker binary and an openable /dev/kvm exist.
+// Unlike the rest of the suite it skips even under CI: Firecracker
 // cannot be installed on the project's build machines (no package
 // carries it, and their nested KVM does not boot Linux guests), so CI
 // there proves the driver with the fake-API unit tests in
@@ -34,16 +32,16 @@ func TestFirecrackerLive(t *testing.T) {
 	if err != nil {
 		t.Skip("firecracker is not on PATH: the live Firecracker path needs a Firecracker >= 1.8 binary")
 	}
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skip("/dev/kvm is missing: Firecracker needs KVM")
+	// The hardware check is done here, directly, and not with banger's
+	// own KVM probe: a regression in that probe must fail this test, not
+	// make it look like a host without hardware.
+	kvm, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("/dev/kvm cannot be opened (%v): Firecracker needs KVM", err)
 	}
+	kvm.Close()
 	in := shared(t)
-	img := defaultImage(t, in)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if ok, why := qemu.ProbeKVM(ctx, "", filepath.Join(img.Dir, image.FileKernel), 60*time.Second); !ok {
-		t.Skipf("KVM does not boot guests on this host (%s): Firecracker cannot run", why)
-	}
+	img := baseImage(t, in)
 	if _, err := os.Stat(filepath.Join(img.Dir, image.FileVmlinux)); err != nil {
 		t.Fatalf("default image has no %s for Firecracker: %v", image.FileVmlinux, err)
 	}
@@ -117,6 +115,7 @@ func newNetnsInstance(t *testing.T, ns string) *instance {
 	for time.Now().Before(deadline) {
 		if c, err := net.Dial("unix", in.socket()); err == nil {
 			c.Close()
+			in.trackRetries(t)
 			return in
 		}
 		time.Sleep(100 * time.Millisecond)

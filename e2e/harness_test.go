@@ -2,8 +2,9 @@
 // daemon on a real socket, which boots real VMs under QEMU from a real
 // image. It runs one VM at a time (these machines have 2 cores).
 //
-// Under CI=true a test that cannot run fails with the reason; elsewhere it
-// skips with the reason.
+// Under CI (any non-empty CI variable: CI systems set CI=1, CI=true or
+// similar) a test that cannot run fails with the reason; elsewhere it skips
+// with the reason.
 package e2e
 
 import (
@@ -49,6 +50,18 @@ func TestMain(m *testing.M) {
 	if sharedInst != nil {
 		sharedInst.shutdown()
 	}
+	shutdownBench()
+	if summary := boots.summary(); summary != "" {
+		fmt.Print(summary)
+	}
+	if summary, missed := targetSummary(); summary != "" {
+		fmt.Print(summary)
+		// A missed target is visible at a glance; it fails the run only
+		// when asked to.
+		if missed && os.Getenv("BENCH_STRICT") == "1" && code == 0 {
+			code = 1
+		}
+	}
 	if authHome != "" {
 		os.RemoveAll(authHome)
 	}
@@ -73,13 +86,18 @@ func checkHost() string {
 	return ""
 }
 
+// underCI reports whether the suite runs under CI. Any non-empty CI counts:
+// GitHub, GitLab and most others set CI=true, some set CI=1 or a name, and
+// a skipped VM test there would hide that nothing booted.
+func underCI() bool { return os.Getenv("CI") != "" }
+
 // requireVM fails under CI and skips elsewhere when VMs cannot run.
 func requireVM(t testing.TB) {
 	t.Helper()
 	if cannotRun == "" {
 		return
 	}
-	if os.Getenv("CI") == "true" {
+	if underCI() {
 		t.Fatalf("end-to-end test cannot run: %s", cannotRun)
 	}
 	t.Skipf("end-to-end test cannot run: %s", cannotRun)
@@ -95,6 +113,16 @@ type instance struct {
 	// wrap prefixes the daemon's command line (e.g. `ip netns exec NS`),
 	// so the daemon and the VMMs it starts live where the test says.
 	wrap []string
+	// retryOffset is how far into daemon.log boot retries were counted;
+	// retryTest is the test they are charged to (see trackRetries).
+	retryMu     sync.Mutex
+	retryOffset int64
+	retryTest   testing.TB
+	// expectRetries marks an instance whose boots fail on purpose: its
+	// daemon's retries are reported but do not fail the test.
+	expectRetries bool
+	// tally is where retries are counted; nil means the suite's.
+	tally *bootTally
 }
 
 func newInstance(t testing.TB, configTOML string) *instance {
@@ -118,6 +146,7 @@ func newWrappedInstance(t testing.TB, configTOML string, wrap []string) *instanc
 	}
 	inst := &instance{t: t, home: home, wrap: wrap}
 	inst.startDaemon()
+	inst.trackRetries(t)
 	return inst
 }
 
@@ -171,6 +200,152 @@ func (in *instance) killDaemon() {
 	in.logf.Close()
 }
 
+// bootRetryMark is the daemon's log message when it boots a VM a second
+// time because the first boot hung (internal/daemon/vm.go, boot).
+const bootRetryMark = `msg="boot retried"`
+
+// bootTally counts, per top-level test, every boot retry: the harness's
+// own (createVM) and the daemon's (its log). A retry is never hidden: each
+// is logged by the test, TestMain prints a summary, and a test that needed
+// more than one retry fails (checkRetries), so an intermittent boot
+// regression cannot pass as flakiness.
+type bootTally struct {
+	mu    sync.Mutex
+	tests []string
+	by    map[string]*retryCount
+}
+
+type retryCount struct {
+	harness, daemon, expected int
+	failed                    bool // checkRetries already failed the test
+}
+
+var boots = bootTally{by: map[string]*retryCount{}}
+
+func topTest(t testing.TB) string { return strings.SplitN(t.Name(), "/", 2)[0] }
+
+func (b *bootTally) add(t testing.TB, harness, daemon, expected int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	name := topTest(t)
+	c := b.by[name]
+	if c == nil {
+		c = &retryCount{}
+		b.by[name] = c
+		b.tests = append(b.tests, name)
+	}
+	c.harness += harness
+	c.daemon += daemon
+	c.expected += expected
+}
+
+// summary is the end-of-suite report, "" when nothing was retried.
+func (b *bootTally) summary() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var sb strings.Builder
+	total := 0
+	for _, name := range b.tests {
+		c := b.by[name]
+		n := c.harness + c.daemon + c.expected
+		if n == 0 {
+			continue
+		}
+		total += n
+		fmt.Fprintf(&sb, "  %s: %d harness retry(ies), %d daemon boot retry(ies), %d expected (deliberately failing boots)\n", name, c.harness, c.daemon, c.expected)
+	}
+	if total == 0 {
+		return "boot retries: none\n"
+	}
+	return fmt.Sprintf("boot retries: %d in all\n%s", total, sb.String())
+}
+
+// trackRetries charges the daemon's boot retries from now on to t, and
+// checks t's tally when it ends. Called for every test that uses an
+// instance (shared() calls it each time).
+func (in *instance) trackRetries(t testing.TB) {
+	in.retryMu.Lock()
+	same := in.retryTest != nil && topTest(in.retryTest) == topTest(t)
+	in.retryMu.Unlock()
+	if same {
+		return
+	}
+	in.collectRetries() // what happened before belongs to the previous test
+	in.retryMu.Lock()
+	in.retryTest = t
+	in.retryMu.Unlock()
+	// A shared instance's failures (a daemon that does not come back in
+	// startDaemon) are reported on the test using it now, not on the
+	// long-finished test that created it.
+	in.t = t
+	t.Cleanup(func() {
+		in.collectRetries()
+		checkRetries(t)
+	})
+}
+
+// collectRetries counts the daemon's "boot retried" lines written since the
+// last call and charges them to the tracked test.
+func (in *instance) collectRetries() {
+	in.retryMu.Lock()
+	defer in.retryMu.Unlock()
+	f, err := os.Open(filepath.Join(in.home, "daemon.log"))
+	if err != nil {
+		return // home already removed: shutdown collected last
+	}
+	defer f.Close()
+	if _, err := f.Seek(in.retryOffset, io.SeekStart); err != nil {
+		return
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return
+	}
+	// Count whole lines only; a half-written one is counted next time.
+	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+		b = b[:i+1]
+	} else {
+		b = nil
+	}
+	in.retryOffset += int64(len(b))
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, bootRetryMark) {
+			n++
+			if in.retryTest != nil {
+				in.retryTest.Logf("BOOT RETRY by the daemon: %s", line)
+			}
+		}
+	}
+	if n == 0 || in.retryTest == nil {
+		return
+	}
+	tally := in.tally
+	if tally == nil {
+		tally = &boots
+	}
+	if in.expectRetries {
+		tally.add(in.retryTest, 0, 0, n)
+	} else {
+		tally.add(in.retryTest, 0, n, 0)
+	}
+}
+
+// checkRetries fails t when its run needed more than one boot retry.
+func checkRetries(t testing.TB) {
+	boots.mu.Lock()
+	c := boots.by[topTest(t)]
+	if c == nil || c.failed || c.harness+c.daemon <= 1 {
+		boots.mu.Unlock()
+		return
+	}
+	c.failed = true
+	boots.mu.Unlock()
+	if n := c.harness + c.daemon; n > 1 {
+		t.Errorf("%s needed %d boot retries (%d by the harness, %d by the daemon): more than one means boots hang too often; see the BOOT RETRY lines", topTest(t), n, c.harness, c.daemon)
+	}
+}
+
 func (in *instance) stopDaemon() {
 	in.daemon.Process.Signal(syscall.SIGTERM)
 	select {
@@ -200,6 +375,7 @@ func (in *instance) shutdown() {
 		in.run(nil, "vm", "delete", "--force", vm.Name)
 	}
 	in.stopDaemon()
+	in.collectRetries()
 	killInstanceProcesses(in.home)
 	os.RemoveAll(in.home)
 }
@@ -209,6 +385,26 @@ func killInstanceProcesses(home string) {
 	for _, pid := range instanceProcesses(home) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
+}
+
+// vmProcesses lists the processes of one VM of the instance (its VMM is
+// named <instance prefix>-<VM id>), so a test checks its own VM and not
+// whatever other VMs the instance runs.
+func vmProcesses(home, id string) []int {
+	prefix := paths.Resolve(func(k string) string {
+		if k == "BANGER_HOME" {
+			return home
+		}
+		return ""
+	}, 0).InstancePrefix()
+	var out []int
+	for _, pid := range instanceProcesses(home) {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", fmt.Sprint(pid), "cmdline"))
+		if err == nil && bytes.Contains(cmdline, []byte(prefix+"-"+id)) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // instanceProcesses lists processes named with this instance's prefix.
@@ -313,7 +509,8 @@ func (in *instance) createVM(t testing.TB, name string, extra ...string) api.VM 
 			return vm
 		}
 		if attempt == 1 && noBootProgress(r.stderr) {
-			t.Logf("boot of %s made no progress; retrying once: %s", name, r.stderr)
+			boots.add(t, 1, 0, 0)
+			t.Logf("BOOT RETRY by the harness: boot of %s made no progress; retrying once: %s", name, r.stderr)
 			continue
 		}
 		t.Fatalf("vm create %s: %s\ndaemon log:\n%s", name, r, in.daemonLog())
@@ -348,7 +545,29 @@ func shared(t testing.TB) *instance {
 	if sharedErr != nil {
 		t.Fatal(sharedErr)
 	}
+	sharedInst.trackRetries(t)
+	ensureBaseDefault(t, sharedInst)
 	return sharedInst
+}
+
+// ensureBaseDefault makes the base image the default again when an
+// earlier test left another one promoted (or failed before restoring
+// it): no test depends on an earlier one cleaning up after itself.
+func ensureBaseDefault(t testing.TB, in *instance) {
+	t.Helper()
+	cfg := config.Default()
+	base := image.DefaultSpec(cfg.Image.Suite, cfg.Image.Mirror, cfg.Image.SecurityMirror).Name
+	var imgs []api.Image
+	if err := json.Unmarshal([]byte(in.must(t, "image", "list", "--json").stdout), &imgs); err != nil {
+		t.Fatalf("image list: %v", err)
+	}
+	for _, i := range imgs {
+		if i.Default && i.Name != base {
+			t.Logf("an earlier test left %s as the default image; promoting %s back", i.Name, base)
+			in.must(t, "image", "promote", base)
+			return
+		}
+	}
 }
 
 func imageCacheDir() string {

@@ -21,7 +21,8 @@ func TestImage(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &imgs); err != nil {
 		t.Fatalf("image list: %v %s", err, r.stdout)
 	}
-	// The base image is the default; TestAgentImage may have added the
+	// The base image is the default (shared() restores that if an
+	// earlier test promoted another); TestAgentImage may have added the
 	// agent image next to it.
 	var img api.Image
 	for _, i := range imgs {
@@ -29,7 +30,7 @@ func TestImage(t *testing.T) {
 			img = i
 		}
 	}
-	if img.Name != "debian-bookworm" || img.State != api.ImageManaged {
+	if img.Name != baseImage(t, in).Name || img.State != api.ImageManaged {
 		t.Fatalf("image list: want the base image as the managed default: %s", r.stdout)
 	}
 

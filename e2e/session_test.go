@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os/exec"
 	"strings"
 	"sync"
@@ -298,7 +299,10 @@ func TestSession(t *testing.T) {
 		}
 		// Attach again, end the shell, and the attach exits with its status.
 		tmux("respawn-pane", "-k", "-t", "s", attachCmd+"; echo attach-exit=$?; sleep 60")
-		time.Sleep(2 * time.Second)
+		// Wait until the new attach carries keys to the guest shell and
+		// its output back (only the guest computes 1+1).
+		tmux("send-keys", "-t", "s", "echo re$((1+1))attached", "Enter")
+		waitScreen("re2attached")
 		tmux("send-keys", "-t", "s", "exit 3", "Enter")
 		waitScreen("attach-exit=3")
 	})
@@ -378,12 +382,27 @@ func TestSession(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		states := make(chan string, 64)
-		go client.New(in.socket()).WatchEvents(ctx, vm, func(ev api.BusEvent) {
+		// The daemon answers the events request only once the watch is
+		// registered, so the first response byte is the signal to go on.
+		registered := make(chan struct{})
+		var once sync.Once
+		c := client.NewWithDialer(in.socket(), func(ctx context.Context) (net.Conn, error) {
+			conn, err := (&net.Dialer{}).DialContext(ctx, "unix", in.socket())
+			if err != nil {
+				return nil, err
+			}
+			return &onFirstRead{Conn: conn, f: func() { once.Do(func() { close(registered) }) }}, nil
+		})
+		go c.WatchEvents(ctx, vm, func(ev api.BusEvent) {
 			if ev.Kind == api.EventSession && ev.VM == vm && ev.Session != nil && ev.Session.Name == "evt" {
 				states <- ev.Session.State
 			}
 		})
-		time.Sleep(500 * time.Millisecond) // let the watch register
+		select {
+		case <-registered:
+		case <-ctx.Done():
+			t.Fatal("the event watch was never answered")
+		}
 		in.must(t, "vm", "session", "start", vm, "--name", "evt", "--", "sh", "-c", "sleep 2")
 		seen := map[string]bool{}
 		for !seen[api.SessionExited] {
@@ -419,6 +438,20 @@ func TestSession(t *testing.T) {
 			t.Fatalf("list after a guest reboot: %+v", ss)
 		}
 	})
+}
+
+// onFirstRead calls f when the connection first yields bytes.
+type onFirstRead struct {
+	net.Conn
+	f func()
+}
+
+func (c *onFirstRead) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.f()
+	}
+	return n, err
 }
 
 func hasSession(ss []api.Session, name, state string) bool {

@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -39,8 +42,13 @@ func TestVMLifecycle(t *testing.T) {
 		if err := json.Unmarshal([]byte(r.stdout), &vms); err != nil {
 			t.Fatal(err)
 		}
-		if len(vms) != 1 || vms[0].Name != name || vms[0].State != "running" {
-			t.Fatalf("vm list = %s", r.stdout)
+		// Other tests' VMs may be listed too: look for this one.
+		found := false
+		for _, v := range vms {
+			found = found || v.Name == name && v.State == "running"
+		}
+		if !found {
+			t.Fatalf("vm list lacks %s running: %s", name, r.stdout)
 		}
 		if !strings.Contains(r.stdout, `"created_at"`) || !strings.Contains(r.stdout, `"memory_bytes"`) {
 			t.Fatalf("vm list JSON lacks snake_case fields: %s", r.stdout)
@@ -90,6 +98,43 @@ func TestVMLifecycle(t *testing.T) {
 		r := in.run(nil, "vm", "exec", "-t", name, "--", "tty")
 		if r.code != 0 || !strings.Contains(r.stdout, "/dev/pts/") {
 			t.Fatalf("exec -t: %s", r)
+		}
+	})
+
+	t.Run("egress none blocks the host", func(t *testing.T) {
+		// A host service on 127.0.0.1: under QEMU user networking without
+		// restrict=on the guest would reach it as 10.0.2.2.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		var accepted atomic.Int32
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				accepted.Add(1)
+				c.Close()
+			}
+		}()
+		port := ln.Addr().(*net.TCPAddr).Port
+		probe := func(addr string) result {
+			return in.run(nil, "vm", "exec", name, "--", "timeout", "8", "bash", "-c", "echo > /dev/tcp/"+addr)
+		}
+		// The probe itself works: the guest's own sshd answers.
+		if r := probe("127.0.0.1/22"); r.code != 0 {
+			t.Fatalf("probe of the guest's own sshd failed, so the probe proves nothing: %s", r)
+		}
+		for _, addr := range []string{fmt.Sprintf("10.0.2.2/%d", port), "10.0.2.2/22", "10.0.2.3/53"} {
+			if r := probe(addr); r.code == 0 {
+				t.Errorf("guest connected to %s with --egress none: %s", addr, r)
+			}
+		}
+		if n := accepted.Load(); n != 0 {
+			t.Errorf("the host listener on 127.0.0.1:%d accepted %d connection(s) from the guest", port, n)
 		}
 	})
 
@@ -171,7 +216,7 @@ func TestVMLifecycle(t *testing.T) {
 		if stopped.State != "stopped" {
 			t.Fatalf("after stop: %s", r.stdout)
 		}
-		if pids := instanceProcesses(in.home); len(pids) != 0 {
+		if pids := vmProcesses(in.home, vm.ID); len(pids) != 0 {
 			t.Fatalf("VMM still running after stop: %v", pids)
 		}
 		if r := in.run(nil, "vm", "exec", name, "--", "true"); r.code != 125 || !strings.Contains(r.stderr, "stopped") {
@@ -245,7 +290,7 @@ func TestVMLifecycle(t *testing.T) {
 		if _, err := os.Stat(vm.Dir); !os.IsNotExist(err) {
 			t.Fatalf("VM dir %s left behind", vm.Dir)
 		}
-		if pids := instanceProcesses(in.home); len(pids) != 0 {
+		if pids := vmProcesses(in.home, vm.ID); len(pids) != 0 {
 			t.Fatalf("VMM still running after delete: %v", pids)
 		}
 	})

@@ -115,7 +115,7 @@ func TestVMMContainment(t *testing.T) {
 			t.Errorf("%s: uid %d mode %o, want %d 0600", f, s.Uid, s.Mode&0o777, uid)
 		}
 	}
-	img := defaultImage(t, in)
+	img := baseImage(t, in)
 	var s syscall.Stat_t
 	if err := syscall.Stat(filepath.Join(img.Dir, "rootfs.ext4"), &s); err != nil || s.Uid != 0 {
 		t.Errorf("image rootfs: uid %d, %v; want root's", s.Uid, err)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -226,6 +227,11 @@ type VM struct {
 	BootTimeout Duration `toml:"boot_timeout"`
 	// VMM is "auto", "qemu" or "firecracker".
 	VMM string `toml:"vmm"`
+	// ExtraSerialPorts adds raw virtio-serial ports to QEMU VMs (guest
+	// /dev/virtio-ports/NAME, host socket port-NAME.sock in the VM's
+	// directory), with nothing of banger on them: the benchmarks' raw
+	// channel baseline. Empty (the default) in normal use.
+	ExtraSerialPorts []string `toml:"extra_serial_ports"`
 }
 
 // Image holds what `image build` bootstraps from.
@@ -266,13 +272,14 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.Strin
 func Default() Config {
 	return Config{
 		VM: VM{
-			CPUs:        2,
-			MemoryMiB:   1024,
-			DiskGiB:     4,
-			Egress:      EgressAll,
-			Net:         NetUser,
-			BootTimeout: Duration{180 * time.Second},
-			VMM:         VMMAuto,
+			CPUs:             2,
+			MemoryMiB:        1024,
+			DiskGiB:          4,
+			Egress:           EgressAll,
+			Net:              NetUser,
+			BootTimeout:      Duration{180 * time.Second},
+			VMM:              VMMAuto,
+			ExtraSerialPorts: []string{},
 		},
 		Image: Image{
 			Suite:          "bookworm",
@@ -363,6 +370,10 @@ func KnownKeys() []string {
 }
 
 // Validate checks every value and reports all problems at once.
+// serialPortName is what an extra virtio-serial port may be called: it is
+// a QEMU option value and a file name on both sides.
+var serialPortName = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,31}$`)
+
 func (c Config) Validate() error {
 	var errs []error
 	bad := func(key string, value any, allowed string) {
@@ -393,6 +404,11 @@ func (c Config) Validate() error {
 	}
 	if c.VM.BootTimeout.Duration <= 0 {
 		bad("vm.boot_timeout", c.VM.BootTimeout.String(), `want a positive duration such as "180s"`)
+	}
+	for _, p := range c.VM.ExtraSerialPorts {
+		if !serialPortName.MatchString(p) || p == "banger.agent" {
+			bad("vm.extra_serial_ports", p, "want short names of letters, digits, '.', '-' (not banger.agent)")
+		}
 	}
 	if !slices.Contains([]string{VMMAuto, VMMQEMU, VMMFirecracker}, c.VM.VMM) {
 		bad("vm.vmm", c.VM.VMM, `want "auto", "qemu" or "firecracker"`)

@@ -13,13 +13,32 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
+// TestExtraSerialPorts: the benchmark-only raw ports take plain names and
+// never the agent's.
+func TestExtraSerialPorts(t *testing.T) {
+	for _, p := range [][]string{{"bench"}, {"a.b-1", "x"}} {
+		c := Default()
+		c.VM.ExtraSerialPorts = p
+		if err := c.Validate(); err != nil {
+			t.Errorf("%q: %v", p, err)
+		}
+	}
+	for _, p := range []string{"", "banger.agent", "a,b", "a b", "../x", "A", strings.Repeat("x", 40)} {
+		c := Default()
+		c.VM.ExtraSerialPorts = []string{p}
+		if err := c.Validate(); err == nil {
+			t.Errorf("accepted port name %q", p)
+		}
+	}
+}
+
 func TestDefaultIsValid(t *testing.T) {
 	d := Default()
 	if err := d.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	want := Config{
-		VM:          VM{CPUs: 2, MemoryMiB: 1024, DiskGiB: 4, Egress: "all", Net: "user", BootTimeout: Duration{180 * time.Second}, VMM: "auto"},
+		VM:          VM{CPUs: 2, MemoryMiB: 1024, DiskGiB: 4, Egress: "all", Net: "user", BootTimeout: Duration{180 * time.Second}, VMM: "auto", ExtraSerialPorts: []string{}},
 		Image:       Image{Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security"},
 		Daemon:      Daemon{LogLevel: "info"},
 		Auth:        Auth{Files: []string{".local/share/opencode/auth.json", ".claude/.credentials.json", ".claude.json", ".pi/agent/auth.json"}},

@@ -53,17 +53,7 @@ func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, 
 			if err := os.MkdirAll(workDir, 0o755); err != nil {
 				return err
 			}
-			args := []string{
-				"--variant=minbase",
-				"--include=" + strings.Join(spec.Packages, ","),
-				"--components=main",
-				// Keep the image free of apt lists and caches; the guest
-				// runs apt-get update itself when it needs to.
-				"--aptopt=Acquire::Languages \"none\"",
-				spec.Suite, rootDir,
-			}
-			args = append(args, spec.Sources()...)
-			_, err := b.Runner.RunIn(ctx, system.RunOpts{Stdout: log, Stderr: log}, "mmdebstrap", args...)
+			_, err := b.Runner.RunIn(ctx, system.RunOpts{Stdout: log, Stderr: log}, "mmdebstrap", BootstrapArgs(spec, rootDir)...)
 			return err
 		}},
 		{"customize", func(ctx context.Context) error { return Customize(rootDir) }},
@@ -108,6 +98,22 @@ func (b *Builder) Build(ctx context.Context, spec Spec, workDir, outDir string, 
 		}
 	}
 	return meta, nil
+}
+
+// BootstrapArgs is mmdebstrap's command line for spec into rootDir. The
+// image build and the benchmark's raw baseline both use it, so the
+// baseline runs exactly the command banger runs.
+func BootstrapArgs(spec Spec, rootDir string) []string {
+	args := []string{
+		"--variant=minbase",
+		"--include=" + strings.Join(spec.Packages, ","),
+		"--components=main",
+		// Keep the image free of apt lists and caches; the guest
+		// runs apt-get update itself when it needs to.
+		"--aptopt=Acquire::Languages \"none\"",
+		spec.Suite, rootDir,
+	}
+	return append(args, spec.Sources()...)
 }
 
 // WriteManifest writes m as dir's manifest.json.

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"path/filepath"
 	"time"
 )
 
@@ -61,7 +62,15 @@ type Spec struct {
 	// process (QEMU, or Firecracker in its jail); 0 runs it as the
 	// daemon's user. Only a root daemon sets them.
 	UID, GID int
+	// ExtraSerialPorts names extra virtio-serial ports, each backed by
+	// the host socket ExtraSerialSocket(Dir, name) with nothing of banger
+	// on either end. They exist for measurements (the benchmarks' raw
+	// channel baseline); QEMU only.
+	ExtraSerialPorts []string
 }
+
+// ExtraSerialSocket is the host socket of an extra virtio-serial port.
+func ExtraSerialSocket(dir, name string) string { return filepath.Join(dir, "port-"+name+".sock") }
 
 // Network modes.
 const (

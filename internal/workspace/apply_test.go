@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/escapetest"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/tarx"
 )
@@ -300,37 +300,58 @@ func FuzzCheckEntry(f *testing.F) {
 	})
 }
 
-// FuzzExtractOverlay extracts (with extractTree) a fuzzed symlink followed by a fuzzed file
-// (and its content) and checks that nothing appears outside the target.
+// FuzzExtractOverlay extracts (with extractTree) a fuzzed symlink followed
+// by a fuzzed file (and its content) into a target deep inside a fresh tree
+// of decoys (escapetest), and fails when anything anywhere outside the
+// target changed. Absolute link targets are re-rooted into that tree, so
+// following one would be seen rather than write to the real filesystem.
 func FuzzExtractOverlay(f *testing.F) {
 	f.Add("l", "..", "l/x", false)
 	f.Add("l", "/", "l/etc/x", false)
+	f.Add("l", "/etc", "l/passwd", false)
 	f.Add("a/l", "../..", "a/l/x", true)
+	f.Add("l", "../../sib/deep", "l/file", false)
+	f.Add("l", "../peer", "l/new", true)
 	f.Add("l", "sub", "l/x", false)
 	f.Add("ok", "target", "file", false)
 	f.Add("l", ".", "l/.git/config", true)
 	f.Fuzz(func(t *testing.T, linkName, linkTarget, fileName string, allowGit bool) {
-		base := t.TempDir()
-		dir := filepath.Join(base, "in")
-		must(t, os.MkdirAll(filepath.Join(dir, "sub"), 0o755))
+		box := escapetest.New(t)
+		must(t, os.MkdirAll(filepath.Join(box.Target, "sub"), 0o755))
 		data, err := buildTar(
-			tarEntry{name: linkName, link: linkTarget, typ: tar.TypeSymlink},
+			tarEntry{name: linkName, link: box.Reroot(linkTarget), typ: tar.TypeSymlink},
 			tarEntry{name: fileName, body: "payload", typ: tar.TypeReg},
 		)
 		if err != nil {
 			t.Skip("archive/tar cannot encode these names")
 		}
-		extractTree(context.Background(), bytes.NewReader(data), dir, allowGit)
-		err = filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if p != base && p != dir && !strings.HasPrefix(p, dir+string(filepath.Separator)) {
-				t.Fatalf("%s written outside %s", p, dir)
-			}
-			return nil
-		})
-		must(t, err)
+		extractTree(context.Background(), bytes.NewReader(data), box.Target, allowGit)
+		box.Check(t)
+	})
+}
+
+// FuzzExtractOverlayStream is FuzzExtractOverlay for a whole fuzzed tar
+// stream (any entry types, any number of entries).
+func FuzzExtractOverlayStream(f *testing.F) {
+	seed := func(entries ...tarEntry) []byte {
+		b, err := buildTar(entries...)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return b
+	}
+	f.Add(seed(tarEntry{name: "a", body: "x", typ: tar.TypeReg}), false)
+	f.Add(seed(tarEntry{name: "l", link: "/etc", typ: tar.TypeSymlink}, tarEntry{name: "l/passwd", body: "x", typ: tar.TypeReg}), false)
+	f.Add(seed(tarEntry{name: "d", typ: tar.TypeDir}, tarEntry{name: "d/l", link: "../../peer", typ: tar.TypeSymlink}, tarEntry{name: "d/l/f", body: "x", typ: tar.TypeReg}), true)
+	f.Add(seed(tarEntry{name: "h", link: "/etc/passwd", typ: tar.TypeLink}), false)
+	f.Fuzz(func(t *testing.T, data []byte, allowGit bool) {
+		box := escapetest.New(t)
+		in := data
+		if re, ok := box.RerootTar(data); ok {
+			in = re
+		}
+		extractTree(context.Background(), bytes.NewReader(in), box.Target, allowGit)
+		box.Check(t)
 	})
 }
 

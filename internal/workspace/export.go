@@ -82,6 +82,73 @@ func HostRefPrefixes(vm string) (branches, tags string) {
 	return "refs/remotes/banger/" + vm + "/", "refs/banger/" + vm + "/tags/"
 }
 
+// maxRefName bounds a guest ref name: git has no limit, but a name is a
+// path under .git on the host and a line in banger's output.
+const maxRefName = 1024
+
+// GuestRefToHost checks one ref a guest sent during pull and returns the
+// host ref it is stored as. The guest is hostile: only branches
+// (refs/heads/) and tags (refs/tags/) are taken, the name must obey git's
+// ref-name rules (git-check-ref-format(1), checked here in Go so it can be
+// fuzzed), and the object must be a full object id of the repository's
+// hash (objLen hex digits; 0 when unknown: 40 or 64).
+func GuestRefToHost(vm string, ref Ref, objLen int) (string, error) {
+	branches, tags := HostRefPrefixes(vm)
+	var host, short string
+	switch {
+	case strings.HasPrefix(ref.Name, "refs/heads/"):
+		short = strings.TrimPrefix(ref.Name, "refs/heads/")
+		host = branches + short
+	case strings.HasPrefix(ref.Name, "refs/tags/"):
+		short = strings.TrimPrefix(ref.Name, "refs/tags/")
+		host = tags + short
+	default:
+		return "", fmt.Errorf("guest sent ref %q outside refs/heads and refs/tags", ref.Name)
+	}
+	if short == "" || len(ref.Name) > maxRefName {
+		return "", fmt.Errorf("guest sent unusable ref name %q", ref.Name)
+	}
+	if err := checkRefName(ref.Name); err != nil {
+		return "", fmt.Errorf("guest sent unusable ref name %q: %w", ref.Name, err)
+	}
+	if err := checkRefName(host); err != nil { // the VM name is part of it
+		return "", fmt.Errorf("guest ref %q maps to unusable %q: %w", ref.Name, host, err)
+	}
+	okLen := len(ref.Object) == objLen || objLen == 0 && (len(ref.Object) == 40 || len(ref.Object) == 64)
+	if !isHex(ref.Object) || !okLen {
+		return "", fmt.Errorf("guest sent ref %q with bad object %q", ref.Name, ref.Object)
+	}
+	return host, nil
+}
+
+// checkRefName applies git-check-ref-format(1)'s rules to a full ref name.
+func checkRefName(name string) error {
+	switch {
+	case name == "" || name == "@":
+		return fmt.Errorf("empty or @")
+	case strings.HasPrefix(name, "/") || strings.HasSuffix(name, "/") || strings.Contains(name, "//"):
+		return fmt.Errorf("empty component")
+	case strings.HasSuffix(name, "."):
+		return fmt.Errorf("ends with .")
+	case strings.Contains(name, ".."):
+		return fmt.Errorf("contains ..")
+	case strings.Contains(name, "@{"):
+		return fmt.Errorf("contains @{")
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c < 0x20 || c == 0x7f || strings.IndexByte(" ~^:?*[\\", c) >= 0 {
+			return fmt.Errorf("contains %q", c)
+		}
+	}
+	for part := range strings.SplitSeq(name, "/") {
+		if strings.HasPrefix(part, ".") || strings.HasSuffix(part, ".lock") {
+			return fmt.Errorf("component %q starts with . or ends with .lock", part)
+		}
+	}
+	return nil
+}
+
 // ImportPull stores what a guest exported in the host repository: the
 // bundle's objects (when bundle is not empty) and, for every guest ref,
 // a ref under HostRefPrefixes. Nothing else changes: no local branch,
@@ -109,20 +176,17 @@ func ImportPull(ctx context.Context, r system.Runner, repo Repo, vm string, refs
 	branches, tags := HostRefPrefixes(vm)
 	want := map[string]api.PulledRef{}
 	for _, ref := range refs {
-		var host string
-		switch {
-		case strings.HasPrefix(ref.Name, "refs/heads/"):
-			host = branches + strings.TrimPrefix(ref.Name, "refs/heads/")
-		case strings.HasPrefix(ref.Name, "refs/tags/"):
-			host = tags + strings.TrimPrefix(ref.Name, "refs/tags/")
-		default:
-			return res, fmt.Errorf("guest sent ref %q outside refs/heads and refs/tags", ref.Name)
+		host, err := GuestRefToHost(vm, ref, len(repo.Head))
+		if err != nil {
+			return res, err
 		}
-		if !isHex(ref.Object) || len(ref.Object) != len(repo.Head) && repo.Head != "" {
-			return res, fmt.Errorf("guest sent ref %q with bad object %q", ref.Name, ref.Object)
-		}
+		// git's own check as well: the Go rules are fuzzed against it,
+		// and this keeps them honest for a git that is stricter still.
 		if _, err := r.Run(ctx, "git", "check-ref-format", host); err != nil {
 			return res, fmt.Errorf("guest sent unusable ref name %q", ref.Name)
+		}
+		if prev, dup := want[host]; dup {
+			return res, fmt.Errorf("guest sent ref %q twice (%s and %s)", ref.Name, prev.New, ref.Object)
 		}
 		want[host] = api.PulledRef{GuestRef: ref.Name, HostRef: host, New: ref.Object}
 	}

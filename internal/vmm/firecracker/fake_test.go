@@ -20,12 +20,20 @@ import (
 	"github.com/bangerdev/banger/internal/api"
 )
 
-// fakeFC is a stand-in for Firecracker's API, strict where the swagger
-// is: every body is checked against its definition (required fields,
-// types, no unknown fields, as Firecracker's serde does), pre-boot calls
-// are refused after InstanceStart, and InstanceStart needs a boot source
-// and a root drive. It answers as Firecracker does: 204 on success, 400
-// with {"fault_message": ...} on error.
+// fakeFC is a stand-in for Firecracker's API. Two layers of checks, kept
+// apart so it is clear where each comes from:
+//
+//   - the schema: every method, path, path parameter and body is validated
+//     against Firecracker's own swagger (testdata/swagger, swagger_test.go),
+//     plus banger's rule denyUnknownFields (Firecracker's serde refuses
+//     unknown fields; the swagger does not say so);
+//   - behaviour the swagger cannot express (firecrackerBehaviour): pre-boot
+//     calls refused after InstanceStart, InstanceStart needs a boot source,
+//     ids in the path match the body, snapshot ordering; and the fake's own
+//     demands on banger (bangerFakeRules): a root drive before start.
+//
+// It answers as Firecracker does: 204 on success, 400 with
+// {"fault_message": ...} on error.
 type fakeFC struct {
 	mu       sync.Mutex
 	calls    []string // "PUT /drives/rootfs"
@@ -45,60 +53,18 @@ type fakeFC struct {
 
 func newFake() *fakeFC { return &fakeFC{faults: map[string]string{}} }
 
-// field types of the documented definitions: "s" string, "b" bool,
-// "i" integer, "o" object, "a" array. A leading "!" marks a required one.
-var schemas = map[string]map[string]string{
-	"/machine-config":     {"!vcpu_count": "i", "!mem_size_mib": "i", "smt": "b", "track_dirty_pages": "b", "cpu_template": "s", "huge_pages": "s"},
-	"/boot-source":        {"!kernel_image_path": "s", "boot_args": "s", "initrd_path": "s"},
-	"/drives":             {"!drive_id": "s", "!is_root_device": "b", "path_on_host": "s", "is_read_only": "b", "partuuid": "s", "cache_type": "s", "rate_limiter": "o", "io_engine": "s", "socket": "s"},
-	"/network-interfaces": {"!iface_id": "s", "!host_dev_name": "s", "guest_mac": "s", "mtu": "i", "rx_rate_limiter": "o", "tx_rate_limiter": "o"},
-	"/vsock":              {"!guest_cid": "i", "!uds_path": "s", "vsock_id": "s"},
-	"/logger":             {"log_path": "s", "level": "s", "show_level": "b", "show_log_origin": "b", "module": "s"},
-	"/metrics":            {"!metrics_path": "s", "emit_id": "b", "properties": "o"},
-	"/actions":            {"!action_type": "s"},
-	"/vm":                 {"!state": "s"},
-	"/snapshot/create":    {"!mem_file_path": "s", "!snapshot_path": "s", "snapshot_type": "s"},
-	"/snapshot/load":      {"!snapshot_path": "s", "mem_backend": "o", "mem_file_path": "s", "enable_diff_snapshots": "b", "track_dirty_pages": "b", "resume_vm": "b", "network_overrides": "a", "vsock_override": "o", "clock_realtime": "b"},
+// implemented is what the fake serves, by swagger path template: the
+// calls banger makes. Anything else the swagger defines is refused as not
+// implemented by the fake (never silently accepted).
+var implemented = map[string]bool{
+	"PUT /machine-config": true, "PUT /boot-source": true, "PUT /drives/{drive_id}": true,
+	"PUT /network-interfaces/{iface_id}": true, "PUT /vsock": true, "PUT /logger": true,
+	"PUT /metrics": true, "PUT /actions": true, "PATCH /vm": true,
+	"PUT /snapshot/create": true, "PUT /snapshot/load": true,
 }
 
-var preBoot = map[string]bool{"/machine-config": true, "/boot-source": true, "/drives": true, "/network-interfaces": true, "/vsock": true, "/logger": true, "/metrics": true}
-
-func checkBody(schema map[string]string, body map[string]any) error {
-	for k := range schema {
-		if strings.HasPrefix(k, "!") {
-			if _, ok := body[k[1:]]; !ok {
-				return fmt.Errorf("missing field `%s`", k[1:])
-			}
-		}
-	}
-	for k, v := range body {
-		t, ok := schema[k]
-		if !ok {
-			t, ok = schema["!"+k]
-		}
-		if !ok {
-			return fmt.Errorf("unknown field `%s`", k)
-		}
-		good := false
-		switch t {
-		case "s":
-			_, good = v.(string)
-		case "b":
-			_, good = v.(bool)
-		case "i":
-			n, isNum := v.(float64)
-			good = isNum && n == float64(int64(n)) && n >= 0
-		case "o":
-			_, good = v.(map[string]any)
-		case "a":
-			_, good = v.([]any)
-		}
-		if !good {
-			return fmt.Errorf("invalid type for field `%s`", k)
-		}
-	}
-	return nil
-}
+// preBoot are the calls Firecracker documents as "Pre-boot only".
+var preBoot = map[string]bool{"/machine-config": true, "/boot-source": true, "/drives/{drive_id}": true, "/network-interfaces/{iface_id}": true, "/vsock": true, "/logger": true, "/metrics": true}
 
 func fault(w http.ResponseWriter, msg string) {
 	w.Header().Set("Content-Type", "application/json")
@@ -110,12 +76,6 @@ func (f *fakeFC) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.calls = append(f.calls, r.Method+" "+r.URL.Path)
 	path := r.URL.Path
-	key := path
-	for _, pre := range []string{"/drives/", "/network-interfaces/"} {
-		if strings.HasPrefix(path, pre) {
-			key = strings.TrimSuffix(pre, "/")
-		}
-	}
 	if msg, ok := f.faults[path]; ok {
 		delete(f.faults, path)
 		f.mu.Unlock()
@@ -131,18 +91,37 @@ func (f *fakeFC) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			state = "Paused"
 		}
 		f.mu.Unlock()
-		json.NewEncoder(w).Encode(InstanceInfo{AppName: "Firecracker", ID: "fake", State: state, VMMVersion: "1.12.0"})
+		json.NewEncoder(w).Encode(InstanceInfo{AppName: "Firecracker", ID: "fake", State: state, VMMVersion: strings.TrimPrefix(strings.TrimSpace(swaggerVersion), "v")})
 		return
 	}
-	schema, ok := schemas[key]
-	wantMethod := http.MethodPut
-	if key == "/vm" {
-		wantMethod = http.MethodPatch
+	raw, err := io.ReadAll(r.Body)
+	if err != nil {
+		f.mu.Unlock()
+		fault(w, "read body: "+err.Error())
+		return
 	}
-	if !ok || r.Method != wantMethod {
+	def, err := firecrackerAPI()
+	if err != nil {
+		f.mu.Unlock()
+		fault(w, "fake: "+err.Error())
+		return
+	}
+	route, _, verr := def.validate(r, raw)
+	if route == nil {
 		f.mu.Unlock()
 		w.WriteHeader(http.StatusBadRequest)
 		fmt.Fprintf(w, `{"fault_message":"Invalid request method and/or path: %s %s."}`, r.Method, path)
+		return
+	}
+	if verr != nil {
+		f.mu.Unlock()
+		fault(w, "An error occurred when deserializing the json body of a request: "+verr.Error())
+		return
+	}
+	key := route.Path
+	if !implemented[r.Method+" "+key] {
+		f.mu.Unlock()
+		fault(w, "banger's fake does not implement "+r.Method+" "+key)
 		return
 	}
 	if r.Header.Get("Content-Type") != "application/json" {
@@ -151,57 +130,59 @@ func (f *fakeFC) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var body map[string]any
-	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+	if err := json.Unmarshal(raw, &body); err != nil {
 		f.mu.Unlock()
 		fault(w, "An error occurred when deserializing the json body of a request: "+err.Error())
 		return
 	}
-	if err := checkBody(schema, body); err != nil {
-		f.mu.Unlock()
-		fault(w, "An error occurred when deserializing the json body of a request: "+err.Error()+".")
+	msg, start := f.firecrackerBehaviour(key, path, body)
+	if msg == "" {
+		msg = f.bangerFakeRules(key, body)
+	}
+	if msg == "" {
+		start = f.apply(key, body, start)
+	}
+	f.mu.Unlock()
+	if msg != "" {
+		fault(w, msg)
 		return
 	}
+	if start && f.onStart != nil {
+		f.onStart(f)
+	}
+	if key == "/actions" && body["action_type"] == ActionSendCtrlAltDel && f.onCtrlAltDel != nil {
+		f.onCtrlAltDel()
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// firecrackerBehaviour is what Firecracker does beyond its swagger (from
+// its docs and source): state rules and cross-field checks. It only
+// checks; apply changes the state.
+func (f *fakeFC) firecrackerBehaviour(key, path string, body map[string]any) (msg string, start bool) {
 	if preBoot[key] && f.started {
-		f.mu.Unlock()
-		fault(w, "The requested operation is not supported after starting the microVM.")
-		return
+		return "The requested operation is not supported after starting the microVM.", false
 	}
-	// Per-endpoint rules of the documented API.
-	var err string
-	var start bool
 	switch key {
-	case "/drives":
+	case "/drives/{drive_id}":
 		if body["drive_id"] != strings.TrimPrefix(path, "/drives/") {
-			err = "The id from the path does not match the id from the body!"
-		} else if p, _ := body["path_on_host"].(string); p == "" {
-			err = "Unable to create the block device: path_on_host is required"
-		} else if body["is_root_device"] == true {
-			f.rootDisk = true
+			return "The id from the path does not match the id from the body!", false
 		}
-	case "/network-interfaces":
+		if p, _ := body["path_on_host"].(string); p == "" {
+			return "Unable to create the block device: path_on_host is required", false
+		}
+	case "/network-interfaces/{iface_id}":
 		if body["iface_id"] != strings.TrimPrefix(path, "/network-interfaces/") {
-			err = "The id from the path does not match the id from the body!"
-		}
-	case "/vsock":
-		if n := body["guest_cid"].(float64); n < 3 {
-			err = "Invalid guest CID"
-		} else {
-			f.vsockUDS = body["uds_path"].(string)
-		}
-	case "/machine-config":
-		if n := body["vcpu_count"].(float64); n < 1 || n > 32 {
-			err = "The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled."
+			return "The id from the path does not match the id from the body!", false
 		}
 	case "/boot-source":
 		if _, e := os.Stat(body["kernel_image_path"].(string)); e != nil {
-			err = "The kernel file cannot be opened: " + e.Error()
-		} else {
-			f.boot = true
+			return "The kernel file cannot be opened: " + e.Error(), false
 		}
 	case "/logger":
 		if p, ok := body["log_path"].(string); ok {
 			if _, e := os.Stat(p); e != nil {
-				err = "Failed to open target file: " + e.Error()
+				return "Failed to open target file: " + e.Error(), false
 			}
 		}
 	case "/actions":
@@ -209,66 +190,69 @@ func (f *fakeFC) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case ActionInstanceStart:
 			switch {
 			case f.started:
-				err = "The requested operation is not supported after starting the microVM."
+				return "The requested operation is not supported after starting the microVM.", false
 			case !f.boot:
-				err = "Cannot start microvm without kernel configuration."
-			case !f.rootDisk:
-				err = "banger's fake requires a root drive before InstanceStart"
-			default:
-				f.started, start = true, true
+				return "Cannot start microvm without kernel configuration.", false
 			}
+			return "", true
 		case ActionSendCtrlAltDel:
 			if !f.started {
-				err = "The requested operation is not supported before starting the microVM."
-			} else if f.onCtrlAltDel != nil {
-				defer f.onCtrlAltDel()
+				return "The requested operation is not supported before starting the microVM.", false
 			}
-		case ActionFlushMetrics:
-		default:
-			err = fmt.Sprintf("unknown variant `%v`", body["action_type"])
 		}
 	case "/vm":
-		switch {
-		case !f.started:
-			err = "The requested operation is not supported before starting the microVM."
-		case body["state"] == StatePaused:
-			f.paused = true
-		case body["state"] == StateResumed:
-			f.paused = false
-		default:
-			err = fmt.Sprintf("unknown variant `%v`", body["state"])
+		if !f.started {
+			return "The requested operation is not supported before starting the microVM.", false
 		}
 	case "/snapshot/create":
 		if !f.paused {
-			err = "Cannot save microVM state: microVM is not paused."
-		} else if t, ok := body["snapshot_type"]; ok && t != SnapshotFull && t != SnapshotDiff {
-			err = fmt.Sprintf("unknown variant `%v`", t)
+			return "Cannot save microVM state: microVM is not paused.", false
 		}
 	case "/snapshot/load":
-		mb, hasMB := body["mem_backend"].(map[string]any)
+		_, hasMB := body["mem_backend"]
 		_, hasFile := body["mem_file_path"]
 		switch {
 		case f.started || f.boot:
-			err = "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+			return "Loading a microVM snapshot not allowed after configuring boot-specific resources.", false
 		case hasMB == hasFile:
-			err = "Exactly one of mem_backend and mem_file_path must be given"
-		case hasMB && checkBody(map[string]string{"!backend_type": "s", "!backend_path": "s"}, mb) != nil:
-			err = "invalid mem_backend"
-		case body["resume_vm"] == true:
-			f.started = true
-		default:
-			f.started, f.paused = true, true
+			return "Exactly one of mem_backend and mem_file_path must be given", false
 		}
 	}
-	f.mu.Unlock()
-	if err != "" {
-		fault(w, err)
-		return
+	return "", start
+}
+
+// bangerFakeRules are the fake's own demands on banger's driver, stricter
+// than Firecracker: a VM without a root drive would boot into a kernel
+// panic, so the fake refuses to start one.
+func (f *fakeFC) bangerFakeRules(key string, body map[string]any) string {
+	if key == "/actions" && body["action_type"] == ActionInstanceStart && !f.rootDisk {
+		return "banger's fake requires a root drive before InstanceStart"
 	}
-	if start && f.onStart != nil {
-		f.onStart(f)
+	return ""
+}
+
+// apply records an accepted call's effect on the fake's state.
+func (f *fakeFC) apply(key string, body map[string]any, start bool) bool {
+	switch key {
+	case "/drives/{drive_id}":
+		if body["is_root_device"] == true {
+			f.rootDisk = true
+		}
+	case "/vsock":
+		f.vsockUDS = body["uds_path"].(string)
+	case "/boot-source":
+		f.boot = true
+	case "/actions":
+		if start {
+			f.started = true
+		}
+	case "/vm":
+		f.paused = body["state"] == StatePaused
+	case "/snapshot/load":
+		f.started = true
+		f.paused = body["resume_vm"] != true
 	}
-	w.WriteHeader(http.StatusNoContent)
+	return start
 }
 
 // serveVsock plays Firecracker's host side of hybrid vsock on the UDS:

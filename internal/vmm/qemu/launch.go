@@ -137,6 +137,13 @@ func prepare(spec vmm.Spec) (l *launch, err error) {
 		}
 		*s.dst = "fd=" + strconv.Itoa(l.add(f))
 	}
+	for _, name := range spec.ExtraSerialPorts {
+		f, err := listenUnix(vmm.ExtraSerialSocket(spec.Dir, name))
+		if err != nil {
+			return l, err
+		}
+		src.extra = append(src.extra, "fd="+strconv.Itoa(l.add(f)))
+	}
 	if spec.Net.Mode == vmm.NetTap {
 		// The TAP belongs to the daemon's user; QEMU gets an attached
 		// queue and no right to the device.

@@ -75,6 +75,8 @@ type sources struct {
 	// console, qmp and agent are the sockets' addresses: "path=P" or
 	// "fd=N".
 	console, qmp, agent string
+	// extra are the sockets of spec.ExtraSerialPorts, in order.
+	extra []string
 	// tap is the tap netdev's "ifname=..." or "fd=N" (tap mode).
 	tap string
 	// addFDs are the descriptors of /dev/fdset/N names: -add-fd values.
@@ -93,6 +95,9 @@ func pathSources(spec vmm.Spec) sources {
 	for _, d := range spec.Disks {
 		src.disks = append(src.disks, d.Path)
 		src.backing = append(src.backing, d.Backing)
+	}
+	for _, name := range spec.ExtraSerialPorts {
+		src.extra = append(src.extra, "path="+optValue(vmm.ExtraSerialSocket(spec.Dir, name)))
 	}
 	return src
 }
@@ -153,6 +158,12 @@ func render(spec vmm.Spec, src sources) []string {
 		"-chardev", "socket,id=agent,"+src.agent+",server=on,wait=off",
 		"-device", "virtserialport,chardev=agent,name="+AgentPortName,
 	)
+	for i, name := range spec.ExtraSerialPorts {
+		id := fmt.Sprintf("xport%d", i)
+		args = append(args,
+			"-chardev", "socket,id="+id+","+src.extra[i]+",server=on,wait=off",
+			"-device", "virtserialport,chardev="+id+",name="+optValue(name))
+	}
 	args = append(args, netArgs(spec, src)...)
 	// Balloon with free page reporting gives freed guest memory back.
 	args = append(args, "-device", "virtio-balloon-device,free-page-reporting=on")

@@ -43,6 +43,11 @@ func TestArgs(t *testing.T) {
 			t.Errorf("args contain %s:\n%s", bad, got)
 		}
 	}
+	spec.ExtraSerialPorts = []string{"bench"}
+	if got := strings.Join(Args(spec), " "); !strings.Contains(got, "-chardev socket,id=xport0,path=/v/ab12cd34/port-bench.sock,server=on,wait=off -device virtserialport,chardev=xport0,name=bench") {
+		t.Errorf("extra serial port args wrong:\n%s", got)
+	}
+	spec.ExtraSerialPorts = nil
 	spec.Accel, spec.Egress = "kvm", "all"
 	got = strings.Join(Args(spec), " ")
 	if !strings.Contains(got, "-accel kvm -cpu host") || strings.Contains(got, "restrict=on") {
