@@ -7,16 +7,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/escapetest"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/store"
@@ -41,39 +40,6 @@ func hostDir(t *testing.T) string {
 	return dir
 }
 
-// snapshot renders every entry under dir (path, mode, link target or
-// content) so a test can tell whether anything there changed.
-func snapshot(t *testing.T, dir string) string {
-	t.Helper()
-	var lines []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		line := fmt.Sprintf("%s %v", rel, info.Mode())
-		switch {
-		case info.Mode()&fs.ModeSymlink != 0:
-			l, _ := os.Readlink(p)
-			line += " -> " + l
-		case info.Mode().IsRegular():
-			b, _ := os.ReadFile(p)
-			line += " " + strconv.Quote(string(b))
-		}
-		lines = append(lines, line)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(lines)
-	return strings.Join(lines, "\n")
-}
-
 func seedImage(t *testing.T) (store.Image, string) {
 	t.Helper()
 	imgDir := t.TempDir()
@@ -91,14 +57,14 @@ func TestMakeWorkDiskLinkAtBangerDir(t *testing.T) {
 	needTools(t, "mkfs.ext4", "debugfs")
 	d := testDaemon(t, nil)
 	host := hostDir(t)
-	before := snapshot(t, host)
+	before := escapetest.Snapshot(t, host)
 	img, seed := seedImage(t)
 	if err := os.Symlink(filepath.Join(host, "sudoers.d"), filepath.Join(seed, ".banger")); err != nil {
 		t.Fatal(err)
 	}
 	vmDir := t.TempDir()
 	fp, err := d.makeWorkDisk(context.Background(), img, vmDir, 64<<20)
-	if after := snapshot(t, host); after != before {
+	if after := escapetest.Snapshot(t, host); after != before {
 		t.Fatalf("host directory changed:\n%s\nwas:\n%s", after, before)
 	}
 	if err != nil {
@@ -115,7 +81,7 @@ func TestMakeWorkDiskLinkAtMark(t *testing.T) {
 	needTools(t, "mkfs.ext4", "debugfs")
 	d := testDaemon(t, nil)
 	host := hostDir(t)
-	before := snapshot(t, host)
+	before := escapetest.Snapshot(t, host)
 	img, seed := seedImage(t)
 	os.Mkdir(filepath.Join(seed, ".banger"), 0o700)
 	if err := os.Symlink(filepath.Join(host, "id_ed25519"), filepath.Join(seed, image.FileWorkSeedMark)); err != nil {
@@ -123,7 +89,7 @@ func TestMakeWorkDiskLinkAtMark(t *testing.T) {
 	}
 	vmDir := t.TempDir()
 	fp, err := d.makeWorkDisk(context.Background(), img, vmDir, 64<<20)
-	if after := snapshot(t, host); after != before {
+	if after := escapetest.Snapshot(t, host); after != before {
 		t.Fatalf("host file changed:\n%s\nwas:\n%s", after, before)
 	}
 	if err != nil {
@@ -142,7 +108,7 @@ func TestMakeWorkDiskSeedRootIsLink(t *testing.T) {
 	needTools(t, "mkfs.ext4", "debugfs")
 	d := testDaemon(t, nil)
 	host := hostDir(t)
-	before := snapshot(t, host)
+	before := escapetest.Snapshot(t, host)
 	hostMode, _ := os.Stat(host)
 	imgDir := t.TempDir()
 	if err := os.Symlink(host, filepath.Join(imgDir, image.DirWorkSeed)); err != nil {
@@ -150,7 +116,7 @@ func TestMakeWorkDiskSeedRootIsLink(t *testing.T) {
 	}
 	vmDir := t.TempDir()
 	_, err := d.makeWorkDisk(context.Background(), store.Image{Dir: imgDir}, vmDir, 64<<20)
-	if after := snapshot(t, host); after != before {
+	if after := escapetest.Snapshot(t, host); after != before {
 		t.Fatalf("host directory changed:\n%s\nwas:\n%s", after, before)
 	}
 	if st, _ := os.Stat(host); st.Mode() != hostMode.Mode() {
@@ -207,7 +173,7 @@ func TestMakeWorkDiskKeepsLinksAsLinks(t *testing.T) {
 func TestImportImageRefusesLinks(t *testing.T) {
 	ctx := context.Background()
 	host := hostDir(t)
-	before := snapshot(t, host)
+	before := escapetest.Snapshot(t, host)
 	good := func(t *testing.T) string {
 		src := t.TempDir()
 		fakeKernel(t, filepath.Join(src, image.FileKernel), "6.1.0-1-cloud-amd64")
@@ -274,7 +240,7 @@ func TestImportImageRefusesLinks(t *testing.T) {
 			t.Fatalf("link in the seed: %q %v", l, err)
 		}
 	})
-	if after := snapshot(t, host); after != before {
+	if after := escapetest.Snapshot(t, host); after != before {
 		t.Fatalf("host directory changed:\n%s", after)
 	}
 }
@@ -339,7 +305,7 @@ func TestRegisterImageCraftedRootDoesNotWriteHost(t *testing.T) {
 	needTools(t, "mkfs.ext4", "debugfs")
 	ctx := context.Background()
 	host := hostDir(t)
-	before := snapshot(t, host)
+	before := escapetest.Snapshot(t, host)
 	src := t.TempDir()
 	const kver = "6.1.0-77-cloud-amd64"
 	kernel, rootfs := filepath.Join(src, "vmlinuz"), filepath.Join(src, "root.ext4")
@@ -351,7 +317,7 @@ func TestRegisterImageCraftedRootDoesNotWriteHost(t *testing.T) {
 	d := testDaemon(t, nil)
 	d.layout = paths.Layout{ImagesDir: filepath.Join(t.TempDir(), "images")}
 	_, err := d.RegisterImage(ctx, api.RegisterImageRequest{Name: "crafted", Rootfs: rootfs, Kernel: kernel, Modules: mods})
-	if after := snapshot(t, host); after != before {
+	if after := escapetest.Snapshot(t, host); after != before {
 		t.Fatalf("host file changed by register:\n%s\nwas:\n%s", after, before)
 	}
 	var ae *api.Error
@@ -438,7 +404,7 @@ func TestExtractWorkSeedHostileTar(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			host := hostDir(t)
-			before := snapshot(t, host)
+			before := escapetest.Snapshot(t, host)
 			var buf bytes.Buffer
 			tw := tar.NewWriter(&buf)
 			for _, h := range entries {
@@ -452,7 +418,7 @@ func TestExtractWorkSeedHostileTar(t *testing.T) {
 			tw.Close()
 			seed := filepath.Join(t.TempDir(), image.DirWorkSeed)
 			err := extractWorkSeed(ctx, &buf, seed, 4<<30)
-			if after := snapshot(t, host); after != before {
+			if after := escapetest.Snapshot(t, host); after != before {
 				t.Fatalf("host changed:\n%s", after)
 			}
 			if err == nil {
@@ -463,7 +429,7 @@ func TestExtractWorkSeedHostileTar(t *testing.T) {
 	// A stream with links (and no writes through them) is a fine seed;
 	// the VM made from it gets the links as links and its own mark.
 	host := hostDir(t)
-	before := snapshot(t, host)
+	before := escapetest.Snapshot(t, host)
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	tw.WriteHeader(&tar.Header{Name: ".banger", Typeflag: tar.TypeSymlink, Linkname: filepath.Join(host, "sudoers.d")})
@@ -478,7 +444,7 @@ func TestExtractWorkSeedHostileTar(t *testing.T) {
 	if _, err := d.makeWorkDisk(ctx, store.Image{Dir: imgDir}, vmDir, 64<<20); err != nil {
 		t.Fatal(err)
 	}
-	if after := snapshot(t, host); after != before {
+	if after := escapetest.Snapshot(t, host); after != before {
 		t.Fatalf("host changed:\n%s", after)
 	}
 }

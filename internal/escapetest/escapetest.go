@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -153,4 +154,37 @@ func (s *Sandbox) outside(t testing.TB) map[string]string {
 		t.Fatalf("walk %s: %v", s.Base, err)
 	}
 	return m
+}
+
+// Snapshot renders every entry under dir (path, mode, link target or
+// content) so a test can tell whether anything there changed.
+func Snapshot(t testing.TB, dir string) string {
+	t.Helper()
+	var lines []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		line := fmt.Sprintf("%s %v", rel, info.Mode())
+		switch {
+		case info.Mode()&fs.ModeSymlink != 0:
+			l, _ := os.Readlink(p)
+			line += " -> " + l
+		case info.Mode().IsRegular():
+			b, _ := os.ReadFile(p)
+			line += " " + strconv.Quote(string(b))
+		}
+		lines = append(lines, line)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
 }

@@ -3,15 +3,13 @@ package image
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/bangerdev/banger/internal/escapetest"
 	"github.com/bangerdev/banger/internal/image/voidfixture"
 	"github.com/bangerdev/banger/internal/system"
 )
@@ -58,39 +56,6 @@ func fakeHost(t *testing.T) string {
 	return h
 }
 
-// hostSnapshot renders everything under dir (path, mode, link target or
-// content) so a test can tell whether anything changed.
-func hostSnapshot(t *testing.T, dir string) string {
-	t.Helper()
-	var lines []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		line := fmt.Sprintf("%s %v", rel, info.Mode())
-		switch {
-		case info.Mode()&fs.ModeSymlink != 0:
-			l, _ := os.Readlink(p)
-			line += " -> " + l
-		case info.Mode().IsRegular():
-			b, _ := os.ReadFile(p)
-			line += " " + strconv.Quote(string(b))
-		}
-		lines = append(lines, line)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(lines)
-	return strings.Join(lines, "\n")
-}
-
 // noHostSecret fails if anything banger wrote under dir carries a byte
 // string that only the fake host has.
 func noHostSecret(t *testing.T, dir string) {
@@ -135,7 +100,7 @@ func TestBuildVoidHostileLinks(t *testing.T) {
 	} {
 		t.Run(link, func(t *testing.T) {
 			host := fakeHost(t)
-			before := hostSnapshot(t, host)
+			before := escapetest.Snapshot(t, host)
 			p, err := voidfixture.WriteWithLinks(t.TempDir(), voidfixture.Release, voidfixture.Release,
 				map[string]string{link: filepath.Join(host, target)})
 			if err != nil {
@@ -146,7 +111,7 @@ func TestBuildVoidHostileLinks(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "img")
 			stage := func(name string, fn func(context.Context) error) error { return fn(ctx) }
 			_, err = b.BuildVoid(ctx, spec, voidfixture.Release, "fp", filepath.Join(t.TempDir(), "work"), out, stage)
-			if after := hostSnapshot(t, host); after != before {
+			if after := escapetest.Snapshot(t, host); after != before {
 				t.Fatalf("the host changed:\n%s\nwas:\n%s", after, before)
 			}
 			noHostSecret(t, out)
@@ -241,11 +206,11 @@ func TestBuildDebianHostileLinks(t *testing.T) {
 	} {
 		t.Run(link, func(t *testing.T) {
 			host := fakeHost(t)
-			before := hostSnapshot(t, host)
+			before := escapetest.Snapshot(t, host)
 			b := &Builder{Runner: fakeBootstrap(t, map[string]string{link: filepath.Join(host, target)})}
 			out := filepath.Join(t.TempDir(), "img")
 			_, err := b.Build(ctx, spec, filepath.Join(t.TempDir(), "work"), out, stage)
-			if after := hostSnapshot(t, host); after != before {
+			if after := escapetest.Snapshot(t, host); after != before {
 				t.Fatalf("the host changed:\n%s\nwas:\n%s", after, before)
 			}
 			noHostSecret(t, out)
@@ -364,7 +329,7 @@ func TestMarkWorkSeedReplaces(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			before := hostSnapshot(t, host)
+			before := escapetest.Snapshot(t, host)
 			dir := t.TempDir()
 			plant(dir)
 			root, err := os.OpenRoot(dir)
@@ -381,7 +346,7 @@ func TestMarkWorkSeedReplaces(t *testing.T) {
 			if b, err := os.ReadFile(filepath.Join(dir, FileWorkSeedMark)); err != nil || string(b) != "fp\n" {
 				t.Fatalf("mark: %q %v", b, err)
 			}
-			if after := hostSnapshot(t, host); after != before {
+			if after := escapetest.Snapshot(t, host); after != before {
 				t.Fatalf("host changed:\n%s", after)
 			}
 		})
