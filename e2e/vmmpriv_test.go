@@ -106,13 +106,25 @@ func TestVMMContainment(t *testing.T) {
 	// Its files: the VM's own are its user's alone; the image's rootfs
 	// is untouched (root's, as built).
 	dir := layoutOf(in.home).VMDir(vm.ID)
-	for _, f := range []string{paths.FileRootDisk, paths.FileSeedDisk, paths.FileWorkDisk, paths.FileConsoleLog} {
+	for _, f := range []string{paths.FileRootDisk, paths.FileSeedDisk, paths.FileWorkDisk} {
 		var s syscall.Stat_t
 		if err := syscall.Stat(filepath.Join(dir, f), &s); err != nil {
 			t.Fatal(err)
 		}
 		if s.Uid != uid || s.Mode&0o777 != 0o600 {
 			t.Errorf("%s: uid %d mode %o, want %d 0600", f, s.Uid, s.Mode&0o777, uid)
+		}
+	}
+	// The console log is the daemon's (it rotates and caps it); QEMU only
+	// holds the console socket's descriptor, and neither the log nor the
+	// sockets are its user's.
+	for _, f := range []string{paths.FileConsoleLog, paths.FileConsoleSocket, paths.FileQMPSocket, paths.FileAgentSocket} {
+		var s syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(dir, f), &s); err != nil {
+			t.Fatal(err)
+		}
+		if s.Uid == uid || s.Mode&0o077 != 0 {
+			t.Errorf("%s: uid %d mode %o, want the daemon's and private", f, s.Uid, s.Mode&0o777)
 		}
 	}
 	img := baseImage(t, in)
