@@ -356,20 +356,41 @@ func qmpRun(path, cmd string) error {
 	return err
 }
 
+// qmpTimeout bounds one QMP exchange (greeting, capabilities, command):
+// a QEMU that accepts the connection but never answers must not hang
+// Stop or reconcile.
+var qmpTimeout = 10 * time.Second
+
 func qmpRunOut(path, cmd string) ([]byte, error) {
 	mon, err := qmp.NewSocketMonitor("unix", path, 2*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("connect qmp: %w", err)
 	}
-	if err := mon.Connect(); err != nil {
-		return nil, fmt.Errorf("qmp handshake: %w", err)
+	type result struct {
+		out []byte
+		err error
 	}
-	defer mon.Disconnect()
-	out, err := mon.Run([]byte(cmd))
-	if err != nil {
-		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+	done := make(chan result, 1)
+	go func() {
+		if err := mon.Connect(); err != nil {
+			done <- result{err: fmt.Errorf("qmp handshake: %w", err)}
+			return
+		}
+		out, err := mon.Run([]byte(cmd))
+		if err != nil {
+			err = fmt.Errorf("qmp %s: %w", cmd, err)
+		}
+		done <- result{out, err}
+	}()
+	select {
+	case r := <-done:
+		mon.Disconnect()
+		return r.out, r.err
+	case <-time.After(qmpTimeout):
+		// Closing the connection unblocks the exchange above.
+		mon.Disconnect()
+		return nil, fmt.Errorf("qmp %s: no answer within %s", cmd, qmpTimeout)
 	}
-	return out, nil
 }
 
 // DialAgent implements vmm.Driver: the agent's virtio-serial port is a

@@ -146,3 +146,34 @@ func TestStopFallsBack(t *testing.T) {
 		})
 	}
 }
+
+// A QMP socket that accepts but never answers (a wedged QEMU) costs one
+// bounded wait, not a hang.
+func TestQMPSilentSocketTimesOut(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "qmp.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never written to
+		}
+	}()
+	old := qmpTimeout
+	qmpTimeout = 300 * time.Millisecond
+	defer func() { qmpTimeout = old }()
+	start := time.Now()
+	err = qmpRun(sock, `{"execute":"quit"}`)
+	if err == nil || !strings.Contains(err.Error(), "no answer within") {
+		t.Fatalf("err = %v, want a timeout", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("took %s", d)
+	}
+}
