@@ -55,12 +55,22 @@ func alive(cmd *exec.Cmd) bool {
 	return err == nil && system.ProcAlive(cmd.Process.Pid, st)
 }
 
+// untilReconcile gives d what New sets up before it reconciles: a logger
+// writing to log, drivers, operations, the agent cache and VM locks.
+func untilReconcile(ctx context.Context, d *Daemon, log *syncBuffer) {
+	d.log = slog.New(slog.NewTextHandler(log, nil))
+	d.drivers = newDrivers(d.cfg)
+	d.ops = newOperations(ctx, d.store, d.log)
+	d.agents = map[string]*agentclient.Client{}
+	d.vmLocks = map[string]*vmLock{}
+}
+
 // crashDaemon is a daemon over a fresh instance directory, as New leaves
 // it before reconcile.
 func crashDaemon(t *testing.T, ctx context.Context, log *syncBuffer) *Daemon {
 	t.Helper()
 	d := testDaemon(t, nil)
-	d.log = slog.New(slog.NewTextHandler(log, nil))
+	untilReconcile(ctx, d, log)
 	d.layout = paths.Resolve(func(k string) string {
 		if k == paths.EnvHome {
 			return t.TempDir()
@@ -70,10 +80,6 @@ func crashDaemon(t *testing.T, ctx context.Context, log *syncBuffer) *Daemon {
 	if err := paths.EnsureDirs(d.layout); err != nil {
 		t.Fatal(err)
 	}
-	d.drivers = newDrivers(d.cfg)
-	d.ops = newOperations(ctx, d.store, d.log)
-	d.agents = map[string]*agentclient.Client{}
-	d.vmLocks = map[string]*vmLock{}
 	var err error
 	if d.net, err = d.newNetwork(network.NewFake()); err != nil {
 		t.Fatal(err)

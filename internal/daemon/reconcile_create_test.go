@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
@@ -25,11 +23,7 @@ func TestReconcileUnwindsInterruptedCreate(t *testing.T) {
 	defer cancel()
 	var log syncBuffer
 	d := testDaemon(t, nil)
-	d.log = slog.New(slog.NewTextHandler(&log, nil))
-	d.drivers = newDrivers(d.cfg)
-	d.ops = newOperations(ctx, d.store, d.log)
-	d.agents = map[string]*agentclient.Client{}
-	d.vmLocks = map[string]*vmLock{}
+	untilReconcile(ctx, d, &log)
 
 	// The "VMM" the dead daemon had started: a real process, reaped when
 	// it dies so its PID is seen to go.

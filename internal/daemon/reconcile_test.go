@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
@@ -28,11 +26,7 @@ func TestReconcileFirecracker(t *testing.T) {
 	defer cancel() // ends the background agent redial reconcile starts
 	var log syncBuffer
 	d := testDaemon(t, nil)
-	d.log = slog.New(slog.NewTextHandler(&log, nil))
-	d.drivers = newDrivers(d.cfg)
-	d.ops = newOperations(ctx, d.store, d.log)
-	d.agents = map[string]*agentclient.Client{}
-	d.vmLocks = map[string]*vmLock{}
+	untilReconcile(ctx, d, &log)
 
 	dir, err := os.MkdirTemp("", "rc")
 	if err != nil {
