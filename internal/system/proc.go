@@ -32,12 +32,41 @@ func ProcAlive(pid int, startTime uint64) bool {
 	if err != nil {
 		return false
 	}
-	// Z is a zombie, X (and x on old kernels) is dead: both still have a
-	// stat file but will never do anything again.
-	if st.state == 'Z' || st.state == 'X' || st.state == 'x' {
+	if st.startTime != startTime {
 		return false
 	}
-	return st.startTime == startTime
+	// Z is a zombie, X (and x on old kernels) is dead: both still have a
+	// stat file but will never do anything again. But a zombie leader is
+	// not a dead process: when the main thread of a multi-threaded VMM
+	// (QEMU) exits first, the leader shows Z while the other threads are
+	// still tearing down, and they still hold its files, disk locks
+	// included. Only when no thread is left running is it gone.
+	if deadState(st.state) {
+		return anyThreadRunning(pid)
+	}
+	return true
+}
+
+func deadState(s byte) bool { return s == 'Z' || s == 'X' || s == 'x' }
+
+// anyThreadRunning reports whether some thread of pid other than a
+// zombie or dead one is still listed in /proc/PID/task.
+func anyThreadRunning(pid int) bool {
+	dir := procRoot + "/" + strconv.Itoa(pid) + "/task"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(dir + "/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		if st, err := parseProcStat(b); err == nil && !deadState(st.state) {
+			return true
+		}
+	}
+	return false
 }
 
 // BootID returns the kernel's random boot id. A stored pid is only

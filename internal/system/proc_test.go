@@ -156,3 +156,36 @@ func TestBootID(t *testing.T) {
 		t.Fatal("empty boot id accepted")
 	}
 }
+
+// A multi-threaded process whose main thread exited first shows a zombie
+// leader while its other threads still run and hold its files (QEMU's
+// disk locks: a derive once flattened the disk while they were held).
+// It is alive until no thread is left running.
+func TestProcAliveZombieLeaderWithRunningThread(t *testing.T) {
+	old := procRoot
+	t.Cleanup(func() { procRoot = old })
+	procRoot = t.TempDir()
+	write := func(rel, line string) {
+		t.Helper()
+		p := filepath.Join(procRoot, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(line), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("1234/stat", statLine("qemu", "Z", "77"))
+	write("1234/task/1234/stat", statLine("qemu", "Z", "77"))
+	write("1234/task/1240/stat", statLine("qemu", "D", "78"))
+	if !ProcAlive(1234, 77) {
+		t.Fatal("zombie leader with a running thread reported dead")
+	}
+	if ProcAlive(1234, 76) {
+		t.Fatal("other start time reported alive")
+	}
+	write("1234/task/1240/stat", statLine("qemu", "X", "78"))
+	if ProcAlive(1234, 77) {
+		t.Fatal("zombie leader with only dead threads reported alive")
+	}
+}
