@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // DialFunc opens a connection to the daemon.

@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // Guest sessions: long-lived guest commands that outlive the daemon, the

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/client"
-	"github.com/bangerdev/banger/internal/api"
 )
 
 // syncBuf is a bytes.Buffer that a reader goroutine fills while the test

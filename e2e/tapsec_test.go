@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // tapSecConfig leaves room for five guests (a /29), so two VMs and a

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // tmux drives one private tmux server (its own socket, so it never meets

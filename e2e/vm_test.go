@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // TestVMLifecycle drives one VM through everything a user does with it:

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/internal/agent"
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/buildinfo"
 )
 
@@ -49,7 +49,7 @@ func run(args []string, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		port := fs.String("port", agent.DefaultPort, "virtio-serial port to the host (QEMU)")
-		vport := fs.Uint("vsock-port", api.AgentVsockPort, "AF_VSOCK port to listen on (Firecracker); 0 disables")
+		vport := fs.Uint("vsock-port", agentapi.AgentVsockPort, "AF_VSOCK port to listen on (Firecracker); 0 disables")
 		if fs.Parse(args[1:]) != nil {
 			return 2
 		}

@@ -21,7 +21,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/mux"
 )
@@ -59,12 +60,12 @@ func NewServer(log *slog.Logger) *Server {
 // Handler serves the agent's routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+api.AgentHealthPath, s.handleHealth)
-	mux.HandleFunc("POST "+api.AgentExecPath, s.handleExec)
-	mux.HandleFunc("PUT "+api.AgentFilesPath, s.handleImport)
+	mux.HandleFunc("GET "+agentapi.AgentHealthPath, s.handleHealth)
+	mux.HandleFunc("POST "+agentapi.AgentExecPath, s.handleExec)
+	mux.HandleFunc("PUT "+agentapi.AgentFilesPath, s.handleImport)
 	s.registerSessionRoutes(mux)
-	mux.HandleFunc("POST "+api.AgentWorkspacePath, s.handleWorkspace)
-	mux.HandleFunc("POST "+api.AgentWorkspaceBundlePath, s.handleWorkspaceBundle)
+	mux.HandleFunc("POST "+agentapi.AgentWorkspacePath, s.handleWorkspace)
+	mux.HandleFunc("POST "+agentapi.AgentWorkspaceBundlePath, s.handleWorkspaceBundle)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path), "this agent serves GET /healthz, POST /v1/exec, PUT /v1/files and POST /v1/workspace[/bundle]")
 	})

@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/pty"
 	"github.com/bangerdev/banger/internal/session"

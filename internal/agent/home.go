@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 )
 
 // Home is root's home directory inside the guest: the VM's work disk.
@@ -180,7 +180,7 @@ func ValidAuthPath(p string) bool {
 // creating missing parent directories 0700. Writes go through os.Root so
 // a symlink in the work disk cannot redirect them outside /root. Errors
 // name paths only, never contents.
-func writeAuthFiles(root string, files []api.SeedFile, log *slog.Logger) error {
+func writeAuthFiles(root string, files []agentapi.SeedFile, log *slog.Logger) error {
 	if len(files) == 0 {
 		return nil
 	}

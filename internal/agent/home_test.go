@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 )
 
 func TestRepairHomeMergesNestedLayout(t *testing.T) {
@@ -113,7 +113,7 @@ func TestWriteAuthFiles(t *testing.T) {
 	var logBuf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logBuf, nil))
 	secret := "sk-ant-SECRET-TOKEN"
-	err := writeAuthFiles(root, []api.SeedFile{
+	err := writeAuthFiles(root, []agentapi.SeedFile{
 		{Path: ".local/share/opencode/auth.json", Data: []byte(`{"k":"` + secret + `"}`)},
 		{Path: ".claude.json", Data: []byte(secret)},
 		{Path: "../etc/passwd", Data: []byte(secret)},
@@ -147,7 +147,7 @@ func TestWriteAuthFilesRefusesSymlinkEscape(t *testing.T) {
 	outside := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "root"), 0o700)
 	os.Symlink(outside, filepath.Join(root, "root", ".pi"))
-	err := writeAuthFiles(root, []api.SeedFile{{Path: ".pi/agent/auth.json", Data: []byte("x")}}, slog.Default())
+	err := writeAuthFiles(root, []agentapi.SeedFile{{Path: ".pi/agent/auth.json", Data: []byte("x")}}, slog.Default())
 	if err == nil {
 		t.Fatal("a symlink out of /root was followed")
 	}
@@ -157,7 +157,7 @@ func TestWriteAuthFilesRefusesSymlinkEscape(t *testing.T) {
 }
 
 func TestInitWritesAuthFiles(t *testing.T) {
-	e := newInitEnv(t, api.SeedConfig{Hostname: "vm1", AuthFiles: []api.SeedFile{{Path: ".pi/agent/auth.json", Data: []byte("{}")}}}, "")
+	e := newInitEnv(t, agentapi.SeedConfig{Hostname: "vm1", AuthFiles: []agentapi.SeedFile{{Path: ".pi/agent/auth.json", Data: []byte("{}")}}}, "")
 	_ = Init(e.opts)
 	st, err := os.Stat(filepath.Join(e.root, "root/.pi/agent/auth.json"))
 	if err != nil || st.Mode().Perm() != 0o600 {

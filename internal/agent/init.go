@@ -11,10 +11,9 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/bangerdev/banger/internal/agentapi"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
-
-	"github.com/bangerdev/banger/internal/api"
 )
 
 // Default locations of `banger-agent init`'s inputs.
@@ -31,7 +30,7 @@ const NetworkFile = "run/systemd/network/10-banger.network"
 type InitOptions struct {
 	// Root prefixes every path written ("/" in the guest).
 	Root string
-	// SeedConfig is the JSON api.SeedConfig; Cmdline is /proc/cmdline.
+	// SeedConfig is the JSON agentapi.SeedConfig; Cmdline is /proc/cmdline.
 	SeedConfig string
 	Cmdline    string
 	// SetHostname sets the kernel host name; nil skips it (tests must not
@@ -108,8 +107,8 @@ func Init(opts InitOptions) error {
 	return errors.Join(errs...)
 }
 
-func readSeed(path string) (api.SeedConfig, error) {
-	var seed api.SeedConfig
+func readSeed(path string) (agentapi.SeedConfig, error) {
+	var seed agentapi.SeedConfig
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return seed, fmt.Errorf("read seed config: %w", err)

@@ -10,9 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bangerdev/banger/internal/agentapi"
 	"golang.org/x/crypto/ssh"
-
-	"github.com/bangerdev/banger/internal/api"
 )
 
 func ed25519PEM(t *testing.T) (string, ssh.PublicKey) {
@@ -72,7 +71,7 @@ func (e *initEnv) read(t *testing.T, rel string) (string, os.FileMode) {
 
 func TestInit(t *testing.T) {
 	key, pub := ed25519PEM(t)
-	e := newInitEnv(t, api.SeedConfig{
+	e := newInitEnv(t, agentapi.SeedConfig{
 		Hostname:       "dev-1",
 		SSHHostKeys:    map[string]string{"ed25519": key},
 		AuthorizedKeys: "ssh-ed25519 AAAA user@host",
@@ -132,11 +131,11 @@ func TestInitFailures(t *testing.T) {
 	}{
 		{"no seed", nil, "banger.ip=10.0.2.15/24", []string{"read seed config"}, true},
 		{"bad json", `{"hostname": "x", "ssh_host_keys": {"ed25519": "-----BEGIN OPENSSH PRIVATE KEY-----`, "banger.ip=10.0.2.15/24", []string{"malformed JSON near byte"}, true},
-		{"bad hostname", api.SeedConfig{Hostname: "bad_name!"}, "banger.ip=10.0.2.15/24", []string{"invalid host name"}, true},
-		{"unknown key type", api.SeedConfig{SSHHostKeys: map[string]string{"../../etc/passwd": key}}, "", []string{`unknown key type "../../etc/passwd"`}, false},
-		{"wrong key type", api.SeedConfig{SSHHostKeys: map[string]string{"rsa": key}}, "", []string{"holds a ssh-ed25519 key"}, false},
-		{"garbage key", api.SeedConfig{SSHHostKeys: map[string]string{"ed25519": "not a key"}}, "", []string{"ssh host key ed25519"}, false},
-		{"bad cmdline", api.SeedConfig{Hostname: "ok"}, "banger.ip=nope", []string{"banger.ip"}, false},
+		{"bad hostname", agentapi.SeedConfig{Hostname: "bad_name!"}, "banger.ip=10.0.2.15/24", []string{"invalid host name"}, true},
+		{"unknown key type", agentapi.SeedConfig{SSHHostKeys: map[string]string{"../../etc/passwd": key}}, "", []string{`unknown key type "../../etc/passwd"`}, false},
+		{"wrong key type", agentapi.SeedConfig{SSHHostKeys: map[string]string{"rsa": key}}, "", []string{"holds a ssh-ed25519 key"}, false},
+		{"garbage key", agentapi.SeedConfig{SSHHostKeys: map[string]string{"ed25519": "not a key"}}, "", []string{"ssh host key ed25519"}, false},
+		{"bad cmdline", agentapi.SeedConfig{Hostname: "ok"}, "banger.ip=nope", []string{"banger.ip"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

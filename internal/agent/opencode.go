@@ -9,7 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 )
 
 // opencode.service of the agent image reads OPENCODE_SERVER_PASSWORD
@@ -21,7 +21,7 @@ const (
 	opencodeUnit   = "etc/systemd/system/opencode.service"
 	opencodeDropIn = "run/systemd/system/opencode.service.d/50-banger-password.conf"
 	// OpencodeEnvName is the EnvironmentFile's name next to the seed config.
-	OpencodeEnvName = api.SeedOpencodeEnv
+	OpencodeEnvName = agentapi.SeedOpencodeEnv
 )
 
 // secureOpencode adds the password drop-in when the image's opencode unit

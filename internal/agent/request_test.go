@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 func TestDecodeExecRequest(t *testing.T) {

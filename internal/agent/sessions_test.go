@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/agentclient"
-	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/session"
 	"golang.org/x/sys/unix"

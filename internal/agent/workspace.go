@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/workspace"

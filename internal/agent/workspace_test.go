@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/agentclient"
-	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/workspace"
 )

@@ -21,7 +21,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/tarx"
 )
@@ -156,7 +157,7 @@ func (s *stream) Close() error {
 func (c *Client) Health(ctx context.Context) (api.AgentHealth, error) {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+api.AgentHealthPath, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+agentapi.AgentHealthPath, nil)
 	if err != nil {
 		return api.AgentHealth{}, err
 	}
@@ -230,7 +231,7 @@ func (c *Client) Exec(ctx context.Context, req api.ExecRequest) (net.Conn, error
 	if err != nil {
 		return nil, fmt.Errorf("encode exec request: %w", err)
 	}
-	return c.upgrade(ctx, api.AgentExecPath, body, "agent exec")
+	return c.upgrade(ctx, agentapi.AgentExecPath, body, "agent exec")
 }
 
 // upgrade POSTs body to path asking for the MuxProtocol upgrade and
@@ -357,7 +358,7 @@ func (c *Client) Import(ctx context.Context, dir string, mkdir bool, tarStream i
 	if mkdir {
 		q.Set("mkdir", "1")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://agent"+api.AgentFilesPath+"?"+q.Encode(), tarStream)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://agent"+agentapi.AgentFilesPath+"?"+q.Encode(), tarStream)
 	if err != nil {
 		return tarx.Stats{}, err
 	}

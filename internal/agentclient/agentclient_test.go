@@ -16,7 +16,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/mux"
 )
 
@@ -179,7 +180,7 @@ func TestExecRequestOnTheWire(t *testing.T) {
 	conn.Close()
 	req := <-got
 	body, _ := io.ReadAll(req.Body)
-	if req.Method != "POST" || req.URL.Path != api.AgentExecPath || req.Header.Get("Upgrade") != api.MuxProtocol ||
+	if req.Method != "POST" || req.URL.Path != agentapi.AgentExecPath || req.Header.Get("Upgrade") != api.MuxProtocol ||
 		!strings.EqualFold(req.Header.Get("Connection"), "upgrade") || string(body) != `{"argv":["uname"],"tty":true}` {
 		t.Fatalf("request %s %s %v %s", req.Method, req.URL, req.Header, body)
 	}

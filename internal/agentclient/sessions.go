@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // Guest sessions (see internal/session and internal/agent/sessions.go).

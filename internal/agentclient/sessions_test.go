@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // recordRequests answers every stream with raw and reports the requests.

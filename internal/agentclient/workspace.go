@@ -11,7 +11,8 @@ import (
 	"io"
 	"net/http"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/workspace"
 )
@@ -36,7 +37,7 @@ func (c *Client) PrepareWorkspace(ctx context.Context, req workspace.ApplyReques
 	if err != nil {
 		return workspace.ApplyResult{}, fmt.Errorf("encode workspace request: %w", err)
 	}
-	conn, err := c.upgrade(ctx, api.AgentWorkspacePath, body, "agent workspace")
+	conn, err := c.upgrade(ctx, agentapi.AgentWorkspacePath, body, "agent workspace")
 	if err != nil {
 		return workspace.ApplyResult{}, err
 	}
@@ -150,7 +151,7 @@ func (c *Client) ExportWorkspace(ctx context.Context, req workspace.ExportReques
 	if err != nil {
 		return nil, 0, err
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent"+api.AgentWorkspaceBundlePath, bytes.NewReader(body))
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent"+agentapi.AgentWorkspaceBundlePath, bytes.NewReader(body))
 	if err != nil {
 		return nil, 0, err
 	}

@@ -32,7 +32,7 @@ import (
 
 	"golang.org/x/term"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/mux"
 )
 

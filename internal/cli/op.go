@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/client"
-	"github.com/bangerdev/banger/internal/api"
 )
 
 func newOpCmd(g *globals) *cobra.Command {

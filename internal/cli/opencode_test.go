@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 const testOpencodePassword = "s3cretPASSWORDs3cretPASSWORD"

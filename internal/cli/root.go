@@ -14,8 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/client"
-	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/paths"
 )
 

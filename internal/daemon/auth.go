@@ -9,7 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 )
 
 // maxAuthFileBytes bounds one auth file; credentials are a few KiB, and
@@ -32,7 +32,7 @@ func (d *Daemon) authHome() (string, error) {
 // serves. Missing files are skipped with one info line for the whole set;
 // an unreadable or oversized file is skipped with a warning. Nothing here
 // ever logs or returns a file's contents in an error.
-func (d *Daemon) collectAuthFiles(vmName string) ([]api.SeedFile, []string) {
+func (d *Daemon) collectAuthFiles(vmName string) ([]agentapi.SeedFile, []string) {
 	if len(d.cfg.Auth.Files) == 0 {
 		return nil, nil
 	}
@@ -41,7 +41,7 @@ func (d *Daemon) collectAuthFiles(vmName string) ([]api.SeedFile, []string) {
 		d.log.Warn("auth files not synced", "vm", vmName, "err", err)
 		return nil, nil
 	}
-	var files []api.SeedFile
+	var files []agentapi.SeedFile
 	var names, missing []string
 	for _, rel := range d.cfg.Auth.Files {
 		data, err := readAuthFile(filepath.Join(home, rel))
@@ -51,7 +51,7 @@ func (d *Daemon) collectAuthFiles(vmName string) ([]api.SeedFile, []string) {
 		case err != nil:
 			d.log.Warn("auth file skipped", "vm", vmName, "file", rel, "err", err)
 		default:
-			files = append(files, api.SeedFile{Path: rel, Data: data})
+			files = append(files, agentapi.SeedFile{Path: rel, Data: data})
 			names = append(names, rel)
 		}
 	}

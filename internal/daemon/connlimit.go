@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // Timeouts of the daemon's HTTP server. There is deliberately no read or

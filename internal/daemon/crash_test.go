@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/agentclient"
-	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/network"
 	"github.com/bangerdev/banger/internal/paths"

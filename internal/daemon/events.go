@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/store"
 )
 

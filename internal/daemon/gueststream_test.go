@@ -18,8 +18,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/agentclient"
-	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/system"

@@ -9,7 +9,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/network"
 	"github.com/bangerdev/banger/internal/store"

@@ -13,7 +13,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/store"
 )
@@ -28,7 +29,7 @@ const (
 	fileOpencodePassword = "opencode-password"
 	// seedOpencodeEnv is the systemd EnvironmentFile on the seed disk
 	// that opencode.service reads (0600: only the guest's root reads it).
-	seedOpencodeEnv = api.SeedOpencodeEnv
+	seedOpencodeEnv = agentapi.SeedOpencodeEnv
 	// opencodePasswordBytes of randomness: 192 bits.
 	opencodePasswordBytes = 24
 )

@@ -32,8 +32,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/agentclient"
-	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/store"
 )

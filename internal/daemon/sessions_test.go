@@ -9,7 +9,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/agentclient"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/store"
 )
 

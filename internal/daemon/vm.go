@@ -14,8 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/agentclient"
-	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/image"
@@ -598,7 +599,7 @@ func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM, withAuth bool) 
 	if err != nil {
 		return fmt.Errorf("client key: %w", err)
 	}
-	seed := api.SeedConfig{
+	seed := agentapi.SeedConfig{
 		Hostname:       vm.Name,
 		SSHHostKeys:    map[string]string{"ed25519": string(hostKey)},
 		AuthorizedKeys: string(clientPub),

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/network"
 	"github.com/bangerdev/banger/internal/store"

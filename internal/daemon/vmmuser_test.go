@@ -6,7 +6,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/network"
 	"github.com/bangerdev/banger/internal/store"

@@ -8,7 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/store"

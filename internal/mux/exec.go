@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // RunExec drives the client end of an exec stream (after the 101 answer):

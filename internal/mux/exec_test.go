@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // A scripted agent end checks what RunExec sends and answers.

@@ -15,7 +15,7 @@ import (
 	"io"
 	"sync"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // Type says what a frame carries.

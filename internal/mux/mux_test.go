@@ -9,7 +9,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 func header(t Type, n uint32) []byte {

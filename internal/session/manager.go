@@ -20,7 +20,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/mux"
 )
 

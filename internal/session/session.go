@@ -62,7 +62,7 @@ import (
 	"regexp"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // DefaultDir holds one directory per session.

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // fakeDaemon is a Backend with state, for model tests: it records the

@@ -8,7 +8,7 @@ import (
 	"github.com/charmbracelet/bubbles/textinput"
 	tea "github.com/charmbracelet/bubbletea"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // form is the small "create a VM" form: name, image, CPUs, memory.

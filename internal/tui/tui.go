@@ -19,8 +19,8 @@ import (
 	"github.com/charmbracelet/bubbles/viewport"
 	tea "github.com/charmbracelet/bubbletea"
 
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/client"
-	"github.com/bangerdev/banger/internal/api"
 )
 
 // Backend is the part of the daemon client the dashboard uses;

@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/escapetest"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/tarx"

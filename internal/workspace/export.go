@@ -8,7 +8,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/system"
 )
 

@@ -11,7 +11,7 @@ import (
 	"path"
 	"syscall"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 )
 
 // OverlayStats counts what an overlay or full copy tar holds.

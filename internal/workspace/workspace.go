@@ -31,7 +31,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/system"
 )
 

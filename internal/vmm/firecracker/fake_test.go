@@ -17,7 +17,7 @@ import (
 	"testing"
 
 	"github.com/bangerdev/banger/internal/agent"
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 )
 
 // fakeFC is a stand-in for Firecracker's API. Two layers of checks, kept
@@ -276,7 +276,7 @@ func (f *fakeFC) serveVsock(path string) error {
 			go func(c net.Conn, hp int) {
 				br := bufio.NewReader(c)
 				line, err := br.ReadString('\n')
-				if err != nil || line != "CONNECT "+strconv.Itoa(api.AgentVsockPort)+"\n" {
+				if err != nil || line != "CONNECT "+strconv.Itoa(agentapi.AgentVsockPort)+"\n" {
 					c.Close()
 					return
 				}

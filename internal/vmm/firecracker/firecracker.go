@@ -19,7 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/vmm"
@@ -86,7 +86,7 @@ func DecodeState(dir, s string) (State, error) {
 		APISocket: filepath.Join(dir, paths.FileFCSocket),
 		VsockUDS:  filepath.Join(dir, paths.FileVsockSocket),
 		GuestCID:  GuestCID,
-		AgentPort: api.AgentVsockPort,
+		AgentPort: agentapi.AgentVsockPort,
 	}
 	if s == "" {
 		return st, nil
@@ -189,7 +189,7 @@ func planStart(spec vmm.Spec, jail *JailPlan) (plan, error) {
 			APISocket: filepath.Join(spec.Dir, paths.FileFCSocket),
 			VsockUDS:  filepath.Join(spec.Dir, paths.FileVsockSocket),
 			GuestCID:  GuestCID,
-			AgentPort: api.AgentVsockPort,
+			AgentPort: agentapi.AgentVsockPort,
 		},
 	}
 	apiSock := p.state.APISocket
@@ -474,7 +474,7 @@ func (d *Driver) Remove(ctx context.Context, dir string, p vmm.Process) error {
 // DialAgent implements vmm.Driver: the guest agent's vsock port through
 // the hybrid vsock socket (a link into the jail under the jailer).
 func (d *Driver) DialAgent(ctx context.Context, dir string) (net.Conn, error) {
-	return DialVsock(ctx, filepath.Join(dir, paths.FileVsockSocket), api.AgentVsockPort)
+	return DialVsock(ctx, filepath.Join(dir, paths.FileVsockSocket), agentapi.AgentVsockPort)
 }
 
 // Status asks Firecracker for the instance state ("Running", "Paused",

@@ -12,11 +12,6 @@ import (
 // Version is the prefix of every daemon route.
 const Version = "v1"
 
-// AgentVsockPort is the guest vsock port banger-agent listens on when the
-// guest has AF_VSOCK (Firecracker); the host reaches it through the VMM's
-// hybrid vsock socket.
-const AgentVsockPort = 10000
-
 // MaxBodyBytes caps every JSON request body the daemon reads.
 const MaxBodyBytes = 1 << 20
 
