@@ -4,6 +4,7 @@
 package api
 
 import (
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"time"
@@ -290,17 +291,33 @@ type OperationRef struct {
 
 // Operation is long work with persisted, streamed stages.
 type Operation struct {
-	ID          string     `json:"id"`
-	Kind        string     `json:"kind"`
-	Target      string     `json:"target"`
-	State       string     `json:"state"`
-	Error       string     `json:"error,omitempty"`
-	Hint        string     `json:"hint,omitempty"`
-	ConsoleTail string     `json:"console_tail,omitempty"`
-	Result      any        `json:"result,omitempty"`
-	CreatedAt   time.Time  `json:"created_at"`
-	FinishedAt  *time.Time `json:"finished_at,omitempty"`
-	Stages      []Stage    `json:"stages"`
+	ID          string `json:"id"`
+	Kind        string `json:"kind"`
+	Target      string `json:"target"`
+	State       string `json:"state"`
+	Error       string `json:"error,omitempty"`
+	Hint        string `json:"hint,omitempty"`
+	ConsoleTail string `json:"console_tail,omitempty"`
+	// Result is what a succeeded operation made, as JSON: a VM for
+	// vm.create, an Image for image builds and verifies, a Workspace for
+	// workspace prepare. DecodeResult (or the client's Wait helpers) read it.
+	Result     json.RawMessage `json:"result,omitempty"`
+	CreatedAt  time.Time       `json:"created_at"`
+	FinishedAt *time.Time      `json:"finished_at,omitempty"`
+	Stages     []Stage         `json:"stages"`
+}
+
+// DecodeResult unmarshals the operation's result into v. An operation
+// without a result (still running, failed, or of a kind that makes
+// nothing) is an error.
+func (op Operation) DecodeResult(v any) error {
+	if len(op.Result) == 0 || string(op.Result) == "null" {
+		return fmt.Errorf("operation %s (%s) has no result", op.ID, op.State)
+	}
+	if err := json.Unmarshal(op.Result, v); err != nil {
+		return fmt.Errorf("decode result of operation %s: %w", op.ID, err)
+	}
+	return nil
 }
 
 // Stage is one named step of an operation.

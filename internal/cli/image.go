@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -57,16 +56,13 @@ func newImageCmd(g *globals) *cobra.Command {
 			if !g.json {
 				fmt.Fprintf(g.stderr, "building image (operation %s)\n", ref.ID)
 			}
-			op, err := g.watch(cmd.Context(), ref.ID)
+			var built api.Image
+			op, err := g.watch(cmd.Context(), ref.ID, &built)
 			if err != nil {
 				return err
 			}
 			if g.json {
-				return g.printJSON(op.Result)
-			}
-			var built api.Image
-			if b, err := json.Marshal(op.Result); err == nil {
-				_ = json.Unmarshal(b, &built)
+				return g.printJSON(built)
 			}
 			if built.State == api.ImageStaged {
 				fmt.Fprintf(g.stdout, "image %s is built and staged; `banger image verify %s` then `banger image promote %s` make it the default.\n", op.Target, op.Target, op.Target)
@@ -231,12 +227,12 @@ func newImageCmd(g *globals) *cobra.Command {
 			if !g.json {
 				fmt.Fprintf(g.stderr, "verifying image %s (operation %s)\n", a[0], ref.ID)
 			}
-			op, err := g.watch(cmd.Context(), ref.ID)
-			if err != nil {
+			var verified api.Image
+			if _, err := g.watch(cmd.Context(), ref.ID, &verified); err != nil {
 				return err
 			}
 			if g.json {
-				return g.printJSON(op.Result)
+				return g.printJSON(verified)
 			}
 			fmt.Fprintf(g.stdout, "image %s verified.\n", a[0])
 			return nil

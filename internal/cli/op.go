@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bangerdev/banger/api"
-	"github.com/bangerdev/banger/client"
 )
 
 func newOpCmd(g *globals) *cobra.Command {
@@ -40,7 +39,7 @@ func newOpCmd(g *globals) *cobra.Command {
 		Short: "Reattach to an operation and print its stages; exits non-zero if it failed",
 		Args:  args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			res, err := g.watch(cmd.Context(), a[0])
+			res, err := g.watch(cmd.Context(), a[0], nil)
 			if err != nil {
 				return err
 			}
@@ -69,11 +68,11 @@ func newOpCmd(g *globals) *cobra.Command {
 }
 
 // watch prints an operation's stages live with their durations (to stderr,
-// so stdout stays clean for results) and returns the finished operation,
-// or an error carrying the operation's error, hint and console tail.
-func (g *globals) watch(ctx context.Context, id string) (api.Operation, error) {
-	c := g.client()
-	op, err := c.WatchOperation(ctx, id, func(ev api.Event) {
+// so stdout stays clean for results), decodes its result into result
+// (unless nil) and returns the finished operation, or an error carrying
+// the operation's error, hint and console tail.
+func (g *globals) watch(ctx context.Context, id string, result any) (api.Operation, error) {
+	op, err := g.client().Wait(ctx, api.OperationRef{ID: id}, func(ev api.Event) {
 		if ev.Output != nil && !g.json {
 			for _, line := range strings.SplitAfter(strings.TrimSuffix(ev.Output.Text, "\n"), "\n") {
 				fmt.Fprintf(g.stderr, "    │ %s\n", strings.TrimSuffix(line, "\n"))
@@ -92,20 +91,14 @@ func (g *globals) watch(ctx context.Context, id string) (api.Operation, error) {
 		default:
 			fmt.Fprintf(g.stderr, "  ✗ %-12s %s: %s\n", s.Name, stageDuration(*s), s.Error)
 		}
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return op, fmt.Errorf("stopped watching; the operation goes on: banger op watch %s", id)
-		}
-		return op, err
+	}, result)
+	if err != nil && ctx.Err() != nil {
+		return op, fmt.Errorf("stopped watching; the operation goes on: banger op watch %s", id)
 	}
-	if op.State == api.OpFailed {
-		if op.ConsoleTail != "" && !g.json {
-			fmt.Fprintf(g.stderr, "--- console tail ---\n%s\n--------------------\n", strings.TrimRight(op.ConsoleTail, "\n"))
-		}
-		return op, client.OperationError(op)
+	if op.State == api.OpFailed && op.ConsoleTail != "" && !g.json {
+		fmt.Fprintf(g.stderr, "--- console tail ---\n%s\n--------------------\n", strings.TrimRight(op.ConsoleTail, "\n"))
 	}
-	return op, nil
+	return op, err
 }
 
 func stageDuration(s api.Stage) string {

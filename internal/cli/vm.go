@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -85,16 +84,14 @@ func (g *globals) createVM(ctx context.Context, o createOptions) error {
 	if !g.json {
 		fmt.Fprintf(g.stderr, "creating VM (operation %s)\n", ref.ID)
 	}
-	op, err := g.watch(ctx, ref.ID)
+	op, err := g.watch(ctx, ref.ID, nil)
 	if err != nil {
 		return err
 	}
 	var vm api.VM
-	if raw, ok := op.Result.(map[string]any); ok {
-		b, _ := json.Marshal(raw)
-		_ = json.Unmarshal(b, &vm)
-	}
-	if vm.Name == "" {
+	if op.DecodeResult(&vm) != nil || vm.Name == "" {
+		// The stream ended before the result (the daemon restarted):
+		// the record says what the VM is now.
 		if vm, err = c.GetVM(ctx, op.Target); err != nil {
 			return err
 		}

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -84,14 +83,9 @@ func (g *globals) prepare(ctx context.Context, name string, req api.WorkspaceReq
 	if !g.json {
 		fmt.Fprintf(g.stderr, "preparing workspace in %s (operation %s)\n", name, ref.ID)
 	}
-	op, err := g.watch(ctx, ref.ID)
-	if err != nil {
-		return api.Workspace{}, err
-	}
 	var ws api.Workspace
-	b, _ := json.Marshal(op.Result)
-	if err := json.Unmarshal(b, &ws); err != nil {
-		return ws, fmt.Errorf("decode workspace result: %w", err)
+	if _, err := g.watch(ctx, ref.ID, &ws); err != nil {
+		return api.Workspace{}, err
 	}
 	return ws, nil
 }
@@ -250,7 +244,7 @@ func (g *globals) run(ctx context.Context, o runOptions) error {
 	if !g.json {
 		fmt.Fprintf(g.stderr, "creating VM (operation %s)\n", ref.ID)
 	}
-	op, err := g.watch(ctx, ref.ID)
+	op, err := g.watch(ctx, ref.ID, nil)
 	if err != nil {
 		return err
 	}
