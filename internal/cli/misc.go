@@ -3,19 +3,13 @@ package cli
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/buildinfo"
-	"github.com/bangerdev/banger/internal/config"
-	"github.com/bangerdev/banger/internal/daemon"
 	"github.com/bangerdev/banger/internal/doctor"
-	"github.com/bangerdev/banger/internal/paths"
 )
 
 func newVersionCmd(g *globals) *cobra.Command {
@@ -130,43 +124,4 @@ func (g *globals) doctor(ctx context.Context) []doctor.Check {
 		sockCheck.Status, sockCheck.Detail = doctor.OK, sock+" is 0600"
 	}
 	return append(checks, sockCheck)
-}
-
-func newDaemonCmd(g *globals) *cobra.Command {
-	var logLevel string
-	cmd := &cobra.Command{
-		Use:   "daemon",
-		Short: "Run the banger daemon in the foreground",
-		Args:  args(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDaemon(cmd.Context(), logLevel)
-		},
-	}
-	cmd.Flags().StringVar(&logLevel, "log-level", "", "debug, info, warn or error (default from the config, else info)")
-	return cmd
-}
-
-func runDaemon(ctx context.Context, logLevel string) error {
-	layout := paths.Resolve(os.Getenv, os.Getuid())
-	cfg, err := config.Load(layout.ConfigFile)
-	if err != nil {
-		return err
-	}
-	if logLevel == "" {
-		logLevel = cfg.Daemon.LogLevel
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return &usageError{fmt.Errorf("bad log level %q: use debug, info, warn or error", logLevel)}
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	d, err := daemon.New(ctx, daemon.Options{Layout: layout, Config: cfg, Logger: log, AgentPath: cfg.Daemon.AgentPath})
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	// VMs keep running after the daemon exits; the next daemon adopts them.
-	return d.Serve(ctx)
 }

@@ -48,6 +48,14 @@ type usageError struct{ err error }
 
 func (e *usageError) Error() string { return e.err.Error() }
 
+// UsageError marks err as a bad flag or argument: Main exits 2 on it.
+// For commands defined outside this package.
+func UsageError(err error) error { return &usageError{err} }
+
+// Args wraps cobra's positional-argument checks as usage errors, for
+// commands defined outside this package.
+func Args(check cobra.PositionalArgs) cobra.PositionalArgs { return args(check) }
+
 type globals struct {
 	socket string
 	json   bool
@@ -67,10 +75,13 @@ func (g *globals) printJSON(v any) error {
 	return enc.Encode(v)
 }
 
-// Main runs the CLI and returns the process exit code.
-func Main(args []string) int {
+// Main runs the CLI and returns the process exit code. The extra
+// commands join the root: `banger daemon` comes from cmd/banger this way,
+// so that this package does not link the daemon.
+func Main(args []string, extra ...*cobra.Command) int {
 	g := &globals{stdout: os.Stdout, stderr: os.Stderr, stdin: os.Stdin}
 	root := newRoot(g)
+	root.AddCommand(extra...)
 	root.SetArgs(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -129,7 +140,7 @@ func newRoot(g *globals) *cobra.Command {
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print machine-readable JSON")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return &usageError{err} })
 	root.AddCommand(
-		newVersionCmd(g), newDoctorCmd(g), newDaemonCmd(g),
+		newVersionCmd(g), newDoctorCmd(g),
 		newVMCmd(g), newImageCmd(g), newOpCmd(g),
 		newEventsCmd(g), newTUICmd(g),
 	)
