@@ -1,0 +1,53 @@
+package cli
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func newVMListCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List VMs",
+		Args:    args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			vms, err := g.client().ListVMs(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(vms)
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tVMM\tCPUS\tMEMORY\tSSH\tACCEL\tAGE")
+			for _, v := range vms {
+				ssh := "-"
+				switch {
+				case v.Address != "":
+					ssh = v.Address + ":22"
+				case v.SSHPort != 0:
+					ssh = fmt.Sprintf("127.0.0.1:%d", v.SSHPort)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.Name, v.State, v.Image, v.VMM, v.CPUs, v.MemoryBytes>>20, ssh, v.Accel, age(v.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func age(t time.Time) string {
+	d := time.Since(t)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
