@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
 	"github.com/bangerdev/banger/api"
-	"github.com/bangerdev/banger/internal/mux"
+	"github.com/bangerdev/banger/internal/attach"
 )
 
 type execOptions struct {
@@ -74,52 +75,36 @@ func (g *globals) exec(ctx context.Context, o execOptions) (int, error) {
 	if err != nil {
 		return ExitBanger, err
 	}
-	defer conn.Close()
-
-	resize := make(chan [2]uint16, 1)
-	signals := make(chan int, 4)
-	if o.tty && stdinIsTTY && passStdin {
-		old, err := term.MakeRaw(int(stdinFile.Fd()))
-		if err == nil {
-			defer term.Restore(int(stdinFile.Fd()), old)
-		}
-		winch := make(chan os.Signal, 1)
-		signal.Notify(winch, syscall.SIGWINCH)
-		defer signal.Stop(winch)
-		go func() {
-			for range winch {
-				if w, h, err := term.GetSize(int(stdinFile.Fd())); err == nil {
-					select {
-					case resize <- [2]uint16{uint16(h), uint16(w)}:
-					default:
-					}
-				}
-			}
-		}()
+	// With a local terminal in raw mode every key (Ctrl-C included) goes
+	// to the guest's terminal and only the window size is followed;
+	// otherwise Ctrl-C, TERM and HUP are forwarded to the guest command,
+	// which decides how to end. Nothing detaches: exec has no detach keys.
+	raw := o.tty && stdinIsTTY && passStdin
+	sigs := make(chan os.Signal, 4)
+	if raw {
+		signal.Notify(sigs, syscall.SIGWINCH)
 	} else {
-		// Ctrl-C and TERM go to the guest command; it decides how to end.
-		sig := make(chan os.Signal, 2)
-		signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-		defer signal.Stop(sig)
-		go func() {
-			for s := range sig {
-				select {
-				case signals <- int(s.(syscall.Signal)):
-				default:
-				}
-			}
-		}()
+		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	}
-	var stdin = g.stdin
-	if !passStdin {
-		stdin = nil
+	defer signal.Stop(sigs)
+	stdin := g.stdin
+	if !passStdin || stdin == nil {
+		// Empty input: the command sees its stdin end at once.
+		stdin = strings.NewReader("")
 	}
 	// The command's context is not used for the stream: an interrupt is
 	// forwarded to the guest, not a reason to drop the connection.
-	st, err := mux.RunExec(context.WithoutCancel(ctx), conn, stdin, g.stdout, g.stderr, resize, signals)
+	res, err := attach.Run(context.WithoutCancel(ctx), conn, attach.Options{
+		Stdin: stdin, Stdout: g.stdout, Stderr: g.stderr,
+		TTY: raw, Terminal: stdinFile, SigProxy: true, DetachKeys: []byte{}, Signals: sigs,
+	})
 	if err != nil {
 		return ExitBanger, fmt.Errorf("exec stream: %w", err)
 	}
+	if res.Exit == nil {
+		return ExitBanger, errors.New("exec stream: detached without an exit status")
+	}
+	st := *res.Exit
 	if st.Error != "" && (st.Code == ExitNoFound || st.Code == ExitNoExec) {
 		fmt.Fprintf(g.stderr, "banger: %s\n", st.Error)
 	}
