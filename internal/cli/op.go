@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/humanize"
 )
 
 func newOpCmd(g *globals) *cobra.Command {
@@ -30,7 +31,7 @@ func newOpCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tKIND\tTARGET\tSTATE\tAGE\tERROR")
 			for _, o := range ops {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.60s\n", o.ID, o.Kind, o.Target, o.State, age(o.CreatedAt), o.Error)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.60s\n", o.ID, o.Kind, o.Target, o.State, humanize.Age(o.CreatedAt), o.Error)
 			}
 			return tw.Flush()
 		},

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/humanize"
 )
 
 func newVMSessionCmd(g *globals) *cobra.Command {
@@ -56,7 +57,7 @@ func newSessionListCmd(g *globals) *cobra.Command {
 				if s.PID != 0 && !s.Final() {
 					pid = strconv.Itoa(s.PID)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.ID, state, s.Mode, pid, age(s.StartedAt), commandLine(s))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.ID, state, s.Mode, pid, humanize.Age(s.StartedAt), commandLine(s))
 			}
 			return tw.Flush()
 		},

@@ -3,9 +3,10 @@ package cli
 import (
 	"fmt"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/bangerdev/banger/internal/humanize"
 )
 
 func newVMListCmd(g *globals) *cobra.Command {
@@ -32,22 +33,9 @@ func newVMListCmd(g *globals) *cobra.Command {
 				case v.SSHPort != 0:
 					ssh = fmt.Sprintf("127.0.0.1:%d", v.SSHPort)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.Name, v.State, v.Image, v.VMM, v.CPUs, v.MemoryBytes>>20, ssh, v.Accel, age(v.CreatedAt))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.Name, v.State, v.Image, v.VMM, v.CPUs, v.MemoryBytes>>20, ssh, v.Accel, humanize.Age(v.CreatedAt))
 			}
 			return tw.Flush()
 		},
 	}
-}
-
-func age(t time.Time) string {
-	d := time.Since(t)
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d.Seconds()))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh", int(d.Hours()))
-	}
-	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/charmbracelet/x/ansi"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/humanize"
 )
 
 var (
@@ -215,7 +216,7 @@ func (m Model) vmTable(vis []api.VM, rows int) []string {
 		vm := vis[i]
 		up, cpu, rss, ses := "-", "-", "-", "-"
 		if vm.StartedAt != nil {
-			up = shortDuration(m.now().Sub(*vm.StartedAt))
+			up = humanize.Duration(m.now().Sub(*vm.StartedAt))
 			cpu = fmt.Sprintf("%.1f", vm.CPUPercent)
 			rss = shortBytes(vm.RSSBytes)
 		}
@@ -422,7 +423,7 @@ func (m Model) opsView() []string {
 				cur = append(cur, "✗ "+s.Name+": "+s.Error)
 			}
 		}
-		line := fmt.Sprintf("  %s %s %s %s · %d stages done", icon, op.Kind, op.Target, shortDuration(elapsed), done)
+		line := fmt.Sprintf("  %s %s %s %s · %d stages done", icon, op.Kind, op.Target, humanize.Duration(elapsed), done)
 		if len(cur) > 0 {
 			line += " · " + strings.Join(cur, ", ")
 		}
@@ -483,20 +484,6 @@ func prefix(s string, n int) string {
 		return s[:n]
 	}
 	return s
-}
-
-func shortDuration(d time.Duration) string {
-	switch {
-	case d < 0:
-		return "0s"
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d.Seconds()))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh", int(d.Hours()))
-	}
-	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }
 
 func shortBytes(n int64) string {
