@@ -7,13 +7,11 @@ import (
 	"io"
 	"io/fs"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/system"
 )
 
 // baseEnv is what every command starts from: the agent runs under systemd
@@ -101,65 +99,19 @@ func cannotExec(name string, err error) *startError {
 	return &startError{code: 126, msg: fmt.Sprintf("exec: %q: %v", name, err)}
 }
 
-var errNotInPath = errors.New("executable file not found in $PATH")
-
-// lookPath resolves name the way a shell does, but against the command's
-// own PATH and working directory rather than the agent's: a name with a
-// slash is used as is, anything else is searched in pathEnv. A match that
-// exists but is not executable gives 126 (as in bash), no match 127.
+// lookPath resolves the command against its own PATH and working
+// directory (system.LookPathIn); a failure is a startError with the
+// shell's exit code: 127 when nothing of that name exists, 126 when it
+// exists but cannot run.
 func lookPath(name, pathEnv, dir string) (string, error) {
-	abs := func(p string) string {
-		if filepath.IsAbs(p) {
-			return p
-		}
-		return filepath.Join(dir, p)
+	p, err := system.LookPathIn(name, pathEnv, dir)
+	switch {
+	case err == nil:
+		return p, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return "", notFound(name, err)
 	}
-	if strings.Contains(name, "/") {
-		if err := checkExecutable(abs(name)); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return "", notFound(name, syscall.ENOENT)
-			}
-			return "", cannotExec(name, err)
-		}
-		return name, nil
-	}
-	var denied error
-	for _, d := range filepath.SplitList(pathEnv) {
-		if d == "" {
-			d = "."
-		}
-		p := abs(filepath.Join(d, name))
-		err := checkExecutable(p)
-		if err == nil {
-			return p, nil
-		}
-		if denied == nil && !errors.Is(err, fs.ErrNotExist) {
-			denied = err
-		}
-	}
-	if denied != nil {
-		return "", cannotExec(name, denied)
-	}
-	return "", notFound(name, errNotInPath)
-}
-
-// checkExecutable reports why p cannot be executed, if it cannot.
-func checkExecutable(p string) error {
-	st, err := os.Stat(p)
-	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			return pe.Err
-		}
-		return err
-	}
-	if st.IsDir() {
-		return syscall.EISDIR
-	}
-	if st.Mode()&0o111 == 0 {
-		return syscall.EACCES
-	}
-	return nil
+	return "", cannotExec(name, err)
 }
 
 // execFailure maps an exec failure that lookPath did not catch (the file is

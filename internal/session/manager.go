@@ -22,6 +22,7 @@ import (
 
 	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/mux"
+	"github.com/bangerdev/banger/internal/system"
 )
 
 // LaunchFunc starts a supervisor for the session in dir (`banger-agent
@@ -253,21 +254,13 @@ func (m *Manager) launch(ctx context.Context, dir string, spec launchSpec) error
 	return nil
 }
 
-// tailFile returns the last max bytes of a file, trimmed, for messages.
+// tailFile returns the end of a log (at most limit bytes), trimmed, for
+// messages.
 func tailFile(path string, limit int64) string {
-	f, err := os.Open(path)
-	if err != nil {
+	if _, err := os.Stat(path); err != nil {
 		return "(no supervisor log)"
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "(no supervisor log)"
-	}
-	off := max(0, st.Size()-limit)
-	b := make([]byte, st.Size()-off)
-	n, _ := f.ReadAt(b, off)
-	s := strings.TrimSpace(string(b[:n]))
+	s := strings.TrimSpace(system.TailFile(path, limit))
 	if s == "" {
 		return "(supervisor log is empty)"
 	}
@@ -301,60 +294,23 @@ func envValue(env []string, key string) string {
 }
 
 // lookPath resolves name as a shell would, against the session's own PATH
-// and cwd: a name with a slash is used as is.
+// and cwd (system.LookPathIn), in the words of session errors.
 func lookPath(name, pathEnv, dir string) (string, error) {
-	abs := func(p string) string {
-		if filepath.IsAbs(p) {
-			return p
-		}
-		return filepath.Join(dir, p)
-	}
-	if strings.Contains(name, "/") {
-		p := abs(name)
-		if err := checkExecutable(p); err != nil {
-			return "", err
+	p, err := system.LookPathIn(name, pathEnv, dir)
+	switch {
+	case err == nil:
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p) // the session records where it ran
 		}
 		return p, nil
+	case errors.Is(err, system.ErrNotFound):
+		return "", errors.New("not found on PATH")
+	case errors.Is(err, syscall.EACCES):
+		return "", errors.New("is not executable")
+	case errors.Is(err, syscall.ENOENT):
+		return "", fs.ErrNotExist
 	}
-	var denied error
-	for _, d := range filepath.SplitList(pathEnv) {
-		if d == "" {
-			d = "."
-		}
-		p := abs(filepath.Join(d, name))
-		err := checkExecutable(p)
-		if err == nil {
-			return p, nil
-		}
-		if denied == nil && !errors.Is(err, fs.ErrNotExist) {
-			denied = err
-		}
-	}
-	if denied != nil {
-		return "", denied
-	}
-	return "", errors.New("not found on PATH")
-}
-
-func checkExecutable(p string) error {
-	st, err := os.Stat(p)
-	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			if errors.Is(pe.Err, fs.ErrNotExist) {
-				return fs.ErrNotExist
-			}
-			return pe.Err
-		}
-		return err
-	}
-	if st.IsDir() {
-		return errors.New("is a directory")
-	}
-	if st.Mode()&0o111 == 0 {
-		return errors.New("is not executable")
-	}
-	return nil
+	return "", err
 }
 
 // scan reads every session's metadata, oldest first.

@@ -387,3 +387,21 @@ func TestBackpressure(t *testing.T) {
 		}
 	}
 }
+
+func TestTailFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if got := tailFile(filepath.Join(dir, "missing"), 10); got != "(no supervisor log)" {
+		t.Errorf("missing: %q", got)
+	}
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, []byte("\n \n"), 0o600)
+	if got := tailFile(empty, 10); got != "(supervisor log is empty)" {
+		t.Errorf("empty: %q", got)
+	}
+	log := filepath.Join(dir, "log")
+	os.WriteFile(log, []byte("first line\nlast words\n"), 0o600)
+	if got := tailFile(log, 11); got != "last words" {
+		t.Errorf("tail: %q", got)
+	}
+}

@@ -246,7 +246,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 	fail := func(err error) (vmm.Process, error) {
 		_ = cmd.Process.Kill()
 		<-exited
-		return vmm.Process{}, fmt.Errorf("%w: %s", err, tailFile(logPath, 1024))
+		return vmm.Process{}, fmt.Errorf("%w: %s", err, system.TailFile(logPath, 1024))
 	}
 	st, err := system.ProcStartTime(cmd.Process.Pid)
 	if err != nil {
@@ -398,10 +398,6 @@ func qmpRunOut(path, cmd string) ([]byte, error) {
 func (d *Driver) DialAgent(ctx context.Context, dir string) (net.Conn, error) {
 	var dl net.Dialer
 	return dl.DialContext(ctx, "unix", filepath.Join(dir, paths.FileAgentSocket))
-}
-
-func tailFile(path string, n int64) string {
-	return system.TailFile(path, n)
 }
 
 // TCGKernelArgs are kernel arguments a guest needs under TCG. The guest's
