@@ -301,41 +301,30 @@ func (x *execution) drain(o output, w *mux.Writer) error {
 // readClient applies the client's frames until the stream fails or ends.
 func (x *execution) readClient(r *mux.Reader) {
 	stdinOpen := true
-	for {
-		f, err := r.ReadFrame()
-		if err != nil {
-			return
-		}
-		switch f.Type {
-		case mux.Stdin:
-			if !stdinOpen {
-				continue
-			}
-			if err := x.writeStdin(f.Payload); err != nil {
+	mux.ServeInput(r, mux.Input{
+		Stdin: func(p []byte) {
+			if stdinOpen && x.writeStdin(p) != nil {
 				// The command stopped reading (exited or closed stdin):
 				// drop further input, but keep serving signals.
 				stdinOpen = false
 			}
-		case mux.StdinClose:
+		},
+		StdinClose: func() {
 			if stdinOpen {
 				x.closeStdin()
 				stdinOpen = false
 			}
-		case mux.Resize:
-			rows, cols, err := mux.DecodeResize(f.Payload)
-			if err == nil && x.master != nil {
+		},
+		Resize: func(rows, cols uint16) {
+			if x.master != nil {
 				if err := pty.SetSize(x.master, rows, cols); err != nil {
 					x.log.Debug("resize", "err", err)
 				}
 			}
-		case mux.Signal:
-			if sig, err := mux.DecodeSignal(f.Payload); err == nil {
-				x.signal(syscall.Signal(sig))
-			}
-		default:
-			x.log.Debug("exec: ignoring frame from client", "type", f.Type)
-		}
-	}
+		},
+		Signal: func(sig int) { x.signal(syscall.Signal(sig)) },
+		Other:  func(t mux.Type) { x.log.Debug("exec: ignoring frame from client", "type", t) },
+	})
 }
 
 func (x *execution) writeStdin(p []byte) error {

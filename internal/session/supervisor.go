@@ -627,33 +627,26 @@ func (sv *supervisor) readClient(att *attachment, r *mux.Reader) {
 		defer sv.mu.Unlock()
 		return sv.writer == att
 	}
-	for {
-		f, err := r.ReadFrame()
-		if err != nil {
-			return
-		}
-		switch f.Type {
-		case mux.Stdin:
+	mux.ServeInput(r, mux.Input{
+		Stdin: func(p []byte) {
 			if isWriter() {
-				sv.writeStdin(f.Payload)
+				sv.writeStdin(p)
 			}
-		case mux.StdinClose:
+		},
+		StdinClose: func() {
 			if isWriter() {
 				sv.closeStdin()
 			}
-		case mux.Resize:
-			rows, cols, err := mux.DecodeResize(f.Payload)
-			if err == nil && sv.master != nil {
+		},
+		Resize: func(rows, cols uint16) {
+			if sv.master != nil {
 				if err := pty.SetSize(sv.master, rows, cols); err != nil {
 					sv.log.Debug("resize", "err", err)
 				}
 			}
-		case mux.Signal:
-			if sig, err := mux.DecodeSignal(f.Payload); err == nil {
-				_ = sv.signal(syscall.Signal(sig))
-			}
-		}
-	}
+		},
+		Signal: func(sig int) { _ = sv.signal(syscall.Signal(sig)) },
+	})
 }
 
 // sendOutput sends each log from its cursor as data frames, following the
