@@ -1,6 +1,10 @@
 package api
 
-import "time"
+import (
+	"net/url"
+	"strconv"
+	"time"
+)
 
 // Wire types of guest sessions: long-lived guest commands that run under
 // their own supervisor in the guest and that clients attach to later. The
@@ -130,6 +134,37 @@ type SessionLogsRequest struct {
 	Stream string
 	Tail   int
 	Follow bool
+}
+
+// Query encodes r as the query string of a logs request (the daemon's
+// route and the agent's take the same one).
+func (r SessionLogsRequest) Query() url.Values {
+	q := url.Values{}
+	if r.Stream != "" {
+		q.Set("stream", r.Stream)
+	}
+	if r.Tail > 0 {
+		q.Set("tail", strconv.Itoa(r.Tail))
+	}
+	if r.Follow {
+		q.Set("follow", "1")
+	}
+	return q
+}
+
+// ParseSessionLogsRequest reads the query string of a logs request. The
+// stream name is checked against the session later: PTY sessions only
+// have stdout.
+func ParseSessionLogsRequest(q url.Values) (SessionLogsRequest, error) {
+	req := SessionLogsRequest{Stream: q.Get("stream"), Follow: q.Get("follow") == "1" || q.Get("follow") == "true"}
+	if t := q.Get("tail"); t != "" {
+		n, err := strconv.Atoi(t)
+		if err != nil || n < 0 {
+			return req, Errorf(CodeInvalid, "pass a number of lines", "invalid tail %q", t)
+		}
+		req.Tail = n
+	}
+	return req, nil
 }
 
 // Agent session routes. {ref} is a session id or name.

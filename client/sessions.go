@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 	"time"
 
 	"github.com/bangerdev/banger/api"
@@ -72,17 +71,7 @@ func (c *Client) StopSession(ctx context.Context, vm, ref string, timeout time.D
 // req.Follow it goes on with live output until the session ends or ctx
 // does.
 func (c *Client) SessionLogs(ctx context.Context, vm, ref string, req api.SessionLogsRequest, w io.Writer) error {
-	q := url.Values{}
-	if req.Stream != "" {
-		q.Set("stream", req.Stream)
-	}
-	if req.Tail > 0 {
-		q.Set("tail", strconv.Itoa(req.Tail))
-	}
-	if req.Follow {
-		q.Set("follow", "1")
-	}
-	resp, err := c.send(ctx, http.MethodGet, sessionPath(vm, ref, "logs"), q, nil, nil)
+	resp, err := c.send(ctx, http.MethodGet, sessionPath(vm, ref, "logs"), req.Query(), nil, nil)
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -205,15 +204,10 @@ func closeWrite(c net.Conn) {
 }
 
 func (s *Server) handleSessionLogs(m *session.Manager, w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	req := api.SessionLogsRequest{Stream: q.Get("stream"), Follow: q.Get("follow") == "1" || q.Get("follow") == "true"}
-	if t := q.Get("tail"); t != "" {
-		n, err := strconv.Atoi(t)
-		if err != nil || n < 0 {
-			writeSessionError(w, api.Errorf(api.CodeInvalid, "pass a number of lines", "invalid tail %q", t))
-			return
-		}
-		req.Tail = n
+	req, err := api.ParseSessionLogsRequest(r.URL.Query())
+	if err != nil {
+		writeSessionError(w, err)
+		return
 	}
 	ref := r.PathValue("ref")
 	// Errors must come before the first byte of output.

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"time"
 
 	"github.com/bangerdev/banger/api"
@@ -68,16 +67,7 @@ func (c *Client) RemoveSession(ctx context.Context, ref string) error {
 // req.Follow it keeps copying live output until the session ends or ctx
 // does.
 func (c *Client) SessionLogs(ctx context.Context, ref string, req api.SessionLogsRequest, w io.Writer) error {
-	q := url.Values{}
-	if req.Stream != "" {
-		q.Set("stream", req.Stream)
-	}
-	if req.Tail > 0 {
-		q.Set("tail", strconv.Itoa(req.Tail))
-	}
-	if req.Follow {
-		q.Set("follow", "1")
-	}
+	q := req.Query()
 	u := "http://agent" + sessionPath(ref, "logs")
 	if len(q) > 0 {
 		u += "?" + q.Encode()

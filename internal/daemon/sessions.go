@@ -546,15 +546,10 @@ func (d *Daemon) handleAttachSession(w http.ResponseWriter, r *http.Request) {
 // handleSessionLogs streams one log of a session. Errors can only be
 // reported before the first byte, so the status line waits for it.
 func (d *Daemon) handleSessionLogs(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	req := api.SessionLogsRequest{Stream: q.Get("stream"), Follow: q.Get("follow") == "1"}
-	if t := q.Get("tail"); t != "" {
-		var n int
-		if _, err := fmt.Sscanf(t, "%d", &n); err != nil || n < 0 {
-			writeError(w, api.Errorf(api.CodeInvalid, "pass a number of lines", "invalid tail %q", t))
-			return
-		}
-		req.Tail = n
+	req, err := api.ParseSessionLogsRequest(r.URL.Query())
+	if err != nil {
+		writeError(w, err)
+		return
 	}
 	_, c, err := d.sessionAgent(r.Context(), r)
 	if err != nil {
