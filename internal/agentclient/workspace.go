@@ -78,8 +78,11 @@ func (c *Client) PrepareWorkspace(ctx context.Context, req workspace.ApplyReques
 		if err != nil && sec.err == nil {
 			// A failure on this side, not of the stream: closing the
 			// stream makes the guest abandon the half-built workspace.
-			conn.Close()
+			// The error goes out first: the close ends the read loop
+			// below, which must then find it rather than the closed
+			// connection's error.
 			sendErr <- &localError{err}
+			conn.Close()
 			return
 		}
 		sendErr <- err
