@@ -103,6 +103,7 @@ func preparedStreams(t *testing.T, setup ...func(dir string)) (GuestPlan, hostSt
 // outside the target, into .git, or through a symlink of the stream, and
 // plans with hostile paths. Nothing may appear outside the target.
 func TestApplyPlanRefusesEscapes(t *testing.T) {
+	t.Parallel()
 	plan, bundle := preparedStreams(t)
 	tests := []struct {
 		name    string
@@ -183,6 +184,7 @@ func assertOnly(t testing.TB, dir string, names ...string) {
 }
 
 func TestApplyPlanNeedsEmptyDir(t *testing.T) {
+	t.Parallel()
 	plan, bundle := preparedStreams(t)
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "existing"), "x", 0o644)
@@ -196,6 +198,7 @@ func TestApplyPlanNeedsEmptyDir(t *testing.T) {
 // TestApplyPlanDetectsMismatch: a plan and a bundle from different
 // prepares must not be combined silently.
 func TestApplyPlanDetectsMismatch(t *testing.T) {
+	t.Parallel()
 	plan, _ := preparedStreams(t)
 	_, otherBundle := preparedStreams(t, func(dir string) {
 		git(t, dir, "commit", "-q", "--allow-empty", "-m", "different history")
@@ -208,6 +211,7 @@ func TestApplyPlanDetectsMismatch(t *testing.T) {
 }
 
 func TestCheckEntry(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name     string
 		typ      byte
@@ -356,6 +360,7 @@ func FuzzExtractOverlayStream(f *testing.F) {
 }
 
 func TestOptionsValidate(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		opts     Options
 		wantMsg  string
@@ -384,6 +389,7 @@ func TestOptionsValidate(t *testing.T) {
 }
 
 func TestGuestPlanValidate(t *testing.T) {
+	t.Parallel()
 	sha := strings.Repeat("a", 40)
 	valid := GuestPlan{Version: PlanVersion, Mode: ModeBundle, ObjectFormat: "sha1", Head: sha, Base: sha, IndexTree: sha, Branch: "main"}
 	tests := []struct {
@@ -422,6 +428,7 @@ func TestGuestPlanValidate(t *testing.T) {
 }
 
 func TestPathListJSON(t *testing.T) {
+	t.Parallel()
 	in := PathList{"plain.txt", "ünïcödé", "new\nline", "latin1-\xe9\xff", ""}
 	data, err := json.Marshal(in)
 	must(t, err)
@@ -441,6 +448,7 @@ func TestPathListJSON(t *testing.T) {
 }
 
 func TestStripCredentials(t *testing.T) {
+	t.Parallel()
 	tests := map[string]string{
 		"https://user:token@github.com/o/r.git": "https://github.com/o/r.git",
 		"https://ghp_token@github.com/o/r.git":  "https://github.com/o/r.git",
@@ -461,6 +469,7 @@ func TestStripCredentials(t *testing.T) {
 // TestGitErrors maps failures a user can fix to errors that say what to
 // do, with a fake runner.
 func TestGitErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	tests := []struct {
 		name     string
@@ -488,6 +497,7 @@ func TestGitErrors(t *testing.T) {
 // TestSpecialFilesSkipped: a FIFO or socket in the working tree or .git is
 // reported as skipped, and reading it never blocks.
 func TestSpecialFilesSkipped(t *testing.T) {
+	t.Parallel()
 	dir := newRepo(t)
 	must(t, syscall.Mkfifo(filepath.Join(dir, "untracked.fifo"), 0o644))
 	must(t, syscall.Mkfifo(filepath.Join(dir, ".git", "daemon.fifo"), 0o644))

@@ -16,6 +16,7 @@ import (
 // (streamed) land with their content and mode, symlinks as symlinks, and
 // the returned stat data is the files' own.
 func TestExtractTree(t *testing.T) {
+	t.Parallel()
 	var entries []tarEntry
 	want := map[string]string{}
 	for i := range 300 {

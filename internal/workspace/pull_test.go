@@ -18,6 +18,7 @@ var sha1a = strings.Repeat("a", 40)
 // as branches and tags, with names git accepts, and map under the VM's
 // prefixes.
 func TestGuestRefToHost(t *testing.T) {
+	t.Parallel()
 	good := map[string]string{
 		"refs/heads/main":        "refs/remotes/banger/vm1/main",
 		"refs/heads/agent/x-1":   "refs/remotes/banger/vm1/agent/x-1",
@@ -147,6 +148,7 @@ func guestExport(t *testing.T, guest string, have []string) ([]Ref, string) {
 // the last pull disappears from the host's banger refs on the next pull;
 // the host's own branches are never touched.
 func TestPullPrunesDeletedBranches(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	host, repo, guest := pullFixture(t)
 	git(t, guest, "checkout", "-q", "-b", "agent/one")
@@ -201,6 +203,7 @@ func TestPullPrunesDeletedBranches(t *testing.T) {
 // TestPullRefusesBadGuestRefs: a hostile guest's ref list is refused as a
 // whole, and the host repository's refs are exactly as before.
 func TestPullRefusesBadGuestRefs(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	host, repo, guest := pullFixture(t)
 	git(t, guest, "checkout", "-q", "-b", "agent")

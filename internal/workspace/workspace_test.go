@@ -25,6 +25,7 @@ import (
 // executable bits and symlink targets. simulateGuest also checks that the
 // host repository did not change at all.
 func TestWorkspaceRoundTrip(t *testing.T) {
+	t.Parallel()
 	outside := t.TempDir()
 	secret := "top secret outside the repository\n"
 	writeFile(t, filepath.Join(outside, "secret.txt"), secret, 0o644)
@@ -338,6 +339,7 @@ func must(t testing.TB, err error) {
 // TestUpstream covers the base commit and the upstream configuration: the
 // host is a clone that is two commits ahead of and one behind origin.
 func TestUpstream(t *testing.T) {
+	t.Parallel()
 	origin := newRepo(t)
 	host := filepath.Join(t.TempDir(), "clone")
 	git(t, origin, "checkout", "-q", "--detach") // so origin accepts pushes to main
@@ -397,6 +399,7 @@ func TestUpstream(t *testing.T) {
 // the guest, the working state carries over, the host stays untouched
 // (simulateGuest checks that).
 func TestGuestBranch(t *testing.T) {
+	t.Parallel()
 	t.Run("at head", func(t *testing.T) {
 		t.Parallel()
 		dir := newRepo(t)
@@ -484,6 +487,7 @@ func TestGuestBranch(t *testing.T) {
 // TestPrepareErrors covers what cannot be prepared, and that each error
 // tells the user what to do.
 func TestPrepareErrors(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	r := system.Exec{}
 	tests := []struct {
@@ -664,6 +668,7 @@ func TestPrepareErrors(t *testing.T) {
 
 // TestFullCopySubmodules checks the submodule itself works in the guest.
 func TestFullCopySubmodules(t *testing.T) {
+	t.Parallel()
 	sub := newRepo(t)
 	dir := newRepo(t)
 	git(t, dir, "submodule", "add", "-q", sub, "libs/sub")
@@ -688,6 +693,7 @@ func TestFullCopySubmodules(t *testing.T) {
 // TestLinkedWorktree prepares from a `git worktree add` checkout, whose
 // index and HEAD live apart from the objects and refs.
 func TestLinkedWorktree(t *testing.T) {
+	t.Parallel()
 	dir := newRepo(t)
 	wt := filepath.Join(t.TempDir(), "wt")
 	git(t, dir, "worktree", "add", "-q", wt, "feature")
@@ -713,6 +719,7 @@ func TestLinkedWorktree(t *testing.T) {
 // TestResolveFromSubdirectoryAndFile: any path inside the working tree
 // resolves to the top.
 func TestResolveFromSubdirectoryAndFile(t *testing.T) {
+	t.Parallel()
 	dir := newRepo(t)
 	real, err := filepath.EvalSymlinks(dir)
 	must(t, err)
@@ -731,6 +738,7 @@ func TestResolveFromSubdirectoryAndFile(t *testing.T) {
 // TestOverlayVanished: files removed between Prepare and WriteOverlay are
 // reported, not fatal.
 func TestOverlayVanished(t *testing.T) {
+	t.Parallel()
 	dir := newRepo(t)
 	writeFile(t, filepath.Join(dir, "temp.txt"), "soon gone\n", 0o644)
 	ctx := context.Background()
@@ -759,6 +767,7 @@ func TestOverlayVanished(t *testing.T) {
 // TestOverlayModes: regular files are 0644 or 0755 whatever the umask or
 // group bits, as git records them.
 func TestOverlayModes(t *testing.T) {
+	t.Parallel()
 	dir := newRepo(t)
 	writeFile(t, filepath.Join(dir, "private"), "p\n", 0o600)
 	writeFile(t, filepath.Join(dir, "group-exec"), "g\n", 0o770)
