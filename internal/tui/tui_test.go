@@ -219,6 +219,7 @@ func (h *harness) contains(parts ...string) {
 }
 
 func TestMainScreen(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, fixture(), 80, 24)
 	h.golden("main")
 	h.contains("> dev", "running", ":2222 +1", "3h", "12.5", "512M",
@@ -226,6 +227,7 @@ func TestMainScreen(t *testing.T) {
 }
 
 func TestNavigation(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, fixture(), 80, 24)
 	h.keys("down")
 	if h.m.selName != "build" {
@@ -258,6 +260,7 @@ func TestNavigation(t *testing.T) {
 }
 
 func TestFilter(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, fixture(), 80, 24)
 	h.keys("/")
 	h.typeText("bu")
@@ -280,6 +283,7 @@ func TestFilter(t *testing.T) {
 // deliver in one read: "/bu" as one message must still open the filter
 // and type "bu" into it.
 func TestKeysInOneRead(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, fixture(), 80, 24)
 	h.send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("/bu")})
 	h.keys("enter")
@@ -293,6 +297,7 @@ func TestKeysInOneRead(t *testing.T) {
 }
 
 func TestCreateForm(t *testing.T) {
+	t.Parallel()
 	f := fixture()
 	h := newHarness(t, f, 80, 24)
 	h.keys("c")
@@ -333,6 +338,7 @@ func TestCreateForm(t *testing.T) {
 }
 
 func TestDeleteAsksFirst(t *testing.T) {
+	t.Parallel()
 	f := fixture()
 	h := newHarness(t, f, 80, 24)
 	h.keys("d")
@@ -362,6 +368,7 @@ func slicesHasVM(vms []api.VM, name string) bool {
 }
 
 func TestStopAndErrors(t *testing.T) {
+	t.Parallel()
 	f := fixture()
 	h := newHarness(t, f, 80, 24)
 	// A stopped VM cannot be stopped: the status line says why.
@@ -396,6 +403,7 @@ func TestStopAndErrors(t *testing.T) {
 }
 
 func TestDaemonDown(t *testing.T) {
+	t.Parallel()
 	f := fixture()
 	f.down = true
 	h := newHarness(t, f, 80, 24)
@@ -436,6 +444,7 @@ func TestDaemonDown(t *testing.T) {
 }
 
 func TestBusEvents(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, fixture(), 80, 24)
 	started := t0.Add(-time.Minute)
 	h.send(busMsg{api.BusEvent{Kind: api.EventVM, VM: "new", Change: api.VMCreated, VMInfo: &api.VM{Name: "new", State: api.VMCreating, VMM: "qemu"}}})
@@ -479,6 +488,7 @@ func TestBusEvents(t *testing.T) {
 // TestSmallAndCrowded renders a crowded dashboard at 80x24 and at a
 // cramped size: nothing may overflow.
 func TestSmallAndCrowded(t *testing.T) {
+	t.Parallel()
 	f := fixture()
 	for i := range 20 {
 		f.vms = append(f.vms, api.VM{Name: fmt.Sprintf("vm-%02d-with-a-rather-long-name", i), State: api.VMRunning, VMM: "firecracker", Image: "an-image-with-a-long-name", SSHPort: 40000 + i})
@@ -516,6 +526,7 @@ func TestSmallAndCrowded(t *testing.T) {
 }
 
 func TestCleanLines(t *testing.T) {
+	t.Parallel()
 	got := cleanLines("a\x1b[1mb\x1b[0m\r\nprogress 10%\rprogress 100%\nbell\a\tx\n")
 	want := []string{"ab", "progress 100%", "bell    x"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
@@ -524,6 +535,7 @@ func TestCleanLines(t *testing.T) {
 }
 
 func TestTailWriter(t *testing.T) {
+	t.Parallel()
 	tw := &tailWriter{max: 5}
 	fmt.Fprint(tw, "hello ")
 	fmt.Fprint(tw, "world")
