@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/bangerdev/banger/internal/system"
@@ -50,6 +52,7 @@ func TestMain(m *testing.M) {
 	os.Setenv("HOME", home)
 	os.Setenv("XDG_CONFIG_HOME", filepath.Join(home, ".config"))
 	os.Setenv("GIT_CONFIG_NOSYSTEM", "1")
+	templateRoot = home
 	code := m.Run()
 	os.RemoveAll(home)
 	os.Exit(code)
@@ -95,7 +98,52 @@ func writeFile(t testing.TB, path, content string, mode os.FileMode) {
 func newRepo(t testing.TB, initArgs ...string) string {
 	t.Helper()
 	needGit(t)
+	// Every test starts from the same repository: it is made once (per
+	// git init arguments) and copied, which spares each test the dozen
+	// git commands that make it, most of this package's time.
+	key := strings.Join(initArgs, " ")
+	v, _ := templates.LoadOrStore(key, &template{})
+	tpl := v.(*template)
+	tpl.once.Do(func() {
+		// Made by the first test that needs it; should that test fail
+		// half-way, the others are told rather than given half a repo.
+		tpl.err = errors.New("making it failed in another test")
+		parent, err := os.MkdirTemp(templateRoot, "template-")
+		if err != nil {
+			tpl.err = err
+			return
+		}
+		tpl.dir = filepath.Join(parent, "host repo")
+		makeRepo(t, tpl.dir, initArgs)
+		tpl.err = nil
+	})
+	if tpl.err != nil {
+		t.Fatalf("make the template repository: %v", tpl.err)
+	}
 	dir := filepath.Join(t.TempDir(), "host repo")
+	// cp -a keeps modes and times; git sees new inodes and re-checks the
+	// files' contents, as after any copy of a repository.
+	if out, err := exec.Command("cp", "-a", tpl.dir, dir).CombinedOutput(); err != nil {
+		t.Fatalf("copy the template repository: %v: %s", err, out)
+	}
+	return dir
+}
+
+type template struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+var (
+	templates    sync.Map // git init arguments → *template
+	templateRoot string   // set by TestMain, removed after the tests
+)
+
+// makeRepo makes the repository newRepo hands out: two branches, tags,
+// a few files.
+func makeRepo(t testing.TB, dir string, initArgs []string) {
+	t.Helper()
 	git(t, t.TempDir(), append([]string{"init", "-q"}, append(initArgs, dir)...)...)
 	git(t, dir, "config", "user.name", "Host User")
 	git(t, dir, "config", "user.email", "host@example.com")
@@ -116,7 +164,6 @@ func newRepo(t testing.TB, initArgs ...string) string {
 	git(t, dir, "add", "feature.txt")
 	git(t, dir, "commit", "-q", "-m", "feature work")
 	git(t, dir, "checkout", "-q", "main")
-	return dir
 }
 
 // guestResult is what the simulated guest ended up with.
