@@ -102,7 +102,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (code int, er
 	if err != nil {
 		return 0, fmt.Errorf("read VM %s: %w", op.Target, err)
 	}
-	fmt.Fprintf(stderr, "VM %s is %s (image %s)\n", vm.Name, vm.State, vm.Image)
+	fmt.Fprintf(stderr, "VM %s (id %s) is %s (image %s)\n", vm.Name, vm.ID, vm.State, vm.Image)
 	if !o.keep {
 		defer func() {
 			// Delete even when ctx was cancelled, but not forever. The VM
