@@ -153,7 +153,10 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (code int, er
 		return st.Code, fmt.Errorf("pull branches: %w", err)
 	}
 	for _, r := range pulled.Updated {
-		fmt.Fprintf(stdout, "pulled %s -> %s (%d new commits)\n", r.GuestRef, r.HostRef, len(r.Log))
+		fmt.Fprintf(stdout, "pulled %s -> %s\n", r.GuestRef, r.HostRef)
+		for _, line := range r.Log {
+			fmt.Fprintf(stdout, "    %s\n", line)
+		}
 	}
 	if len(pulled.Updated) == 0 {
 		fmt.Fprintf(stdout, "pulled nothing new\n")
