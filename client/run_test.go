@@ -145,3 +145,17 @@ func (w *notifyWriter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// DefaultSocket looks where the CLI looks: BANGER_SOCKET first, then the
+// instance BANGER_HOME selects.
+func TestDefaultSocket(t *testing.T) {
+	t.Setenv("BANGER_SOCKET", "")
+	t.Setenv("BANGER_HOME", "/srv/banger")
+	if got := client.DefaultSocket(); got != "/srv/banger/banger.sock" {
+		t.Fatalf("with BANGER_HOME: %s", got)
+	}
+	t.Setenv("BANGER_SOCKET", "/tmp/b.sock")
+	if got := client.DefaultSocket(); got != "/tmp/b.sock" {
+		t.Fatalf("with BANGER_SOCKET: %s", got)
+	}
+}
