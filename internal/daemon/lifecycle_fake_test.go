@@ -635,6 +635,12 @@ func TestFakeReconcile(t *testing.T) {
 	if got.State != api.VMRunning || got.PID != live.PID || got.PIDStartTime != live.PIDStartTime || got.VMMStateJSON != live.VMMStateJSON {
 		t.Errorf("live VM after restart: %+v", got)
 	}
+	// Its agent is reconnected without anyone asking.
+	for deadline := time.Now().Add(10 * time.Second); d2.cachedAgent(live.ID) == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the adopted VM's agent was not reconnected")
+		}
+	}
 	agentAnswers(t, d2, got)
 	for _, name := range []string{"dead", "recycled"} {
 		if got, _ := d2.store.GetVM(ctx, name); got.State != api.VMStopped {
