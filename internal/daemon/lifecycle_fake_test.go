@@ -30,6 +30,10 @@ import (
 	"github.com/bangerdev/banger/internal/vmm/vmmfake"
 )
 
+// hangTimeout is the boot timeout of tests whose guests hang: a guest
+// that answers does so in milliseconds, even on a loaded machine.
+const hangTimeout = 1500 * time.Millisecond
+
 // fakeHost is a host whose VMMs are vmmfake's: daemons opened on it
 // share the state directory, the fake driver (the host's "processes")
 // and the command runner.
@@ -339,7 +343,7 @@ func TestFakeCreateFails(t *testing.T) {
 		{name: "agent silent", tweak: short, stage: "agent", errHas: "did not answer", starts: 1,
 			script: func(h *fakeHost) { h.drv.Plan(1, vmmfake.Plan{Boot: vmmfake.BootStall}) }},
 		// Nothing answers on the opencode port.
-		{name: "services", tweak: short, manifest: `{"services":["opencode"]}`, stage: "services", errHas: "opencode did not answer", starts: 1},
+		{name: "services", tweak: func(c *config.Config) { c.VM.BootTimeout.Duration = hangTimeout }, manifest: `{"services":["opencode"]}`, stage: "services", errHas: "opencode did not answer", starts: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -408,7 +412,7 @@ func TestFakeCreateFailsInPrepare(t *testing.T) {
 // retry is never silent.
 func TestFakeBootRetry(t *testing.T) {
 	t.Parallel()
-	short := func(c *config.Config) { c.VM.BootTimeout.Duration = time.Second }
+	short := func(c *config.Config) { c.VM.BootTimeout.Duration = hangTimeout }
 
 	t.Run("second boot works", func(t *testing.T) {
 		t.Parallel()
@@ -514,12 +518,30 @@ func TestFakeStop(t *testing.T) {
 			}
 		})
 	}
+
+	// A VMM that survives the kill: the stop fails and says so, and the
+	// VM is marked in error, not stopped.
+	t.Run("unkillable", func(t *testing.T) {
+		t.Parallel()
+		h := newFakeHost(t, nil)
+		h.drv.Plan(1, vmmfake.Plan{Unkillable: true})
+		d := h.open()
+		vm := h.mustCreate(d, "one")
+		_, err := d.StopVM(context.Background(), "one", true)
+		if err == nil || !strings.Contains(err.Error(), "did not exit") {
+			t.Fatalf("stop: %v", err)
+		}
+		if rec, _ := d.store.GetVM(context.Background(), "one"); rec.State != api.VMError || rec.PID != vm.PID {
+			t.Errorf("after a failed stop: %s pid %d", rec.State, rec.PID)
+		}
+		h.drv.Exit(vm.Dir)
+	})
 }
 
 func TestFakeStartRestart(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	h := newFakeHost(t, func(c *config.Config) { c.VM.BootTimeout.Duration = time.Second })
+	h := newFakeHost(t, func(c *config.Config) { c.VM.BootTimeout.Duration = hangTimeout })
 	d := h.open()
 	vm := h.mustCreate(d, "one")
 	first := vm.PID

@@ -71,6 +71,9 @@ type Plan struct {
 	// running, until it is closed or ctx ends: a daemon killed between
 	// starting a VMM and recording it.
 	Hold <-chan struct{}
+	// Unkillable makes the VMM survive Stop's kill (a process stuck in
+	// the kernel); Exit still ends it.
+	Unkillable bool
 	// Spawn, when set, makes this VMM a real process the test starts
 	// (named like a VMM, so that a daemon's /proc sweep finds it) and
 	// returns the PID of. Alive then asks /proc, and a kill is SIGKILL.
@@ -109,8 +112,9 @@ type proc struct {
 	dir   string
 	boot  Boot
 	// real is a process the test started (Plan.Spawn).
-	real   bool
-	exited bool
+	real       bool
+	unkillable bool
+	exited     bool
 	// guest ends the guest's agent sessions when the VMM exits.
 	guest context.Context
 	stop  context.CancelFunc
@@ -284,7 +288,7 @@ func (f *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 		}
 	}
 	guest, stop := context.WithCancel(context.Background())
-	p := &proc{id: spec.ID, dir: spec.Dir, boot: plan.Boot, guest: guest, stop: stop}
+	p := &proc{id: spec.ID, dir: spec.Dir, boot: plan.Boot, unkillable: plan.Unkillable, guest: guest, stop: stop}
 	if plan.Spawn != nil {
 		pid, err := plan.Spawn(spec)
 		if err != nil {
@@ -341,7 +345,9 @@ func (f *Driver) Stop(ctx context.Context, dir string, p vmm.Process, force bool
 		}
 	}
 	f.record("kill %s", fp.id)
-	f.exit(fp)
+	if !fp.unkillable {
+		f.exit(fp)
+	}
 	if f.Alive(p) {
 		return fmt.Errorf("vmm %d did not exit after SIGKILL", p.PID)
 	}
