@@ -751,3 +751,40 @@ func TestFakeCrashBetweenStartAndRecord(t *testing.T) {
 	// The name is free again on the new daemon.
 	h.mustCreate(d2, "crashed")
 }
+
+// A daemon killed after recording the VMM's PID but before the VM is
+// running (its guest still booting): the next daemon stops that VMM
+// through the driver and removes the half-made VM.
+func TestFakeCrashDuringBoot(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := newFakeHost(t, nil)
+	h.drv.Plan(1, vmmfake.Plan{Boot: vmmfake.BootHang})
+	d1 := h.open()
+	if _, err := d1.CreateVM(ctx, api.CreateVMRequest{Name: "crashed", Image: "base"}); err != nil {
+		t.Fatal(err)
+	}
+	var half store.VM
+	for deadline := time.Now().Add(20 * time.Second); half.PID == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the VMM's PID was never recorded")
+		}
+		half, _ = d1.store.GetVM(ctx, "crashed")
+	}
+	if half.State != api.VMCreating || !h.drv.Alive(d1.proc(half)) {
+		t.Fatalf("before the kill: %+v", half)
+	}
+	release := h.kill(d1)
+	defer release()
+
+	d2 := h.open()
+	if h.drv.Alive(d2.proc(half)) || !slices.Contains(h.drv.Calls(), "kill "+half.ID) {
+		t.Errorf("the interrupted create's VMM was not stopped: calls %v", h.drv.Calls())
+	}
+	if _, err := d2.store.GetVM(ctx, "crashed"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the half-made VM's row is still there: %v", err)
+	}
+	if _, err := os.Stat(half.Dir); !os.IsNotExist(err) {
+		t.Errorf("the half-made VM's directory is still there: %v", err)
+	}
+}
