@@ -2,7 +2,7 @@ package daemon
 
 // The VM lifecycle on a real daemon (its SQLite state, locks, operations
 // and reconcile) with the fake VMM driver: nothing boots, so every case,
-// failures and crashes included, runs in well under a second or two.
+// failures and crashes included, runs in a few seconds in all.
 // Engine methods are called directly, not through HTTP.
 
 import (
@@ -29,6 +29,9 @@ import (
 	"github.com/bangerdev/banger/internal/vmm"
 	"github.com/bangerdev/banger/internal/vmm/vmmfake"
 )
+
+// fakeImageID is the fake host's one image.
+const fakeImageID = "1ma9e001"
 
 // hangTimeout is the boot timeout of tests whose guests hang: a guest
 // that answers does so in milliseconds, even on a loaded machine.
@@ -81,15 +84,19 @@ func newFakeHost(t *testing.T, tweak func(*config.Config)) *fakeHost {
 		}
 		return nil, nil
 	}}
+	// The guest agent binary goes onto each seed disk (mkfs runs nowhere).
+	if err := os.WriteFile(filepath.Join(h.home, "banger-agent"), []byte("x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	d := h.open()
-	imgDir := d.layout.ImageDir("1ma9e001")
+	imgDir := d.layout.ImageDir(fakeImageID)
 	mkdirs(t, filepath.Join(imgDir, image.DirWorkSeed))
-	for _, f := range []string{image.FileKernel, image.FileRootfs, image.FileManifest, image.FileMeta, "banger-agent"} {
+	for _, f := range []string{image.FileKernel, image.FileRootfs, image.FileManifest, image.FileMeta} {
 		if err := os.WriteFile(filepath.Join(imgDir, f), []byte("x"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	h.img = store.Image{ID: "1ma9e001", Name: "base", Dir: imgDir, Fingerprint: "fp", KernelVersion: "6.1.0", Manifest: `{}`}
+	h.img = store.Image{ID: fakeImageID, Name: "base", Dir: imgDir, Fingerprint: "fp", KernelVersion: "6.1.0", Manifest: `{}`}
 	if err := d.store.CreateImage(context.Background(), &h.img); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +116,7 @@ func (h *fakeHost) open() *fakeDaemon {
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := New(ctx, Options{
 		Layout: layout, Config: h.cfg, Logger: slog.New(slog.NewTextHandler(h.log, nil)),
-		AgentPath: filepath.Join(layout.ImageDir("1ma9e001"), "banger-agent"),
+		AgentPath: filepath.Join(h.home, "banger-agent"),
 		Runner:    h.run, NetHost: network.NewFake(),
 		Drivers: map[string]vmm.Driver{config.VMMQEMU: h.drv},
 	})
