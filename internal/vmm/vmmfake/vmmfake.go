@@ -88,7 +88,8 @@ type Driver struct {
 	DriverName string
 	// MaxWait caps how long Stop waits for a guest to power off after
 	// the ACPI button (the daemon asks for tens of seconds; the fake
-	// guest ignores the button anyway). Zero means 200ms.
+	// guest ignores the button; only a poweroff already under way ends
+	// the wait early). Zero means 500ms.
 	MaxWait time.Duration
 	// Log receives the fake guest agents' logs (nil: discarded).
 	Log *slog.Logger
@@ -251,7 +252,7 @@ func (f *Driver) maxWait() time.Duration {
 	if f.MaxWait > 0 {
 		return f.MaxWait
 	}
-	return 200 * time.Millisecond
+	return 500 * time.Millisecond
 }
 
 // Name implements vmm.Driver.
