@@ -39,6 +39,9 @@ type Options struct {
 	Runner    system.Runner
 	// NetHost carries out tap networking; nil means the kernel.
 	NetHost network.Host
+	// Drivers replaces the VMM drivers by store.VM.VMM name; nil means
+	// the real ones. Tests put a fake here (vmm/vmmfake).
+	Drivers map[string]vmm.Driver
 }
 
 // Daemon is one banger instance.
@@ -115,6 +118,9 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		vmLocks:   map[string]*vmLock{},
 		creating:  map[string]bool{},
 		agents:    map[string]*agentclient.Client{},
+	}
+	if opts.Drivers != nil {
+		d.drivers = opts.Drivers
 	}
 	if d.runner == nil {
 		d.runner = system.Exec{}
