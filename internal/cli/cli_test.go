@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -93,20 +92,6 @@ func TestReadProvisionScript(t *testing.T) {
 	} {
 		if _, err := readProvisionScript(path); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: got %v, want %q", filepath.Base(path), err, want)
-		}
-	}
-}
-
-// The CLI and the TUI talk to the daemon only through client: linking the
-// daemon would drag its engines, VMM drivers and store into every command.
-func TestCLIDoesNotLinkDaemon(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".", "../tui").Output()
-	if err != nil {
-		t.Skipf("go list: %v", err)
-	}
-	for _, p := range strings.Fields(string(out)) {
-		if strings.HasPrefix(p, "github.com/bangerdev/banger/internal/daemon") {
-			t.Errorf("internal/cli or internal/tui links %s", p)
 		}
 	}
 }
