@@ -23,23 +23,17 @@ func Example() {
 	ctx := context.Background()
 	c := client.New(fake.socket)
 
-	// Long work is an operation: start it, then watch it to its end.
+	// Long work is an operation: start it, then wait for what it made
+	// (a failed operation is an *api.Error).
 	ref, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "work", Egress: "none"})
 	if err != nil {
 		log.Fatal(err)
 	}
-	op, err := c.WatchOperation(ctx, ref.ID, func(ev api.Event) {
+	vm, err := c.WaitVM(ctx, ref, func(ev api.Event) {
 		if ev.Stage != nil && ev.Stage.State == api.OpSucceeded {
 			fmt.Println("  done:", ev.Stage.Name)
 		}
 	})
-	if err == nil {
-		err = client.OperationError(op)
-	}
-	if err != nil {
-		log.Fatal(err)
-	}
-	vm, err := c.GetVM(ctx, op.Target)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -50,10 +44,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	if op, err = c.WatchOperation(ctx, ref.ID, nil); err == nil {
-		err = client.OperationError(op)
-	}
-	if err != nil {
+	if _, err := c.WaitWorkspace(ctx, ref, nil); err != nil {
 		log.Fatal(err)
 	}
 

@@ -105,6 +105,13 @@ func (f *fakeDaemon) routes() http.Handler {
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		enc := json.NewEncoder(w)
 		op := api.Operation{ID: id, Kind: kind, Target: target, State: api.OpSucceeded, CreatedAt: t0}
+		// What the daemon's operations make, as it records them.
+		switch kind {
+		case "create":
+			op.Result, _ = json.Marshal(api.VM{ID: "0123abcd", Name: target, State: api.VMRunning, Image: "base", CPUs: 2})
+		case "workspace":
+			op.Result, _ = json.Marshal(api.Workspace{Source: "/src/app", Dir: "/root/repo", Mode: "bundle", Branch: "main", Files: 12})
+		}
 		for i, name := range stages {
 			s := api.Stage{Seq: i + 1, Name: name, State: api.OpSucceeded, StartedAt: t0, FinishedAt: &t0}
 			op.Stages = append(op.Stages, s)

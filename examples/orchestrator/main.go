@@ -93,14 +93,10 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (code int, er
 		return 0, fmt.Errorf("create VM: %w", err)
 	}
 	fmt.Fprintf(stderr, "creating VM (operation %s)\n", ref.ID)
-	op, err := wait(ctx, c, ref, stderr)
-	if err != nil {
+	var vm api.VM
+	if err := wait(ctx, c, ref, stderr, &vm); err != nil {
 		// A failed create removes what it made; there is nothing to delete.
 		return 0, fmt.Errorf("create VM: %w", err)
-	}
-	vm, err := c.GetVM(ctx, op.Target)
-	if err != nil {
-		return 0, fmt.Errorf("read VM %s: %w", op.Target, err)
 	}
 	fmt.Fprintf(stderr, "VM %s (id %s) is %s (image %s)\n", vm.Name, vm.ID, vm.State, vm.Image)
 	if !o.keep {
@@ -122,7 +118,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (code int, er
 		return 0, fmt.Errorf("prepare workspace: %w", err)
 	}
 	fmt.Fprintf(stderr, "copying the repository into %s (operation %s)\n", vm.Name, ref.ID)
-	if _, err := wait(ctx, c, ref, stderr); err != nil {
+	if err := wait(ctx, c, ref, stderr, nil); err != nil {
 		return 0, fmt.Errorf("prepare workspace: %w", err)
 	}
 
@@ -164,10 +160,11 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (code int, er
 	return st.Code, nil
 }
 
-// wait prints an operation's stages as they finish and returns it once
-// it has ended; a failed operation is an *api.Error.
-func wait(ctx context.Context, c *client.Client, ref api.OperationRef, stderr io.Writer) (api.Operation, error) {
-	op, err := c.WatchOperation(ctx, ref.ID, func(ev api.Event) {
+// wait prints an operation's stages as they finish and, once it has
+// ended, decodes what it made into result (unless nil); a failed
+// operation is an *api.Error.
+func wait(ctx context.Context, c *client.Client, ref api.OperationRef, stderr io.Writer, result any) error {
+	op, err := c.Wait(ctx, ref, func(ev api.Event) {
 		if s := ev.Stage; s != nil && s.State != api.OpRunning {
 			took := ""
 			if s.FinishedAt != nil {
@@ -175,15 +172,12 @@ func wait(ctx context.Context, c *client.Client, ref api.OperationRef, stderr io
 			}
 			fmt.Fprintf(stderr, "  %-10s %-9s %s\n", s.Name, s.State, took)
 		}
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return op, fmt.Errorf("stopped waiting for operation %s (it goes on in the daemon): %w", ref.ID, ctx.Err())
-		}
-		return op, err
+	}, result)
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("stopped waiting for operation %s (it goes on in the daemon): %w", ref.ID, ctx.Err())
 	}
 	if op.State == api.OpFailed && op.ConsoleTail != "" {
 		fmt.Fprintf(stderr, "--- console tail ---\n%s\n---\n", op.ConsoleTail)
 	}
-	return op, client.OperationError(op)
+	return err
 }
