@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/api"
-	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/vmm"
 )
@@ -62,10 +61,8 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 	if err := d.preflight(ctx, checksForCreate); err != nil {
 		return vm, err
 	}
-	if vm.VMM == config.VMMFirecracker {
-		if err := d.firecrackerPreflight(ctx, vm.NetMode, d.jailed(vm, false)); err != nil {
-			return vm, err
-		}
+	if err := d.vmmPreflight(ctx, d.driverFor(vm), vm.NetMode, false, d.proc(vm)); err != nil {
+		return vm, err
 	}
 	if wantDisk != 0 {
 		if err := d.growWorkDisk(ctx, &vm, wantDisk); err != nil {

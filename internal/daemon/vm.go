@@ -18,7 +18,6 @@ import (
 	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/buildinfo"
-	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/paths"
@@ -26,7 +25,6 @@ import (
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/vmm"
-	"github.com/bangerdev/banger/internal/vmm/qemu"
 )
 
 // Guest ports forwarded to 127.0.0.1 for the VM's whole life.
@@ -274,8 +272,8 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 		}
 	}
 	vm.Accel = d.accelFor(ctx, img).Accel
-	if vm.VMM == config.VMMFirecracker {
-		// Firecracker has no emulation: it is KVM or nothing.
+	if !d.driverFor(vm).Info().Emulates {
+		// A VMM without emulation (Firecracker) is KVM or nothing.
 		vm.Accel = "kvm"
 	}
 	proc, err := d.boot(ctx, &vm, img, stage, &undo, true, req.Jailer)
@@ -491,27 +489,16 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		// Forwards belong to user networking.
 		ports = nil
 	}
-	kernel := filepath.Join(img.Dir, image.FileKernel)
-	// The overlay's backing file is named here, not taken from its
-	// header: QEMU gets it as a read-only descriptor (qemu/launch.go).
-	rootDisk := vmm.Disk{Path: filepath.Join(vm.Dir, paths.FileRootDisk), Format: "qcow2", Backing: filepath.Join(img.Dir, image.FileRootfs)}
-	switch vm.VMM {
-	case config.VMMFirecracker:
-		// Firecracker boots the ELF vmlinux and takes raw disks only.
-		kernel = filepath.Join(img.Dir, image.FileVmlinux)
-		if _, err := os.Stat(kernel); err != nil {
-			return vmm.Spec{}, api.Errorf(api.CodeUnavailable, "rebuild it with `banger image build` (new images carry a vmlinux), or use --vmm qemu",
-				"image %q has no ELF vmlinux for Firecracker", img.Name)
-		}
-		rootDisk = vmm.Disk{Path: filepath.Join(vm.Dir, paths.FileRootRaw), Format: "raw"}
-	default:
-		if vm.Accel != "kvm" {
-			args = append(args, qemu.TCGKernelArgs()...)
-		}
+	drv := d.driverFor(*vm)
+	bi := bootImage(img)
+	kernel, err := drv.Kernel(bi)
+	if err != nil {
+		return vmm.Spec{}, err
 	}
-	initrd := filepath.Join(img.Dir, image.FileInitrd)
-	if _, err := os.Stat(initrd); err != nil {
-		initrd = ""
+	args = append(args, drv.KernelArgs(vm.Accel)...)
+	var extraPorts []string
+	if drv.Info().ExtraSerialPorts {
+		extraPorts = d.cfg.VM.ExtraSerialPorts
 	}
 	var fwd []vmm.Forward
 	for _, p := range ports {
@@ -526,10 +513,10 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		ProcessName: d.layout.InstancePrefix() + "-" + vm.ID,
 		Dir:         vm.Dir,
 		Kernel:      kernel,
-		Initrd:      initrd,
+		Initrd:      bi.Initrd,
 		Cmdline:     image.KernelCmdline(args...),
 		Disks: []vmm.Disk{
-			rootDisk,
+			drv.RootDisk(bi, vm.Dir),
 			{Path: filepath.Join(vm.Dir, paths.FileSeedDisk), Format: "raw", ReadOnly: true},
 			{Path: filepath.Join(vm.Dir, paths.FileWorkDisk), Format: "raw"},
 		},
@@ -539,35 +526,18 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		Egress:    vm.Egress,
 		Forwards:  fwd,
 		Net:       nic,
-		// Benchmark-only raw ports ([vm] extra_serial_ports); QEMU only.
-		ExtraSerialPorts: qemuOnly(vm.VMM, d.cfg.VM.ExtraSerialPorts),
+		// Benchmark-only raw ports ([vm] extra_serial_ports).
+		ExtraSerialPorts: extraPorts,
 	}, nil
 }
 
-// qemuOnly keeps ports for QEMU VMs: Firecracker has no virtio-serial.
-func qemuOnly(vmmName string, ports []string) []string {
-	if vmmName == config.VMMFirecracker {
-		return nil
-	}
-	return ports
-}
-
-// makeRootDisk gives a VM its copy-on-write root disk: a qcow2 overlay
-// on the image for QEMU, a reflinked (or sparse) raw copy for
-// Firecracker, which reads raw images only.
+// makeRootDisk gives a VM its copy-on-write root disk, as its driver
+// wants it: a qcow2 overlay on the image (QEMU), a reflinked (or sparse)
+// raw copy (Firecracker, which reads raw images only).
 func (d *Daemon) makeRootDisk(ctx context.Context, vm store.VM, img store.Image) error {
-	base := filepath.Join(img.Dir, image.FileRootfs)
-	if vm.VMM == config.VMMFirecracker {
-		if err := system.CloneFile(ctx, base, filepath.Join(vm.Dir, paths.FileRootRaw)); err != nil {
-			return fmt.Errorf("clone root disk: %w", err)
-		}
-		return nil
-	}
-	if _, err := d.runner.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
-		"-b", base, "-F", "raw", filepath.Join(vm.Dir, paths.FileRootDisk)); err != nil {
-		return fmt.Errorf("create root overlay: %w", err)
-	}
-	return nil
+	drv := d.driverFor(vm)
+	bi := bootImage(img)
+	return drv.MakeRootDisk(ctx, d.runner, bi, drv.RootDisk(bi, vm.Dir))
 }
 
 // makeSeedDisk writes the small read-only disk that delivers banger-agent

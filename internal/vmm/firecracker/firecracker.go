@@ -19,7 +19,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/agentapi"
+	"github.com/bangerdev/banger/internal/doctor"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/vmm"
@@ -49,17 +51,69 @@ const (
 
 // Driver is the Firecracker driver.
 type Driver struct {
+	vmm.Base
 	// Binary overrides the firecracker path.
 	Binary string
 	// Jailer is used for VMs whose spec asks for it.
 	Jailer JailerConfig
+	// JailAll runs every VM under the jailer ([firecracker] jailer).
+	JailAll bool
 }
 
 var _ vmm.Driver = (*Driver)(nil)
-var _ vmm.Remover = (*Driver)(nil)
 
 // Name implements vmm.Driver.
 func (d *Driver) Name() string { return "firecracker" }
+
+// Info implements vmm.Driver: KVM only, TAP only, a jailer, a console
+// it appends to console.log itself; a VM's own user only in a jail (an
+// unjailed Firecracker opens /dev/kvm and its TAP by name and stays the
+// daemon's user). Auto prefers it where it can run.
+func (d *Driver) Info() vmm.Info {
+	return vmm.Info{
+		Title:     "Firecracker",
+		Jailer:    true,
+		Console:   vmm.ConsoleFile,
+		OwnUser:   vmm.OwnUserJailed,
+		Preferred: true,
+	}
+}
+
+// Kernel implements vmm.Booter: Firecracker boots the ELF vmlinux (and
+// takes raw disks only, Base's root disk).
+func (d *Driver) Kernel(img vmm.Image) (string, error) {
+	if img.Vmlinux == "" {
+		return "", api.Errorf(api.CodeUnavailable, "rebuild it with `banger image build` (new images carry a vmlinux), or use --vmm qemu",
+			"image %q has no ELF vmlinux for Firecracker", img.Name)
+	}
+	return img.Vmlinux, nil
+}
+
+// Validate implements vmm.Booter: what planStart refuses before any
+// process exists.
+func (d *Driver) Validate(spec vmm.Spec) error { return validate(spec) }
+
+// HostChecks implements vmm.Host: the firecracker binary and its
+// version, and the jailer when VMs use it.
+func (d *Driver) HostChecks(ctx context.Context, r system.Runner, need vmm.Need) []doctor.Check {
+	checks := []doctor.Check{doctor.Firecracker(ctx, r, need.Required)}
+	if need.Jailer {
+		checks = append(checks, doctor.Jailer(ctx, r))
+	}
+	return checks
+}
+
+// UsesJailer implements vmm.Host: asked for, configured for all, or
+// recorded by the VM's first boot.
+func (d *Driver) UsesJailer(requested bool, p vmm.Process) bool {
+	return requested || d.JailAll || Jailed(p.State)
+}
+
+// Status implements vmm.Adopter: the instance state ("Running",
+// "Paused", "Not started") from Firecracker's API.
+func (d *Driver) Status(ctx context.Context, dir string, p vmm.Process) (string, error) {
+	return Status(ctx, dir, p)
+}
 
 func (d *Driver) binary() string {
 	if d.Binary != "" {
@@ -160,25 +214,8 @@ type plan struct {
 // planStart turns a spec into the API calls. It is pure, and every check
 // that can fail before a process exists happens here.
 func planStart(spec vmm.Spec, jail *JailPlan) (plan, error) {
-	if spec.Net.Mode != vmm.NetTap {
-		return plan{}, ErrNeedsTap
-	}
-	if spec.Net.TapDevice == "" {
-		return plan{}, errors.New("firecracker: tap mode without a TAP device")
-	}
-	if spec.CPUs < 1 || spec.CPUs > MaxVCPUs {
-		return plan{}, fmt.Errorf("firecracker takes 1 to %d vCPUs, not %d", MaxVCPUs, spec.CPUs)
-	}
-	if spec.MemoryMiB < 1 {
-		return plan{}, fmt.Errorf("firecracker: impossible memory size %d MiB", spec.MemoryMiB)
-	}
-	if len(spec.Disks) == 0 {
-		return plan{}, errors.New("firecracker: no root disk")
-	}
-	for _, dk := range spec.Disks {
-		if dk.Format != "raw" {
-			return plan{}, fmt.Errorf("firecracker takes raw disks only, not %s (%s)", dk.Format, dk.Path)
-		}
+	if err := validate(spec); err != nil {
+		return plan{}, err
 	}
 	smt := false
 	p := plan{
@@ -228,6 +265,31 @@ func planStart(spec vmm.Spec, jail *JailPlan) (plan, error) {
 		p.fcArgs = append(p.fcArgs, "--id", spec.ID)
 	}
 	return p, nil
+}
+
+// validate refuses a spec Firecracker cannot boot.
+func validate(spec vmm.Spec) error {
+	if spec.Net.Mode != vmm.NetTap {
+		return ErrNeedsTap
+	}
+	if spec.Net.TapDevice == "" {
+		return errors.New("firecracker: tap mode without a TAP device")
+	}
+	if spec.CPUs < 1 || spec.CPUs > MaxVCPUs {
+		return fmt.Errorf("firecracker takes 1 to %d vCPUs, not %d", MaxVCPUs, spec.CPUs)
+	}
+	if spec.MemoryMiB < 1 {
+		return fmt.Errorf("firecracker: impossible memory size %d MiB", spec.MemoryMiB)
+	}
+	if len(spec.Disks) == 0 {
+		return errors.New("firecracker: no root disk")
+	}
+	for _, dk := range spec.Disks {
+		if dk.Format != "raw" {
+			return fmt.Errorf("firecracker takes raw disks only, not %s (%s)", dk.Format, dk.Path)
+		}
+	}
+	return nil
 }
 
 // configure runs the documented pre-boot sequence and starts the guest.
@@ -458,7 +520,7 @@ func waitGone(ctx context.Context, d *Driver, p vmm.Process, timeout time.Durati
 	return vmm.WaitGone(ctx, d.Alive, p, timeout)
 }
 
-// Remove implements vmm.Remover: a jailed VM's chroot and cgroup go with
+// Remove implements vmm.Adopter: a jailed VM's chroot and cgroup go with
 // the VM.
 func (d *Driver) Remove(ctx context.Context, dir string, p vmm.Process) error {
 	st, err := DecodeState(dir, p.State)
