@@ -80,7 +80,8 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 	}
 	var undo cleanup
 	noStages := func(name string, fn func(ctx context.Context) error) error { return fn(ctx) }
-	proc, err := d.boot(ctx, &vm, img, noStages, &undo, true, false)
+	// The boot's last step records the VM running.
+	_, err = d.boot(ctx, &vm, img, noStages, &undo, true, false)
 	if err != nil {
 		undo.run()
 		_ = d.store.SetVMState(ctx, vm.ID, api.VMStopped, err.Error())
@@ -90,8 +91,7 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 		}
 		return vm, fmt.Errorf("start %s: %w", vm.Name, err)
 	}
-	vm.PID, vm.PIDStartTime, vm.State, vm.LastError = proc.PID, proc.StartTime, api.VMRunning, ""
-	return vm, d.store.UpdateVM(ctx, &vm)
+	return vm, nil
 }
 
 // StopVM powers a VM off: the agent asks systemd for a clean poweroff, the
