@@ -33,6 +33,10 @@
 // writes Name, Start, Stop, Alive and DialAgent, and returns the Info
 // its tests need (Base's claims nothing: no user networking, no
 // emulation).
+//
+// A boot that hangs before the guest's init runs fails with
+// ErrEarlyHang; the daemon retries such a boot once, deciding by
+// errors.Is, never by an error's text.
 package vmm
 
 import (
