@@ -58,7 +58,7 @@ func (d *Daemon) driverList() []vmm.Driver {
 }
 
 // fallbackDriver is the driver `--vmm auto` picks when no preferred one
-// can run a VM, and the one VMs recorded before the VMM was are QEMU's.
+// can run a VM (QEMU).
 func (d *Daemon) fallbackDriver() vmm.Driver {
 	list := d.driverList()
 	if len(list) == 0 {
