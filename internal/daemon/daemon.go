@@ -132,8 +132,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if d.net, err = d.newNetwork(opts.NetHost); err != nil {
 		return nil, err
 	}
-	d.ops = newOperations(ctx, st, d.log.With("component", "ops"))
-	d.ops.bus = d.sessions.publish
+	d.ops = newOps(opsDeps{store: st, log: d.log.With("component", "ops"), base: ctx, bus: d.sessions.publish})
 	if _, err := st.FailDanglingOperations(ctx); err != nil {
 		return nil, fmt.Errorf("close operations of a previous daemon: %w", err)
 	}
