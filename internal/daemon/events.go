@@ -13,6 +13,7 @@ package daemon
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -84,24 +85,45 @@ type vmChange struct {
 	vm     store.VM
 }
 
+// vmWatchDeps is what the VM table watcher needs.
+type vmWatchDeps struct {
+	listVMs func(ctx context.Context) ([]store.VM, error)
+	// view is the public view a VM event carries.
+	view func(ctx context.Context, vm store.VM) api.VM
+	// bus is where events go; the watcher reads only while it has
+	// watchers.
+	bus *sessionTracker
+	log *slog.Logger
+}
+
+// vmWatcher turns changes of the VMs table into bus events.
+type vmWatcher struct {
+	vmWatchDeps
+}
+
+// vmWatcher builds the daemon's VM table watcher.
+func (d *Daemon) vmWatcher() *vmWatcher {
+	return &vmWatcher{vmWatchDeps{listVMs: d.store.ListVMs, view: d.vmView, bus: &d.sessions, log: d.log}}
+}
+
 // startVMWatcher starts the VM table watcher once per daemon.
 func (d *Daemon) startVMWatcher() {
 	d.vmWatchOnce.Do(func() {
-		go d.watchVMs(d.ops.base, vmWatchInterval)
+		go d.vmWatcher().run(d.ops.base, vmWatchInterval)
 	})
 }
 
-func (d *Daemon) watchVMs(ctx context.Context, every time.Duration) {
+func (w *vmWatcher) run(ctx context.Context, every time.Duration) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	var snap map[string]store.VM
 	for {
-		if !d.sessions.watched() {
+		if !w.bus.watched() {
 			// Nobody to tell: forget the snapshot, so a new watcher is
 			// not flooded with changes from before it came.
 			snap = nil
 		} else {
-			snap = d.vmWatchStep(ctx, snap)
+			snap = w.step(ctx, snap)
 		}
 		select {
 		case <-ctx.Done():
@@ -111,17 +133,17 @@ func (d *Daemon) watchVMs(ctx context.Context, every time.Duration) {
 	}
 }
 
-// vmWatchStep reads the VMs table, publishes what changed since snap
-// (nothing when snap is nil: the first look) and returns the new snapshot.
-func (d *Daemon) vmWatchStep(ctx context.Context, snap map[string]store.VM) map[string]store.VM {
-	vms, err := d.store.ListVMs(ctx)
+// step reads the VMs table, publishes what changed since snap (nothing
+// when snap is nil: the first look) and returns the new snapshot.
+func (w *vmWatcher) step(ctx context.Context, snap map[string]store.VM) map[string]store.VM {
+	vms, err := w.listVMs(ctx)
 	if err != nil {
-		d.log.Debug("watch vms", "err", err)
+		w.log.Debug("watch vms", "err", err)
 		return snap
 	}
 	if snap != nil {
 		for _, c := range vmDiff(snap, vms) {
-			d.publishVM(ctx, c)
+			w.publish(ctx, c)
 		}
 	}
 	next := make(map[string]store.VM, len(vms))
@@ -131,14 +153,14 @@ func (d *Daemon) vmWatchStep(ctx context.Context, snap map[string]store.VM) map[
 	return next
 }
 
-func (d *Daemon) publishVM(ctx context.Context, c vmChange) {
+func (w *vmWatcher) publish(ctx context.Context, c vmChange) {
 	var view api.VM
 	if c.change == api.VMDeleted {
 		view = api.VM{ID: c.vm.ID, Name: c.vm.Name, State: c.vm.State, VMM: c.vm.VMM}
 	} else {
-		view = d.vmView(ctx, c.vm)
+		view = w.view(ctx, c.vm)
 	}
-	d.sessions.publish(api.BusEvent{Time: time.Now().UTC(), Kind: api.EventVM, VM: c.vm.Name, Change: c.change, VMInfo: &view})
+	w.bus.publish(api.BusEvent{Time: time.Now().UTC(), Kind: api.EventVM, VM: c.vm.Name, Change: c.change, VMInfo: &view})
 }
 
 // opBusEvent turns an operation event into a bus event. Operations on a

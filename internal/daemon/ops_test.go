@@ -83,3 +83,25 @@ func TestOperationWatch(t *testing.T) {
 		t.Fatalf("late watcher: %v", lateSeen)
 	}
 }
+
+// TestOperationNotFound: the engine answers an unknown id with a
+// not_found *api.Error, which the HTTP layer sends as 404.
+func TestOperationNotFound(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ops := newOps(opsDeps{store: st, log: slog.New(slog.NewTextHandler(io.Discard, nil)), base: ctx})
+	if _, err := ops.GetOperation(ctx, "nope"); !errors.Is(err, api.ErrNotFound) || err.Error() != `no operation "nope"` {
+		t.Fatalf("get: %v", err)
+	}
+	if _, _, err := ops.WatchOperation(ctx, "nope"); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("watch: %v", err)
+	}
+	list, err := ops.ListOperations(ctx)
+	if err != nil || list == nil || len(list) != 0 {
+		t.Fatalf("list: %v %v", list, err)
+	}
+}
