@@ -1,7 +1,8 @@
 package daemon
 
 // Guest sessions, host side. The guest is the source of truth (see
-// internal/session): every route here is forwarded to the VM's agent.
+// internal/session): every call of the session engine is forwarded to
+// the VM's agent (the HTTP routes are internal/daemon/httpapi's).
 // The daemon adds three things the guest cannot know:
 //
 //   - a memory of the last metadata it saw per session, so that sessions
