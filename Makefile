@@ -43,6 +43,7 @@ bench: deps build
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet ./...
+	cd examples/orchestrator && $(GO) vet ./... && $(GO) build -o /dev/null ./...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

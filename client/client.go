@@ -1,6 +1,3 @@
-// Package client is the Go client of the banger daemon's API. The CLI uses
-// it, and so can a host orchestrator: everything banger does is reachable
-// through it.
 package client
 
 import (

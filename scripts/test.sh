@@ -10,6 +10,10 @@ unformatted=$(gofmt -l $(git ls-files '*.go'))
 if [[ -n $unformatted ]]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
 $go vet ./...
 $go mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run 'go mod tidy'" >&2; exit 1; }
+# The example orchestrator is a module of its own (a program outside this
+# repository would be): ./... above does not reach it.
+(cd examples/orchestrator && $go vet ./... && $go build -o /dev/null ./... &&
+  $go mod tidy -diff >/dev/null) || { echo "examples/orchestrator does not build, or its go.mod/go.sum are not tidy" >&2; exit 1; }
 
 echo "== unit tests"
 $go test -count=1 $($go list ./... | grep -v /e2e)

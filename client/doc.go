@@ -1,0 +1,82 @@
+// Package client is the Go client of the banger daemon's API. The banger
+// CLI is built on it, and so can a host orchestrator be: everything banger
+// does is reachable through it. The types it takes and returns are in
+// package github.com/bangerdev/banger/api.
+//
+// # Connecting
+//
+// The daemon listens on a Unix socket and serves only the user it runs
+// as. [DefaultSocket] finds it the way the CLI does: $BANGER_SOCKET, else
+// $BANGER_HOME/banger.sock, else /run/banger/banger.sock for root and
+// $XDG_RUNTIME_DIR/banger/banger.sock for other users. [New] returns a
+// client for a socket; it connects lazily, per request, and checks on
+// every connection that the process serving the socket is root or the
+// caller's own user before sending anything.
+//
+//	c := client.New(client.DefaultSocket())
+//	v, err := c.Version(ctx)
+//
+// A Client is safe for concurrent use. Every method takes a context;
+// cancelling it abandons the request (and, for streams, the stream).
+//
+// # Errors
+//
+// A refusal or failure reported by the daemon is an *[api.Error]: a
+// message, a hint a person can act on, and a code (api.CodeInvalid,
+// api.CodeNotFound, api.CodeConflict, api.CodeUnavailable,
+// api.CodeInternal, ...) a program can branch on:
+//
+//	var ae *api.Error
+//	if errors.As(err, &ae) && ae.Code == api.CodeNotFound { ... }
+//
+// A daemon that is not running is an *api.Error with code
+// api.CodeUnavailable too. Other errors (a broken connection, an answer
+// that does not decode) are plain wrapped errors.
+//
+// # Operations
+//
+// Long work (creating a VM, preparing a workspace, building an image)
+// answers at once with an [api.OperationRef] and goes on in the daemon,
+// whether or not anyone watches. [Client.WatchOperation] streams the
+// operation's stages and returns it once it has finished;
+// [OperationError] turns a failed one into an *api.Error carrying the
+// operation's id. The operation's Target names what it made (the VM's
+// name for a create), so [Client.GetVM] reads the result:
+//
+//	ref, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "work"})
+//	op, err := c.WatchOperation(ctx, ref.ID, nil)
+//	if err == nil {
+//		err = client.OperationError(op)
+//	}
+//	vm, err := c.GetVM(ctx, op.Target)
+//
+// Cancelling the watch does not cancel the operation; a later
+// WatchOperation (from this program or another) picks it up again.
+//
+// # Commands and sessions
+//
+// [Client.Run] runs one guest command to its end with host readers and
+// writers as its stdin, stdout and stderr, and returns its
+// [api.ExitStatus]; cancelling its context kills the command. A command
+// that ran and failed is not an error: check ExitStatus.Code.
+//
+// Sessions are guest commands that outlive the client, the daemon and
+// the guest agent: [Client.StartSession] launches one, [Client.FollowSession]
+// streams its output (what is kept, then live) until it ends and returns
+// its exit status, and [Client.SessionLogs] reads one stream of it.
+// Cancelling FollowSession detaches and leaves the session running.
+//
+// [Client.Exec] and [Client.AttachSession] return the raw framed stream
+// Run and FollowSession drive; only programs inside this module can
+// decode it, so other programs use Run and FollowSession.
+//
+// # Workspaces
+//
+// [Client.PrepareWorkspace] copies the git repository around a host path
+// into a VM at /root/repo (an operation, watched as above), and
+// [Client.PullWorkspace] fetches the guest's branches back into the host
+// repository under refs/remotes/banger/VM/. The program in
+// examples/orchestrator of the banger repository puts it all together:
+// create a VM with a repository, run a session, stream its output, pull
+// the branches and delete the VM.
+package client
