@@ -1,7 +1,8 @@
 package daemon
 
 // The event bus (GET /v1/events) carries three kinds of news: sessions
-// (sessions.go), VMs and operations (here).
+// (sessions.go), VMs and operations (ops.go); the bus and the VM table
+// watcher are here.
 //
 // VM events come from watching the VMs table rather than from hooks in
 // every lifecycle path: whatever changes a VM (create, start, stop,
@@ -15,6 +16,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bangerdev/banger/api"
@@ -24,16 +26,22 @@ import (
 // vmWatchInterval bounds how late a VM event is.
 const vmWatchInterval = 300 * time.Millisecond
 
-// publish sends ev to every watcher whose filter matches.
-func (t *sessionTracker) publish(ev api.BusEvent) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.fanout(ev)
+// eventBus fans events out to the watchers of GET /v1/events. Sessions,
+// the VM table watcher and the operations runner publish into it.
+type eventBus struct {
+	mu       sync.Mutex
+	watchers map[chan api.BusEvent]string // filter: a VM name, or "" for all
 }
 
-// fanout is publish for callers that hold t.mu.
-func (t *sessionTracker) fanout(ev api.BusEvent) {
-	for ch, filter := range t.watchers {
+// publish sends ev to every watcher whose filter matches. A nil bus
+// drops it.
+func (b *eventBus) publish(ev api.BusEvent) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for ch, filter := range b.watchers {
 		if filter != "" && filter != ev.VM {
 			continue
 		}
@@ -44,6 +52,33 @@ func (t *sessionTracker) fanout(ev api.BusEvent) {
 			// list again.
 		}
 	}
+}
+
+// watch subscribes to the bus (one VM's events when vm is set) until the
+// returned cancel.
+func (b *eventBus) watch(vm string) (chan api.BusEvent, func()) {
+	ch := make(chan api.BusEvent, 256)
+	b.mu.Lock()
+	if b.watchers == nil {
+		b.watchers = map[chan api.BusEvent]string{}
+	}
+	b.watchers[ch] = vm
+	b.mu.Unlock()
+	return ch, func() {
+		b.mu.Lock()
+		delete(b.watchers, ch)
+		b.mu.Unlock()
+	}
+}
+
+// watched reports whether anyone listens.
+func (b *eventBus) watched() bool {
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.watchers) > 0
 }
 
 // vmKey is what a VM event is about: a change in any of these fields.
@@ -92,7 +127,7 @@ type vmWatchDeps struct {
 	view func(ctx context.Context, vm store.VM) api.VM
 	// bus is where events go; the watcher reads only while it has
 	// watchers.
-	bus *sessionTracker
+	bus *eventBus
 	log *slog.Logger
 }
 
@@ -103,7 +138,7 @@ type vmWatcher struct {
 
 // vmWatcher builds the daemon's VM table watcher.
 func (d *Daemon) vmWatcher() *vmWatcher {
-	return &vmWatcher{vmWatchDeps{listVMs: d.store.ListVMs, view: d.vmView, bus: &d.sessions, log: d.log}}
+	return &vmWatcher{vmWatchDeps{listVMs: d.store.ListVMs, view: d.vmView, bus: &d.bus, log: d.log}}
 }
 
 // startVMWatcher starts the VM table watcher once per daemon.

@@ -37,9 +37,9 @@ func TestVMEventsOnStateChanges(t *testing.T) {
 	if err := d.store.CreateImage(ctx, &img); err != nil {
 		t.Fatal(err)
 	}
-	events, stop := d.sessions.watch("")
+	events, stop := d.bus.watch("")
 	defer stop()
-	other, stopOther := d.sessions.watch("someone-else")
+	other, stopOther := d.bus.watch("someone-else")
 	defer stopOther()
 	vw := d.vmWatcher()
 	snap := vw.step(ctx, nil)
@@ -114,7 +114,7 @@ func TestVMWatcherLoop(t *testing.T) {
 	if err := d.store.CreateVM(ctx, &vm); err != nil {
 		t.Fatal(err)
 	}
-	events, stop := d.sessions.watch("dev")
+	events, stop := d.bus.watch("dev")
 	defer stop()
 	go d.vmWatcher().run(ctx, 10*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
@@ -166,8 +166,8 @@ func TestVMDiff(t *testing.T) {
 func TestOperationBusEvents(t *testing.T) {
 	ctx := context.Background()
 	d := testDaemon(t, nil)
-	d.ops = newOps(opsDeps{store: d.store, log: slog.New(slog.NewTextHandler(io.Discard, nil)), base: ctx, bus: d.sessions.publish})
-	events, stop := d.sessions.watch("dev")
+	d.ops = newOps(opsDeps{store: d.store, log: slog.New(slog.NewTextHandler(io.Discard, nil)), base: ctx, bus: d.bus.publish})
+	events, stop := d.bus.watch("dev")
 	defer stop()
 	id, err := d.ops.start(ctx, store.OpKindVMCreate, "dev", func(ctx context.Context, stage stageFunc) (any, error) {
 		if err := stage("boot", func(context.Context) error { return nil }); err != nil {

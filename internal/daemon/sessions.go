@@ -58,11 +58,12 @@ const (
 
 var sessionRefPattern = regexp.MustCompile(api.SessionNamePattern)
 
-// sessionTracker is the daemon's memory of sessions and the event bus.
+// sessionTracker is the daemon's memory of sessions. Changes it sees go
+// to bus (nil: nowhere), published under mu so they keep their order.
 type sessionTracker struct {
 	mu       sync.Mutex
 	vms      map[string]*vmSessions // by VM id
-	watchers map[chan api.BusEvent]string
+	bus      *eventBus
 	pollOnce sync.Once
 }
 
@@ -184,7 +185,7 @@ func (t *sessionTracker) put(vs *vmSessions, s api.Session) {
 	if ok && old.State == s.State && old.PID == s.PID {
 		return
 	}
-	t.fanout(api.BusEvent{Time: time.Now().UTC(), Kind: api.EventSession, VM: vs.name, Session: &s})
+	t.bus.publish(api.BusEvent{Time: time.Now().UTC(), Kind: api.EventSession, VM: vs.name, Session: &s})
 }
 
 // remembered returns the sessions the daemon knows for vm, oldest first.
@@ -237,33 +238,14 @@ func (t *sessionTracker) live() map[string]bool {
 	return out
 }
 
-func (t *sessionTracker) watch(vm string) (chan api.BusEvent, func()) {
-	ch := make(chan api.BusEvent, 256)
-	t.mu.Lock()
-	if t.watchers == nil {
-		t.watchers = map[chan api.BusEvent]string{}
-	}
-	t.watchers[ch] = vm
-	t.mu.Unlock()
-	return ch, func() {
-		t.mu.Lock()
-		delete(t.watchers, ch)
-		t.mu.Unlock()
-	}
-}
-
-func (t *sessionTracker) watched() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.watchers) > 0
-}
-
 // sessionDeps is what the session engine needs from the rest of the
 // daemon.
 type sessionDeps struct {
-	// tracker is the daemon's memory of sessions and the event bus.
+	// tracker is the daemon's memory of sessions.
 	tracker *sessionTracker
-	log     *slog.Logger
+	// bus is the event bus Subscribe watches.
+	bus *eventBus
+	log *slog.Logger
 	// base ends with the daemon; the poller runs under it.
 	base    context.Context
 	getVM   func(ctx context.Context, name string) (store.VM, error)
@@ -292,6 +274,7 @@ func (d *Daemon) sessionEngine() *sessionEngine {
 	}
 	return newSessionEngine(sessionDeps{
 		tracker:  &d.sessions,
+		bus:      &d.bus,
 		log:      d.log,
 		base:     base,
 		getVM:    d.getVM,
@@ -319,7 +302,7 @@ func (e *sessionEngine) poll(ctx context.Context) {
 		case <-tick.C:
 		}
 		live := e.tracker.live()
-		watched := e.tracker.watched()
+		watched := e.bus.watched()
 		if len(live) == 0 && !watched {
 			continue
 		}
@@ -545,7 +528,7 @@ func (e *sessionEngine) Subscribe(ctx context.Context, vm string) (<-chan api.Bu
 			return nil, nil, err
 		}
 	}
-	ch, cancel := e.tracker.watch(vm)
+	ch, cancel := e.bus.watch(vm)
 	return ch, cancel, nil
 }
 
