@@ -39,6 +39,10 @@ var importRules = []importRule{
 	{from: "internal/daemon", deny: "internal/vmm/qemu", exceptFiles: []string{"internal/daemon/drivers.go"}, why: "the daemon asks a vmm.Driver; drivers.go alone registers them"},
 	{from: "internal/daemon", deny: "internal/vmm/firecracker", exceptFiles: []string{"internal/daemon/drivers.go"}, why: "the daemon asks a vmm.Driver; drivers.go alone registers them"},
 	{from: "internal/store", deny: "internal/daemon", why: "the store is below the engines"},
+	{from: "internal/daemon", deny: "internal/daemon/httpapi", exceptFiles: []string{"internal/daemon/backend.go"}, why: "engines never import the HTTP layer; backend.go hands them to it"},
+	{from: "internal/daemon/httpapi", deny: "internal/store", why: "the HTTP layer reaches engines through its Backend interfaces, never their state"},
+	{from: "internal/daemon/httpapi", deny: "internal/vmm", why: "the HTTP layer reaches engines through its Backend interfaces, never a VMM"},
+	{from: "internal/daemon/httpapi", deny: "internal/agentclient", why: "the HTTP layer reaches engines through its Backend interfaces, never a guest agent"},
 }
 
 func TestLayeringImports(t *testing.T) {
