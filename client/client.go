@@ -175,13 +175,20 @@ func (c *Client) unreachable(err error) error {
 	return fmt.Errorf("talk to daemon: %w", err)
 }
 
+// decodeError turns a failed answer into its *api.Error. An answer
+// without a code (or without the JSON body) gets the code of its status
+// from api's error table, so errors.Is(err, api.ErrNotFound) holds for
+// every 404.
 func decodeError(resp *http.Response) error {
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, api.MaxBodyBytes))
 	var eb api.ErrorBody
 	if err := json.Unmarshal(data, &eb); err == nil && eb.Error != nil {
+		if eb.Error.Code == "" {
+			eb.Error.Code = api.CodeForStatus(resp.StatusCode)
+		}
 		return eb.Error
 	}
-	return &api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("daemon answered %s: %s", resp.Status, bytes.TrimSpace(data))}
+	return &api.Error{Code: api.CodeForStatus(resp.StatusCode), Message: fmt.Sprintf("daemon answered %s: %s", resp.Status, bytes.TrimSpace(data))}
 }
 
 // Version asks the daemon who it is.

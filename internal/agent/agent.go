@@ -5,7 +5,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +23,7 @@ import (
 	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/buildinfo"
+	"github.com/bangerdev/banger/internal/httpjson"
 	"github.com/bangerdev/banger/internal/mux"
 )
 
@@ -67,7 +67,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+agentapi.AgentWorkspacePath, s.handleWorkspace)
 	mux.HandleFunc("POST "+agentapi.AgentWorkspaceBundlePath, s.handleWorkspaceBundle)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path), "this agent serves GET /healthz, POST /v1/exec, PUT /v1/files and POST /v1/workspace[/bundle]")
+		httpjson.WriteStatusError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path), "this agent serves GET /healthz, POST /v1/exec, PUT /v1/files and POST /v1/workspace[/bundle]")
 	})
 	return mux
 }
@@ -208,7 +208,7 @@ func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {
 		h.UptimeSeconds = parseUptime(string(b))
 	}
 	h.Hostname, _ = os.Hostname()
-	writeJSON(w, http.StatusOK, h)
+	httpjson.WriteJSON(w, http.StatusOK, h)
 }
 
 // parseUptime reads the first field of /proc/uptime ("12.34 56.78").
@@ -222,21 +222,4 @@ func parseUptime(s string) float64 {
 		return 0
 	}
 	return v
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-func writeError(w http.ResponseWriter, status int, msg, hint string) {
-	code := api.CodeInternal
-	switch status {
-	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
-		code = api.CodeInvalid
-	case http.StatusNotFound:
-		code = api.CodeNotFound
-	}
-	writeJSON(w, status, api.ErrorBody{Error: &api.Error{Message: msg, Hint: hint, Code: code}})
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/httpjson"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/pty"
 	"github.com/bangerdev/banger/internal/session"
@@ -32,7 +33,7 @@ const veof = 0x04
 
 func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	if !upgradeRequested(r.Header) {
-		writeError(w, http.StatusBadRequest, "exec needs a protocol upgrade",
+		httpjson.WriteStatusError(w, http.StatusBadRequest, "exec needs a protocol upgrade",
 			"send `Connection: Upgrade` and `Upgrade: "+api.MuxProtocol+"`")
 		return
 	}
@@ -40,10 +41,10 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, "exec request larger than 1 MiB", "pass big inputs on stdin")
+			httpjson.WriteStatusError(w, http.StatusRequestEntityTooLarge, "exec request larger than 1 MiB", "pass big inputs on stdin")
 			return
 		}
-		writeError(w, http.StatusBadRequest, err.Error(), `send a JSON exec request such as {"argv":["uname","-a"]}`)
+		httpjson.WriteStatusError(w, http.StatusBadRequest, err.Error(), `send a JSON exec request such as {"argv":["uname","-a"]}`)
 		return
 	}
 	dir := req.Dir
@@ -51,7 +52,7 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 		dir = s.defaultDir
 	}
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-		writeError(w, http.StatusBadRequest, "working directory "+dir+" does not exist in the guest", "pass an existing directory")
+		httpjson.WriteStatusError(w, http.StatusBadRequest, "working directory "+dir+" does not exist in the guest", "pass an existing directory")
 		return
 	}
 	conn, brw, err := http.NewResponseController(w).Hijack()

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/bangerdev/banger/internal/httpjson"
 	"github.com/bangerdev/banger/internal/tarx"
 )
 
@@ -15,12 +16,12 @@ import (
 func (s *Server) handleImport(w http.ResponseWriter, r *http.Request) {
 	dir := r.URL.Query().Get("dir")
 	if !filepath.IsAbs(dir) {
-		writeError(w, http.StatusBadRequest, "import needs an absolute ?dir=", "pass the guest directory to extract into")
+		httpjson.WriteStatusError(w, http.StatusBadRequest, "import needs an absolute ?dir=", "pass the guest directory to extract into")
 		return
 	}
 	if r.URL.Query().Get("mkdir") == "1" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			writeError(w, http.StatusInternalServerError, "create "+dir+": "+err.Error(), "")
+			httpjson.WriteStatusError(w, http.StatusInternalServerError, "create "+dir+": "+err.Error(), "")
 			return
 		}
 	}
@@ -31,8 +32,8 @@ func (s *Server) handleImport(w http.ResponseWriter, r *http.Request) {
 			status = http.StatusBadRequest
 		}
 		s.log.Warn("import failed", "dir", dir, "err", err)
-		writeError(w, status, "import into "+dir+": "+err.Error(), "entries must be regular files, directories or symlinks inside the target")
+		httpjson.WriteStatusError(w, status, "import into "+dir+": "+err.Error(), "entries must be regular files, directories or symlinks inside the target")
 		return
 	}
-	writeJSON(w, http.StatusOK, st)
+	httpjson.WriteJSON(w, http.StatusOK, st)
 }

@@ -17,8 +17,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -31,6 +29,7 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/httpjson"
 	"github.com/bangerdev/banger/internal/session"
 )
 
@@ -68,74 +67,74 @@ func (s *Server) registerSessionRoutes(routes *http.ServeMux) {
 	routes.HandleFunc("POST "+p, func(w http.ResponseWriter, r *http.Request) {
 		req, err := session.DecodeStartRequest(http.MaxBytesReader(w, r.Body, api.MaxBodyBytes))
 		if err != nil {
-			writeSessionError(w, err)
+			httpjson.WriteError(w, err)
 			return
 		}
 		sess, err := m.Start(r.Context(), req)
 		if err != nil {
-			writeSessionError(w, err)
+			httpjson.WriteError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusCreated, sess)
+		httpjson.WriteJSON(w, http.StatusCreated, sess)
 	})
 	routes.HandleFunc("GET "+p, func(w http.ResponseWriter, r *http.Request) {
 		ss, err := m.List(r.Context())
 		if err != nil {
-			writeSessionError(w, err)
+			httpjson.WriteError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, ss)
+		httpjson.WriteJSON(w, http.StatusOK, ss)
 	})
 	routes.HandleFunc("GET "+p+"/{ref}", func(w http.ResponseWriter, r *http.Request) {
 		sess, err := m.Get(r.Context(), r.PathValue("ref"))
 		if err != nil {
-			writeSessionError(w, err)
+			httpjson.WriteError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, sess)
+		httpjson.WriteJSON(w, http.StatusOK, sess)
 	})
 	routes.HandleFunc("DELETE "+p+"/{ref}", func(w http.ResponseWriter, r *http.Request) {
 		if err := m.Remove(r.Context(), r.PathValue("ref")); err != nil {
-			writeSessionError(w, err)
+			httpjson.WriteError(w, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
 	routes.HandleFunc("POST "+p+"/{ref}/signal", func(w http.ResponseWriter, r *http.Request) {
 		var req api.SignalSessionRequest
-		if err := decodeBody(w, r, &req); err != nil {
-			writeSessionError(w, err)
+		if err := httpjson.DecodeOptionalBody(r, &req); err != nil {
+			httpjson.WriteError(w, err)
 			return
 		}
 		ref := r.PathValue("ref")
 		if err := m.Signal(r.Context(), ref, req.Signal); err != nil {
-			writeSessionError(w, err)
+			httpjson.WriteError(w, err)
 			return
 		}
 		sess, err := m.Get(r.Context(), ref)
 		if err != nil {
-			writeSessionError(w, err)
+			httpjson.WriteError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, sess)
+		httpjson.WriteJSON(w, http.StatusOK, sess)
 	})
 	routes.HandleFunc("POST "+p+"/{ref}/stop", func(w http.ResponseWriter, r *http.Request) {
 		var req api.StopSessionRequest
-		if err := decodeBody(w, r, &req); err != nil {
-			writeSessionError(w, err)
+		if err := httpjson.DecodeOptionalBody(r, &req); err != nil {
+			httpjson.WriteError(w, err)
 			return
 		}
 		if req.TimeoutSeconds < 0 || req.TimeoutSeconds > 24*3600 {
-			writeSessionError(w, api.Errorf(api.CodeInvalid, "", "stop timeout %gs out of range", req.TimeoutSeconds))
+			httpjson.WriteError(w, api.Errorf(api.CodeInvalid, "", "stop timeout %gs out of range", req.TimeoutSeconds))
 			return
 		}
 		timeout := time.Duration(req.TimeoutSeconds * float64(time.Second))
 		sess, err := m.Stop(r.Context(), r.PathValue("ref"), timeout)
 		if err != nil {
-			writeSessionError(w, err)
+			httpjson.WriteError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, sess)
+		httpjson.WriteJSON(w, http.StatusOK, sess)
 	})
 	routes.HandleFunc("GET "+p+"/{ref}/logs", func(w http.ResponseWriter, r *http.Request) {
 		s.handleSessionLogs(m, w, r)
@@ -145,31 +144,21 @@ func (s *Server) registerSessionRoutes(routes *http.ServeMux) {
 	})
 }
 
-// decodeBody reads an optional JSON body (empty means the zero value).
-func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, api.MaxBodyBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
-		return api.Errorf(api.CodeInvalid, "send a JSON object", "decode request: %v", err)
-	}
-	return nil
-}
-
 func (s *Server) handleSessionAttach(m *session.Manager, w http.ResponseWriter, r *http.Request) {
 	if !upgradeRequested(r.Header) {
-		writeSessionError(w, api.Errorf(api.CodeInvalid, "send `Connection: Upgrade` and `Upgrade: "+api.MuxProtocol+"`", "attach needs a protocol upgrade"))
+		httpjson.WriteError(w, api.Errorf(api.CodeInvalid, "send `Connection: Upgrade` and `Upgrade: "+api.MuxProtocol+"`", "attach needs a protocol upgrade"))
 		return
 	}
 	var req api.AttachSessionRequest
-	if err := decodeBody(w, r, &req); err != nil {
-		writeSessionError(w, err)
+	if err := httpjson.DecodeOptionalBody(r, &req); err != nil {
+		httpjson.WriteError(w, err)
 		return
 	}
 	// Connect to the session first, so a refusal (stdin taken, unknown
 	// session) is a plain HTTP error.
 	sconn, err := m.Attach(r.Context(), r.PathValue("ref"), req)
 	if err != nil {
-		writeSessionError(w, err)
+		httpjson.WriteError(w, err)
 		return
 	}
 	defer sconn.Close()
@@ -206,22 +195,22 @@ func closeWrite(c net.Conn) {
 func (s *Server) handleSessionLogs(m *session.Manager, w http.ResponseWriter, r *http.Request) {
 	req, err := api.ParseSessionLogsRequest(r.URL.Query())
 	if err != nil {
-		writeSessionError(w, err)
+		httpjson.WriteError(w, err)
 		return
 	}
 	ref := r.PathValue("ref")
 	// Errors must come before the first byte of output.
 	sess, err := m.Get(r.Context(), ref)
 	if err != nil {
-		writeSessionError(w, err)
+		httpjson.WriteError(w, err)
 		return
 	}
 	if req.Stream != "" && req.Stream != api.SessionStreamStdout && req.Stream != api.SessionStreamStderr {
-		writeSessionError(w, api.Errorf(api.CodeInvalid, "use stdout or stderr", "unknown stream %q", req.Stream))
+		httpjson.WriteError(w, api.Errorf(api.CodeInvalid, "use stdout or stderr", "unknown stream %q", req.Stream))
 		return
 	}
 	if req.Stream == api.SessionStreamStderr && sess.Mode == api.SessionModePTY {
-		writeSessionError(w, api.Errorf(api.CodeInvalid, "a terminal has one output: read stdout", "session %s runs on a terminal: it has no separate stderr", ref))
+		httpjson.WriteError(w, api.Errorf(api.CodeInvalid, "a terminal has one output: read stdout", "session %s runs on a terminal: it has no separate stderr", ref))
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -247,31 +236,6 @@ func (f flushWriter) Write(p []byte) (int, error) {
 		err = f.rc.Flush()
 	}
 	return n, err
-}
-
-// writeSessionError answers with the error's code as HTTP status.
-func writeSessionError(w http.ResponseWriter, err error) {
-	var ae *api.Error
-	if !errors.As(err, &ae) {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			ae = &api.Error{Code: api.CodeInvalid, Message: "request larger than 1 MiB"}
-		} else {
-			ae = &api.Error{Code: api.CodeInternal, Message: err.Error()}
-		}
-	}
-	status := http.StatusInternalServerError
-	switch ae.Code {
-	case api.CodeInvalid:
-		status = http.StatusBadRequest
-	case api.CodeNotFound:
-		status = http.StatusNotFound
-	case api.CodeConflict:
-		status = http.StatusConflict
-	case api.CodeUnavailable:
-		status = http.StatusServiceUnavailable
-	}
-	writeJSON(w, status, api.ErrorBody{Error: ae})
 }
 
 // launchSupervisor starts `banger-agent supervise` detached: setsid puts

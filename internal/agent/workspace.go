@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/httpjson"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/workspace"
@@ -40,32 +41,32 @@ const prepareDirPrefix = ".banger-prepare-"
 // prepare that fails at any point leaves the previous checkout as it was.
 func (s *Server) handleWorkspace(w http.ResponseWriter, r *http.Request) {
 	if !upgradeRequested(r.Header) {
-		writeError(w, http.StatusBadRequest, "workspace prepare needs a protocol upgrade",
+		httpjson.WriteStatusError(w, http.StatusBadRequest, "workspace prepare needs a protocol upgrade",
 			"send `Connection: Upgrade` and `Upgrade: "+api.MuxProtocol+"`")
 		return
 	}
 	var req workspace.ApplyRequest
-	if err := decodeStrict(http.MaxBytesReader(w, r.Body, workspace.MaxRequestBytes), &req); err != nil {
-		writeError(w, http.StatusBadRequest, "bad workspace request: "+err.Error(), "")
+	if err := httpjson.Decode(http.MaxBytesReader(w, r.Body, workspace.MaxRequestBytes), &req); err != nil {
+		httpjson.WriteStatusError(w, http.StatusBadRequest, "bad workspace request: "+err.Error(), "")
 		return
 	}
 	if err := checkWorkspaceDir(req.Dir); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error(), "prepare into an absolute directory such as "+workspace.GuestDir)
+		httpjson.WriteStatusError(w, http.StatusBadRequest, err.Error(), "prepare into an absolute directory such as "+workspace.GuestDir)
 		return
 	}
 	if err := req.Plan.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error(), "")
+		httpjson.WriteStatusError(w, http.StatusBadRequest, err.Error(), "")
 		return
 	}
 	if !s.workspaceMu.TryLock() {
-		writeAPIError(w, http.StatusConflict, &api.Error{Code: api.CodeConflict,
+		httpjson.WriteError(w, &api.Error{Code: api.CodeConflict,
 			Message: "another workspace prepare is running in this VM", Hint: "wait for it to finish"})
 		return
 	}
 	defer s.workspaceMu.Unlock()
 	if !req.Force {
 		if busy := processesIn(s.procDir, req.Dir); len(busy) > 0 {
-			writeAPIError(w, http.StatusConflict, &api.Error{Code: api.CodeConflict,
+			httpjson.WriteError(w, &api.Error{Code: api.CodeConflict,
 				Message: fmt.Sprintf("processes are running inside %s: %s", req.Dir, strings.Join(busy, ", ")),
 				Hint:    "stop them first, or pass --force to replace the workspace under them"})
 			return
@@ -289,26 +290,26 @@ func processesIn(procDir, dir string) []string {
 // host does not have yet.
 func (s *Server) handleWorkspaceBundle(w http.ResponseWriter, r *http.Request) {
 	var req workspace.ExportRequest
-	if err := decodeStrict(http.MaxBytesReader(w, r.Body, workspace.MaxRequestBytes), &req); err != nil {
-		writeError(w, http.StatusBadRequest, "bad export request: "+err.Error(), "")
+	if err := httpjson.Decode(http.MaxBytesReader(w, r.Body, workspace.MaxRequestBytes), &req); err != nil {
+		httpjson.WriteStatusError(w, http.StatusBadRequest, "bad export request: "+err.Error(), "")
 		return
 	}
 	if err := checkWorkspaceDir(req.Dir); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error(), "")
+		httpjson.WriteStatusError(w, http.StatusBadRequest, err.Error(), "")
 		return
 	}
 	if _, err := os.Stat(filepath.Join(req.Dir, ".git")); err != nil {
-		writeError(w, http.StatusNotFound, "no workspace at "+req.Dir, "prepare one with `banger vm workspace prepare`")
+		httpjson.WriteStatusError(w, http.StatusNotFound, "no workspace at "+req.Dir, "prepare one with `banger vm workspace prepare`")
 		return
 	}
 	refs, err := workspace.ListRefs(r.Context(), system.Exec{}, req.Dir)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, err.Error(), "")
+		httpjson.WriteStatusError(w, http.StatusInternalServerError, err.Error(), "")
 		return
 	}
 	hdr, err := json.Marshal(workspace.ExportHeader{Refs: refs})
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, err.Error(), "")
+		httpjson.WriteStatusError(w, http.StatusInternalServerError, err.Error(), "")
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -324,20 +325,4 @@ func (s *Server) handleWorkspaceBundle(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("workspace export failed", "dir", req.Dir, "err", err)
 		panic(http.ErrAbortHandler)
 	}
-}
-
-func writeAPIError(w http.ResponseWriter, status int, e *api.Error) {
-	writeJSON(w, status, api.ErrorBody{Error: e})
-}
-
-func decodeStrict(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data after the JSON object")
-	}
-	return nil
 }

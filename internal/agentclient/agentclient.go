@@ -202,23 +202,9 @@ func statusError(resp *http.Response) *StatusError {
 		eb.Error = &api.Error{Message: msg}
 	}
 	if eb.Error.Code == "" {
-		eb.Error.Code = codeForStatus(resp.StatusCode)
+		eb.Error.Code = api.CodeForStatus(resp.StatusCode)
 	}
 	return &StatusError{StatusCode: resp.StatusCode, Err: eb.Error}
-}
-
-func codeForStatus(status int) string {
-	switch {
-	case status == http.StatusNotFound:
-		return api.CodeNotFound
-	case status == http.StatusConflict:
-		return api.CodeConflict
-	case status >= 400 && status < 500:
-		return api.CodeInvalid
-	case status == http.StatusServiceUnavailable:
-		return api.CodeUnavailable
-	}
-	return api.CodeInternal
 }
 
 // Exec starts req in the guest. On "101 Switching Protocols" it returns

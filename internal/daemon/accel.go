@@ -3,16 +3,14 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
-	"time"
 
-	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/doctor"
-	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
-	"github.com/bangerdev/banger/internal/vmm/qemu"
+	"github.com/bangerdev/banger/internal/vmm"
 )
 
 // accelChoice is the accelerator VMs get and why.
@@ -53,7 +51,7 @@ func (d *Daemon) accelFor(ctx context.Context, img store.Image) accelChoice {
 	if cur.Probed || cur.Note == "set by BANGER_ACCEL" || cur.Note == "set by the config file" {
 		return cur
 	}
-	ok, why := qemu.ProbeKVM(ctx, "", filepath.Join(img.Dir, image.FileKernel), 20*time.Second)
+	ok, why := d.probeKVM(ctx, img)
 	choice := accelChoice{Accel: "tcg", Note: "KVM unusable: " + why, BootID: cur.BootID, Probed: true}
 	if ok {
 		choice.Accel, choice.Note = "kvm", why
@@ -107,14 +105,31 @@ func (d *Daemon) Doctor(ctx context.Context) []doctor.Check {
 		acc = d.accelFor(ctx, img)
 	}
 	checks = append(checks, doctor.KVM(acc.Accel == "kvm", acc.Note), doctor.Root(), doctor.FreeDisk(d.layout.DataDir, 4<<30))
-	// Firecracker is optional (QEMU runs VMs without it) unless the
-	// config makes it the default VMM.
-	checks = append(checks, doctor.Firecracker(ctx, d.runner, d.cfg.VM.VMM == config.VMMFirecracker))
-	if d.cfg.Firecracker.Jailer {
-		checks = append(checks, doctor.Jailer(ctx, d.runner))
+	// A VMM's own checks (Firecracker's binary) are optional, since the
+	// fallback VMM runs VMs without it, unless the config makes it the
+	// default; its jailer is checked when the config jails every VM.
+	for _, drv := range d.driverList() {
+		need := vmm.Need{Required: d.cfg.VM.VMM == drv.Name(), Jailer: drv.UsesJailer(false, vmm.Process{})}
+		checks = append(checks, drv.HostChecks(ctx, d.runner, need)...)
 	}
 	checks = append(checks, d.defaultVMMCheck(ctx, acc.Accel == "kvm"))
 	return checks
+}
+
+// probeKVM asks the first driver that has a KVM probe (QEMU's boots the
+// image's kernel).
+func (d *Daemon) probeKVM(ctx context.Context, img store.Image) (bool, string) {
+	for _, drv := range d.driverList() {
+		ok, why, err := drv.ProbeKVM(ctx, bootImage(img))
+		if errors.Is(err, vmm.ErrNotSupported) {
+			continue
+		}
+		if err != nil {
+			return false, err.Error()
+		}
+		return ok, why
+	}
+	return false, "no VMM driver here can probe KVM"
 }
 
 func (d *Daemon) currentAccel() accelChoice {

@@ -90,10 +90,12 @@ func refuseBusy(c net.Conn, max int) {
 	if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
 		return
 	}
-	body, _ := json.Marshal(api.ErrorBody{Error: api.Errorf(api.CodeUnavailable,
+	ae := api.Errorf(api.CodeUnavailable,
 		"close other attach, exec or event streams, or raise limits.max_connections",
-		"the daemon has %d connections open, its limit", max)})
-	fmt.Fprintf(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+		"the daemon has %d connections open, its limit", max)
+	body, _ := json.Marshal(api.ErrorBody{Error: ae})
+	status := api.StatusFor(ae.Code)
+	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", status, http.StatusText(status), len(body), body)
 }
 
 type limitedConn struct {

@@ -27,13 +27,14 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
+	"github.com/bangerdev/banger/internal/vmm"
 )
 
-// consoleTrimInterval is how often a Firecracker console log is trimmed.
+// consoleTrimInterval is how often a console log its VMM appends to
+// itself (vmm.ConsoleFile: Firecracker) is trimmed.
 const consoleTrimInterval = 2 * time.Second
 
 // consoleSet is the console pumps running, by VM directory and VMM
@@ -84,7 +85,7 @@ func (d *Daemon) keepConsole(ctx context.Context, vm store.VM) <-chan struct{} {
 			d.consoles.mu.Unlock()
 			close(done)
 		}()
-		if vm.VMM == config.VMMFirecracker {
+		if d.driverFor(vm).Info().Console == vmm.ConsoleFile {
 			d.trimConsole(ctx, vm)
 			return
 		}

@@ -77,8 +77,10 @@ type Daemon struct {
 	// verifyHook replaces the verification boot in tests.
 	verifyHook verifyBootFunc
 
-	// sessions remembers guest sessions and publishes their changes.
+	// sessions remembers guest sessions and publishes their changes on
+	// bus, the event bus of GET /v1/events (events.go).
 	sessions sessionTracker
+	bus      eventBus
 
 	// net runs tap mode: bridge, TAPs and NAT of this instance. netMu
 	// serialises its changes, since each rewrites the NAT table.
@@ -122,6 +124,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if opts.Drivers != nil {
 		d.drivers = opts.Drivers
 	}
+	d.sessions.bus = &d.bus
 	if d.runner == nil {
 		d.runner = system.Exec{}
 	}
@@ -138,8 +141,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	if d.net, err = d.newNetwork(opts.NetHost); err != nil {
 		return nil, err
 	}
-	d.ops = newOperations(ctx, st, d.log.With("component", "ops"))
-	d.ops.bus = d.sessions.publish
+	d.ops = newOps(opsDeps{store: st, log: d.log.With("component", "ops"), base: ctx, bus: d.bus.publish})
 	if _, err := st.FailDanglingOperations(ctx); err != nil {
 		return nil, fmt.Errorf("close operations of a previous daemon: %w", err)
 	}

@@ -1,7 +1,8 @@
 package daemon
 
 // The event bus (GET /v1/events) carries three kinds of news: sessions
-// (sessions.go), VMs and operations (here).
+// (sessions.go), VMs and operations (ops.go); the bus and the VM table
+// watcher are here.
 //
 // VM events come from watching the VMs table rather than from hooks in
 // every lifecycle path: whatever changes a VM (create, start, stop,
@@ -13,7 +14,9 @@ package daemon
 
 import (
 	"context"
+	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bangerdev/banger/api"
@@ -23,16 +26,22 @@ import (
 // vmWatchInterval bounds how late a VM event is.
 const vmWatchInterval = 300 * time.Millisecond
 
-// publish sends ev to every watcher whose filter matches.
-func (t *sessionTracker) publish(ev api.BusEvent) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.fanout(ev)
+// eventBus fans events out to the watchers of GET /v1/events. Sessions,
+// the VM table watcher and the operations runner publish into it.
+type eventBus struct {
+	mu       sync.Mutex
+	watchers map[chan api.BusEvent]string // filter: a VM name, or "" for all
 }
 
-// fanout is publish for callers that hold t.mu.
-func (t *sessionTracker) fanout(ev api.BusEvent) {
-	for ch, filter := range t.watchers {
+// publish sends ev to every watcher whose filter matches. A nil bus
+// drops it.
+func (b *eventBus) publish(ev api.BusEvent) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for ch, filter := range b.watchers {
 		if filter != "" && filter != ev.VM {
 			continue
 		}
@@ -43,6 +52,33 @@ func (t *sessionTracker) fanout(ev api.BusEvent) {
 			// list again.
 		}
 	}
+}
+
+// watch subscribes to the bus (one VM's events when vm is set) until the
+// returned cancel.
+func (b *eventBus) watch(vm string) (chan api.BusEvent, func()) {
+	ch := make(chan api.BusEvent, 256)
+	b.mu.Lock()
+	if b.watchers == nil {
+		b.watchers = map[chan api.BusEvent]string{}
+	}
+	b.watchers[ch] = vm
+	b.mu.Unlock()
+	return ch, func() {
+		b.mu.Lock()
+		delete(b.watchers, ch)
+		b.mu.Unlock()
+	}
+}
+
+// watched reports whether anyone listens.
+func (b *eventBus) watched() bool {
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.watchers) > 0
 }
 
 // vmKey is what a VM event is about: a change in any of these fields.
@@ -84,24 +120,45 @@ type vmChange struct {
 	vm     store.VM
 }
 
+// vmWatchDeps is what the VM table watcher needs.
+type vmWatchDeps struct {
+	listVMs func(ctx context.Context) ([]store.VM, error)
+	// view is the public view a VM event carries.
+	view func(ctx context.Context, vm store.VM) api.VM
+	// bus is where events go; the watcher reads only while it has
+	// watchers.
+	bus *eventBus
+	log *slog.Logger
+}
+
+// vmWatcher turns changes of the VMs table into bus events.
+type vmWatcher struct {
+	vmWatchDeps
+}
+
+// vmWatcher builds the daemon's VM table watcher.
+func (d *Daemon) vmWatcher() *vmWatcher {
+	return &vmWatcher{vmWatchDeps{listVMs: d.store.ListVMs, view: d.vmView, bus: &d.bus, log: d.log}}
+}
+
 // startVMWatcher starts the VM table watcher once per daemon.
 func (d *Daemon) startVMWatcher() {
 	d.vmWatchOnce.Do(func() {
-		go d.watchVMs(d.ops.base, vmWatchInterval)
+		go d.vmWatcher().run(d.ops.base, vmWatchInterval)
 	})
 }
 
-func (d *Daemon) watchVMs(ctx context.Context, every time.Duration) {
+func (w *vmWatcher) run(ctx context.Context, every time.Duration) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	var snap map[string]store.VM
 	for {
-		if !d.sessions.watched() {
+		if !w.bus.watched() {
 			// Nobody to tell: forget the snapshot, so a new watcher is
 			// not flooded with changes from before it came.
 			snap = nil
 		} else {
-			snap = d.vmWatchStep(ctx, snap)
+			snap = w.step(ctx, snap)
 		}
 		select {
 		case <-ctx.Done():
@@ -111,17 +168,17 @@ func (d *Daemon) watchVMs(ctx context.Context, every time.Duration) {
 	}
 }
 
-// vmWatchStep reads the VMs table, publishes what changed since snap
-// (nothing when snap is nil: the first look) and returns the new snapshot.
-func (d *Daemon) vmWatchStep(ctx context.Context, snap map[string]store.VM) map[string]store.VM {
-	vms, err := d.store.ListVMs(ctx)
+// step reads the VMs table, publishes what changed since snap (nothing
+// when snap is nil: the first look) and returns the new snapshot.
+func (w *vmWatcher) step(ctx context.Context, snap map[string]store.VM) map[string]store.VM {
+	vms, err := w.listVMs(ctx)
 	if err != nil {
-		d.log.Debug("watch vms", "err", err)
+		w.log.Debug("watch vms", "err", err)
 		return snap
 	}
 	if snap != nil {
 		for _, c := range vmDiff(snap, vms) {
-			d.publishVM(ctx, c)
+			w.publish(ctx, c)
 		}
 	}
 	next := make(map[string]store.VM, len(vms))
@@ -131,14 +188,14 @@ func (d *Daemon) vmWatchStep(ctx context.Context, snap map[string]store.VM) map[
 	return next
 }
 
-func (d *Daemon) publishVM(ctx context.Context, c vmChange) {
+func (w *vmWatcher) publish(ctx context.Context, c vmChange) {
 	var view api.VM
 	if c.change == api.VMDeleted {
 		view = api.VM{ID: c.vm.ID, Name: c.vm.Name, State: c.vm.State, VMM: c.vm.VMM}
 	} else {
-		view = d.vmView(ctx, c.vm)
+		view = w.view(ctx, c.vm)
 	}
-	d.sessions.publish(api.BusEvent{Time: time.Now().UTC(), Kind: api.EventVM, VM: c.vm.Name, Change: c.change, VMInfo: &view})
+	w.bus.publish(api.BusEvent{Time: time.Now().UTC(), Kind: api.EventVM, VM: c.vm.Name, Change: c.change, VMInfo: &view})
 }
 
 // opBusEvent turns an operation event into a bus event. Operations on a

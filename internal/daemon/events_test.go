@@ -37,14 +37,15 @@ func TestVMEventsOnStateChanges(t *testing.T) {
 	if err := d.store.CreateImage(ctx, &img); err != nil {
 		t.Fatal(err)
 	}
-	events, stop := d.sessions.watch("")
+	events, stop := d.bus.watch("")
 	defer stop()
-	other, stopOther := d.sessions.watch("someone-else")
+	other, stopOther := d.bus.watch("someone-else")
 	defer stopOther()
-	snap := d.vmWatchStep(ctx, nil)
+	vw := d.vmWatcher()
+	snap := vw.step(ctx, nil)
 	step := func() api.BusEvent {
 		t.Helper()
-		snap = d.vmWatchStep(ctx, snap)
+		snap = vw.step(ctx, snap)
 		select {
 		case ev := <-events:
 			if ev.Kind != api.EventVM {
@@ -73,7 +74,7 @@ func TestVMEventsOnStateChanges(t *testing.T) {
 		t.Fatalf("running: %+v", ev)
 	}
 	// A change of nothing the event is about: no event.
-	snap = d.vmWatchStep(ctx, snap)
+	snap = vw.step(ctx, snap)
 	if len(events) != 0 {
 		t.Fatalf("event without a change: %+v", <-events)
 	}
@@ -113,9 +114,9 @@ func TestVMWatcherLoop(t *testing.T) {
 	if err := d.store.CreateVM(ctx, &vm); err != nil {
 		t.Fatal(err)
 	}
-	events, stop := d.sessions.watch("dev")
+	events, stop := d.bus.watch("dev")
 	defer stop()
-	go d.watchVMs(ctx, 10*time.Millisecond)
+	go d.vmWatcher().run(ctx, 10*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
 	states := []string{api.VMRunning, api.VMStopped}
 	for i := 0; ; i++ {
@@ -165,9 +166,8 @@ func TestVMDiff(t *testing.T) {
 func TestOperationBusEvents(t *testing.T) {
 	ctx := context.Background()
 	d := testDaemon(t, nil)
-	d.ops = newOperations(ctx, d.store, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	d.ops.bus = d.sessions.publish
-	events, stop := d.sessions.watch("dev")
+	d.ops = newOps(opsDeps{store: d.store, log: slog.New(slog.NewTextHandler(io.Discard, nil)), base: ctx, bus: d.bus.publish})
+	events, stop := d.bus.watch("dev")
 	defer stop()
 	id, err := d.ops.start(ctx, store.OpKindVMCreate, "dev", func(ctx context.Context, stage stageFunc) (any, error) {
 		if err := stage("boot", func(context.Context) error { return nil }); err != nil {

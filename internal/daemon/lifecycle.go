@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/api"
-	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/vmm"
 )
@@ -62,10 +61,8 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 	if err := d.preflight(ctx, checksForCreate); err != nil {
 		return vm, err
 	}
-	if vm.VMM == config.VMMFirecracker {
-		if err := d.firecrackerPreflight(ctx, vm.NetMode, d.jailed(vm, false)); err != nil {
-			return vm, err
-		}
+	if err := d.vmmPreflight(ctx, d.driverFor(vm), vm.NetMode, false, d.proc(vm)); err != nil {
+		return vm, err
 	}
 	if wantDisk != 0 {
 		if err := d.growWorkDisk(ctx, &vm, wantDisk); err != nil {
@@ -83,7 +80,8 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 	}
 	var undo cleanup
 	noStages := func(name string, fn func(ctx context.Context) error) error { return fn(ctx) }
-	proc, err := d.boot(ctx, &vm, img, noStages, &undo, true, false)
+	// The boot's last step records the VM running.
+	_, err = d.boot(ctx, &vm, img, noStages, &undo, true, false)
 	if err != nil {
 		undo.run()
 		_ = d.store.SetVMState(ctx, vm.ID, api.VMStopped, err.Error())
@@ -93,8 +91,7 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 		}
 		return vm, fmt.Errorf("start %s: %w", vm.Name, err)
 	}
-	vm.PID, vm.PIDStartTime, vm.State, vm.LastError = proc.PID, proc.StartTime, api.VMRunning, ""
-	return vm, d.store.UpdateVM(ctx, &vm)
+	return vm, nil
 }
 
 // StopVM powers a VM off: the agent asks systemd for a clean poweroff, the

@@ -310,7 +310,7 @@ func TestFakeCreate(t *testing.T) {
 	if live := h.drv.Live(); !slices.Equal(live, []string{vm.ID}) {
 		t.Errorf("live VMMs %v, want [%s]", live, vm.ID)
 	}
-	for _, f := range []string{paths.FileRootDisk, paths.FileWorkDisk, paths.FileSeedDisk, fileHostKey, paths.FileKnownHosts} {
+	for _, f := range []string{paths.FileRootRaw, paths.FileWorkDisk, paths.FileSeedDisk, fileHostKey, paths.FileKnownHosts} {
 		if _, err := os.Stat(filepath.Join(vm.Dir, f)); err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
@@ -335,8 +335,8 @@ func TestFakeCreateFails(t *testing.T) {
 		errHas   string
 		starts   int
 	}{
-		{name: "root disk", stage: "disks", errHas: "create root overlay",
-			script: func(h *fakeHost) { h.run.On("qemu-img create", "", boom) }},
+		{name: "root disk", stage: "disks", errHas: "create root disk: boom",
+			script: func(h *fakeHost) { h.drv.RootDiskErr = boom }},
 		{name: "work disk", stage: "disks", errHas: "format work disk",
 			script: func(h *fakeHost) { h.run.On("mkfs.ext4 -q -F -L "+image.LabelWork, "", boom) }},
 		{name: "seed disk", stage: "seed", errHas: "format seed disk",

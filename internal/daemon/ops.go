@@ -33,26 +33,47 @@ type opError struct {
 func (e *opError) Error() string { return e.err.Error() }
 func (e *opError) Unwrap() error { return e.err }
 
+// opsStore is the part of the store operations are recorded in.
+type opsStore interface {
+	CreateOperation(ctx context.Context, op *store.Operation) error
+	GetOperation(ctx context.Context, id string) (store.Operation, error)
+	ListOperations(ctx context.Context, limit int) ([]store.Operation, error)
+	StartStage(ctx context.Context, opID, name string) (store.Stage, error)
+	FinishStage(ctx context.Context, opID string, seq int, state, errText, detail string) error
+	FinishOperation(ctx context.Context, id, state, errText, hint, consoleTail, resultJSON string) error
+}
+
+// opsDeps is what the operations engine needs from the daemon.
+type opsDeps struct {
+	store opsStore
+	log   *slog.Logger
+	// base is cancelled when the daemon shuts down.
+	base context.Context
+	// bus, when set, also gets every event (the daemon's GET /v1/events).
+	bus func(api.BusEvent)
+}
+
 // operations runs long work in the background and fans its events out to
 // watchers. The record lives in SQLite, so a watcher that reconnects (or a
-// restarted daemon) still sees how an operation went.
+// restarted daemon) still sees how an operation went. It implements the
+// HTTP layer's Operations.
 type operations struct {
-	store *store.Store
-	log   *slog.Logger
+	opsDeps
 
 	mu       sync.Mutex
 	watchers map[string][]chan api.Event
 	running  sync.WaitGroup
-	// base is cancelled when the daemon shuts down.
-	base context.Context
-	// bus, when set, also gets every event (the daemon's GET /v1/events);
-	// meta names the running operations for it.
-	bus  func(api.BusEvent)
+	// meta names the running operations for the bus.
 	meta map[string][2]string
 }
 
-func newOperations(base context.Context, st *store.Store, log *slog.Logger) *operations {
-	return &operations{store: st, log: log, base: base, watchers: map[string][]chan api.Event{}}
+func newOps(deps opsDeps) *operations {
+	return &operations{opsDeps: deps, watchers: map[string][]chan api.Event{}}
+}
+
+// newOperations is newOps without a bus.
+func newOperations(base context.Context, st opsStore, log *slog.Logger) *operations {
+	return newOps(opsDeps{store: st, log: log, base: base})
 }
 
 func newID(n int) string {
@@ -158,6 +179,42 @@ func (o *operations) get(ctx context.Context, id string) (api.Operation, error) 
 		return api.Operation{}, err
 	}
 	return operationView(op), nil
+}
+
+// listedOperations is how many operations GET /v1/operations shows, the
+// newest first.
+const listedOperations = 50
+
+// ListOperations returns the newest operations.
+func (o *operations) ListOperations(ctx context.Context) ([]api.Operation, error) {
+	ops, err := o.store.ListOperations(ctx, listedOperations)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Operation, 0, len(ops))
+	for _, op := range ops {
+		out = append(out, operationView(op))
+	}
+	return out, nil
+}
+
+// GetOperation returns one operation's record.
+func (o *operations) GetOperation(ctx context.Context, id string) (api.Operation, error) {
+	op, err := o.get(ctx, id)
+	return op, notFoundOp(id, err)
+}
+
+// WatchOperation is watch for the API: an unknown id is not_found.
+func (o *operations) WatchOperation(ctx context.Context, id string) (<-chan api.Event, func(), error) {
+	events, cancel, err := o.watch(ctx, id)
+	return events, cancel, notFoundOp(id, err)
+}
+
+func notFoundOp(id string, err error) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return api.Errorf(api.CodeNotFound, "", "no operation %q", id)
+	}
+	return err
 }
 
 func operationView(op store.Operation) api.Operation {

@@ -1,7 +1,8 @@
 package daemon
 
 // Guest sessions, host side. The guest is the source of truth (see
-// internal/session): every route here is forwarded to the VM's agent.
+// internal/session): every call of the session engine is forwarded to
+// the VM's agent (the HTTP routes are internal/daemon/httpapi's).
 // The daemon adds three things the guest cannot know:
 //
 //   - a memory of the last metadata it saw per session, so that sessions
@@ -22,10 +23,11 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
+	"io"
+	"log/slog"
+	"net"
 	"regexp"
 	"slices"
 	"strings"
@@ -56,24 +58,12 @@ const (
 
 var sessionRefPattern = regexp.MustCompile(api.SessionNamePattern)
 
-func (d *Daemon) registerSessionRoutes(m *http.ServeMux, v string) {
-	p := v + "/vms/{name}/sessions"
-	m.HandleFunc("POST "+p, d.handleStartSession)
-	m.HandleFunc("GET "+p, d.handleListSessions)
-	m.HandleFunc("GET "+p+"/{ref}", d.handleGetSession)
-	m.HandleFunc("DELETE "+p+"/{ref}", d.handleRemoveSession)
-	m.HandleFunc("POST "+p+"/{ref}/attach", d.handleAttachSession)
-	m.HandleFunc("POST "+p+"/{ref}/signal", d.handleSignalSession)
-	m.HandleFunc("POST "+p+"/{ref}/stop", d.handleStopSession)
-	m.HandleFunc("GET "+p+"/{ref}/logs", d.handleSessionLogs)
-	m.HandleFunc("GET "+v+"/events", d.handleEvents)
-}
-
-// sessionTracker is the daemon's memory of sessions and the event bus.
+// sessionTracker is the daemon's memory of sessions. Changes it sees go
+// to bus (nil: nowhere), published under mu so they keep their order.
 type sessionTracker struct {
 	mu       sync.Mutex
 	vms      map[string]*vmSessions // by VM id
-	watchers map[chan api.BusEvent]string
+	bus      *eventBus
 	pollOnce sync.Once
 }
 
@@ -195,7 +185,7 @@ func (t *sessionTracker) put(vs *vmSessions, s api.Session) {
 	if ok && old.State == s.State && old.PID == s.PID {
 		return
 	}
-	t.fanout(api.BusEvent{Time: time.Now().UTC(), Kind: api.EventSession, VM: vs.name, Session: &s})
+	t.bus.publish(api.BusEvent{Time: time.Now().UTC(), Kind: api.EventSession, VM: vs.name, Session: &s})
 }
 
 // remembered returns the sessions the daemon knows for vm, oldest first.
@@ -248,36 +238,61 @@ func (t *sessionTracker) live() map[string]bool {
 	return out
 }
 
-func (t *sessionTracker) watch(vm string) (chan api.BusEvent, func()) {
-	ch := make(chan api.BusEvent, 256)
-	t.mu.Lock()
-	if t.watchers == nil {
-		t.watchers = map[chan api.BusEvent]string{}
-	}
-	t.watchers[ch] = vm
-	t.mu.Unlock()
-	return ch, func() {
-		t.mu.Lock()
-		delete(t.watchers, ch)
-		t.mu.Unlock()
-	}
+// sessionDeps is what the session engine needs from the rest of the
+// daemon.
+type sessionDeps struct {
+	// tracker is the daemon's memory of sessions.
+	tracker *sessionTracker
+	// bus is the event bus Subscribe watches.
+	bus *eventBus
+	log *slog.Logger
+	// base ends with the daemon; the poller runs under it.
+	base    context.Context
+	getVM   func(ctx context.Context, name string) (store.VM, error)
+	listVMs func(ctx context.Context) ([]store.VM, error)
+	agent   func(ctx context.Context, vm store.VM) (*agentclient.Client, error)
+	// watchVMs starts the VM table watcher (events.go) for the bus.
+	watchVMs func()
 }
 
-func (t *sessionTracker) watched() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.watchers) > 0
+// sessionEngine serves guest sessions and the event bus: it forwards to
+// the VM's agent and keeps what the daemon adds (see the top of this
+// file). It implements the HTTP layer's Sessions and Events.
+type sessionEngine struct {
+	sessionDeps
 }
 
-// startSessionPoller starts the poll loop once per daemon; it ends with
-// the daemon's base context.
-func (d *Daemon) startSessionPoller() {
-	d.sessions.pollOnce.Do(func() {
-		go d.pollSessions(d.ops.base)
+func newSessionEngine(deps sessionDeps) *sessionEngine {
+	return &sessionEngine{sessionDeps: deps}
+}
+
+// sessionEngine builds the daemon's session engine over its tracker.
+func (d *Daemon) sessionEngine() *sessionEngine {
+	base := context.Background()
+	if d.ops != nil {
+		base = d.ops.base
+	}
+	return newSessionEngine(sessionDeps{
+		tracker:  &d.sessions,
+		bus:      &d.bus,
+		log:      d.log,
+		base:     base,
+		getVM:    d.getVM,
+		listVMs:  d.store.ListVMs,
+		agent:    d.agent,
+		watchVMs: d.startVMWatcher,
 	})
 }
 
-func (d *Daemon) pollSessions(ctx context.Context) {
+// startPoller starts the poll loop once per daemon (the tracker's once);
+// it ends with the daemon's base context.
+func (e *sessionEngine) startPoller() {
+	e.tracker.pollOnce.Do(func() {
+		go e.poll(e.base)
+	})
+}
+
+func (e *sessionEngine) poll(ctx context.Context) {
 	tick := time.NewTicker(sessionPollInterval)
 	defer tick.Stop()
 	for {
@@ -286,12 +301,12 @@ func (d *Daemon) pollSessions(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		live := d.sessions.live()
-		watched := d.sessions.watched()
+		live := e.tracker.live()
+		watched := e.bus.watched()
 		if len(live) == 0 && !watched {
 			continue
 		}
-		vms, err := d.store.ListVMs(ctx)
+		vms, err := e.listVMs(ctx)
 		if err != nil {
 			continue
 		}
@@ -300,23 +315,23 @@ func (d *Daemon) pollSessions(ctx context.Context) {
 				continue
 			}
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			if _, err := d.refreshSessions(pctx, vm); err != nil {
-				d.log.Debug("poll sessions", "vm", vm.Name, "err", err)
+			if _, err := e.refresh(pctx, vm); err != nil {
+				e.log.Debug("poll sessions", "vm", vm.Name, "err", err)
 			}
 			cancel()
 		}
 	}
 }
 
-// refreshSessions asks the guest for its sessions and returns what the
-// daemon knows afterwards (the guest's list plus lost ones). A VM that is
-// not running has only lost sessions.
-func (d *Daemon) refreshSessions(ctx context.Context, vm store.VM) ([]api.Session, error) {
+// refresh asks the guest for its sessions and returns what the daemon
+// knows afterwards (the guest's list plus lost ones). A VM that is not
+// running has only lost sessions.
+func (e *sessionEngine) refresh(ctx context.Context, vm store.VM) ([]api.Session, error) {
 	if vm.State != api.VMRunning {
-		d.sessions.markLost(vm, fmt.Sprintf("VM %s is %s", vm.Name, vm.State))
-		return d.sessions.remembered(vm), nil
+		e.tracker.markLost(vm, fmt.Sprintf("VM %s is %s", vm.Name, vm.State))
+		return e.tracker.remembered(vm), nil
 	}
-	c, err := d.agent(ctx, vm)
+	c, err := e.agent(ctx, vm)
 	if err != nil {
 		return nil, err
 	}
@@ -328,41 +343,34 @@ func (d *Daemon) refreshSessions(ctx context.Context, vm store.VM) ([]api.Sessio
 	if err != nil {
 		return nil, asAPIError(err)
 	}
-	d.sessions.observe(vm, h.BootID, ss, true)
-	return d.sessions.remembered(vm), nil
+	e.tracker.observe(vm, h.BootID, ss, true)
+	return e.tracker.remembered(vm), nil
 }
 
-// sessionAgent resolves the VM of a session route and its agent.
-func (d *Daemon) sessionAgent(ctx context.Context, r *http.Request) (store.VM, *agentclient.Client, error) {
-	d.startSessionPoller()
-	vm, err := d.getVM(ctx, r.PathValue("name"))
+// sessionAgent resolves the VM of a session call and its agent; ref, when
+// set, must look like a session name or id.
+func (e *sessionEngine) sessionAgent(ctx context.Context, name, ref string) (store.VM, *agentclient.Client, error) {
+	e.startPoller()
+	vm, err := e.getVM(ctx, name)
 	if err != nil {
 		return vm, nil, err
 	}
-	if ref := r.PathValue("ref"); ref != "" && !sessionRefPattern.MatchString(ref) {
+	if ref != "" && !sessionRefPattern.MatchString(ref) {
 		return vm, nil, api.Errorf(api.CodeInvalid, "pass a session name or id from `banger vm session list "+vm.Name+"`", "invalid session name %q", ref)
 	}
-	c, err := d.agent(ctx, vm)
+	c, err := e.agent(ctx, vm)
 	return vm, c, err
 }
 
-func (d *Daemon) handleStartSession(w http.ResponseWriter, r *http.Request) {
-	var req api.StartSessionRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
-		return
-	}
+// StartSession starts req in the guest, in /root/repo when the request
+// names no directory and the guest has one.
+func (e *sessionEngine) StartSession(ctx context.Context, name string, req api.StartSessionRequest) (api.Session, error) {
 	if len(req.Argv) == 0 || req.Argv[0] == "" {
-		writeError(w, api.Errorf(api.CodeInvalid, "give the command after --", "empty command"))
-		return
+		return api.Session{}, api.Errorf(api.CodeInvalid, "give the command after --", "empty command")
 	}
-	// A start finishes even if the client leaves: a half-launched session
-	// is the guest's to resolve, but its outcome should be recorded here.
-	ctx := context.WithoutCancel(r.Context())
-	vm, c, err := d.sessionAgent(ctx, r)
+	vm, c, err := e.sessionAgent(ctx, name, "")
 	if err != nil {
-		writeError(w, err)
-		return
+		return api.Session{}, err
 	}
 	if req.Cwd == "" {
 		req.Cwd = sessionFallbackCwd
@@ -372,12 +380,11 @@ func (d *Daemon) handleStartSession(w http.ResponseWriter, r *http.Request) {
 	}
 	s, err := c.StartSession(ctx, req)
 	if err != nil {
-		writeError(w, asAPIError(err))
-		return
+		return api.Session{}, asAPIError(err)
 	}
-	d.sessions.observe(vm, s.BootID, []api.Session{s}, false)
-	d.log.Info("session started", "vm", vm.Name, "session", s.ID, "name", s.Name, "state", s.State)
-	writeJSON(w, http.StatusCreated, s)
+	e.tracker.observe(vm, s.BootID, []api.Session{s}, false)
+	e.log.Info("session started", "vm", vm.Name, "session", s.ID, "name", s.Name, "state", s.State)
+	return s, nil
 }
 
 // guestIsDir runs `test -d dir` in the guest.
@@ -388,235 +395,149 @@ func guestIsDir(ctx context.Context, c *agentclient.Client, dir string) bool {
 	return err == nil && st.Code == 0
 }
 
-func (d *Daemon) handleListSessions(w http.ResponseWriter, r *http.Request) {
-	d.startSessionPoller()
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+// ListSessions lists a VM's sessions, lost ones included.
+func (e *sessionEngine) ListSessions(ctx context.Context, name string) ([]api.Session, error) {
+	e.startPoller()
+	vm, err := e.getVM(ctx, name)
 	if err != nil {
-		writeError(w, err)
-		return
+		return nil, err
 	}
-	ss, err := d.refreshSessions(r.Context(), vm)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, ss)
+	return e.refresh(ctx, vm)
 }
 
-func (d *Daemon) handleGetSession(w http.ResponseWriter, r *http.Request) {
-	d.startSessionPoller()
-	ref := r.PathValue("ref")
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+// GetSession asks the guest; a session the guest forgot (it rebooted,
+// or the VM is stopped) is what the daemon saw last.
+func (e *sessionEngine) GetSession(ctx context.Context, name, ref string) (api.Session, error) {
+	e.startPoller()
+	vm, err := e.getVM(ctx, name)
 	if err != nil {
-		writeError(w, err)
-		return
+		return api.Session{}, err
 	}
 	if vm.State != api.VMRunning {
-		if _, err := d.refreshSessions(r.Context(), vm); err == nil {
-			if s, ok := d.sessions.find(vm, ref); ok {
-				writeJSON(w, http.StatusOK, s)
-				return
+		if _, err := e.refresh(ctx, vm); err == nil {
+			if s, ok := e.tracker.find(vm, ref); ok {
+				return s, nil
 			}
 		}
-		writeError(w, api.Errorf(api.CodeConflict, fmt.Sprintf("start it with `banger vm start %s`", vm.Name), "VM %q is %s", vm.Name, vm.State))
-		return
+		return api.Session{}, api.Errorf(api.CodeConflict, fmt.Sprintf("start it with `banger vm start %s`", vm.Name), "VM %q is %s", vm.Name, vm.State)
 	}
-	_, c, err := d.sessionAgent(r.Context(), r)
+	_, c, err := e.sessionAgent(ctx, name, ref)
 	if err != nil {
-		writeError(w, err)
-		return
+		return api.Session{}, err
 	}
-	s, err := c.GetSession(r.Context(), ref)
+	s, err := c.GetSession(ctx, ref)
 	if err != nil {
-		var se *agentclient.StatusError
-		if errors.As(err, &se) && se.StatusCode == http.StatusNotFound {
-			// The guest forgot it (it rebooted): what the daemon saw last.
-			if _, rerr := d.refreshSessions(r.Context(), vm); rerr == nil {
-				if s, ok := d.sessions.find(vm, ref); ok {
-					writeJSON(w, http.StatusOK, s)
-					return
+		if errors.Is(err, api.ErrNotFound) {
+			if _, rerr := e.refresh(ctx, vm); rerr == nil {
+				if s, ok := e.tracker.find(vm, ref); ok {
+					return s, nil
 				}
 			}
 		}
-		writeError(w, asAPIError(err))
-		return
+		return api.Session{}, asAPIError(err)
 	}
-	d.sessions.observe(vm, "", []api.Session{s}, false)
-	writeJSON(w, http.StatusOK, s)
+	e.tracker.observe(vm, "", []api.Session{s}, false)
+	return s, nil
 }
 
-func (d *Daemon) handleRemoveSession(w http.ResponseWriter, r *http.Request) {
-	vm, c, err := d.sessionAgent(r.Context(), r)
+// RemoveSession removes an ended session from the guest.
+func (e *sessionEngine) RemoveSession(ctx context.Context, name, ref string) error {
+	vm, c, err := e.sessionAgent(ctx, name, ref)
 	if err != nil {
-		writeError(w, err)
-		return
+		return err
 	}
-	if err := c.RemoveSession(r.Context(), r.PathValue("ref")); err != nil {
-		writeError(w, asAPIError(err))
-		return
+	if err := c.RemoveSession(ctx, ref); err != nil {
+		return asAPIError(err)
 	}
-	_, _ = d.refreshSessions(r.Context(), vm)
-	w.WriteHeader(http.StatusNoContent)
+	_, _ = e.refresh(ctx, vm)
+	return nil
 }
 
-func (d *Daemon) handleSignalSession(w http.ResponseWriter, r *http.Request) {
-	var req api.SignalSessionRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
-		return
-	}
+// SignalSession sends a signal to a session's process group.
+func (e *sessionEngine) SignalSession(ctx context.Context, name, ref string, req api.SignalSessionRequest) (api.Session, error) {
 	if req.Signal < 1 || req.Signal > mux.MaxSignal {
-		writeError(w, api.Errorf(api.CodeInvalid, "use a name such as TERM, INT, HUP, KILL or a number 1-64", "invalid signal %d", req.Signal))
-		return
+		return api.Session{}, api.Errorf(api.CodeInvalid, "use a name such as TERM, INT, HUP, KILL or a number 1-64", "invalid signal %d", req.Signal)
 	}
-	vm, c, err := d.sessionAgent(r.Context(), r)
+	vm, c, err := e.sessionAgent(ctx, name, ref)
 	if err != nil {
-		writeError(w, err)
-		return
+		return api.Session{}, err
 	}
-	s, err := c.SignalSession(r.Context(), r.PathValue("ref"), req.Signal)
+	s, err := c.SignalSession(ctx, ref, req.Signal)
 	if err != nil {
-		writeError(w, asAPIError(err))
-		return
+		return api.Session{}, asAPIError(err)
 	}
-	d.sessions.observe(vm, "", []api.Session{s}, false)
-	writeJSON(w, http.StatusOK, s)
+	e.tracker.observe(vm, "", []api.Session{s}, false)
+	return s, nil
 }
 
-func (d *Daemon) handleStopSession(w http.ResponseWriter, r *http.Request) {
-	var req api.StopSessionRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
-		return
-	}
+// StopSession stops a session (TERM, then KILL after the timeout); it is
+// bounded by that timeout plus a margin.
+func (e *sessionEngine) StopSession(ctx context.Context, name, ref string, req api.StopSessionRequest) (api.Session, error) {
 	if req.TimeoutSeconds < 0 || req.TimeoutSeconds > 24*3600 {
-		writeError(w, api.Errorf(api.CodeInvalid, "use a duration between 0s and 24h", "stop timeout %gs out of range", req.TimeoutSeconds))
-		return
+		return api.Session{}, api.Errorf(api.CodeInvalid, "use a duration between 0s and 24h", "stop timeout %gs out of range", req.TimeoutSeconds)
 	}
-	// The stop finishes even if the client leaves; it is bounded by the
-	// KILL timeout plus a margin.
 	timeout := time.Duration(req.TimeoutSeconds * float64(time.Second))
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), timeout+40*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, timeout+40*time.Second)
 	defer cancel()
-	vm, c, err := d.sessionAgent(ctx, r)
+	vm, c, err := e.sessionAgent(ctx, name, ref)
 	if err != nil {
-		writeError(w, err)
-		return
+		return api.Session{}, err
 	}
-	s, err := c.StopSession(ctx, r.PathValue("ref"), timeout)
+	s, err := c.StopSession(ctx, ref, timeout)
 	if err != nil {
-		writeError(w, asAPIError(err))
-		return
+		return api.Session{}, asAPIError(err)
 	}
-	d.sessions.observe(vm, "", []api.Session{s}, false)
-	writeJSON(w, http.StatusOK, s)
+	e.tracker.observe(vm, "", []api.Session{s}, false)
+	return s, nil
 }
 
-// handleAttachSession connects to the session through the agent first
-// and answers 101 only once that worked, so refusals (unknown session,
-// stdin taken) stay plain HTTP errors with a hint. Then it splices bytes
-// like exec. Either side closing detaches; nothing here stops a session.
-func (d *Daemon) handleAttachSession(w http.ResponseWriter, r *http.Request) {
-	if !strings.EqualFold(r.Header.Get("Upgrade"), api.MuxProtocol) {
-		writeError(w, api.Errorf(api.CodeInvalid, "send Connection: Upgrade and Upgrade: "+api.MuxProtocol, "attach needs a protocol upgrade"))
-		return
-	}
-	var req api.AttachSessionRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
-		return
-	}
+// AttachSession connects to a session through the agent and returns the
+// upgraded stream.
+func (e *sessionEngine) AttachSession(ctx context.Context, name, ref string, req api.AttachSessionRequest) (net.Conn, error) {
 	if req.Tail < 0 || (req.FromStart && req.Tail > 0) {
-		writeError(w, api.Errorf(api.CodeInvalid, "pass --from-start or --tail N, not both", "invalid replay request"))
-		return
+		return nil, api.Errorf(api.CodeInvalid, "pass --from-start or --tail N, not both", "invalid replay request")
 	}
-	_, c, err := d.sessionAgent(r.Context(), r)
+	_, c, err := e.sessionAgent(ctx, name, ref)
 	if err != nil {
-		writeError(w, err)
-		return
+		return nil, err
 	}
-	guest, err := c.AttachSession(r.Context(), r.PathValue("ref"), req)
+	guest, err := c.AttachSession(ctx, ref, req)
 	if err != nil {
-		writeError(w, asAPIError(err))
-		return
+		return nil, asAPIError(err)
 	}
-	upgradeAndSplice(w, guest)
+	return guest, nil
 }
 
-// handleSessionLogs streams one log of a session. Errors can only be
-// reported before the first byte, so the status line waits for it.
-func (d *Daemon) handleSessionLogs(w http.ResponseWriter, r *http.Request) {
-	req, err := api.ParseSessionLogsRequest(r.URL.Query())
+// SessionLogs copies one log of a session to w.
+func (e *sessionEngine) SessionLogs(ctx context.Context, name, ref string, req api.SessionLogsRequest, w io.Writer) error {
+	_, c, err := e.sessionAgent(ctx, name, ref)
 	if err != nil {
-		writeError(w, err)
-		return
+		return err
 	}
-	_, c, err := d.sessionAgent(r.Context(), r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	lw := &lazyWriter{w: w, rc: http.NewResponseController(w)}
-	err = c.SessionLogs(r.Context(), r.PathValue("ref"), req, lw)
-	if err != nil && !lw.started {
-		writeError(w, asAPIError(err))
-		return
-	}
-	lw.start()
+	return asAPIError(c.SessionLogs(ctx, ref, req, w))
 }
 
-// lazyWriter sends the 200 status with the first byte of output and
-// flushes every write (followed logs are live).
-type lazyWriter struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	started bool
-}
-
-func (l *lazyWriter) start() {
-	if !l.started {
-		l.started = true
-		l.w.Header().Set("Content-Type", "application/octet-stream")
-		l.w.WriteHeader(http.StatusOK)
+// Subscribe watches the event bus, one VM's events when vm is set.
+func (e *sessionEngine) Subscribe(ctx context.Context, vm string) (<-chan api.BusEvent, func(), error) {
+	e.startPoller()
+	if e.watchVMs != nil {
+		e.watchVMs()
 	}
-}
-
-func (l *lazyWriter) Write(p []byte) (int, error) {
-	l.start()
-	n, err := l.w.Write(p)
-	if err == nil {
-		err = l.rc.Flush()
-	}
-	return n, err
-}
-
-// handleEvents streams the event bus as NDJSON until the client leaves.
-// ?vm=NAME limits it to one VM.
-func (d *Daemon) handleEvents(w http.ResponseWriter, r *http.Request) {
-	d.startSessionPoller()
-	d.startVMWatcher()
-	filter := r.URL.Query().Get("vm")
-	if filter != "" {
-		if _, err := d.getVM(r.Context(), filter); err != nil {
-			writeError(w, err)
-			return
+	if vm != "" {
+		if _, err := e.getVM(ctx, vm); err != nil {
+			return nil, nil, err
 		}
 	}
-	ch, cancel := d.sessions.watch(filter)
-	defer cancel()
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	_ = rc.Flush()
-	enc := json.NewEncoder(w)
-	for {
-		select {
-		case <-r.Context().Done():
-			return
-		case ev := <-ch:
-			if enc.Encode(ev) != nil || rc.Flush() != nil {
-				return
-			}
-		}
+	ch, cancel := e.bus.watch(vm)
+	return ch, cancel, nil
+}
+
+// asAPIError unwraps an agent's answer to its *api.Error, so the client
+// sees the guest's message and hint rather than the agentclient wrapper.
+func asAPIError(err error) error {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return ae
 	}
+	return err
 }

@@ -14,9 +14,9 @@ import (
 )
 
 func TestSessionTrackerLostAndEvents(t *testing.T) {
-	var tr sessionTracker
+	tr := sessionTracker{bus: &eventBus{}}
 	vm := store.VM{ID: "vm1", Name: "box"}
-	events, cancel := tr.watch("")
+	events, cancel := tr.bus.watch("")
 	defer cancel()
 	t0 := time.Now()
 	a := api.Session{ID: "a", Name: "a", State: api.SessionRunning, BootID: "boot1", StartedAt: t0}

@@ -12,9 +12,9 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/store"
+	"github.com/bangerdev/banger/internal/vmm"
 )
 
 const (
@@ -56,13 +56,14 @@ func treeBytes(dir string) uint64 {
 	return n
 }
 
-// estimateCreate is what creating a VM of img under vmm writes: the work
+// estimateCreate is what creating a VM of img under drv writes: the work
 // seed twice (the staging copy, then inside the work disk) plus a margin,
-// and for Firecracker the data blocks of the rootfs copy (a reflink may
-// make it free, which cannot be known beforehand).
-func estimateCreate(img store.Image, vmm string) uint64 {
+// and for a root disk that is a copy, not an overlay (Firecracker), the
+// data blocks of the rootfs (a reflink may make it free, which cannot be
+// known beforehand).
+func estimateCreate(img store.Image, drv vmm.Driver) uint64 {
 	need := 2*treeBytes(filepath.Join(img.Dir, image.DirWorkSeed)) + diskMetaMargin
-	if vmm == config.VMMFirecracker {
+	if drv.RootDisk(bootImage(img), "").Backing == "" {
 		need += allocatedBytes(filepath.Join(img.Dir, image.FileRootfs))
 	}
 	return need
@@ -71,8 +72,8 @@ func estimateCreate(img store.Image, vmm string) uint64 {
 // checkCreateSpace refuses a create the VMs directory cannot hold. The
 // work disk's size is not counted: it is sparse, and growing into it
 // later is the guest's business (and bounded by it).
-func (d *Daemon) checkCreateSpace(img store.Image, vmm string) error {
-	return d.checkFree("create VM", d.layout.VMsDir, estimateCreate(img, vmm))
+func (d *Daemon) checkCreateSpace(img store.Image, vmmName string) error {
+	return d.checkFree("create VM", d.layout.VMsDir, estimateCreate(img, d.driverFor(store.VM{VMM: vmmName})))
 }
 
 // checkDeriveSpace: a derive boots base with a qcow2 overlay and a work

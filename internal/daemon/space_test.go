@@ -44,6 +44,7 @@ func spaceDaemon(t *testing.T, free uint64) *Daemon {
 		os.MkdirAll(p, 0o700)
 	}
 	d.statfs = func(string) (uint64, error) { return free, nil }
+	d.drivers = newDrivers(d.cfg)
 	return d
 }
 
@@ -69,8 +70,8 @@ func TestCreateSpaceCountsRealWrites(t *testing.T) {
 	}
 	// Firecracker copies the rootfs: its data blocks count too.
 	d = spaceDaemon(t, 1<<30)
-	qemu := estimateCreate(img, config.VMMQEMU)
-	fc := estimateCreate(img, config.VMMFirecracker)
+	qemu := estimateCreate(img, d.drivers[config.VMMQEMU])
+	fc := estimateCreate(img, d.drivers[config.VMMFirecracker])
 	if fc-qemu < 1<<20 || fc > 1<<30 {
 		t.Fatalf("firecracker estimate %d vs qemu %d: want the rootfs's allocated bytes added, not its 4 GiB", fc, qemu)
 	}

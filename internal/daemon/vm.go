@@ -11,14 +11,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/buildinfo"
-	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/paths"
@@ -26,7 +24,6 @@ import (
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/vmm"
-	"github.com/bangerdev/banger/internal/vmm/qemu"
 )
 
 // Guest ports forwarded to 127.0.0.1 for the VM's whole life.
@@ -191,6 +188,8 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string,
 	return id, err
 }
 
+// createVM makes and boots a VM: createSteps, with the undo of every step
+// that ran when one fails.
 func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img store.Image, stage stageFunc) (vm store.VM, err error) {
 	unlock := d.lockVM(req.Name)
 	defer unlock()
@@ -201,99 +200,100 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 		}
 	}()
 	vmID := newID(4)
-	dir := d.layout.VMDir(vmID)
 	vm = store.VM{
 		ID: vmID, Name: req.Name, ImageID: img.ID, State: api.VMCreating,
 		CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, WorkDiskBytes: int64(req.DiskGiB) << 30,
-		Egress: req.Egress, NetMode: req.Net, Dir: dir, CreatedAt: time.Now().UTC(),
+		Egress: req.Egress, NetMode: req.Net, Dir: d.layout.VMDir(vmID), CreatedAt: time.Now().UTC(),
 		VMM: req.VMM,
 	}
+	r := &vmRun{vm: &vm, img: img, undo: &undo, persist: true, jailer: req.Jailer, req: req}
+	err = d.runSteps(ctx, stage, r, d.createSteps())
+	return vm, err
+}
 
-	err = stage("prepare", func(ctx context.Context) error {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("create vm dir: %w", err)
-		}
-		undo.push(func() { os.RemoveAll(dir) })
-		if err := d.store.CreateVM(ctx, &vm); err != nil {
-			if errors.Is(err, store.ErrExists) {
-				return api.Errorf(api.CodeConflict, "pick another name", "a VM named %q already exists", vm.Name)
-			}
-			return fmt.Errorf("record vm: %w", err)
-		}
-		undo.push(func() {
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			_ = d.store.DeleteVM(dctx, vmID)
-		})
-		priv, pub, err := sshkeys.GenerateEd25519()
-		if err != nil {
-			return fmt.Errorf("generate host key: %w", err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, fileHostKey), priv, 0o600); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(dir, fileHostPub), pub, 0o644); err != nil {
-			return err
-		}
-		if err := sshkeys.WriteKnownHosts(filepath.Join(dir, paths.FileKnownHosts), hostKeyAlias(vm.Name), pub); err != nil {
-			return fmt.Errorf("pin host key: %w", err)
-		}
-		if isTap(vm) {
-			// The guest has its own address: no forwards.
-			return d.leaseNet(ctx, &vm, &undo)
-		}
-		for _, gp := range []int{guestSSHPort, guestOpencodePort} {
-			hp, err := d.store.AllocatePort(ctx, vmID, gp, freeLocalPort)
-			if err != nil {
-				return fmt.Errorf("allocate host port for guest port %d: %w", gp, err)
-			}
-			if gp == guestSSHPort {
-				vm.SSHPort = hp
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return vm, err
+// createPrepare makes the VM directory, its row, host key and ports (or
+// its network lease).
+func (d *Daemon) createPrepare(ctx context.Context, r *vmRun) error {
+	vm, undo, dir := r.vm, r.undo, r.vm.Dir
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create vm dir: %w", err)
 	}
-	err = stage("disks", func(ctx context.Context) error {
-		if err := d.makeRootDisk(ctx, vm, img); err != nil {
-			return err
+	undo.push(func() { os.RemoveAll(dir) })
+	if err := d.store.CreateVM(ctx, vm); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return api.Errorf(api.CodeConflict, "pick another name", "a VM named %q already exists", vm.Name)
 		}
-		fp, err := d.makeWorkDisk(ctx, img, dir, vm.WorkDiskBytes)
-		vm.WorkSeedFingerprint = fp
+		return fmt.Errorf("record vm: %w", err)
+	}
+	vmID := vm.ID
+	undo.push(func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = d.store.DeleteVM(dctx, vmID)
+	})
+	priv, pub, err := sshkeys.GenerateEd25519()
+	if err != nil {
+		return fmt.Errorf("generate host key: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, fileHostKey), priv, 0o600); err != nil {
 		return err
-	})
-	if err != nil {
-		return vm, err
 	}
-	if isTap(vm) {
-		err = stage("network", func(ctx context.Context) error { return d.attachNet(ctx, vm, &undo) })
+	if err := os.WriteFile(filepath.Join(dir, fileHostPub), pub, 0o644); err != nil {
+		return err
+	}
+	if err := sshkeys.WriteKnownHosts(filepath.Join(dir, paths.FileKnownHosts), hostKeyAlias(vm.Name), pub); err != nil {
+		return fmt.Errorf("pin host key: %w", err)
+	}
+	if isTap(*vm) {
+		// The guest has its own address: no forwards.
+		return d.leaseNet(ctx, vm, undo)
+	}
+	for _, gp := range []int{guestSSHPort, guestOpencodePort} {
+		hp, err := d.store.AllocatePort(ctx, vmID, gp, freeLocalPort)
 		if err != nil {
-			return vm, err
+			return fmt.Errorf("allocate host port for guest port %d: %w", gp, err)
+		}
+		if gp == guestSSHPort {
+			vm.SSHPort = hp
 		}
 	}
-	vm.Accel = d.accelFor(ctx, img).Accel
-	if vm.VMM == config.VMMFirecracker {
-		// Firecracker has no emulation: it is KVM or nothing.
+	return nil
+}
+
+// createDisks makes the root and work disks, and picks the accelerator
+// (the KVM probe, once per host boot, boots the image's kernel).
+func (d *Daemon) createDisks(ctx context.Context, r *vmRun) error {
+	vm := r.vm
+	if err := d.makeRootDisk(ctx, *vm, r.img); err != nil {
+		return err
+	}
+	fp, err := d.makeWorkDisk(ctx, r.img, vm.Dir, vm.WorkDiskBytes)
+	vm.WorkSeedFingerprint = fp
+	if err != nil {
+		return err
+	}
+	vm.Accel = d.accelFor(ctx, r.img).Accel
+	if !d.driverFor(*vm).Info().Emulates {
+		// A VMM without emulation (Firecracker) is KVM or nothing.
 		vm.Accel = "kvm"
 	}
-	proc, err := d.boot(ctx, &vm, img, stage, &undo, true, req.Jailer)
-	if err != nil {
-		return vm, err
-	}
-	vm.PID, vm.PIDStartTime = proc.PID, proc.StartTime
-	vm.State = api.VMRunning
-	if err := d.store.UpdateVM(ctx, &vm); err != nil {
-		return vm, fmt.Errorf("record running vm: %w", err)
-	}
-	if image.HasService(img.Manifest, image.ServiceOpencode) && !req.NoWaitServices {
-		err = stage("services", func(ctx context.Context) error { return d.waitOpencode(ctx, vm) })
-		if err != nil {
-			return vm, d.withConsole(vm.Dir, err)
-		}
-	}
-	return vm, nil
+	return nil
+}
+
+// createNetwork attaches a tap VM to banger's bridge.
+func (d *Daemon) createNetwork(ctx context.Context, r *vmRun) error {
+	return d.attachNet(ctx, *r.vm, r.undo)
+}
+
+// noServiceWait skips the services step: the image has no opencode, or
+// the create asked not to wait for it.
+func noServiceWait(r *vmRun) bool {
+	return !image.HasService(r.img.Manifest, image.ServiceOpencode) || r.req.NoWaitServices
+}
+
+// createServices waits for the image's services (opencode).
+func (d *Daemon) createServices(ctx context.Context, r *vmRun) error {
+	return d.waitOpencode(ctx, *r.vm)
 }
 
 // waitOpencode waits until opencode answers HTTP on guest port 4096,
@@ -337,93 +337,88 @@ func (d *Daemon) waitOpencode(ctx context.Context, vm store.VM) error {
 	}
 }
 
-// boot is bootOnce, retried once when the agent never answered: under
-// TCG about one boot in ten stalls in early kernel init and the next
-// identical boot is fine (FACTS.md, "TCG boots can hang"). The console is
-// quiet on a good boot too, so a hang is told apart only from a boot
-// whose console shows systemd at work (that one failed, it did not hang).
+// boot boots a VM whose disks exist (bootSteps), retried once when it
+// hangs early (runSteps). What it starts is pushed on undo.
 func (d *Daemon) boot(ctx context.Context, vm *store.VM, img store.Image, stage stageFunc, undo *cleanup, persist, jailer bool) (vmm.Process, error) {
-	proc, err := d.bootOnce(ctx, vm, img, stage, undo, persist, jailer)
-	if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), "did not answer within") {
-		return proc, err
-	}
-	console, _ := os.ReadFile(filepath.Join(vm.Dir, paths.FileConsoleLog))
-	if strings.Contains(string(console), "systemd") {
-		return proc, err
-	}
-	// A retry is never silent: the log line (msg "boot retried", which
-	// the test harness counts) and a "boot-retry" stage in the operation
-	// record say that this VM needed a second boot, so an intermittent
-	// boot regression shows up instead of hiding behind the retry.
-	d.log.Warn("boot retried", "vm", vm.Name, "reason", "hung in early kernel init (no systemd on the console)", "first_error", err.Error())
-	_ = stage("boot-retry", func(context.Context) error { return nil })
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-	_ = d.driverFor(*vm).Stop(sctx, vm.Dir, proc, true, 0)
-	cancel()
-	return d.bootOnce(ctx, vm, img, stage, undo, persist, jailer)
+	r := &vmRun{vm: vm, img: img, undo: undo, persist: persist, jailer: jailer}
+	err := d.runSteps(ctx, stage, r, d.bootSteps())
+	return r.proc, err
 }
 
-// bootOnce writes a fresh seed disk, starts the VMM and waits until the
-// agent answers. On failure it stops what it started and the error
-// carries the console's tail.
-func (d *Daemon) bootOnce(ctx context.Context, vm *store.VM, img store.Image, stage stageFunc, undo *cleanup, persist, jailer bool) (vmm.Process, error) {
-	var proc vmm.Process
-	// Only real VMs get the user's credentials; a verify boot does not.
-	err := stage("seed", func(ctx context.Context) error { return d.makeSeedDisk(ctx, vm, persist) })
+// bootSeed writes a fresh seed disk. Only real VMs get the user's
+// credentials; a verify boot does not.
+func (d *Daemon) bootSeed(ctx context.Context, r *vmRun) error {
+	return d.makeSeedDisk(ctx, r.vm, r.persist)
+}
+
+// bootVMM builds the VMM's spec, picks its user and starts it. A
+// failure to start carries the console's tail.
+func (d *Daemon) bootVMM(ctx context.Context, r *vmRun) error {
+	vm := r.vm
+	spec, err := d.vmSpec(ctx, vm, r.img)
 	if err != nil {
-		return proc, err
+		return err
 	}
-	spec, err := d.vmSpec(ctx, vm, img)
+	spec.Jailer = d.jailed(*vm, r.jailer)
+	if err := d.runAs(ctx, vm, &spec, r.persist, r.undo); err != nil {
+		return err
+	}
+	r.spec = spec
+	if err := d.startVMM(ctx, r); err != nil {
+		return d.withConsole(vm.Dir, err)
+	}
+	return nil
+}
+
+func (d *Daemon) startVMM(ctx context.Context, r *vmRun) error {
+	vm, drv := r.vm, d.driverFor(*r.vm)
+	resetConsole(vm.Dir)
+	if err := drv.Validate(r.spec); err != nil {
+		return err
+	}
+	// The VMM is recorded before it exists: its command line carries
+	// the instance prefix and the VM id (spec.ProcessName), and a real
+	// VM's row (state creating) is written before this. A daemon killed
+	// before the PID below is stored leaves a VMM the next one finds by
+	// that name and stops (reconcile's sweepVMMs); provisioning and
+	// verify VMs have no row and are found the same way.
+	p, err := drv.Start(ctx, r.spec)
 	if err != nil {
-		return proc, err
+		return err
 	}
-	spec.Jailer = d.jailed(*vm, jailer)
-	if err := d.runAs(ctx, vm, &spec, persist, undo); err != nil {
-		return proc, err
-	}
-	err = stage("boot", func(ctx context.Context) error {
-		resetConsole(vm.Dir)
-		// The VMM is recorded before it exists: its command line carries
-		// the instance prefix and the VM id (spec.ProcessName), and a real
-		// VM's row (state creating) is written before this. A daemon
-		// killed before the PID below is stored leaves a VMM the next
-		// one finds by that name and stops (reconcile's sweepVMMs);
-		// provisioning and verify VMs have no row and are found the same
-		// way.
-		p, err := d.driverFor(*vm).Start(ctx, spec)
-		if err != nil {
-			return err
-		}
-		proc = p
-		undo.push(func() {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-			defer cancel()
-			_ = d.driverFor(*vm).Stop(sctx, vm.Dir, p, true, 0)
-		})
-		// Record the PID (and the driver's sockets) at once: a daemon
-		// that dies now still finds them.
-		vm.PID, vm.PIDStartTime, vm.VMMStateJSON = p.PID, p.StartTime, p.State
-		d.keepConsole(d.baseCtx(), *vm)
-		if !persist {
-			return nil
-		}
-		return d.store.UpdateVM(ctx, vm)
+	r.proc = p
+	r.undo.push(func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		_ = drv.Stop(sctx, vm.Dir, p, true, 0)
 	})
-	if err != nil {
-		return proc, d.withConsole(vm.Dir, err)
-	}
-	err = stage("agent", func(ctx context.Context) error {
-		c, err := d.waitAgent(ctx, vm, proc)
-		if err != nil {
-			return err
-		}
-		d.setAgent(vm.ID, c)
+	// Record the PID (and the driver's sockets) at once: a daemon that
+	// dies now still finds them.
+	vm.PID, vm.PIDStartTime, vm.VMMStateJSON = p.PID, p.StartTime, p.State
+	d.keepConsole(d.baseCtx(), *vm)
+	if !r.persist {
 		return nil
-	})
-	if err != nil {
-		return proc, d.withConsole(vm.Dir, err)
 	}
-	return proc, nil
+	return d.store.UpdateVM(ctx, vm)
+}
+
+// bootAgent waits until the guest agent answers; a real VM is then
+// recorded running.
+func (d *Daemon) bootAgent(ctx context.Context, r *vmRun) error {
+	vm := r.vm
+	c, err := d.waitAgent(ctx, vm, r.proc)
+	if err != nil {
+		return err
+	}
+	d.setAgent(vm.ID, c)
+	if !r.persist {
+		return nil
+	}
+	vm.State, vm.LastError = api.VMRunning, ""
+	if err := d.store.UpdateVM(ctx, vm); err != nil {
+		return fmt.Errorf("record running vm: %w", err)
+	}
+	return nil
 }
 
 // withConsole attaches the tail of the VM's console log to a boot error:
@@ -459,7 +454,7 @@ func (d *Daemon) waitAgent(ctx context.Context, vm *store.VM, proc vmm.Process) 
 			return nil, fmt.Errorf("the VM exited during boot")
 		}
 		if ctx.Err() == nil && wctx.Err() != nil {
-			return nil, fmt.Errorf("guest agent did not answer within %s", timeout)
+			return nil, earlyHang(vm.Dir, fmt.Errorf("guest agent did not answer within %s", timeout))
 		}
 		return nil, fmt.Errorf("wait for guest agent: %w", err)
 	}
@@ -491,27 +486,16 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		// Forwards belong to user networking.
 		ports = nil
 	}
-	kernel := filepath.Join(img.Dir, image.FileKernel)
-	// The overlay's backing file is named here, not taken from its
-	// header: QEMU gets it as a read-only descriptor (qemu/launch.go).
-	rootDisk := vmm.Disk{Path: filepath.Join(vm.Dir, paths.FileRootDisk), Format: "qcow2", Backing: filepath.Join(img.Dir, image.FileRootfs)}
-	switch vm.VMM {
-	case config.VMMFirecracker:
-		// Firecracker boots the ELF vmlinux and takes raw disks only.
-		kernel = filepath.Join(img.Dir, image.FileVmlinux)
-		if _, err := os.Stat(kernel); err != nil {
-			return vmm.Spec{}, api.Errorf(api.CodeUnavailable, "rebuild it with `banger image build` (new images carry a vmlinux), or use --vmm qemu",
-				"image %q has no ELF vmlinux for Firecracker", img.Name)
-		}
-		rootDisk = vmm.Disk{Path: filepath.Join(vm.Dir, paths.FileRootRaw), Format: "raw"}
-	default:
-		if vm.Accel != "kvm" {
-			args = append(args, qemu.TCGKernelArgs()...)
-		}
+	drv := d.driverFor(*vm)
+	bi := bootImage(img)
+	kernel, err := drv.Kernel(bi)
+	if err != nil {
+		return vmm.Spec{}, err
 	}
-	initrd := filepath.Join(img.Dir, image.FileInitrd)
-	if _, err := os.Stat(initrd); err != nil {
-		initrd = ""
+	args = append(args, drv.KernelArgs(vm.Accel)...)
+	var extraPorts []string
+	if drv.Info().ExtraSerialPorts {
+		extraPorts = d.cfg.VM.ExtraSerialPorts
 	}
 	var fwd []vmm.Forward
 	for _, p := range ports {
@@ -526,10 +510,10 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		ProcessName: d.layout.InstancePrefix() + "-" + vm.ID,
 		Dir:         vm.Dir,
 		Kernel:      kernel,
-		Initrd:      initrd,
+		Initrd:      bi.Initrd,
 		Cmdline:     image.KernelCmdline(args...),
 		Disks: []vmm.Disk{
-			rootDisk,
+			drv.RootDisk(bi, vm.Dir),
 			{Path: filepath.Join(vm.Dir, paths.FileSeedDisk), Format: "raw", ReadOnly: true},
 			{Path: filepath.Join(vm.Dir, paths.FileWorkDisk), Format: "raw"},
 		},
@@ -539,35 +523,18 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		Egress:    vm.Egress,
 		Forwards:  fwd,
 		Net:       nic,
-		// Benchmark-only raw ports ([vm] extra_serial_ports); QEMU only.
-		ExtraSerialPorts: qemuOnly(vm.VMM, d.cfg.VM.ExtraSerialPorts),
+		// Benchmark-only raw ports ([vm] extra_serial_ports).
+		ExtraSerialPorts: extraPorts,
 	}, nil
 }
 
-// qemuOnly keeps ports for QEMU VMs: Firecracker has no virtio-serial.
-func qemuOnly(vmmName string, ports []string) []string {
-	if vmmName == config.VMMFirecracker {
-		return nil
-	}
-	return ports
-}
-
-// makeRootDisk gives a VM its copy-on-write root disk: a qcow2 overlay
-// on the image for QEMU, a reflinked (or sparse) raw copy for
-// Firecracker, which reads raw images only.
+// makeRootDisk gives a VM its copy-on-write root disk, as its driver
+// wants it: a qcow2 overlay on the image (QEMU), a reflinked (or sparse)
+// raw copy (Firecracker, which reads raw images only).
 func (d *Daemon) makeRootDisk(ctx context.Context, vm store.VM, img store.Image) error {
-	base := filepath.Join(img.Dir, image.FileRootfs)
-	if vm.VMM == config.VMMFirecracker {
-		if err := system.CloneFile(ctx, base, filepath.Join(vm.Dir, paths.FileRootRaw)); err != nil {
-			return fmt.Errorf("clone root disk: %w", err)
-		}
-		return nil
-	}
-	if _, err := d.runner.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
-		"-b", base, "-F", "raw", filepath.Join(vm.Dir, paths.FileRootDisk)); err != nil {
-		return fmt.Errorf("create root overlay: %w", err)
-	}
-	return nil
+	drv := d.driverFor(vm)
+	bi := bootImage(img)
+	return drv.MakeRootDisk(ctx, d.runner, bi, drv.RootDisk(bi, vm.Dir))
 }
 
 // makeSeedDisk writes the small read-only disk that delivers banger-agent

@@ -14,6 +14,7 @@ import (
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
+	"github.com/bangerdev/banger/internal/vmm"
 )
 
 // On a host without firecracker, `vm create --vmm firecracker` fails
@@ -83,15 +84,17 @@ func TestCreateFirecrackerNeedsTap(t *testing.T) {
 	os.WriteFile(fc, []byte("#!/bin/sh\necho Firecracker v1.12.0\n"), 0o755)
 	t.Setenv("PATH", bin)
 	d.runner = system.Exec{}
-	err := d.firecrackerPreflight(ctx, "user", false)
+	d.drivers = newDrivers(d.cfg)
+	fcDrv := d.drivers[config.VMMFirecracker]
+	err := d.vmmPreflight(ctx, fcDrv, "user", false, vmm.Process{})
 	if err == nil || !strings.Contains(err.Error(), "Firecracker needs --net tap") {
 		t.Fatalf("got %v", err)
 	}
-	if err := d.firecrackerPreflight(ctx, "tap", false); err != nil {
+	if err := d.vmmPreflight(ctx, fcDrv, "tap", false, vmm.Process{}); err != nil {
 		t.Fatalf("tap refused: %v", err)
 	}
 	os.WriteFile(fc, []byte("#!/bin/sh\necho Firecracker v1.7.1\n"), 0o755)
-	if err := d.firecrackerPreflight(ctx, "tap", false); err == nil || !strings.Contains(err.Error(), "older than 1.8") {
+	if err := d.vmmPreflight(ctx, fcDrv, "tap", false, vmm.Process{}); err == nil || !strings.Contains(err.Error(), "older than 1.8") {
 		t.Fatalf("1.7.1 accepted: %v", err)
 	}
 	// auto never picks Firecracker for a user-networking VM.

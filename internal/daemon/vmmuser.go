@@ -31,10 +31,15 @@ func (d *Daemon) runAs(ctx context.Context, vm *store.VM, spec *vmm.Spec, persis
 	if os.Geteuid() != 0 || r.Empty() {
 		return nil
 	}
-	if vm.VMM == config.VMMFirecracker && !spec.Jailer {
-		// An unjailed Firecracker opens /dev/kvm and its TAP by name and
-		// stays the daemon's user.
+	switch d.driverFor(*vm).Info().OwnUser {
+	case vmm.OwnUserNever:
 		return nil
+	case vmm.OwnUserJailed:
+		if !spec.Jailer {
+			// An unjailed Firecracker opens /dev/kvm and its TAP by
+			// name and stays the daemon's user.
+			return nil
+		}
 	}
 	uid, err := d.store.AllocateVMMUser(ctx, vm.ID, r.First, r.Last, uidsInUse())
 	if errors.Is(err, store.ErrExhausted) {

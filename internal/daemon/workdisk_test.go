@@ -34,10 +34,11 @@ func testDaemon(t *testing.T, log *bytes.Buffer) *Daemon {
 		log = &bytes.Buffer{}
 	}
 	return &Daemon{
-		cfg:    config.Default(),
-		log:    slog.New(slog.NewTextHandler(log, nil)),
-		store:  st,
-		runner: system.Exec{},
+		cfg:     config.Default(),
+		log:     slog.New(slog.NewTextHandler(log, nil)),
+		store:   st,
+		runner:  system.Exec{},
+		drivers: newDrivers(config.Default()),
 	}
 }
 

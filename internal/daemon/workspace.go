@@ -381,7 +381,7 @@ func streamLimitError(err error) error {
 	return err
 }
 
-// hintedError is err as an *api.Error (code and hint) for writeError,
+// hintedError is err as an *api.Error (code and hint) for the HTTP layer,
 // while errors.Is still sees what it wraps.
 type hintedError struct {
 	err        error

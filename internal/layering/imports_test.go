@@ -36,7 +36,13 @@ var importRules = []importRule{
 	{from: "internal/agent", deny: "internal/daemon", why: "the guest agent runs inside the VM and knows nothing of the host daemon"},
 	{from: "internal/agent", deny: "internal/store", why: "the guest agent runs inside the VM and knows nothing of the host's state"},
 	{from: "internal/vmm", deny: "internal/daemon", why: "drivers are below the daemon; the daemon calls them, never the other way"},
+	{from: "internal/daemon", deny: "internal/vmm/qemu", exceptFiles: []string{"internal/daemon/drivers.go"}, why: "the daemon asks a vmm.Driver; drivers.go alone registers them"},
+	{from: "internal/daemon", deny: "internal/vmm/firecracker", exceptFiles: []string{"internal/daemon/drivers.go"}, why: "the daemon asks a vmm.Driver; drivers.go alone registers them"},
 	{from: "internal/store", deny: "internal/daemon", why: "the store is below the engines"},
+	{from: "internal/daemon", deny: "internal/daemon/httpapi", exceptFiles: []string{"internal/daemon/backend.go"}, why: "engines never import the HTTP layer; backend.go hands them to it"},
+	{from: "internal/daemon/httpapi", deny: "internal/store", why: "the HTTP layer reaches engines through its Backend interfaces, never their state"},
+	{from: "internal/daemon/httpapi", deny: "internal/vmm", why: "the HTTP layer reaches engines through its Backend interfaces, never a VMM"},
+	{from: "internal/daemon/httpapi", deny: "internal/agentclient", why: "the HTTP layer reaches engines through its Backend interfaces, never a guest agent"},
 }
 
 func TestLayeringImports(t *testing.T) {

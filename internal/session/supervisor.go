@@ -502,14 +502,14 @@ func (sv *supervisor) serve(c net.Conn) {
 	}
 	req, err := decodeRequest(line)
 	if err != nil {
-		_ = writeLine(c, reply{Error: asAPIError(err)})
+		_ = writeLine(c, reply{Error: api.AsError(err)})
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
 	switch req.Op {
 	case opSignal:
 		if err := sv.signal(syscall.Signal(req.Signal)); err != nil {
-			_ = writeLine(c, reply{Error: asAPIError(err)})
+			_ = writeLine(c, reply{Error: api.AsError(err)})
 			return
 		}
 		_ = writeLine(c, reply{Session: sv.snapshot()})
@@ -703,13 +703,4 @@ func sendOutput(c net.Conn, logs []*streamLog, types []mux.Type, cursors []*curs
 		case <-done:
 		}
 	}
-}
-
-// asAPIError gives every error a code for the wire.
-func asAPIError(err error) *api.Error {
-	var ae *api.Error
-	if errors.As(err, &ae) {
-		return ae
-	}
-	return &api.Error{Code: api.CodeInternal, Message: err.Error()}
 }

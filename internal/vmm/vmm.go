@@ -2,12 +2,46 @@
 // Drivers live in subpackages (qemu, firecracker); they are the only code
 // besides the shell-out layer that starts processes, because starting the
 // VMM is their whole job.
+//
+// # The driver owns its VMM
+//
+// Everything that differs between VMMs is a method of Driver, so the
+// daemon never asks which VMM a VM runs under: it asks the VM's driver.
+// Driver is made of small interfaces, in the way of lima's pkg/driver:
+//
+//   - Lifecycle: Start, Stop, Alive, DialAgent, the part every driver
+//     writes itself.
+//   - Booter: what a boot needs besides the spec the daemon builds: the
+//     kernel to boot from an image, the root disk (a qcow2 overlay or a
+//     raw copy) and how to make it, extra kernel arguments, and a last
+//     check of the finished Spec.
+//   - Host: checks that this host can run the VMM (for `banger doctor`
+//     and before a create), the KVM probe, whether a VM runs jailed.
+//   - Adopter: what a restarted daemon asks a VMM it re-adopts (Status)
+//     and what goes when a VM is deleted (Remove).
+//
+// Info describes a driver's capabilities (user networking, jailer,
+// emulation without KVM, console kind, ...). The daemon's policy reads
+// them: `--vmm auto` picks a Preferred driver when the VM fits its
+// capabilities and the host passes its checks, and the driver that
+// emulates and has user networking otherwise.
+//
+// Base implements every method but the Lifecycle ones with safe defaults
+// (no capability, no extra arguments, a raw copy of the root disk,
+// ErrNotSupported for Status and the KVM probe). A driver embeds it and
+// overrides what it does differently; a fake driver for tests embeds it,
+// writes Name, Start, Stop, Alive and DialAgent, and returns the Info
+// its tests need (Base's claims nothing: no user networking, no
+// emulation).
+//
+// A boot that hangs before the guest's init runs fails with
+// ErrEarlyHang; the daemon retries such a boot once, deciding by
+// errors.Is, never by an error's text.
 package vmm
 
 import (
 	"context"
 	"errors"
-	"net"
 	"path/filepath"
 	"time"
 )
@@ -96,24 +130,6 @@ type Process struct {
 	// to the daemon, which persists it as store.VM.VMMStateJSON and hands
 	// it back with the PID.
 	State string `json:"state,omitempty"`
-}
-
-// Remover is a driver with leftovers of its own outside the VM directory
-// (a jail); the daemon calls Remove when it deletes the VM.
-type Remover interface {
-	Remove(ctx context.Context, dir string, p Process) error
-}
-
-// Driver starts and stops VMs. VMM processes must outlive the daemon.
-type Driver interface {
-	Name() string
-	Start(ctx context.Context, spec Spec) (Process, error)
-	// Stop asks the guest to power off and waits up to timeout, then kills
-	// the VMM. force skips the polite part.
-	Stop(ctx context.Context, dir string, p Process, force bool, timeout time.Duration) error
-	Alive(p Process) bool
-	// DialAgent connects to the host end of the guest agent's channel.
-	DialAgent(ctx context.Context, dir string) (net.Conn, error)
 }
 
 // WaitGone polls alive until p has exited, timeout passes or ctx ends,

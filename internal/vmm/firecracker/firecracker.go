@@ -19,7 +19,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/agentapi"
+	"github.com/bangerdev/banger/internal/doctor"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/vmm"
@@ -49,17 +51,69 @@ const (
 
 // Driver is the Firecracker driver.
 type Driver struct {
+	vmm.Base
 	// Binary overrides the firecracker path.
 	Binary string
 	// Jailer is used for VMs whose spec asks for it.
 	Jailer JailerConfig
+	// JailAll runs every VM under the jailer ([firecracker] jailer).
+	JailAll bool
 }
 
 var _ vmm.Driver = (*Driver)(nil)
-var _ vmm.Remover = (*Driver)(nil)
 
 // Name implements vmm.Driver.
 func (d *Driver) Name() string { return "firecracker" }
+
+// Info implements vmm.Driver: KVM only, TAP only, a jailer, a console
+// it appends to console.log itself; a VM's own user only in a jail (an
+// unjailed Firecracker opens /dev/kvm and its TAP by name and stays the
+// daemon's user). Auto prefers it where it can run.
+func (d *Driver) Info() vmm.Info {
+	return vmm.Info{
+		Title:     "Firecracker",
+		Jailer:    true,
+		Console:   vmm.ConsoleFile,
+		OwnUser:   vmm.OwnUserJailed,
+		Preferred: true,
+	}
+}
+
+// Kernel implements vmm.Booter: Firecracker boots the ELF vmlinux (and
+// takes raw disks only, Base's root disk).
+func (d *Driver) Kernel(img vmm.Image) (string, error) {
+	if img.Vmlinux == "" {
+		return "", api.Errorf(api.CodeUnavailable, "rebuild it with `banger image build` (new images carry a vmlinux), or use --vmm qemu",
+			"image %q has no ELF vmlinux for Firecracker", img.Name)
+	}
+	return img.Vmlinux, nil
+}
+
+// Validate implements vmm.Booter: what planStart refuses before any
+// process exists.
+func (d *Driver) Validate(spec vmm.Spec) error { return validate(spec) }
+
+// HostChecks implements vmm.Host: the firecracker binary and its
+// version, and the jailer when VMs use it.
+func (d *Driver) HostChecks(ctx context.Context, r system.Runner, need vmm.Need) []doctor.Check {
+	checks := []doctor.Check{doctor.Firecracker(ctx, r, need.Required)}
+	if need.Jailer {
+		checks = append(checks, doctor.Jailer(ctx, r))
+	}
+	return checks
+}
+
+// UsesJailer implements vmm.Host: asked for, configured for all, or
+// recorded by the VM's first boot.
+func (d *Driver) UsesJailer(requested bool, p vmm.Process) bool {
+	return requested || d.JailAll || Jailed(p.State)
+}
+
+// Status implements vmm.Adopter: the instance state ("Running",
+// "Paused", "Not started") from Firecracker's API.
+func (d *Driver) Status(ctx context.Context, dir string, p vmm.Process) (string, error) {
+	return Status(ctx, dir, p)
+}
 
 func (d *Driver) binary() string {
 	if d.Binary != "" {
@@ -160,25 +214,8 @@ type plan struct {
 // planStart turns a spec into the API calls. It is pure, and every check
 // that can fail before a process exists happens here.
 func planStart(spec vmm.Spec, jail *JailPlan) (plan, error) {
-	if spec.Net.Mode != vmm.NetTap {
-		return plan{}, ErrNeedsTap
-	}
-	if spec.Net.TapDevice == "" {
-		return plan{}, errors.New("firecracker: tap mode without a TAP device")
-	}
-	if spec.CPUs < 1 || spec.CPUs > MaxVCPUs {
-		return plan{}, fmt.Errorf("firecracker takes 1 to %d vCPUs, not %d", MaxVCPUs, spec.CPUs)
-	}
-	if spec.MemoryMiB < 1 {
-		return plan{}, fmt.Errorf("firecracker: impossible memory size %d MiB", spec.MemoryMiB)
-	}
-	if len(spec.Disks) == 0 {
-		return plan{}, errors.New("firecracker: no root disk")
-	}
-	for _, dk := range spec.Disks {
-		if dk.Format != "raw" {
-			return plan{}, fmt.Errorf("firecracker takes raw disks only, not %s (%s)", dk.Format, dk.Path)
-		}
+	if err := validate(spec); err != nil {
+		return plan{}, err
 	}
 	smt := false
 	p := plan{
@@ -230,6 +267,31 @@ func planStart(spec vmm.Spec, jail *JailPlan) (plan, error) {
 	return p, nil
 }
 
+// validate refuses a spec Firecracker cannot boot.
+func validate(spec vmm.Spec) error {
+	if spec.Net.Mode != vmm.NetTap {
+		return ErrNeedsTap
+	}
+	if spec.Net.TapDevice == "" {
+		return errors.New("firecracker: tap mode without a TAP device")
+	}
+	if spec.CPUs < 1 || spec.CPUs > MaxVCPUs {
+		return fmt.Errorf("firecracker takes 1 to %d vCPUs, not %d", MaxVCPUs, spec.CPUs)
+	}
+	if spec.MemoryMiB < 1 {
+		return fmt.Errorf("firecracker: impossible memory size %d MiB", spec.MemoryMiB)
+	}
+	if len(spec.Disks) == 0 {
+		return errors.New("firecracker: no root disk")
+	}
+	for _, dk := range spec.Disks {
+		if dk.Format != "raw" {
+			return fmt.Errorf("firecracker takes raw disks only, not %s (%s)", dk.Format, dk.Path)
+		}
+	}
+	return nil
+}
+
 // configure runs the documented pre-boot sequence and starts the guest.
 func (p plan) configure(ctx context.Context, c *Client) error {
 	steps := []struct {
@@ -260,98 +322,177 @@ func (p plan) configure(ctx context.Context, c *Client) error {
 	return nil
 }
 
-// Start implements vmm.Driver.
+// Start implements vmm.Driver: startSteps, in order. A failing step
+// undoes what the steps before it made (the jail, the process) and, once
+// Firecracker ran, carries the tail of its stderr.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
-	if err := checkELF(spec.Kernel); err != nil {
-		return vmm.Process{}, err
+	s := &starting{spec: spec}
+	for _, st := range d.startSteps() {
+		if err := st.fn(ctx, s); err != nil {
+			return vmm.Process{}, s.fail(err)
+		}
 	}
+	return s.proc, nil
+}
+
+// startStep is one named step of Start, in the way of firecracker-go-sdk's
+// handler lists.
+type startStep struct {
+	name string
+	fn   func(ctx context.Context, s *starting) error
+}
+
+// startSteps are Start's steps in order.
+func (d *Driver) startSteps() []startStep {
+	return []startStep{
+		{"check kernel", d.checkKernel},
+		{"plan", d.makePlan},
+		{"prepare files", d.prepareFiles},
+		{"launch", d.launch},
+		{"wait for API", d.waitForAPI},
+		{"configure", d.configureVM},
+	}
+}
+
+// starting is one Start in progress: what its steps share.
+type starting struct {
+	spec   vmm.Spec
+	fcPath string
+	jcfg   JailerConfig
+	jail   *JailPlan
+	plan   plan
+	state  string
+	// undo is run in reverse when a step fails.
+	undo []func()
+	// cmd runs once launched; exited closes when it ends.
+	cmd        *exec.Cmd
+	exited     chan struct{}
+	stderrPath string
+	proc       vmm.Process
+}
+
+func (s *starting) fail(err error) error {
+	for i := len(s.undo) - 1; i >= 0; i-- {
+		s.undo[i]()
+	}
+	if s.cmd != nil {
+		if t := strings.TrimSpace(system.TailFile(s.stderrPath, 1024)); t != "" {
+			err = fmt.Errorf("%w: %s", err, t)
+		}
+	}
+	return err
+}
+
+// checkKernel refuses a kernel Firecracker cannot load.
+func (d *Driver) checkKernel(ctx context.Context, s *starting) error {
+	return checkELF(s.spec.Kernel)
+}
+
+// makePlan finds firecracker and turns the spec into the jail (if any) and
+// the API calls.
+func (d *Driver) makePlan(ctx context.Context, s *starting) error {
 	fcPath, err := exec.LookPath(d.binary())
 	if err != nil {
-		return vmm.Process{}, fmt.Errorf("find firecracker: %w", err)
+		return fmt.Errorf("find firecracker: %w", err)
 	}
-	var jail *JailPlan
-	jcfg := d.Jailer
-	if spec.UID != 0 {
+	s.fcPath = fcPath
+	s.jcfg = d.Jailer
+	if s.spec.UID != 0 {
 		// The VM's own user: jailed VMs never share a uid.
-		jcfg.UID, jcfg.GID = spec.UID, spec.GID
+		s.jcfg.UID, s.jcfg.GID = s.spec.UID, s.spec.GID
 	}
-	if spec.Jailer {
+	if s.spec.Jailer {
 		var disks []string
-		for _, dk := range spec.Disks {
+		for _, dk := range s.spec.Disks {
 			disks = append(disks, dk.Path)
 		}
-		jp, err := PlanJail(jcfg, fcPath, spec.ID, spec.Kernel, spec.Initrd, disks)
+		jp, err := PlanJail(s.jcfg, fcPath, s.spec.ID, s.spec.Kernel, s.spec.Initrd, disks)
 		if err != nil {
-			return vmm.Process{}, err
+			return err
 		}
-		jail = &jp
+		s.jail = &jp
 	}
-	p, err := planStart(spec, jail)
+	p, err := planStart(s.spec, s.jail)
 	if err != nil {
-		return vmm.Process{}, err
+		return err
 	}
 	stateJSON, err := json.Marshal(p.state)
 	if err != nil {
-		return vmm.Process{}, err
+		return err
 	}
-	var cmd *exec.Cmd
+	s.plan, s.state = p, string(stateJSON)
+	return nil
+}
+
+// prepareFiles builds the jail (or the log files an unjailed Firecracker
+// opens) and clears the sockets of a previous boot.
+func (d *Driver) prepareFiles(ctx context.Context, s *starting) error {
+	p, jail := s.plan, s.jail
 	if jail != nil {
 		// A jail left by the previous boot of this VM (same id) would
 		// keep stale sockets and a cgroup the jailer refuses to reuse.
 		if err := jail.Remove(); err != nil {
-			return vmm.Process{}, err
+			return err
 		}
+		s.undo = append(s.undo, func() { jail.Remove() })
 		if err := jail.Prepare(ctx); err != nil {
-			jail.Remove()
-			return vmm.Process{}, err
+			return err
 		}
 		// Firecracker opens its TAP by name inside the jail, as the
 		// jail's user: make that user the TAP's owner.
-		if spec.Net.TapDevice != "" {
-			if err := vmm.SetTapOwner(spec.Net.TapDevice, jail.UID, jail.GID); err != nil {
-				jail.Remove()
-				return vmm.Process{}, err
+		if s.spec.Net.TapDevice != "" {
+			if err := vmm.SetTapOwner(s.spec.Net.TapDevice, jail.UID, jail.GID); err != nil {
+				return err
 			}
 		}
-		jb := d.Jailer.Binary
-		if jb == "" {
-			jb = "jailer"
-		}
-		// Not CommandContext: the VMM must outlive the boot's context.
-		cmd = exec.Command(jb, JailerArgs(jcfg, fcPath, spec.ID, p.fcArgs)...)
 	} else {
 		for _, f := range []string{p.logger.LogPath, p.metrics.MetricsPath} {
 			// Firecracker opens these, it does not create them.
 			if err := os.WriteFile(f, nil, 0o600); err != nil {
-				return vmm.Process{}, fmt.Errorf("create %s: %w", filepath.Base(f), err)
+				return fmt.Errorf("create %s: %w", filepath.Base(f), err)
 			}
 		}
-		cmd = exec.Command(fcPath, p.fcArgs...)
 	}
-	for _, s := range []string{p.state.APISocket, p.state.VsockUDS} {
-		_ = os.Remove(s)
+	for _, sock := range []string{p.state.APISocket, p.state.VsockUDS} {
+		_ = os.Remove(sock)
 	}
 	if jail != nil {
 		// The daemon reaches sockets through the VM directory, whatever
 		// the mode, so DialAgent needs no state.
 		for host, name := range map[string]string{jail.HostPath(jailAPISocket): paths.FileFCSocket, jail.HostPath(jailVsock): paths.FileVsockSocket} {
-			link := filepath.Join(spec.Dir, name)
+			link := filepath.Join(s.spec.Dir, name)
 			_ = os.Remove(link)
 			if err := os.Symlink(host, link); err != nil {
-				jail.Remove()
-				return vmm.Process{}, fmt.Errorf("link jail socket: %w", err)
+				return fmt.Errorf("link jail socket: %w", err)
 			}
 		}
 	}
-	console, err := os.OpenFile(filepath.Join(spec.Dir, paths.FileConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	return nil
+}
+
+// launch starts Firecracker (under the jailer when jailed), detached:
+// the VMM must outlive the boot's context and the daemon.
+func (d *Driver) launch(ctx context.Context, s *starting) error {
+	var cmd *exec.Cmd
+	if s.jail != nil {
+		jb := d.Jailer.Binary
+		if jb == "" {
+			jb = "jailer"
+		}
+		// Not CommandContext: the VMM must outlive the boot's context.
+		cmd = exec.Command(jb, JailerArgs(s.jcfg, s.fcPath, s.spec.ID, s.plan.fcArgs)...)
+	} else {
+		cmd = exec.Command(s.fcPath, s.plan.fcArgs...)
+	}
+	console, err := os.OpenFile(filepath.Join(s.spec.Dir, paths.FileConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return vmm.Process{}, fmt.Errorf("open console log: %w", err)
+		return fmt.Errorf("open console log: %w", err)
 	}
 	defer console.Close()
-	stderrPath := filepath.Join(spec.Dir, paths.FileFCStderr)
+	stderrPath := filepath.Join(s.spec.Dir, paths.FileFCStderr)
 	stderr, err := os.OpenFile(stderrPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
-		return vmm.Process{}, fmt.Errorf("open firecracker stderr log: %w", err)
+		return fmt.Errorf("open firecracker stderr log: %w", err)
 	}
 	defer stderr.Close()
 	// The guest's serial console is Firecracker's stdout; it goes to a
@@ -361,42 +502,39 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 	// Its own session: signals to the daemon's group never reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		if jail != nil {
-			jail.Remove()
-		}
-		return vmm.Process{}, fmt.Errorf("start firecracker: %w", err)
+		return fmt.Errorf("start firecracker: %w", err)
 	}
 	// Reap it when it exits while this daemon lives; after a daemon
 	// restart init does.
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
-	proc := vmm.Process{PID: cmd.Process.Pid, State: string(stateJSON)}
-	fail := func(err error) (vmm.Process, error) {
+	s.cmd, s.exited, s.stderrPath = cmd, exited, stderrPath
+	s.undo = append(s.undo, func() {
 		_ = cmd.Process.Kill()
 		<-exited
-		if jail != nil {
-			jail.Remove()
-		}
-		if t := strings.TrimSpace(system.TailFile(stderrPath, 1024)); t != "" {
-			err = fmt.Errorf("%w: %s", err, t)
-		}
-		return vmm.Process{}, err
-	}
-	st, err := system.ProcStartTime(proc.PID)
+	})
+	s.proc = vmm.Process{PID: cmd.Process.Pid, State: s.state}
+	st, err := system.ProcStartTime(s.proc.PID)
 	if err != nil {
-		return fail(fmt.Errorf("firecracker exited right after start"))
+		return fmt.Errorf("firecracker exited right after start")
 	}
-	proc.StartTime = st
-	c := NewClient(p.state.APISocket)
-	if err := waitAPI(ctx, c, exited); err != nil {
-		return fail(err)
-	}
+	s.proc.StartTime = st
+	return nil
+}
+
+// waitForAPI waits until Firecracker answers on its socket.
+func (d *Driver) waitForAPI(ctx context.Context, s *starting) error {
+	return waitAPI(ctx, NewClient(s.plan.state.APISocket), s.exited)
+}
+
+// configureVM runs the pre-boot API calls and starts the guest.
+func (d *Driver) configureVM(ctx context.Context, s *starting) error {
 	cctx, cancel := context.WithTimeout(ctx, configWait)
 	defer cancel()
-	if err := p.configure(cctx, c); err != nil {
-		return fail(fmt.Errorf("configure firecracker: %w", err))
+	if err := s.plan.configure(cctx, NewClient(s.plan.state.APISocket)); err != nil {
+		return fmt.Errorf("configure firecracker: %w", err)
 	}
-	return proc, nil
+	return nil
 }
 
 // waitAPI waits until Firecracker answers on its socket.
@@ -458,7 +596,7 @@ func waitGone(ctx context.Context, d *Driver, p vmm.Process, timeout time.Durati
 	return vmm.WaitGone(ctx, d.Alive, p, timeout)
 }
 
-// Remove implements vmm.Remover: a jailed VM's chroot and cgroup go with
+// Remove implements vmm.Adopter: a jailed VM's chroot and cgroup go with
 // the VM.
 func (d *Driver) Remove(ctx context.Context, dir string, p vmm.Process) error {
 	st, err := DecodeState(dir, p.State)

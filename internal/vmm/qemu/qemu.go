@@ -36,6 +36,7 @@ const AgentPortName = "banger.agent"
 
 // Driver is the QEMU microvm driver.
 type Driver struct {
+	vmm.Base
 	// Binary overrides the emulator path (tests, odd installs).
 	Binary string
 }
@@ -44,6 +45,71 @@ var _ vmm.Driver = (*Driver)(nil)
 
 // Name implements vmm.Driver.
 func (d *Driver) Name() string { return "qemu" }
+
+// Info implements vmm.Driver: QEMU emulates where KVM fails, has slirp
+// for user networking, serves its console on a socket, and always runs
+// as the VM's own user (for a root daemon).
+func (d *Driver) Info() vmm.Info {
+	return vmm.Info{
+		Title:            "QEMU",
+		Emulates:         true,
+		UserNet:          true,
+		ExtraSerialPorts: true,
+		Console:          vmm.ConsoleSocket,
+		OwnUser:          vmm.OwnUserAlways,
+	}
+}
+
+// RootDisk implements vmm.Booter: a qcow2 overlay on the image's rootfs.
+// The backing file is named here, not taken from the overlay's header:
+// QEMU gets it as a read-only descriptor (launch.go).
+func (d *Driver) RootDisk(img vmm.Image, dir string) vmm.Disk {
+	return vmm.Disk{Path: filepath.Join(dir, paths.FileRootDisk), Format: "qcow2", Backing: img.Rootfs}
+}
+
+// MakeRootDisk implements vmm.Booter.
+func (d *Driver) MakeRootDisk(ctx context.Context, r system.Runner, img vmm.Image, root vmm.Disk) error {
+	if _, err := r.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
+		"-b", img.Rootfs, "-F", "raw", root.Path); err != nil {
+		return fmt.Errorf("create root overlay: %w", err)
+	}
+	return nil
+}
+
+// KernelArgs implements vmm.Booter: TCGKernelArgs under TCG.
+func (d *Driver) KernelArgs(accel string) []string {
+	if accel == "kvm" {
+		return nil
+	}
+	return TCGKernelArgs()
+}
+
+// Validate implements vmm.Booter.
+func (d *Driver) Validate(spec vmm.Spec) error {
+	if spec.Jailer {
+		return errors.New("qemu has no jailer; --jailer is a Firecracker option")
+	}
+	for _, s := range []string{paths.FileQMPSocket, paths.FileAgentSocket, paths.FileConsoleSocket} {
+		if err := paths.CheckSocketPath(filepath.Join(spec.Dir, s)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// probeTimeout bounds the KVM probe's boot.
+const probeTimeout = 20 * time.Second
+
+// ProbeKVM implements vmm.Host with the image's own kernel.
+func (d *Driver) ProbeKVM(ctx context.Context, img vmm.Image) (bool, string, error) {
+	ok, why := ProbeKVM(ctx, d.Binary, img.Kernel, probeTimeout)
+	return ok, why, nil
+}
+
+// Status implements vmm.Adopter over QMP.
+func (d *Driver) Status(ctx context.Context, dir string, p vmm.Process) (string, error) {
+	return Status(dir)
+}
 
 func (d *Driver) binary() string {
 	if d.Binary != "" {
@@ -205,13 +271,8 @@ const startWait = 60 * time.Second
 // directory, the VM's own disks and console are handed to that user, and
 // the image's shared files are only read, never chowned or chmoded.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
-	if spec.Jailer {
-		return vmm.Process{}, errors.New("qemu has no jailer; --jailer is a Firecracker option")
-	}
-	for _, s := range []string{paths.FileQMPSocket, paths.FileAgentSocket, paths.FileConsoleSocket} {
-		if err := paths.CheckSocketPath(filepath.Join(spec.Dir, s)); err != nil {
-			return vmm.Process{}, err
-		}
+	if err := d.Validate(spec); err != nil {
+		return vmm.Process{}, err
 	}
 	l, err := prepare(spec)
 	if err != nil {

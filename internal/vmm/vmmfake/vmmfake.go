@@ -84,6 +84,10 @@ type Plan struct {
 // processes: give the same one to a daemon and to the daemon that
 // replaces it, and the second finds the first one's VMMs.
 type Driver struct {
+	// Base supplies the boot defaults (a raw copy of the root disk, the
+	// image's kernel, no host checks); the fake only scripts the
+	// lifecycle.
+	vmm.Base
 	// DriverName is what Name reports ("fake" when empty).
 	DriverName string
 	// MaxWait caps how long Stop waits for a guest to power off after
@@ -91,6 +95,9 @@ type Driver struct {
 	// guest ignores the button; only a poweroff already under way ends
 	// the wait early). Zero means 500ms.
 	MaxWait time.Duration
+	// RootDiskErr, when set, fails MakeRootDisk (a full disk, a broken
+	// image) before anything is written.
+	RootDiskErr error
 	// Log receives the fake guest agents' logs (nil: discarded).
 	Log *slog.Logger
 
@@ -125,10 +132,29 @@ type proc struct {
 // has a fake VMM's PID, so nothing done to one by mistake hits a real one.
 const firstPID = 1<<22 + 1000
 
-var (
-	_ vmm.Driver  = (*Driver)(nil)
-	_ vmm.Remover = (*Driver)(nil)
-)
+var _ vmm.Driver = (*Driver)(nil)
+
+// Info implements vmm.Driver: a VMM that runs without KVM, has user
+// networking and writes console.log itself, as the daemon's tests need.
+func (f *Driver) Info() vmm.Info {
+	return vmm.Info{Title: "fake VMM", Emulates: true, UserNet: true, Console: vmm.ConsoleFile}
+}
+
+// MakeRootDisk implements vmm.Booter: Base's raw copy, or RootDiskErr.
+func (f *Driver) MakeRootDisk(ctx context.Context, r system.Runner, img vmm.Image, root vmm.Disk) error {
+	if f.RootDiskErr != nil {
+		return fmt.Errorf("create root disk: %w", f.RootDiskErr)
+	}
+	return f.Base.MakeRootDisk(ctx, r, img, root)
+}
+
+// Status implements vmm.Adopter: what a control socket would say.
+func (f *Driver) Status(_ context.Context, dir string, p vmm.Process) (string, error) {
+	if !f.Alive(p) {
+		return "", fmt.Errorf("fake VMM %d is not running", p.PID)
+	}
+	return "running", nil
+}
 
 // Plan sets what the nth Start call (counting from 1, over all VMs)
 // does.

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -14,45 +13,6 @@ import (
 	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/store"
 )
-
-func TestDecodeJSON(t *testing.T) {
-	cases := []struct {
-		body string
-		ok   bool
-		want string
-	}{
-		{`{"name":"a1","cpus":2}`, true, ""},
-		{``, false, "empty request body"},
-		{`{"name":`, false, "malformed"},
-		{`{"cpus":"two"}`, false, "malformed"},
-		{`{"bogus":1}`, false, "unknown field"},
-		{`{"name":"a"} {"name":"b"}`, false, "trailing data"},
-		{`[1,2]`, false, "malformed"},
-	}
-	for _, tc := range cases {
-		var req api.CreateVMRequest
-		err := DecodeJSON(strings.NewReader(tc.body), &req)
-		if tc.ok != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
-			t.Errorf("%q: got %v, want ok=%v %q", tc.body, err, tc.ok, tc.want)
-		}
-		var ae *api.Error
-		if err != nil && (!errors.As(err, &ae) || ae.Code != api.CodeInvalid) {
-			t.Errorf("%q: error is not an invalid-input api.Error: %v", tc.body, err)
-		}
-	}
-}
-
-func FuzzDecodeJSON(f *testing.F) {
-	for _, s := range []string{`{"name":"a1"}`, `{"argv":["sh","-c","x"],"tty":true}`, `{`, `null`} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		var c api.CreateVMRequest
-		_ = DecodeJSON(bytes.NewReader(b), &c)
-		var e api.ExecRequest
-		_ = DecodeJSON(bytes.NewReader(b), &e)
-	})
-}
 
 // TestOperationWatch runs an operation against a real SQLite store and
 // checks that a watcher sees every stage once, in order, then the end,
@@ -121,5 +81,27 @@ func TestOperationWatch(t *testing.T) {
 	}
 	if strings.Join(lateSeen, " ") != "one:succeeded two:failed" {
 		t.Fatalf("late watcher: %v", lateSeen)
+	}
+}
+
+// TestOperationNotFound: the engine answers an unknown id with a
+// not_found *api.Error, which the HTTP layer sends as 404.
+func TestOperationNotFound(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ops := newOps(opsDeps{store: st, log: slog.New(slog.NewTextHandler(io.Discard, nil)), base: ctx})
+	if _, err := ops.GetOperation(ctx, "nope"); !errors.Is(err, api.ErrNotFound) || err.Error() != `no operation "nope"` {
+		t.Fatalf("get: %v", err)
+	}
+	if _, _, err := ops.WatchOperation(ctx, "nope"); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("watch: %v", err)
+	}
+	list, err := ops.ListOperations(ctx)
+	if err != nil || list == nil || len(list) != 0 {
+		t.Fatalf("list: %v %v", list, err)
 	}
 }
