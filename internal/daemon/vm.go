@@ -411,6 +411,9 @@ func (d *Daemon) bootAgent(ctx context.Context, r *vmRun) error {
 		return err
 	}
 	d.setAgent(vm.ID, c)
+	// A later step failing stops this VMM; its session must not stay in
+	// the cache for a VM that no longer exists.
+	r.undo.push(func() { d.dropAgent(vm.ID) })
 	if !r.persist {
 		return nil
 	}
