@@ -67,16 +67,7 @@ func TestLayeringExecDetectsViolations(t *testing.T) {
 		".git/hooks/x.go":               "package x\nimport \"os/exec\"\n",
 		"internal/image/local_exec.go":  "package image\n// exec is a local identifier here, not os/exec.\nfunc exec() {}\nfunc f() { exec() }\n",
 	}
-	root := t.TempDir()
-	for name, body := range files {
-		p := filepath.Join(root, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	root := writeTree(t, files)
 	got, err := execViolations(root, execAllowed)
 	if err != nil {
 		t.Fatal(err)
@@ -123,26 +114,7 @@ func moduleRoot() (string, error) {
 // calls one of processStarters. Paths are slash-separated and relative.
 func execViolations(root string, allowed []string) ([]string, error) {
 	var out []string
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		name := d.Name()
-		if d.IsDir() {
-			// The go tool ignores these too.
-			if p != root && (name == "vendor" || name == "testdata" || strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_")) {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
-			return nil
-		}
-		rel, err := filepath.Rel(root, p)
-		if err != nil {
-			return err
-		}
-		rel = filepath.ToSlash(rel)
+	err := walkGoFiles(root, func(rel, p string) error {
 		if slices.ContainsFunc(allowed, func(prefix string) bool { return strings.HasPrefix(rel, prefix) }) {
 			return nil
 		}
@@ -160,6 +132,56 @@ func execViolations(root string, allowed []string) ([]string, error) {
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// walkGoFiles calls fn with the slash-separated relative path and the
+// path of every non-test Go file of the module at root, skipping what
+// the go tool skips (vendor, testdata, dot and underscore directories)
+// and other modules nested inside (examples/...: their own rules).
+func walkGoFiles(root string, fn func(rel, path string) error) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if p == root {
+				return nil
+			}
+			if name == "vendor" || name == "testdata" || strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") {
+				return filepath.SkipDir
+			}
+			if _, err := os.Stat(filepath.Join(p, "go.mod")); err == nil {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
+			return nil
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		return fn(filepath.ToSlash(rel), p)
+	})
+}
+
+// writeTree writes files (slash-separated relative path -> contents)
+// into a fresh directory and returns it.
+func writeTree(t *testing.T, files map[string]string) string {
+	t.Helper()
+	root := t.TempDir()
+	for name, body := range files {
+		p := filepath.Join(root, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
 }
 
 func fileViolations(path string) ([]string, error) {

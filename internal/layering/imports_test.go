@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"go/parser"
 	"go/token"
-	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -79,16 +78,7 @@ func TestLayeringImportsDetectsViolations(t *testing.T) {
 		"examples/other/main.go":         "package main\nimport _ \"example.com/m/internal/daemon\"\n",
 		"internal/daemon/cycle/cycle.go": "package cycle\nimport _ \"example.com/m/internal/daemon/cycle\"\n",
 	}
-	root := t.TempDir()
-	for name, body := range files {
-		p := filepath.Join(root, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	root := writeTree(t, files)
 	g, err := loadImports(root)
 	if err != nil {
 		t.Fatal(err)
@@ -153,32 +143,7 @@ func loadImports(root string) (*importGraph, error) {
 		return nil, fmt.Errorf("no module line in %s/go.mod", root)
 	}
 	g := &importGraph{module: module, files: map[string]map[string][]string{}}
-	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		name := d.Name()
-		if d.IsDir() {
-			if p == root {
-				return nil
-			}
-			if name == "vendor" || name == "testdata" || strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") {
-				return filepath.SkipDir
-			}
-			// Another module (examples/...) has its own rules.
-			if _, err := os.Stat(filepath.Join(p, "go.mod")); err == nil {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
-			return nil
-		}
-		rel, err := filepath.Rel(root, p)
-		if err != nil {
-			return err
-		}
-		rel = filepath.ToSlash(rel)
+	err = walkGoFiles(root, func(rel, p string) error {
 		f, err := parser.ParseFile(token.NewFileSet(), p, nil, parser.ImportsOnly)
 		if err != nil {
 			return fmt.Errorf("parse %s: %w", rel, err)
