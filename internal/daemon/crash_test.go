@@ -60,7 +60,7 @@ func alive(cmd *exec.Cmd) bool {
 func untilReconcile(ctx context.Context, d *Daemon, log *syncBuffer) {
 	d.log = slog.New(slog.NewTextHandler(log, nil))
 	d.drivers = newDrivers(d.cfg)
-	d.ops = newOperations(ctx, d.store, d.log)
+	d.ops = newOps(opsDeps{store: d.store, log: d.log, base: ctx})
 	d.agents = map[string]*agentclient.Client{}
 	d.vmLocks = map[string]*vmLock{}
 }

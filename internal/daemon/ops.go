@@ -71,11 +71,6 @@ func newOps(deps opsDeps) *operations {
 	return &operations{opsDeps: deps, watchers: map[string][]chan api.Event{}}
 }
 
-// newOperations is newOps without a bus.
-func newOperations(base context.Context, st opsStore, log *slog.Logger) *operations {
-	return newOps(opsDeps{store: st, log: log, base: base})
-}
-
 func newID(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -249,26 +244,46 @@ func (o *operations) watch(ctx context.Context, id string) (<-chan api.Event, fu
 	out := make(chan api.Event, 256)
 	go func() {
 		defer close(out)
+		// Every send and every wait also watches ctx: a watcher whose
+		// client left must not sit on a silent operation (a stage can be
+		// quiet for minutes) holding a connection slot.
+		defer cancel()
+		send := func(ev api.Event) bool {
+			select {
+			case out <- ev:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
 		seen := map[int]string{}
 		for i := range op.Stages {
 			s := op.Stages[i]
 			seen[s.Seq] = s.State
-			out <- api.Event{Stage: &s}
+			if !send(api.Event{Stage: &s}) {
+				return
+			}
 		}
 		if op.State != api.OpRunning {
-			out <- api.Event{Done: true, Operation: &op}
-			cancel()
+			send(api.Event{Done: true, Operation: &op})
 			return
 		}
-		for ev := range ch {
+		for {
+			var ev api.Event
+			var ok bool
+			select {
+			case ev, ok = <-ch:
+			case <-ctx.Done():
+				return
+			}
+			if !ok {
+				return
+			}
 			// Skip replays of what the snapshot already showed.
 			if ev.Stage != nil && seen[ev.Stage.Seq] == ev.Stage.State {
 				continue
 			}
-			select {
-			case out <- ev:
-			case <-ctx.Done():
-				cancel()
+			if !send(ev) {
 				return
 			}
 		}

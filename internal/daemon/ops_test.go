@@ -24,7 +24,7 @@ func TestOperationWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	ops := newOperations(ctx, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ops := newOps(opsDeps{store: st, log: slog.New(slog.NewTextHandler(io.Discard, nil)), base: ctx})
 	release := make(chan struct{})
 	id, err := ops.start(ctx, "test", "x", func(ctx context.Context, stage stageFunc) (any, error) {
 		if err := stage("one", func(context.Context) error { <-release; return nil }); err != nil {
@@ -81,6 +81,57 @@ func TestOperationWatch(t *testing.T) {
 	}
 	if strings.Join(lateSeen, " ") != "one:succeeded two:failed" {
 		t.Fatalf("late watcher: %v", lateSeen)
+	}
+}
+
+// TestOperationWatchEndsWithItsClient: a watcher whose context ends
+// (the client hung up) is gone at once, not at the operation's next
+// event: a silent stage can last minutes, and each watcher holds one of
+// the daemon's limited connections.
+func TestOperationWatchEndsWithItsClient(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ops := newOps(opsDeps{store: st, log: slog.New(slog.NewTextHandler(io.Discard, nil)), base: ctx})
+	release := make(chan struct{})
+	defer close(release)
+	id, err := ops.start(ctx, "test", "x", func(ctx context.Context, stage stageFunc) (any, error) {
+		return nil, stage("silent", func(context.Context) error { <-release; return nil })
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, hangUp := context.WithCancel(ctx)
+	events, cancel, err := ops.watch(wctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+	select {
+	case <-events: // the running stage
+	case <-time.After(10 * time.Second):
+		t.Fatal("no first event")
+	}
+	hangUp()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case _, ok := <-events:
+			if !ok {
+				ops.mu.Lock()
+				n := len(ops.watchers[id])
+				ops.mu.Unlock()
+				if n != 0 {
+					t.Fatalf("%d watchers still subscribed", n)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("the watch outlived its client while the operation was silent")
+		}
 	}
 }
 

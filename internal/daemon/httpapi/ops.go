@@ -28,12 +28,22 @@ func (h *Handler) operationEvents(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(200)
 	fl, _ := w.(http.Flusher)
 	enc := json.NewEncoder(w)
-	for ev := range events {
-		if err := enc.Encode(ev); err != nil {
+	for {
+		select {
+		case <-r.Context().Done():
+			// The client left; cancel unsubscribes at once instead of at
+			// the operation's next event.
 			return
-		}
-		if fl != nil {
-			fl.Flush()
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			if err := enc.Encode(ev); err != nil {
+				return
+			}
+			if fl != nil {
+				fl.Flush()
+			}
 		}
 	}
 }
@@ -56,8 +66,8 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
-		case ev := <-ch:
-			if enc.Encode(ev) != nil || rc.Flush() != nil {
+		case ev, ok := <-ch:
+			if !ok || enc.Encode(ev) != nil || rc.Flush() != nil {
 				return
 			}
 		}
