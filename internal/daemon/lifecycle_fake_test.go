@@ -361,6 +361,11 @@ func TestFakeCreateFails(t *testing.T) {
 			if got := h.drv.Starts(); got != tt.starts {
 				t.Errorf("%d VMM starts, want %d", got, tt.starts)
 			}
+			// A VMM that started had its driver's leftovers (a jail)
+			// removed after it was stopped.
+			if calls := h.drv.Calls(); tt.starts > 0 && tt.name != "vmm start" && !slices.ContainsFunc(calls, func(c string) bool { return strings.HasPrefix(c, "remove ") }) {
+				t.Errorf("driver leftovers not removed: calls %v", calls)
+			}
 			h.noTrace(d, "doomed")
 		})
 	}

@@ -387,6 +387,16 @@ func (d *Daemon) startVMM(ctx context.Context, r *vmRun) error {
 		return err
 	}
 	r.proc = p
+	// Undone in reverse: stop the VMM, then remove what its driver keeps
+	// outside the VM directory (a Firecracker jail holds hard links to
+	// the VM's disks: without this their space outlived a failed create).
+	r.undo.push(func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		if err := drv.Remove(rctx, vm.Dir, p); err != nil {
+			d.log.Warn("remove VMM leftovers of a failed boot", "vm", vm.Name, "err", err)
+		}
+	})
 	r.undo.push(func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 		defer cancel()

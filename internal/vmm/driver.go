@@ -124,13 +124,17 @@ const (
 // OwnUser is when a VMM process runs as the VM's own user.
 type OwnUser int
 
+// The zero value is the safe one: a driver that says nothing runs every
+// VMM as the VM's own user, never as the daemon's (root).
 const (
-	// OwnUserNever: the VMM runs as the daemon's user; Spec.UID is unset.
-	OwnUserNever OwnUser = iota
-	// OwnUserJailed: only a jailed VMM runs as the VM's user.
-	OwnUserJailed
 	// OwnUserAlways: every VM's VMM runs as its own user.
-	OwnUserAlways
+	OwnUserAlways OwnUser = iota
+	// OwnUserJailed: only a jailed VMM runs as the VM's user (the
+	// jailer drops to it; unjailed, the VMM cannot).
+	OwnUserJailed
+	// OwnUserNever: the VMM runs as the daemon's user; Spec.UID is unset.
+	// Only a test driver that starts no process says this.
+	OwnUserNever
 )
 
 // Image is what an image offers a driver: paths of its files, empty

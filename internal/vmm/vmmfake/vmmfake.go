@@ -135,9 +135,10 @@ const firstPID = 1<<22 + 1000
 var _ vmm.Driver = (*Driver)(nil)
 
 // Info implements vmm.Driver: a VMM that runs without KVM, has user
-// networking and writes console.log itself, as the daemon's tests need.
+// networking and writes console.log itself, as the daemon's tests need;
+// its VMMs are not processes, so there is no user to run them as.
 func (f *Driver) Info() vmm.Info {
-	return vmm.Info{Title: "fake VMM", Emulates: true, UserNet: true, Console: vmm.ConsoleFile}
+	return vmm.Info{Title: "fake VMM", Emulates: true, UserNet: true, Console: vmm.ConsoleFile, OwnUser: vmm.OwnUserNever}
 }
 
 // MakeRootDisk implements vmm.Booter: Base's raw copy, or RootDiskErr.
