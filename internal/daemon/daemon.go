@@ -382,12 +382,3 @@ func (d *Daemon) lockVM(name string) func() {
 		d.mu.Unlock()
 	}
 }
-
-// driverFor returns the driver that runs vm. VMs recorded before the VMM
-// was stored are QEMU's.
-func (d *Daemon) driverFor(vm store.VM) vmm.Driver {
-	if drv, ok := d.drivers[vm.VMM]; ok {
-		return drv
-	}
-	return d.drivers["qemu"]
-}

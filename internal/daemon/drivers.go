@@ -106,3 +106,12 @@ func bootImage(img store.Image) vmm.Image {
 		Rootfs:  filepath.Join(img.Dir, image.FileRootfs),
 	}
 }
+
+// driverFor returns the driver that runs vm. VMs recorded before the VMM
+// was stored are QEMU's.
+func (d *Daemon) driverFor(vm store.VM) vmm.Driver {
+	if drv, ok := d.drivers[vm.VMM]; ok {
+		return drv
+	}
+	return d.drivers[config.VMMQEMU]
+}

@@ -467,6 +467,9 @@ func (d *Daemon) waitAgent(ctx context.Context, vm *store.VM, proc vmm.Process) 
 			return nil, fmt.Errorf("the VM exited during boot")
 		}
 		if ctx.Err() == nil && wctx.Err() != nil {
+			// Judge the console only once its pump has written what
+			// the VMM already sent.
+			d.consoleSettled(vm.Dir, 500*time.Millisecond)
 			return nil, earlyHang(vm.Dir, fmt.Errorf("guest agent did not answer within %s", timeout))
 		}
 		return nil, fmt.Errorf("wait for guest agent: %w", err)
