@@ -56,8 +56,11 @@ func DecodeOptionalBody(r *http.Request, v any) error {
 
 // Decode reads one JSON object and rejects unknown fields and trailing
 // data: a typo in a request is an error, not a silently ignored option.
-// Every error is an invalid-input *api.Error. It is the request-body
-// parser of every route (fuzzed in tests).
+// Every error is an invalid-input *api.Error. It parses the body of every
+// daemon route and of the agent's routes other than exec and session
+// start (fuzzed in tests). Those two ignore unknown fields on purpose: a
+// VM keeps running its agent across a daemon upgrade, and a newer daemon
+// may send a field the older agent does not know yet.
 func Decode(r io.Reader, v any) error {
 	_, err := decode(r, v)
 	return err
