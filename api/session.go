@@ -8,8 +8,8 @@ import (
 
 // Wire types of guest sessions: long-lived guest commands that run under
 // their own supervisor in the guest and that clients attach to later. The
-// agent serves them under AgentSessionsPath; the daemon is expected to
-// forward the same bodies (see internal/session for the guest side).
+// guest agent serves them (internal/agentapi.AgentSessionsPath) and the
+// daemon forwards the same bodies (see internal/session for the guest side).
 
 // Session states.
 const (
@@ -166,11 +166,6 @@ func ParseSessionLogsRequest(q url.Values) (SessionLogsRequest, error) {
 	}
 	return req, nil
 }
-
-// Agent session routes. {ref} is a session id or name.
-const (
-	AgentSessionsPath = "/v1/sessions"
-)
 
 // BusEvent is one line of the daemon's GET /v1/events stream (NDJSON):
 // something changed that a dashboard or an orchestrator may want to

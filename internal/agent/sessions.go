@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/httpjson"
 	"github.com/bangerdev/banger/internal/session"
 )
@@ -63,7 +64,7 @@ func (s *Server) sessionManager() *session.Manager {
 // getting its own is fine.
 func (s *Server) registerSessionRoutes(routes *http.ServeMux) {
 	m := s.sessionManager()
-	p := api.AgentSessionsPath
+	p := agentapi.AgentSessionsPath
 	routes.HandleFunc("POST "+p, func(w http.ResponseWriter, r *http.Request) {
 		req, err := session.DecodeStartRequest(http.MaxBytesReader(w, r.Body, api.MaxBodyBytes))
 		if err != nil {

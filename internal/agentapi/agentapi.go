@@ -21,6 +21,9 @@ const (
 	// AgentWorkspaceBundlePath exports a workspace's branches and tags
 	// as a git bundle (banger vm workspace pull).
 	AgentWorkspaceBundlePath = "/v1/workspace/bundle"
+	// AgentSessionsPath is the root of the agent's session routes
+	// (/{ref}/... below it; ref is a session id or name).
+	AgentSessionsPath = "/v1/sessions"
 )
 
 // SeedOpencodeEnv is the file next to the seed config that holds

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 )
 
 // Guest sessions (see internal/session and internal/agent/sessions.go).
@@ -24,14 +25,14 @@ import (
 // launch window).
 func (c *Client) StartSession(ctx context.Context, req api.StartSessionRequest) (api.Session, error) {
 	var s api.Session
-	err := c.sessionCall(ctx, http.MethodPost, api.AgentSessionsPath, req, http.StatusCreated, &s)
+	err := c.sessionCall(ctx, http.MethodPost, agentapi.AgentSessionsPath, req, http.StatusCreated, &s)
 	return s, err
 }
 
 // ListSessions returns every session the guest knows, oldest first.
 func (c *Client) ListSessions(ctx context.Context) ([]api.Session, error) {
 	var ss []api.Session
-	err := c.sessionCall(ctx, http.MethodGet, api.AgentSessionsPath, nil, http.StatusOK, &ss)
+	err := c.sessionCall(ctx, http.MethodGet, agentapi.AgentSessionsPath, nil, http.StatusOK, &ss)
 	return ss, err
 }
 
@@ -106,7 +107,7 @@ func (c *Client) AttachSession(ctx context.Context, ref string, req api.AttachSe
 }
 
 func sessionPath(ref, action string) string {
-	p := api.AgentSessionsPath + "/" + url.PathEscape(ref)
+	p := agentapi.AgentSessionsPath + "/" + url.PathEscape(ref)
 	if action != "" {
 		p += "/" + action
 	}
