@@ -5,6 +5,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"time"
@@ -312,13 +313,18 @@ type Operation struct {
 // nothing) is an error.
 func (op Operation) DecodeResult(v any) error {
 	if len(op.Result) == 0 || string(op.Result) == "null" {
-		return fmt.Errorf("operation %s (%s) has no result", op.ID, op.State)
+		return fmt.Errorf("operation %s (%s): %w", op.ID, op.State, ErrNoResult)
 	}
 	if err := json.Unmarshal(op.Result, v); err != nil {
 		return fmt.Errorf("decode result of operation %s: %w", op.ID, err)
 	}
 	return nil
 }
+
+// ErrNoResult: an operation's record holds no result, because it has not
+// succeeded or because the daemon could not store it (read the object by
+// the operation's Target instead).
+var ErrNoResult = errors.New("operation has no result")
 
 // Stage is one named step of an operation.
 type Stage struct {

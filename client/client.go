@@ -394,11 +394,12 @@ func (c *Client) WatchOperation(ctx context.Context, id string, fn func(api.Even
 			return *ev.Operation, nil
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return api.Operation{}, fmt.Errorf("watch operation %s: %w", id, err)
+	if err := sc.Err(); err != nil && ctx.Err() != nil {
+		return api.Operation{}, fmt.Errorf("watch operation %s: %w", id, ctx.Err())
 	}
-	// The stream ended without a final event (daemon went away): report
-	// what the record says now, if the daemon is back.
+	// The stream ended or broke without a final event (the daemon went
+	// away): report what the record says now, which is a typed
+	// unavailable error while the daemon is down.
 	return c.GetOperation(ctx, id)
 }
 

@@ -37,21 +37,19 @@
 //
 // Long work (creating a VM, preparing a workspace, building an image)
 // answers at once with an [api.OperationRef] and goes on in the daemon,
-// whether or not anyone watches. [Client.WatchOperation] streams the
-// operation's stages and returns it once it has finished;
-// [OperationError] turns a failed one into an *api.Error carrying the
-// operation's id. The operation's Target names what it made (the VM's
-// name for a create), so [Client.GetVM] reads the result:
+// whether or not anyone watches. [Client.WaitVM], [Client.WaitImage] and
+// [Client.WaitWorkspace] follow it to its end and return what it made;
+// [Client.Wait] does the same for any result type, and
+// [Client.WatchOperation] streams the raw events. A failed operation is
+// an *api.Error carrying the operation's id ([OperationError]); one whose
+// stream ended while it still ran (the daemon restarted) is
+// api.CodeUnavailable, so a caller can branch with errors.Is:
 //
 //	ref, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "work"})
-//	op, err := c.WatchOperation(ctx, ref.ID, nil)
-//	if err == nil {
-//		err = client.OperationError(op)
-//	}
-//	vm, err := c.GetVM(ctx, op.Target)
+//	vm, err := c.WaitVM(ctx, ref, func(ev api.Event) { /* progress */ })
 //
-// Cancelling the watch does not cancel the operation; a later
-// WatchOperation (from this program or another) picks it up again.
+// Cancelling the wait does not cancel the operation; a later wait
+// (from this program or another) picks it up again.
 //
 // # Commands and sessions
 //

@@ -82,3 +82,57 @@ func TestDecodeResultWithoutResult(t *testing.T) {
 		t.Fatalf("ws = %+v, err = %v", ws, err)
 	}
 }
+
+// serveOp answers the event stream of op-1 with events (no final one)
+// and GET of the operation and of VM dev with rec and vm.
+func serveOp(t *testing.T, rec api.Operation, vm api.VM, events ...api.Event) *Client {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		enc := json.NewEncoder(w)
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/operations/op-1/events"):
+			for _, ev := range events {
+				_ = enc.Encode(ev)
+			}
+		case strings.HasSuffix(r.URL.Path, "/operations/op-1"):
+			_ = enc.Encode(rec)
+		case strings.HasSuffix(r.URL.Path, "/vms/dev"):
+			_ = enc.Encode(vm)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return NewWithDialer("test", func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", srv.Listener.Addr().String())
+	})
+}
+
+// A stream that ends while the record still says running (the daemon
+// restarted mid-operation) is not a success: it is a typed unavailable
+// error that names the operation.
+func TestWaitStreamEndedWhileRunning(t *testing.T) {
+	stage := api.Stage{Seq: 1, Name: "boot", State: api.OpRunning}
+	c := serveOp(t, api.Operation{ID: "op-1", State: api.OpRunning, Target: "dev"}, api.VM{}, api.Event{Stage: &stage})
+	_, err := c.WaitVM(context.Background(), api.OperationRef{ID: "op-1"}, nil)
+	var ae *api.Error
+	if !errors.Is(err, api.ErrUnavailable) || !errors.As(err, &ae) || ae.OperationID != "op-1" || !strings.Contains(ae.Hint, "banger op watch op-1") {
+		t.Fatalf("err = %#v", err)
+	}
+}
+
+// A succeeded operation whose record holds no result: Wait says so with
+// api.ErrNoResult, and WaitVM reads the VM by the operation's target.
+func TestWaitWithoutResultReadsTarget(t *testing.T) {
+	rec := api.Operation{ID: "op-1", State: api.OpSucceeded, Target: "dev"}
+	c := serveOp(t, rec, api.VM{Name: "dev", State: api.VMRunning}, api.Event{Done: true, Operation: &rec})
+	var vm api.VM
+	if _, err := c.Wait(context.Background(), api.OperationRef{ID: "op-1"}, nil, &vm); !errors.Is(err, api.ErrNoResult) || !errors.Is(err, api.ErrInternal) {
+		t.Fatalf("Wait err = %v", err)
+	}
+	vm, err := c.WaitVM(context.Background(), api.OperationRef{ID: "op-1"}, nil)
+	if err != nil || vm.Name != "dev" || vm.State != api.VMRunning {
+		t.Fatalf("WaitVM = %+v, %v", vm, err)
+	}
+}

@@ -51,8 +51,7 @@ func newImageBuildCmd(g *globals) *cobra.Command {
 			if !g.json {
 				fmt.Fprintf(g.stderr, "building image (operation %s)\n", ref.ID)
 			}
-			var built api.Image
-			op, err := g.watch(cmd.Context(), ref.ID, &built)
+			op, built, err := watchFor(cmd.Context(), g, ref.ID, g.client().GetImage)
 			if err != nil {
 				return err
 			}

@@ -4,8 +4,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-
-	"github.com/bangerdev/banger/api"
 )
 
 func newImageVerifyCmd(g *globals) *cobra.Command {
@@ -26,8 +24,8 @@ func newImageVerifyCmd(g *globals) *cobra.Command {
 			if !g.json {
 				fmt.Fprintf(g.stderr, "verifying image %s (operation %s)\n", a[0], ref.ID)
 			}
-			var verified api.Image
-			if _, err := g.watch(cmd.Context(), ref.ID, &verified); err != nil {
+			_, verified, err := watchFor(cmd.Context(), g, ref.ID, g.client().GetImage)
+			if err != nil {
 				return err
 			}
 			if g.json {

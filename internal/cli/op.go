@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -100,6 +101,18 @@ func (g *globals) watch(ctx context.Context, id string, result any) (api.Operati
 		fmt.Fprintf(g.stderr, "--- console tail ---\n%s\n--------------------\n", strings.TrimRight(op.ConsoleTail, "\n"))
 	}
 	return op, err
+}
+
+// watchFor is watch for one result type: when the operation succeeded
+// but its record holds no result (the daemon could not store it), the
+// object is read by the operation's target instead.
+func watchFor[T any](ctx context.Context, g *globals, id string, get func(context.Context, string) (T, error)) (api.Operation, T, error) {
+	var v T
+	op, err := g.watch(ctx, id, &v)
+	if errors.Is(err, api.ErrNoResult) && op.Target != "" {
+		v, err = get(ctx, op.Target)
+	}
+	return op, v, err
 }
 
 func stageDuration(s api.Stage) string {

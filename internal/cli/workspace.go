@@ -82,11 +82,17 @@ func (g *globals) prepare(ctx context.Context, name string, req api.WorkspaceReq
 	if !g.json {
 		fmt.Fprintf(g.stderr, "preparing workspace in %s (operation %s)\n", name, ref.ID)
 	}
-	var ws api.Workspace
-	if _, err := g.watch(ctx, ref.ID, &ws); err != nil {
-		return api.Workspace{}, err
-	}
-	return ws, nil
+	_, ws, err := watchFor(ctx, g, ref.ID, func(ctx context.Context, vm string) (api.Workspace, error) {
+		v, err := g.client().GetVM(ctx, vm)
+		if err != nil {
+			return api.Workspace{}, err
+		}
+		if v.Workspace == nil {
+			return api.Workspace{}, fmt.Errorf("VM %s has no workspace record", vm)
+		}
+		return *v.Workspace, nil
+	})
+	return ws, err
 }
 
 func (g *globals) printWorkspace(name string, ws api.Workspace) {
