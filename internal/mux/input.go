@@ -14,8 +14,12 @@ type Input struct {
 }
 
 // ServeInput applies the client's frames from r to in until the stream
-// fails or ends. Resize and signal frames with a bad payload are dropped.
-// Frames are applied one at a time, in order, on the caller's goroutine.
+// fails or ends. A frame the reader refuses (an unknown type, a resize
+// or signal payload of the wrong size, an oversize payload) ends it, as
+// the client leaving would: the caller's clean-up for a gone client
+// runs, so a broken or hostile client cannot feed anything further. A
+// signal number out of range is dropped. Frames are applied one at a
+// time, in order, on the caller's goroutine.
 func ServeInput(r *Reader, in Input) {
 	for {
 		f, err := r.ReadFrame()

@@ -13,9 +13,8 @@ func TestServeInput(t *testing.T) {
 	w := NewWriter(&buf)
 	w.WriteFrame(Stdin, []byte("ab"))
 	w.WriteResize(24, 80)
-	w.WriteFrame(Resize, []byte{1}) // bad payload: dropped
 	w.WriteSignal(15)
-	w.WriteFrame(Signal, []byte{0, 1}) // bad payload: dropped
+	buf.Write([]byte{byte(Signal), 0, 0, 0, 1, 0}) // signal 0: out of range, dropped
 	w.WriteFrame(Stdout, []byte("x"))  // not the client's to send
 	w.WriteStdinClose()
 	w.WriteFrame(Stdin, []byte("c"))
@@ -31,6 +30,18 @@ func TestServeInput(t *testing.T) {
 	want := "stdin ab|resize 24x80|signal 15|other stdout|close|stdin c"
 	if strings.Join(got, "|") != want {
 		t.Fatalf("got %s\nwant %s", strings.Join(got, "|"), want)
+	}
+
+	// A frame the reader refuses ends the stream: nothing after a
+	// resize of the wrong size is applied.
+	buf.Reset()
+	got = nil
+	w.WriteFrame(Stdin, []byte("a"))
+	buf.Write([]byte{byte(Resize), 0, 0, 0, 1, 9})
+	w.WriteFrame(Stdin, []byte("b"))
+	ServeInput(NewReader(&buf), Input{Stdin: func(p []byte) { got = append(got, string(p)) }})
+	if strings.Join(got, "") != "a" {
+		t.Fatalf("after a malformed frame: got %q", got)
 	}
 
 	// Nil handlers drop their frames.
