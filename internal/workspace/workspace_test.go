@@ -670,6 +670,11 @@ func TestPrepareErrors(t *testing.T) {
 func TestFullCopySubmodules(t *testing.T) {
 	t.Parallel()
 	sub := newRepo(t)
+	// newRepo copies one template: give the submodule a history of its
+	// own, so a commit resolved from the wrong repository shows.
+	writeFile(t, filepath.Join(sub, "sub-only.txt"), "only in the submodule\n", 0o644)
+	git(t, sub, "add", "sub-only.txt")
+	git(t, sub, "commit", "-q", "-m", "submodule's own commit")
 	dir := newRepo(t)
 	git(t, dir, "submodule", "add", "-q", sub, "libs/sub")
 	git(t, dir, "commit", "-q", "-m", "add submodule")
@@ -686,6 +691,9 @@ func TestFullCopySubmodules(t *testing.T) {
 	}
 	if got := strings.TrimSpace(git(t, res.dir, "branch", "--show-current")); got != "agent" {
 		t.Fatalf("guest branch = %q", got)
+	}
+	if h, g := git(t, filepath.Join(dir, "libs/sub"), "rev-parse", "HEAD"), git(t, filepath.Join(res.dir, "libs/sub"), "rev-parse", "HEAD"); h != g || h == git(t, dir, "rev-parse", "HEAD") {
+		t.Fatalf("submodule HEAD: host %s guest %s", h, g)
 	}
 	compareFiles(t, dir, res.dir, nil)
 }
