@@ -66,7 +66,8 @@ type Daemon struct {
 	vmLocks  map[string]*vmLock
 	creating map[string]bool
 	agents   map[string]*agentclient.Client
-	building bool
+	// building admits one image build at a time (imageengine.go).
+	building buildGate
 
 	// consoles are the running console-log pumps (console.go).
 	consoles consoleSet
