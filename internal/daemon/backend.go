@@ -32,7 +32,7 @@ func (d *Daemon) routes() http.Handler {
 		System:     systemAPI{d},
 		VMs:        vmAPI{d},
 		Workspaces: d,
-		Images:     imageAPI{d.images()},
+		Images:     imageAPI{d.imageEngine()},
 		Sessions:   sessions,
 		Events:     sessions,
 		Operations: d.ops,

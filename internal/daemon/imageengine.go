@@ -80,8 +80,8 @@ func newImageEngine(deps imageDeps) *imageEngine {
 	return &imageEngine{imageDeps: deps}
 }
 
-// images builds the daemon's image engine.
-func (d *Daemon) images() *imageEngine {
+// imageEngine builds the daemon's image engine over its state.
+func (d *Daemon) imageEngine() *imageEngine {
 	return newImageEngine(imageDeps{
 		store:      d.store,
 		layout:     d.layout,

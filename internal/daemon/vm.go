@@ -166,7 +166,7 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string,
 		// manifest now, once, without a rebuild.
 		if needsHeal(img) {
 			err := stage("heal", func(ctx context.Context) error {
-				healed, err := d.images().healImage(ctx, img)
+				healed, err := d.imageEngine().healImage(ctx, img)
 				img = healed
 				return err
 			})
