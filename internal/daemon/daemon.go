@@ -159,7 +159,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	// A host without tap support (no root) still runs user-mode VMs; with
 	// no tap VM recorded, failing to even look (no CAP_NET_ADMIN for
 	// nftables) is expected and not worth a warning at every start.
-	if err := d.reconcileNetwork(ctx); err != nil {
+	if err := d.netEngine().reconcileNetwork(ctx); err != nil {
 		if ls, lerr := st.ListLeases(ctx); lerr == nil && len(ls) == 0 {
 			d.log.Debug("reconcile tap network", "err", err)
 		} else {
@@ -219,8 +219,8 @@ func (d *Daemon) Close() error {
 	d.agents = map[string]*agentclient.Client{}
 	d.mu.Unlock()
 	gctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	d.syncLocalGuard(gctx)
-	d.closeNetwork(gctx)
+	d.netEngine().syncLocalGuard(gctx)
+	d.netEngine().closeNetwork(gctx)
 	cancel()
 	err := d.store.Close()
 	// The lock goes last: the next daemon may open the state at once.
