@@ -66,8 +66,6 @@ type Daemon struct {
 	vmLocks  map[string]*vmLock
 	creating map[string]bool
 	agents   map[string]*agentclient.Client
-	// building admits one image build at a time (imageengine.go).
-	building buildGate
 
 	// consoles are the running console-log pumps (console.go).
 	consoles consoleSet
@@ -75,6 +73,8 @@ type Daemon struct {
 	// statfs reports free space (system.FreeBytes; tests inject one).
 	statfs system.Statfs
 
+	// building admits one image build at a time (imageengine.go).
+	building buildGate
 	// verifyHook replaces the verification boot in tests.
 	verifyHook verifyBootFunc
 
@@ -84,7 +84,8 @@ type Daemon struct {
 	bus      eventBus
 
 	// net runs tap mode: bridge, TAPs and NAT of this instance. netMu
-	// serialises its changes, since each rewrites the NAT table.
+	// serialises its changes, since each rewrites the NAT table. The
+	// network engine (net.go) works on both.
 	net   *network.Manager
 	netMu sync.Mutex
 
