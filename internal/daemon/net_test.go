@@ -3,13 +3,16 @@ package daemon
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/network"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/store"
@@ -293,5 +296,26 @@ func TestForwardingRestoredAtShutdown(t *testing.T) {
 	d.netEngine().closeNetwork(ctx)
 	if on, _ := f.Forwarding(ctx); on {
 		t.Error("shutdown with no tap VM left forwarding on")
+	}
+}
+
+// TestNetEngineOverDeps: the network engine takes its defaults from its
+// deps, not from a daemon's config.
+func TestNetEngineOverDeps(t *testing.T) {
+	ctx := context.Background()
+	d, f := tapDaemon(t, "172.30.0.0/24")
+	e := newNetEngine(netDeps{store: d.store, mgr: d.net, mu: &sync.Mutex{}, log: d.log,
+		defaultNet: config.NetTap, dns: []string{"192.0.2.9"}})
+	req := api.CreateVMRequest{}
+	if err := e.validateNet(ctx, &req); err != nil || req.Net != config.NetTap {
+		t.Fatalf("default: %v %q", err, req.Net)
+	}
+	args := e.tapKernelArgs(store.Lease{Addr: netip.MustParsePrefix("172.30.0.2/24")})
+	want := []string{"banger.ip=172.30.0.2/24", "banger.gw=172.30.0.1", "banger.dns=192.0.2.9"}
+	if !slices.Equal(args, want) {
+		t.Fatalf("kernel args = %q, want %q", args, want)
+	}
+	if len(f.Calls) != 0 {
+		t.Errorf("the engine touched the host: %v", f.Calls)
 	}
 }
