@@ -32,7 +32,7 @@ func (d *Daemon) routes() http.Handler {
 		System:     systemAPI{d},
 		VMs:        vmAPI{d},
 		Workspaces: d,
-		Images:     imageAPI{d},
+		Images:     imageAPI{d.imageEngine()},
 		Sessions:   sessions,
 		Events:     sessions,
 		Operations: d.ops,
@@ -177,54 +177,54 @@ func (v vmAPI) Exec(ctx context.Context, name string, req api.ExecRequest) (net.
 }
 
 // imageAPI is the image engine with public views.
-type imageAPI struct{ d *Daemon }
+type imageAPI struct{ e *imageEngine }
 
 func (i imageAPI) ListImages(ctx context.Context) ([]api.Image, error) {
-	imgs, err := i.d.store.ListImages(ctx)
+	imgs, err := i.e.store.ListImages(ctx)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]api.Image, 0, len(imgs))
 	for _, img := range imgs {
-		out = append(out, i.d.imageView(ctx, img, false))
+		out = append(out, i.e.imageView(ctx, img, false))
 	}
 	return out, nil
 }
 
 func (i imageAPI) GetImage(ctx context.Context, name string) (api.Image, error) {
-	img, err := i.d.getImage(ctx, name)
+	img, err := i.e.getImage(ctx, name)
 	if err != nil {
 		return api.Image{}, err
 	}
-	return i.d.imageView(ctx, img, true), nil
+	return i.e.imageView(ctx, img, true), nil
 }
 
 func (i imageAPI) BuildImage(ctx context.Context, req api.BuildImageRequest) (string, error) {
-	return i.d.BuildImage(ctx, req)
+	return i.e.BuildImage(ctx, req)
 }
 
 func (i imageAPI) DeleteImage(ctx context.Context, name string) error {
-	return i.d.DeleteImage(ctx, name)
+	return i.e.DeleteImage(ctx, name)
 }
 
 func (i imageAPI) ExportImage(ctx context.Context, name, dir string) error {
-	return i.d.ExportImage(ctx, name, dir)
+	return i.e.ExportImage(ctx, name, dir)
 }
 
 func (i imageAPI) ImportImage(ctx context.Context, path string) (api.Image, error) {
-	return i.view(ctx)(i.d.ImportImage(ctx, path))
+	return i.view(ctx)(i.e.ImportImage(ctx, path))
 }
 
 func (i imageAPI) VerifyImage(ctx context.Context, name string) (string, error) {
-	return i.d.VerifyImage(ctx, name)
+	return i.e.VerifyImage(ctx, name)
 }
 
 func (i imageAPI) PromoteImage(ctx context.Context, name string) (api.Image, error) {
-	return i.view(ctx)(i.d.PromoteImage(ctx, name))
+	return i.view(ctx)(i.e.PromoteImage(ctx, name))
 }
 
 func (i imageAPI) RegisterImage(ctx context.Context, req api.RegisterImageRequest) (api.Image, error) {
-	return i.view(ctx)(i.d.RegisterImage(ctx, req))
+	return i.view(ctx)(i.e.RegisterImage(ctx, req))
 }
 
 // view turns an image call's answer into the public view.
@@ -233,6 +233,6 @@ func (i imageAPI) view(ctx context.Context) func(store.Image, error) (api.Image,
 		if err != nil {
 			return api.Image{}, err
 		}
-		return i.d.imageView(ctx, img, false), nil
+		return i.e.imageView(ctx, img, false), nil
 	}
 }

@@ -66,7 +66,6 @@ type Daemon struct {
 	vmLocks  map[string]*vmLock
 	creating map[string]bool
 	agents   map[string]*agentclient.Client
-	building bool
 
 	// consoles are the running console-log pumps (console.go).
 	consoles consoleSet
@@ -74,6 +73,8 @@ type Daemon struct {
 	// statfs reports free space (system.FreeBytes; tests inject one).
 	statfs system.Statfs
 
+	// building admits one image build at a time (imageengine.go).
+	building buildGate
 	// verifyHook replaces the verification boot in tests.
 	verifyHook verifyBootFunc
 
@@ -83,7 +84,8 @@ type Daemon struct {
 	bus      eventBus
 
 	// net runs tap mode: bridge, TAPs and NAT of this instance. netMu
-	// serialises its changes, since each rewrites the NAT table.
+	// serialises its changes, since each rewrites the NAT table. The
+	// network engine (net.go) works on both.
 	net   *network.Manager
 	netMu sync.Mutex
 
@@ -158,7 +160,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	// A host without tap support (no root) still runs user-mode VMs; with
 	// no tap VM recorded, failing to even look (no CAP_NET_ADMIN for
 	// nftables) is expected and not worth a warning at every start.
-	if err := d.reconcileNetwork(ctx); err != nil {
+	if err := d.netEngine().reconcileNetwork(ctx); err != nil {
 		if ls, lerr := st.ListLeases(ctx); lerr == nil && len(ls) == 0 {
 			d.log.Debug("reconcile tap network", "err", err)
 		} else {
@@ -218,8 +220,8 @@ func (d *Daemon) Close() error {
 	d.agents = map[string]*agentclient.Client{}
 	d.mu.Unlock()
 	gctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	d.syncLocalGuard(gctx)
-	d.closeNetwork(gctx)
+	d.netEngine().syncLocalGuard(gctx)
+	d.netEngine().closeNetwork(gctx)
 	cancel()
 	err := d.store.Close()
 	// The lock goes last: the next daemon may open the state at once.

@@ -58,8 +58,8 @@ func derivedName(base string) string {
 // it over SSH, powers it off cleanly and keeps its root disk, flattened,
 // as a new image: kernel and initrd are the base's, the package list is
 // read back from the guest and /root becomes the new work seed.
-func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, stage stageFunc) (store.Image, error) {
-	base, err := d.getImage(ctx, req.From)
+func (e *imageEngine) deriveImage(ctx context.Context, req api.BuildImageRequest, stage stageFunc) (store.Image, error) {
+	base, err := e.getImage(ctx, req.From)
 	if err != nil {
 		return store.Image{}, err
 	}
@@ -69,14 +69,14 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 		name = derivedName(base.Name)
 	}
 	fp := deriveFingerprint(base.Fingerprint, script)
-	existing, done, err := d.checkRebuild(ctx, name, fp, req.Force, stage)
+	existing, done, err := e.checkRebuild(ctx, name, fp, req.Force, stage)
 	if err != nil || done {
 		return existing, err
 	}
 
 	imgID := newID(4)
-	outDir := d.layout.ImageDir(imgID)
-	vmDir := filepath.Join(d.layout.VMsDir, "p"+newID(3))
+	outDir := e.layout.ImageDir(imgID)
+	vmDir := filepath.Join(e.layout.VMsDir, "p"+newID(3))
 	ok := false
 	defer func() {
 		os.RemoveAll(vmDir)
@@ -84,7 +84,7 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 			os.RemoveAll(outDir)
 		}
 	}()
-	logf, err := os.OpenFile(filepath.Join(d.layout.LogDir, "image-build-"+imgID+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	logf, err := os.OpenFile(filepath.Join(e.layout.LogDir, "image-build-"+imgID+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return store.Image{}, err
 	}
@@ -99,9 +99,9 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 
 	egress := req.Egress
 	if egress == "" {
-		egress = d.cfg.VM.Egress
+		egress = e.cfg.VM.Egress
 	}
-	vm := store.VM{ID: filepath.Base(vmDir), Name: "provision", Dir: vmDir, CPUs: max(2, d.cfg.VM.CPUs), MemoryMiB: max(2048, d.cfg.VM.MemoryMiB), Egress: egress}
+	vm := store.VM{ID: filepath.Base(vmDir), Name: "provision", Dir: vmDir, CPUs: max(2, e.cfg.VM.CPUs), MemoryMiB: max(2048, e.cfg.VM.MemoryMiB), Egress: egress}
 	var hostPub []byte
 	err = stage("prepare", func(ctx context.Context) error {
 		if err := os.MkdirAll(vmDir, 0o700); err != nil {
@@ -118,10 +118,10 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 		if err := os.WriteFile(filepath.Join(vmDir, fileHostKey), priv, 0o600); err != nil {
 			return err
 		}
-		if _, err := d.runner.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Join(base.Dir, image.FileRootfs), "-F", "raw", filepath.Join(vmDir, paths.FileRootDisk)); err != nil {
+		if _, err := e.runner.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Join(base.Dir, image.FileRootfs), "-F", "raw", filepath.Join(vmDir, paths.FileRootDisk)); err != nil {
 			return fmt.Errorf("create root overlay: %w", err)
 		}
-		if _, err := d.makeWorkDisk(ctx, base, vmDir, 4<<30); err != nil {
+		if _, err := e.vms.makeWorkDisk(ctx, base, vmDir, 4<<30); err != nil {
 			return err
 		}
 		vm.SSHPort, err = freeLocalPort()
@@ -130,21 +130,21 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 	if err != nil {
 		return fail(err)
 	}
-	vm.Accel = d.accelFor(ctx, base).Accel
+	vm.Accel = e.vms.accelFor(ctx, base).Accel
 	var undo cleanup
 	defer undo.run()
-	proc, err := d.boot(ctx, &vm, base, stage, &undo, false, false)
+	proc, err := e.vms.boot(ctx, &vm, base, stage, &undo, false, false)
 	if err != nil {
 		return fail(err)
 	}
-	defer d.dropAgent(vm.ID)
+	defer e.vms.dropAgent(vm.ID)
 
 	err = stage("provision", func(ctx context.Context) error {
 		// The script's output is the guest's to choose: the log file
 		// keeps its first part, watchers still see all of it live.
 		capped := &system.CappedWriter{W: logf, Max: maxBuildLog, Note: "\n[banger: build log cut here; limit reached]\n"}
 		out := io.MultiWriter(capped, stageOutput(ctx))
-		return d.runProvision(ctx, vm.SSHPort, hostPub, script, out)
+		return e.runProvision(ctx, vm.SSHPort, hostPub, script, out)
 	})
 	if err != nil {
 		return fail(err)
@@ -155,7 +155,7 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 	}
 	err = stage("manifest", func(ctx context.Context) error {
 		var pkgs bytes.Buffer
-		if err := d.guestRun(ctx, vm.ID, guestOutputBuffer(&pkgs, "package list"), "dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n"); err != nil {
+		if err := e.guestRun(ctx, vm.ID, guestOutputBuffer(&pkgs, "package list"), "dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n"); err != nil {
 			return fmt.Errorf("read the package list back: %w", err)
 		}
 		manifest.Packages = parseDpkgQuery(pkgs.String())
@@ -167,10 +167,10 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 		// Keys and history are per VM, never part of an image.
 		pr, pw := io.Pipe()
 		go func() {
-			pw.CloseWithError(d.guestRun(ctx, vm.ID, pw, "tar", "-C", "/root", "--exclude=./.ssh/authorized_keys",
+			pw.CloseWithError(e.guestRun(ctx, vm.ID, pw, "tar", "-C", "/root", "--exclude=./.ssh/authorized_keys",
 				"--exclude=./.bash_history", "--exclude=./"+image.FileWorkSeedMark, "--exclude=./lost+found", "-cf", "-", "."))
 		}()
-		if err := d.receiveRootTar(ctx, pr, filepath.Join(outDir, image.DirWorkSeed)); err != nil {
+		if err := e.receiveRootTar(ctx, pr, filepath.Join(outDir, image.DirWorkSeed)); err != nil {
 			pr.CloseWithError(err)
 			return err
 		}
@@ -184,18 +184,18 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 		// disk: flush, have the kernel remount every filesystem read-only
 		// (SysRq u) and check it did, then power off. Once / is read-only
 		// a VMM that does not exit by itself can be killed safely.
-		if err := d.guestRun(ctx, vm.ID, io.Discard, "sh", "-c", freezeRootScript); err != nil {
+		if err := e.guestRun(ctx, vm.ID, io.Discard, "sh", "-c", freezeRootScript); err != nil {
 			return fmt.Errorf("make the provisioning VM's root read-only: %w", err)
 		}
 		// Not politePoweroff: that looks the VM up by name, and this one
 		// has no record.
-		if err := d.guestRun(ctx, vm.ID, io.Discard, "systemctl", "poweroff", "--no-block"); err != nil {
-			d.log.Warn("provisioning VM: poweroff request failed", "err", err)
+		if err := e.guestRun(ctx, vm.ID, io.Discard, "systemctl", "poweroff", "--no-block"); err != nil {
+			e.log.Warn("provisioning VM: poweroff request failed", "err", err)
 		}
-		d.dropAgent(vm.ID)
-		drv := d.driverFor(vm)
+		e.vms.dropAgent(vm.ID)
+		drv := e.vms.driverFor(vm)
 		if !vmm.WaitGone(ctx, drv.Alive, proc, 60*time.Second) {
-			d.log.Warn("provisioning VM did not power off within 60s; stopping it (its root is read-only)")
+			e.log.Warn("provisioning VM did not power off within 60s; stopping it (its root is read-only)")
 			if err := drv.Stop(ctx, vm.Dir, proc, true, 0); err != nil {
 				return fmt.Errorf("stop the provisioning VM: %w", err)
 			}
@@ -210,7 +210,7 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 		// Flatten the overlay into a new raw rootfs; the base stays as it
 		// was and the new image no longer depends on it.
 		dst := filepath.Join(outDir, image.FileRootfs)
-		if err := flattenRootDisk(ctx, d.runner, filepath.Join(vmDir, paths.FileRootDisk), filepath.Join(base.Dir, image.FileRootfs), dst); err != nil {
+		if err := flattenRootDisk(ctx, e.runner, filepath.Join(vmDir, paths.FileRootDisk), filepath.Join(base.Dir, image.FileRootfs), dst); err != nil {
 			return fmt.Errorf("flatten root disk: %w", err)
 		}
 		st, err := os.Stat(dst)
@@ -236,10 +236,10 @@ func (d *Daemon) deriveImage(ctx context.Context, req api.BuildImageRequest, sta
 	if err != nil {
 		return fail(err)
 	}
-	if err := stage("verify", func(ctx context.Context) error { return d.verifyImage(ctx, outDir, meta) }); err != nil {
+	if err := stage("verify", func(ctx context.Context) error { return e.verifyImage(ctx, outDir, meta) }); err != nil {
 		return store.Image{}, err
 	}
-	img, err := d.replaceAndRegister(ctx, existing, req.Force, imgID, outDir, meta, stage)
+	img, err := e.replaceAndRegister(ctx, existing, req.Force, imgID, outDir, meta, stage)
 	if err != nil {
 		return store.Image{}, err
 	}
@@ -320,8 +320,8 @@ echo "/ is still read-write" >&2; exit 1`
 // runProvision runs script as root in the guest over SSH, with its output
 // streamed to out. The host key is the one banger generated for this VM,
 // so nothing is trusted on first use.
-func (d *Daemon) runProvision(ctx context.Context, port int, hostPub, script []byte, out io.Writer) error {
-	keyPath, _, err := sshkeys.EnsureClientKey(d.layout.SSHDir)
+func (e *imageEngine) runProvision(ctx context.Context, port int, hostPub, script []byte, out io.Writer) error {
+	keyPath, _, err := sshkeys.EnsureClientKey(e.layout.SSHDir)
 	if err != nil {
 		return err
 	}
@@ -406,8 +406,8 @@ func dialSSH(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Clie
 
 // guestRun runs argv in a throwaway VM through its agent, stdout to out;
 // a non-zero exit is an error carrying the command's stderr.
-func (d *Daemon) guestRun(ctx context.Context, vmID string, out io.Writer, argv ...string) error {
-	c := d.cachedAgent(vmID)
+func (e *imageEngine) guestRun(ctx context.Context, vmID string, out io.Writer, argv ...string) error {
+	c := e.vms.cachedAgent(vmID)
 	if c == nil {
 		return fmt.Errorf("no agent connection")
 	}
@@ -440,13 +440,13 @@ func parseDpkgQuery(s string) map[string]string {
 // guest decides what it sends: the contents are capped by
 // limits.guest_stream_mib and the stream stops before the disk runs low
 // (the caller removes the half-made image directory).
-func (d *Daemon) receiveRootTar(ctx context.Context, r io.Reader, seed string) error {
+func (e *imageEngine) receiveRootTar(ctx context.Context, r io.Reader, seed string) error {
 	const op = "derive"
-	if err := d.checkFree(op, filepath.Dir(seed), 0); err != nil {
+	if err := e.checks.checkFree(op, filepath.Dir(seed), 0); err != nil {
 		return err
 	}
-	r = &system.GuardedReader{R: r, Guard: d.spaceGuard(op, filepath.Dir(seed))}
-	if err := extractWorkSeed(ctx, r, seed, d.guestStreamMax()); err != nil {
+	r = &system.GuardedReader{R: r, Guard: e.checks.spaceGuard(op, filepath.Dir(seed))}
+	if err := extractWorkSeed(ctx, r, seed, e.checks.guestStreamMax()); err != nil {
 		if errors.Is(err, tarx.ErrTooLarge) {
 			err = fmt.Errorf("%w (limits.guest_stream_mib): %w", system.ErrTooLarge, err)
 		}

@@ -65,22 +65,22 @@ func TestCheckRebuild(t *testing.T) {
 	ctx := context.Background()
 	d := testDaemon(t, nil)
 	d.layout = paths.Layout{ImagesDir: t.TempDir()}
-	if _, err := d.registerImage(ctx, "i1", t.TempDir(), image.Meta{Name: "img", Fingerprint: "fp1"}); err != nil {
+	if _, err := d.imageEngine().registerImage(ctx, "i1", t.TempDir(), image.Meta{Name: "img", Fingerprint: "fp1"}); err != nil {
 		t.Fatal(err)
 	}
 	var stages []string
 	stage := func(name string, fn func(context.Context) error) error { stages = append(stages, name); return fn(ctx) }
 
-	if _, done, err := d.checkRebuild(ctx, "img", "fp1", false, stage); !done || err != nil || strings.Join(stages, ",") != "fingerprint" {
+	if _, done, err := d.imageEngine().checkRebuild(ctx, "img", "fp1", false, stage); !done || err != nil || strings.Join(stages, ",") != "fingerprint" {
 		t.Errorf("unchanged inputs: done=%v err=%v stages=%v", done, err, stages)
 	}
-	if _, done, err := d.checkRebuild(ctx, "img", "fp2", false, stage); done || err == nil || !strings.Contains(err.Error(), "different inputs") {
+	if _, done, err := d.imageEngine().checkRebuild(ctx, "img", "fp2", false, stage); done || err == nil || !strings.Contains(err.Error(), "different inputs") {
 		t.Errorf("changed inputs without --force: done=%v err=%v", done, err)
 	}
-	if ex, done, err := d.checkRebuild(ctx, "img", "fp2", true, stage); done || err != nil || ex.ID != "i1" {
+	if ex, done, err := d.imageEngine().checkRebuild(ctx, "img", "fp2", true, stage); done || err != nil || ex.ID != "i1" {
 		t.Errorf("changed inputs with --force: done=%v err=%v existing=%+v", done, err, ex)
 	}
-	if _, done, err := d.checkRebuild(ctx, "new", "fp", false, stage); done || err != nil {
+	if _, done, err := d.imageEngine().checkRebuild(ctx, "new", "fp", false, stage); done || err != nil {
 		t.Errorf("new name: done=%v err=%v", done, err)
 	}
 	img, _ := d.store.GetImage(ctx, "img")
@@ -88,7 +88,7 @@ func TestCheckRebuild(t *testing.T) {
 	if err := d.store.CreateVM(ctx, &vm); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := d.checkRebuild(ctx, "img", "fp1", true, stage); err == nil || !strings.Contains(err.Error(), "used by 1 VM") {
+	if _, _, err := d.imageEngine().checkRebuild(ctx, "img", "fp1", true, stage); err == nil || !strings.Contains(err.Error(), "used by 1 VM") {
 		t.Errorf("forced rebuild of an image in use: %v", err)
 	}
 }

@@ -32,7 +32,7 @@ func TestHealImageCapsDpkgStatus(t *testing.T) {
 	if err := d.store.CreateImage(ctx, &img); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.healImage(ctx, img); err != nil {
+	if _, err := d.imageEngine().healImage(ctx, img); err != nil {
 		t.Fatal(err)
 	}
 	if len(caps) != 1 || caps[0] <= 0 {

@@ -212,7 +212,7 @@ func TestDeriveRootTarOverCap(t *testing.T) {
 		}
 	}()
 	seed := filepath.Join(t.TempDir(), "work-seed")
-	err := d.receiveRootTar(context.Background(), pr, seed)
+	err := d.imageEngine().receiveRootTar(context.Background(), pr, seed)
 	pr.CloseWithError(errors.New("done"))
 	if err == nil || !strings.Contains(err.Error(), "limits.guest_stream_mib") {
 		t.Fatalf("err = %v", err)

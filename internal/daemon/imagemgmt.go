@@ -29,24 +29,24 @@ const (
 type verifyBootFunc func(ctx context.Context, imgDir string, meta image.Meta) error
 
 // verifyBoot is the real verification boot unless a test replaced it.
-func (d *Daemon) verifyBoot() verifyBootFunc {
-	if d.verifyHook != nil {
-		return d.verifyHook
+func (e *imageEngine) verifyBoot() verifyBootFunc {
+	if e.verifyHook != nil {
+		return e.verifyHook
 	}
-	return d.verifyImage
+	return e.verifyImage
 }
 
 // registerImage records an image directory. The first image becomes
 // managed and the default; later ones are staged until `image promote`,
 // so a new build never becomes what VMs boot by accident.
-func (d *Daemon) registerImage(ctx context.Context, id, dir string, meta image.Meta) (store.Image, error) {
+func (e *imageEngine) registerImage(ctx context.Context, id, dir string, meta image.Meta) (store.Image, error) {
 	manifest, _ := os.ReadFile(filepath.Join(dir, image.FileManifest))
 	img := store.Image{
 		ID: id, Name: meta.Name, Fingerprint: meta.Fingerprint, Dir: dir, State: store.ImageStateStaged,
 		Suite: meta.Suite, KernelVersion: meta.KernelVersion, SizeBytes: meta.SizeBytes,
 		CreatedAt: time.Now().UTC(), Manifest: string(manifest),
 	}
-	err := d.store.WithTx(ctx, func(tx *store.Store) error {
+	err := e.store.WithTx(ctx, func(tx *store.Store) error {
 		_, err := tx.DefaultImage(ctx)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
@@ -65,45 +65,45 @@ func (d *Daemon) registerImage(ctx context.Context, id, dir string, meta image.M
 // VerifyImage boots an image in a throwaway VM as an operation and
 // records the outcome: a failed verify keeps a staged image from being
 // promoted until a verify passes.
-func (d *Daemon) VerifyImage(ctx context.Context, name string) (string, error) {
-	img, err := d.getImage(ctx, name)
+func (e *imageEngine) VerifyImage(ctx context.Context, name string) (string, error) {
+	img, err := e.getImage(ctx, name)
 	if err != nil {
 		return "", err
 	}
-	if err := d.preflight(ctx, checksForCreate); err != nil {
+	if err := e.checks.preflight(ctx, checksForCreate); err != nil {
 		return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
 	}
-	return d.ops.start(ctx, opImageVerify, img.Name, func(ctx context.Context, stage stageFunc) (any, error) {
-		return d.verifyRecorded(ctx, img, stage)
+	return e.ops.start(ctx, opImageVerify, img.Name, func(ctx context.Context, stage stageFunc) (any, error) {
+		return e.verifyRecorded(ctx, img, stage)
 	})
 }
 
-func (d *Daemon) verifyRecorded(ctx context.Context, img store.Image, stage stageFunc) (api.Image, error) {
+func (e *imageEngine) verifyRecorded(ctx context.Context, img store.Image, stage stageFunc) (api.Image, error) {
 	meta := image.Meta{Name: img.Name, Fingerprint: img.Fingerprint, Suite: img.Suite, KernelVersion: img.KernelVersion}
-	verr := stage("verify", func(ctx context.Context) error { return d.verifyBoot()(ctx, img.Dir, meta) })
+	verr := stage("verify", func(ctx context.Context) error { return e.verifyBoot()(ctx, img.Dir, meta) })
 	msg := ""
 	if verr != nil {
 		msg = verr.Error()
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := d.store.SetImageVerified(rctx, img.ID, time.Now().UTC(), msg); err != nil {
+	if err := e.store.SetImageVerified(rctx, img.ID, time.Now().UTC(), msg); err != nil {
 		return api.Image{}, errors.Join(verr, err)
 	}
 	if verr != nil {
 		return api.Image{}, verr
 	}
-	img, err := d.store.GetImage(ctx, img.ID)
+	img, err := e.store.GetImage(ctx, img.ID)
 	if err != nil {
 		return api.Image{}, err
 	}
-	return d.imageView(ctx, img, false), nil
+	return e.imageView(ctx, img, false), nil
 }
 
 // PromoteImage makes a staged image managed and the default. An image
 // whose last verify failed is refused until a verify passes.
-func (d *Daemon) PromoteImage(ctx context.Context, name string) (store.Image, error) {
-	img, err := d.getImage(ctx, name)
+func (e *imageEngine) PromoteImage(ctx context.Context, name string) (store.Image, error) {
+	img, err := e.getImage(ctx, name)
 	if err != nil {
 		return img, err
 	}
@@ -114,11 +114,11 @@ func (d *Daemon) PromoteImage(ctx context.Context, name string) (store.Image, er
 	if img.State == store.ImageStateManaged && img.Default {
 		return img, nil
 	}
-	if err := d.store.PromoteImage(ctx, img.ID); err != nil {
+	if err := e.store.PromoteImage(ctx, img.ID); err != nil {
 		return img, err
 	}
-	d.log.Info("image promoted", "image", img.Name)
-	return d.store.GetImage(ctx, img.ID)
+	e.log.Info("image promoted", "image", img.Name)
+	return e.store.GetImage(ctx, img.ID)
 }
 
 // needsHeal reports whether img was made by an older banger and lacks
@@ -139,7 +139,7 @@ func needsHeal(img store.Image) bool {
 // without a rebuild: the kernel release from the bzImage header, the
 // package list read out of the rootfs with debugfs (no mount), and a
 // fingerprint of what identifies the image's contents.
-func (d *Daemon) healImage(ctx context.Context, img store.Image) (store.Image, error) {
+func (e *imageEngine) healImage(ctx context.Context, img store.Image) (store.Image, error) {
 	kernel := filepath.Join(img.Dir, image.FileKernel)
 	if img.KernelVersion == "" {
 		kver, err := image.KernelVersion(kernel)
@@ -149,9 +149,9 @@ func (d *Daemon) healImage(ctx context.Context, img store.Image) (store.Image, e
 		img.KernelVersion = kver
 	}
 	rootfs := filepath.Join(img.Dir, image.FileRootfs)
-	status, err := readDpkgStatus(ctx, d.runner, rootfs)
+	status, err := readDpkgStatus(ctx, e.runner, rootfs)
 	if err != nil {
-		d.log.Warn("heal image: no package list", "image", img.Name, "err", err)
+		e.log.Warn("heal image: no package list", "image", img.Name, "err", err)
 	}
 	st, err := os.Stat(rootfs)
 	if err != nil {
@@ -179,10 +179,10 @@ func (d *Daemon) healImage(ctx context.Context, img store.Image) (store.Image, e
 	if err := image.WriteMeta(img.Dir, meta); err != nil {
 		return img, fmt.Errorf("heal image %s: %w", img.Name, err)
 	}
-	if err := d.store.UpdateImage(ctx, &img); err != nil {
+	if err := e.store.UpdateImage(ctx, &img); err != nil {
 		return img, err
 	}
-	d.log.Info("image healed: fingerprint and manifest recorded", "image", img.Name, "fingerprint", img.Fingerprint[:12], "packages", len(m.Packages))
+	e.log.Info("image healed: fingerprint and manifest recorded", "image", img.Name, "fingerprint", img.Fingerprint[:12], "packages", len(m.Packages))
 	return img, nil
 }
 
@@ -221,7 +221,7 @@ func hashFile(w io.Writer, p string, optional bool) error {
 // must be named after it, and the rootfs must carry (or receive) the
 // matching /lib/modules/<release>, or the guest's virtio modules never
 // load. Nothing is mounted: the rootfs is read and written with debugfs.
-func (d *Daemon) RegisterImage(ctx context.Context, req api.RegisterImageRequest) (store.Image, error) {
+func (e *imageEngine) RegisterImage(ctx context.Context, req api.RegisterImageRequest) (store.Image, error) {
 	if err := api.ValidateName("image", req.Name); err != nil {
 		return store.Image{}, err
 	}
@@ -248,12 +248,12 @@ func (d *Daemon) RegisterImage(ctx context.Context, req api.RegisterImageRequest
 		return store.Image{}, api.Errorf(api.CodeInvalid, fmt.Sprintf("pass the modules of this kernel (a directory named %s)", kver),
 			"--modules %s does not match the kernel: its release is %s", req.Modules, kver)
 	}
-	if _, err := d.store.GetImage(ctx, req.Name); err == nil {
+	if _, err := e.store.GetImage(ctx, req.Name); err == nil {
 		return store.Image{}, api.Errorf(api.CodeConflict, "delete it first or pick another name", "an image named %q already exists", req.Name)
 	}
 
 	id := newID(4)
-	dir := d.layout.ImageDir(id)
+	dir := e.layout.ImageDir(id)
 	ok := false
 	defer func() {
 		if !ok {
@@ -273,7 +273,7 @@ func (d *Daemon) RegisterImage(ctx context.Context, req api.RegisterImageRequest
 		}
 	}
 	rootfs := filepath.Join(dir, image.FileRootfs)
-	modDir, err := d.rootfsModulesDir(ctx, rootfs, kver)
+	modDir, err := e.rootfsModulesDir(ctx, rootfs, kver)
 	if err != nil {
 		return store.Image{}, err
 	}
@@ -282,14 +282,14 @@ func (d *Daemon) RegisterImage(ctx context.Context, req api.RegisterImageRequest
 			return store.Image{}, api.Errorf(api.CodeInvalid, "pass --modules DIR with the kernel's modules",
 				"the rootfs has no /lib/modules/%s: the kernel's modules would never load", kver)
 		}
-		if err := d.injectModules(ctx, rootfs, req.Modules, kver); err != nil {
+		if err := e.injectModules(ctx, rootfs, req.Modules, kver); err != nil {
 			return store.Image{}, err
 		}
 	}
 	// /root of the rootfs becomes the work seed, as for built images. The
 	// image may be crafted: its /root tree is checked before anything of
 	// it is written on the host (see image.ReadExt4Seed).
-	err = image.ReadExt4Seed(ctx, d.runner, rootfs, filepath.Join(dir, image.DirWorkSeed))
+	err = image.ReadExt4Seed(ctx, e.runner, rootfs, filepath.Join(dir, image.DirWorkSeed))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case errors.Is(err, image.ErrInvalid):
@@ -298,7 +298,7 @@ func (d *Daemon) RegisterImage(ctx context.Context, req api.RegisterImageRequest
 		return store.Image{}, fmt.Errorf("read the work seed from the rootfs: %w", err)
 	}
 
-	status, _ := readDpkgStatus(ctx, d.runner, rootfs)
+	status, _ := readDpkgStatus(ctx, e.runner, rootfs)
 	h := sha256.New()
 	fmt.Fprintf(h, "registered\nkernel=%s\n", kver)
 	for _, f := range []string{image.FileKernel, image.FileInitrd, image.FileRootfs} {
@@ -320,20 +320,20 @@ func (d *Daemon) RegisterImage(ctx context.Context, req api.RegisterImageRequest
 	if err := image.WriteMeta(dir, meta); err != nil {
 		return store.Image{}, err
 	}
-	img, err := d.registerImage(ctx, id, dir, meta)
+	img, err := e.registerImage(ctx, id, dir, meta)
 	if err != nil {
 		return img, err
 	}
 	ok = true
-	d.log.Info("image registered", "image", img.Name, "kernel", kver, "state", img.State)
+	e.log.Info("image registered", "image", img.Name, "kernel", kver, "state", img.State)
 	return img, nil
 }
 
 // rootfsModulesDir returns where the rootfs keeps the modules of kver
 // ("" when it has none), looking through debugfs.
-func (d *Daemon) rootfsModulesDir(ctx context.Context, rootfs, kver string) (string, error) {
+func (e *imageEngine) rootfsModulesDir(ctx context.Context, rootfs, kver string) (string, error) {
 	for _, p := range []string{"/lib/modules/" + kver, "/usr/lib/modules/" + kver} {
-		out, err := d.runner.Run(ctx, "debugfs", "-R", "stat "+p, rootfs)
+		out, err := e.runner.Run(ctx, "debugfs", "-R", "stat "+p, rootfs)
 		if err != nil {
 			return "", fmt.Errorf("inspect rootfs: %w", err)
 		}
@@ -346,20 +346,20 @@ func (d *Daemon) rootfsModulesDir(ctx context.Context, rootfs, kver string) (str
 
 // injectModules copies a modules tree into the rootfs with one debugfs
 // script (mkdir, write, symlink): no loop mount, no root needed.
-func (d *Daemon) injectModules(ctx context.Context, rootfs, src, kver string) error {
+func (e *imageEngine) injectModules(ctx context.Context, rootfs, src, kver string) error {
 	base := "/lib/modules"
 	// Merged /usr: /lib is a symlink, which debugfs does not follow.
-	if out, err := d.runner.Run(ctx, "debugfs", "-R", "stat /lib", rootfs); err == nil && strings.Contains(string(out), "Type: symlink") {
+	if out, err := e.runner.Run(ctx, "debugfs", "-R", "stat /lib", rootfs); err == nil && strings.Contains(string(out), "Type: symlink") {
 		base = "/usr/lib/modules"
 	}
 	script, err := modulesScript(src, base+"/"+kver, base)
 	if err != nil {
 		return err
 	}
-	if _, err := d.runner.RunIn(ctx, system.RunOpts{Stdin: strings.NewReader(script)}, "debugfs", "-w", "-f", "-", rootfs); err != nil {
+	if _, err := e.runner.RunIn(ctx, system.RunOpts{Stdin: strings.NewReader(script)}, "debugfs", "-w", "-f", "-", rootfs); err != nil {
 		return fmt.Errorf("copy modules into the rootfs: %w", err)
 	}
-	if dir, err := d.rootfsModulesDir(ctx, rootfs, kver); err != nil || dir == "" {
+	if dir, err := e.rootfsModulesDir(ctx, rootfs, kver); err != nil || dir == "" {
 		return fmt.Errorf("copy modules into the rootfs: %s/%s missing afterwards (%v)", base, kver, err)
 	}
 	return nil

@@ -56,14 +56,14 @@ func TestVerifyAndPromoteStateChanges(t *testing.T) {
 	ctx := context.Background()
 	d := testDaemon(t, nil)
 	d.layout = paths.Layout{ImagesDir: t.TempDir()}
-	first, err := d.registerImage(ctx, "i1", t.TempDir(), image.Meta{Name: "first", Fingerprint: "fp1"})
+	first, err := d.imageEngine().registerImage(ctx, "i1", t.TempDir(), image.Meta{Name: "first", Fingerprint: "fp1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if first.State != store.ImageStateManaged || !first.Default {
 		t.Fatalf("the first image should be managed and the default: %+v", first)
 	}
-	second, err := d.registerImage(ctx, "i2", t.TempDir(), image.Meta{Name: "second", Fingerprint: "fp2"})
+	second, err := d.imageEngine().registerImage(ctx, "i2", t.TempDir(), image.Meta{Name: "second", Fingerprint: "fp2"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,14 +74,14 @@ func TestVerifyAndPromoteStateChanges(t *testing.T) {
 	// A failed verify is recorded, keeps the image staged and blocks
 	// promotion.
 	d.verifyHook = func(context.Context, string, image.Meta) error { return errors.New("ssh is not active") }
-	if _, err := d.verifyRecorded(ctx, second, noStage(ctx)); err == nil {
+	if _, err := d.imageEngine().verifyRecorded(ctx, second, noStage(ctx)); err == nil {
 		t.Fatal("verify should fail")
 	}
 	got, _ := d.store.GetImage(ctx, "second")
 	if got.State != store.ImageStateStaged || got.VerifyError != "ssh is not active" || got.VerifiedAt.IsZero() {
 		t.Fatalf("after failed verify: %+v", got)
 	}
-	_, err = d.PromoteImage(ctx, "second")
+	_, err = d.imageEngine().PromoteImage(ctx, "second")
 	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Code != api.CodeConflict || !strings.Contains(ae.Hint, "banger image verify second") {
 		t.Fatalf("promote after failed verify: %v", err)
@@ -90,11 +90,11 @@ func TestVerifyAndPromoteStateChanges(t *testing.T) {
 	// A passing verify clears the error; promote then switches the default.
 	var seenDir string
 	d.verifyHook = func(_ context.Context, dir string, m image.Meta) error { seenDir = dir; return nil }
-	view, err := d.verifyRecorded(ctx, got, noStage(ctx))
+	view, err := d.imageEngine().verifyRecorded(ctx, got, noStage(ctx))
 	if err != nil || view.VerifyError != "" || view.VerifiedAt == nil || seenDir != second.Dir {
 		t.Fatalf("verify: %+v %v", view, err)
 	}
-	promoted, err := d.PromoteImage(ctx, "second")
+	promoted, err := d.imageEngine().PromoteImage(ctx, "second")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,10 +103,10 @@ func TestVerifyAndPromoteStateChanges(t *testing.T) {
 		t.Fatalf("after promote: second=%+v first=%+v", promoted, old)
 	}
 	// Promoting the default again is a no-op.
-	if _, err := d.PromoteImage(ctx, "second"); err != nil {
+	if _, err := d.imageEngine().PromoteImage(ctx, "second"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.PromoteImage(ctx, "nope"); !errors.As(err, &ae) || ae.Code != api.CodeNotFound {
+	if _, err := d.imageEngine().PromoteImage(ctx, "nope"); !errors.As(err, &ae) || ae.Code != api.CodeNotFound {
 		t.Fatalf("promote unknown: %v", err)
 	}
 }
@@ -115,7 +115,7 @@ func TestDeleteImageInUseRefused(t *testing.T) {
 	ctx := context.Background()
 	d := testDaemon(t, nil)
 	dir := t.TempDir()
-	img, err := d.registerImage(ctx, "i1", dir, image.Meta{Name: "base", Fingerprint: "fp"})
+	img, err := d.imageEngine().registerImage(ctx, "i1", dir, image.Meta{Name: "base", Fingerprint: "fp"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +123,7 @@ func TestDeleteImageInUseRefused(t *testing.T) {
 	if err := d.store.CreateVM(ctx, &vm); err != nil {
 		t.Fatal(err)
 	}
-	err = d.DeleteImage(ctx, "base")
+	err = d.imageEngine().DeleteImage(ctx, "base")
 	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Code != api.CodeConflict || !strings.Contains(ae.Message, "dev") {
 		t.Fatalf("delete in use: %v", err)
@@ -134,7 +134,7 @@ func TestDeleteImageInUseRefused(t *testing.T) {
 	if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.DeleteImage(ctx, "base"); err != nil {
+	if err := d.imageEngine().DeleteImage(ctx, "base"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
@@ -158,7 +158,7 @@ func TestHealImage(t *testing.T) {
 	if !needsHeal(img) {
 		t.Fatal("an image without fingerprint needs healing")
 	}
-	healed, err := d.healImage(ctx, img)
+	healed, err := d.imageEngine().healImage(ctx, img)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +176,7 @@ func TestHealImage(t *testing.T) {
 	}
 	// Healing is stable: the same files give the same fingerprint.
 	img.Fingerprint = ""
-	again, err := d.healImage(ctx, img)
+	again, err := d.imageEngine().healImage(ctx, img)
 	if err != nil || again.Fingerprint != healed.Fingerprint {
 		t.Fatalf("second heal: %s vs %s (%v)", again.Fingerprint, healed.Fingerprint, err)
 	}
@@ -201,24 +201,24 @@ func TestRegisterImage(t *testing.T) {
 
 	var ae *api.Error
 	// The rootfs lacks the kernel's modules: refused without --modules.
-	_, err := d.RegisterImage(ctx, api.RegisterImageRequest{Name: "void", Rootfs: rootfs, Kernel: kernel})
+	_, err := d.imageEngine().RegisterImage(ctx, api.RegisterImageRequest{Name: "void", Rootfs: rootfs, Kernel: kernel})
 	if !errors.As(err, &ae) || !strings.Contains(ae.Message, "no /lib/modules/"+kver) {
 		t.Fatalf("without modules: %v", err)
 	}
 	// Modules of another kernel: refused.
 	other := filepath.Join(src, "5.10.0-1-amd64")
 	os.MkdirAll(other, 0o755)
-	_, err = d.RegisterImage(ctx, api.RegisterImageRequest{Name: "void", Rootfs: rootfs, Kernel: kernel, Modules: other})
+	_, err = d.imageEngine().RegisterImage(ctx, api.RegisterImageRequest{Name: "void", Rootfs: rootfs, Kernel: kernel, Modules: other})
 	if !errors.As(err, &ae) || !strings.Contains(ae.Message, "does not match the kernel") {
 		t.Fatalf("mismatched modules: %v", err)
 	}
 	// Not a kernel: refused.
-	_, err = d.RegisterImage(ctx, api.RegisterImageRequest{Name: "void", Rootfs: rootfs, Kernel: rootfs})
+	_, err = d.imageEngine().RegisterImage(ctx, api.RegisterImageRequest{Name: "void", Rootfs: rootfs, Kernel: rootfs})
 	if !errors.As(err, &ae) || !strings.Contains(ae.Message, "--kernel") {
 		t.Fatalf("bad kernel: %v", err)
 	}
 
-	img, err := d.RegisterImage(ctx, api.RegisterImageRequest{Name: "void", Rootfs: rootfs, Kernel: kernel, Modules: mods})
+	img, err := d.imageEngine().RegisterImage(ctx, api.RegisterImageRequest{Name: "void", Rootfs: rootfs, Kernel: kernel, Modules: mods})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,11 +252,11 @@ func TestRegisterImage(t *testing.T) {
 	}
 	// A second image is staged.
 	fakeRootfs(t, rootfs, kver)
-	second, err := d.RegisterImage(ctx, api.RegisterImageRequest{Name: "void2", Rootfs: rootfs, Kernel: kernel})
+	second, err := d.imageEngine().RegisterImage(ctx, api.RegisterImageRequest{Name: "void2", Rootfs: rootfs, Kernel: kernel})
 	if err != nil || second.State != store.ImageStateStaged || second.Default {
 		t.Fatalf("second: %+v %v", second, err)
 	}
-	if _, err := d.RegisterImage(ctx, api.RegisterImageRequest{Name: "void2", Rootfs: rootfs, Kernel: kernel}); !errors.As(err, &ae) || ae.Code != api.CodeConflict {
+	if _, err := d.imageEngine().RegisterImage(ctx, api.RegisterImageRequest{Name: "void2", Rootfs: rootfs, Kernel: kernel}); !errors.As(err, &ae) || ae.Code != api.CodeConflict {
 		t.Fatalf("duplicate name: %v", err)
 	}
 }

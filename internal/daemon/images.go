@@ -20,7 +20,7 @@ import (
 )
 
 // BuildImage validates a build request and runs the build as an operation.
-func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (string, error) {
+func (e *imageEngine) BuildImage(ctx context.Context, req api.BuildImageRequest) (string, error) {
 	if req.Name != "" {
 		if err := api.ValidateName("image", req.Name); err != nil {
 			return "", err
@@ -39,86 +39,76 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest) (str
 		if spec.Name == "" {
 			spec.Name = "void"
 		}
-		b := &image.Builder{Runner: d.runner}
+		b := &image.Builder{Runner: e.runner}
 		kver, err := b.CheckVoid(ctx, spec)
 		if err != nil {
 			return "", api.Errorf(api.CodeInvalid, "pass a Void rootfs tarball and a kernel, initramfs and modules directory of one release (see README, Void Linux)", "%v", err)
 		}
-		if err := d.preflight(ctx, checksForDerive); err != nil {
+		if err := e.checks.preflight(ctx, checksForDerive); err != nil {
 			return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
 		}
-		if err := d.checkVoidSpace(spec); err != nil {
+		if err := e.checks.checkVoidSpace(spec); err != nil {
 			return "", err
 		}
 		target = spec.Name
 		run = func(ctx context.Context, stage stageFunc) (store.Image, error) {
-			return d.buildVoid(ctx, spec, kver, req.Force, stage)
+			return e.buildVoid(ctx, spec, kver, req.Force, stage)
 		}
 	case req.From != "" || req.Provision != "":
 		if err := validateDerive(req); err != nil {
 			return "", err
 		}
-		base, err := d.getImage(ctx, req.From)
+		base, err := e.getImage(ctx, req.From)
 		if err != nil {
 			return "", err
 		}
-		if err := d.checkDeriveSpace(base); err != nil {
+		if err := e.checks.checkDeriveSpace(base); err != nil {
 			return "", err
 		}
-		if err := d.preflight(ctx, checksForDerive); err != nil {
+		if err := e.checks.preflight(ctx, checksForDerive); err != nil {
 			return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
 		}
 		if target == "" {
 			target = derivedName(req.From)
 		}
-		run = func(ctx context.Context, stage stageFunc) (store.Image, error) { return d.deriveImage(ctx, req, stage) }
+		run = func(ctx context.Context, stage stageFunc) (store.Image, error) { return e.deriveImage(ctx, req, stage) }
 	default:
-		spec := image.AgentSpec(d.cfg.Image.Suite, d.cfg.Image.Mirror, d.cfg.Image.SecurityMirror)
+		spec := image.AgentSpec(e.cfg.Image.Suite, e.cfg.Image.Mirror, e.cfg.Image.SecurityMirror)
 		checks := checksForAgentBuild
 		if req.Base {
-			spec = image.DefaultSpec(d.cfg.Image.Suite, d.cfg.Image.Mirror, d.cfg.Image.SecurityMirror)
+			spec = image.DefaultSpec(e.cfg.Image.Suite, e.cfg.Image.Mirror, e.cfg.Image.SecurityMirror)
 			checks = checksForBuild
 		}
 		if req.Name != "" {
 			spec.Name = req.Name
 		}
 		// A rebuild of unchanged inputs does nothing, so it needs no tools.
-		if img, err := d.store.GetImage(ctx, spec.Name); err != nil || img.Fingerprint != spec.Fingerprint() || req.Force {
-			if err := d.preflight(ctx, checks); err != nil {
+		if img, err := e.store.GetImage(ctx, spec.Name); err != nil || img.Fingerprint != spec.Fingerprint() || req.Force {
+			if err := e.checks.preflight(ctx, checks); err != nil {
 				return "", api.Errorf(api.CodeUnavailable, "run `banger doctor` for the full list", "%v", err)
 			}
-			if err := d.checkBuildSpace(req.Base); err != nil {
+			if err := e.checks.checkBuildSpace(req.Base); err != nil {
 				return "", err
 			}
 		}
 		target = spec.Name
 		run = func(ctx context.Context, stage stageFunc) (store.Image, error) {
-			return d.buildImage(ctx, spec, req.Force, stage)
+			return e.buildImage(ctx, spec, req.Force, stage)
 		}
 	}
-	d.mu.Lock()
-	if d.building {
-		d.mu.Unlock()
+	if !e.builds.acquire() {
 		return "", api.Errorf(api.CodeConflict, "wait for it (`banger op watch`)", "an image build is already running")
 	}
-	d.building = true
-	d.mu.Unlock()
-	id, err := d.ops.start(ctx, kind, target, func(ctx context.Context, stage stageFunc) (any, error) {
-		defer func() {
-			d.mu.Lock()
-			d.building = false
-			d.mu.Unlock()
-		}()
+	id, err := e.ops.start(ctx, kind, target, func(ctx context.Context, stage stageFunc) (any, error) {
+		defer e.builds.release()
 		img, err := run(ctx, stage)
 		if err != nil {
 			return nil, err
 		}
-		return d.imageView(ctx, img, false), nil
+		return e.imageView(ctx, img, false), nil
 	})
 	if err != nil {
-		d.mu.Lock()
-		d.building = false
-		d.mu.Unlock()
+		e.builds.release()
 	}
 	return id, err
 }
@@ -140,14 +130,14 @@ func validateDerive(req api.BuildImageRequest) error {
 	return nil
 }
 
-func (d *Daemon) buildImage(ctx context.Context, spec image.Spec, force bool, stage stageFunc) (store.Image, error) {
-	existing, done, err := d.checkRebuild(ctx, spec.Name, spec.Fingerprint(), force, stage)
+func (e *imageEngine) buildImage(ctx context.Context, spec image.Spec, force bool, stage stageFunc) (store.Image, error) {
+	existing, done, err := e.checkRebuild(ctx, spec.Name, spec.Fingerprint(), force, stage)
 	if err != nil || done {
 		return existing, err
 	}
 	imgID := newID(4)
-	outDir := d.layout.ImageDir(imgID)
-	workDir := filepath.Join(d.layout.CacheDir, "build-"+imgID)
+	outDir := e.layout.ImageDir(imgID)
+	workDir := filepath.Join(e.layout.CacheDir, "build-"+imgID)
 	ok := false
 	defer func() {
 		if !ok {
@@ -155,20 +145,20 @@ func (d *Daemon) buildImage(ctx context.Context, spec image.Spec, force bool, st
 			os.RemoveAll(workDir)
 		}
 	}()
-	logf, err := os.OpenFile(filepath.Join(d.layout.LogDir, "image-build-"+imgID+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	logf, err := os.OpenFile(filepath.Join(e.layout.LogDir, "image-build-"+imgID+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return store.Image{}, err
 	}
 	defer logf.Close()
-	b := &image.Builder{Runner: d.runner, Log: logf}
+	b := &image.Builder{Runner: e.runner, Log: logf}
 	meta, err := b.Build(ctx, spec, workDir, outDir, image.StageFunc(stage))
 	if err != nil {
 		return store.Image{}, &opError{err: err, consoleTail: system.TailFile(logf.Name(), 3000), hint: "the build log is " + logf.Name()}
 	}
-	if err := stage("verify", func(ctx context.Context) error { return d.verifyImage(ctx, outDir, meta) }); err != nil {
+	if err := stage("verify", func(ctx context.Context) error { return e.verifyImage(ctx, outDir, meta) }); err != nil {
 		return store.Image{}, err
 	}
-	img, err := d.replaceAndRegister(ctx, existing, force, imgID, outDir, meta, stage)
+	img, err := e.replaceAndRegister(ctx, existing, force, imgID, outDir, meta, stage)
 	if err != nil {
 		return store.Image{}, err
 	}
@@ -178,7 +168,7 @@ func (d *Daemon) buildImage(ctx context.Context, spec image.Spec, force bool, st
 
 // buildVoid assembles a Void image from staged parts. It is not booted
 // here: the parts are the user's, and `image verify` is the boot check.
-func (d *Daemon) buildVoid(ctx context.Context, spec image.VoidSpec, kver string, force bool, stage stageFunc) (store.Image, error) {
+func (e *imageEngine) buildVoid(ctx context.Context, spec image.VoidSpec, kver string, force bool, stage stageFunc) (store.Image, error) {
 	var fp string
 	err := stage("fingerprint", func(context.Context) error {
 		var err error
@@ -188,24 +178,24 @@ func (d *Daemon) buildVoid(ctx context.Context, spec image.VoidSpec, kver string
 	if err != nil {
 		return store.Image{}, err
 	}
-	existing, done, err := d.checkRebuild(ctx, spec.Name, fp, force, func(string, func(context.Context) error) error { return nil })
+	existing, done, err := e.checkRebuild(ctx, spec.Name, fp, force, func(string, func(context.Context) error) error { return nil })
 	if err != nil || done {
 		return existing, err
 	}
 	imgID := newID(4)
-	outDir := d.layout.ImageDir(imgID)
+	outDir := e.layout.ImageDir(imgID)
 	ok := false
 	defer func() {
 		if !ok {
 			os.RemoveAll(outDir)
 		}
 	}()
-	b := &image.Builder{Runner: d.runner}
-	meta, err := b.BuildVoid(ctx, spec, kver, fp, filepath.Join(d.layout.CacheDir, "build-"+imgID), outDir, image.StageFunc(stage))
+	b := &image.Builder{Runner: e.runner}
+	meta, err := b.BuildVoid(ctx, spec, kver, fp, filepath.Join(e.layout.CacheDir, "build-"+imgID), outDir, image.StageFunc(stage))
 	if err != nil {
 		return store.Image{}, err
 	}
-	img, err := d.replaceAndRegister(ctx, existing, force, imgID, outDir, meta, stage)
+	img, err := e.replaceAndRegister(ctx, existing, force, imgID, outDir, meta, stage)
 	if err != nil {
 		return store.Image{}, err
 	}
@@ -217,8 +207,8 @@ func (d *Daemon) buildVoid(ctx context.Context, spec image.VoidSpec, kver string
 // work to do. Unchanged inputs are a no-op (done, and a "fingerprint"
 // stage says so); changed inputs under a taken name are refused unless
 // forced, and a forced rebuild of an image in use is refused.
-func (d *Daemon) checkRebuild(ctx context.Context, name, fp string, force bool, stage stageFunc) (existing store.Image, done bool, err error) {
-	existing, err = d.store.GetImage(ctx, name)
+func (e *imageEngine) checkRebuild(ctx context.Context, name, fp string, force bool, stage stageFunc) (existing store.Image, done bool, err error) {
+	existing, err = e.store.GetImage(ctx, name)
 	switch {
 	case err == nil && existing.Fingerprint == fp && !force:
 		_ = stage("fingerprint", func(context.Context) error { return nil })
@@ -228,7 +218,7 @@ func (d *Daemon) checkRebuild(ctx context.Context, name, fp string, force bool, 
 			fmt.Sprintf("delete it first (`banger image delete %s`), build under another name (`--name`), or replace it (`--force`)", name),
 			"image %q exists and was built from different inputs", name)
 	case err == nil && force:
-		if vms, _ := d.store.VMsUsingImage(ctx, existing.ID); len(vms) > 0 {
+		if vms, _ := e.store.VMsUsingImage(ctx, existing.ID); len(vms) > 0 {
 			return store.Image{}, false, api.Errorf(api.CodeConflict, "delete those VMs first", "image %q is used by %d VM(s)", name, len(vms))
 		}
 		return existing, false, nil
@@ -240,16 +230,16 @@ func (d *Daemon) checkRebuild(ctx context.Context, name, fp string, force bool, 
 
 // replaceAndRegister records a finished image directory, first removing
 // the image it replaces when the build was forced.
-func (d *Daemon) replaceAndRegister(ctx context.Context, existing store.Image, force bool, imgID, outDir string, meta image.Meta, stage stageFunc) (store.Image, error) {
+func (e *imageEngine) replaceAndRegister(ctx context.Context, existing store.Image, force bool, imgID, outDir string, meta image.Meta, stage stageFunc) (store.Image, error) {
 	var img store.Image
 	err := stage("register", func(ctx context.Context) error {
 		if force && existing.ID != "" {
-			if err := d.removeImage(ctx, existing); err != nil {
+			if err := e.removeImage(ctx, existing); err != nil {
 				return err
 			}
 		}
 		var rerr error
-		img, rerr = d.registerImage(ctx, imgID, outDir, meta)
+		img, rerr = e.registerImage(ctx, imgID, outDir, meta)
 		return rerr
 	})
 	return img, err
@@ -257,8 +247,8 @@ func (d *Daemon) replaceAndRegister(ctx context.Context, existing store.Image, f
 
 // verifyImage boots a fresh image once in a throwaway VM and checks the
 // guest runs the kernel the image carries, with sshd up.
-func (d *Daemon) verifyImage(ctx context.Context, imgDir string, meta image.Meta) error {
-	dir := filepath.Join(d.layout.VMsDir, "v"+newID(3))
+func (e *imageEngine) verifyImage(ctx context.Context, imgDir string, meta image.Meta) error {
+	dir := filepath.Join(e.layout.VMsDir, "v"+newID(3))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -272,21 +262,21 @@ func (d *Daemon) verifyImage(ctx context.Context, imgDir string, meta image.Meta
 	}
 	img := store.Image{Dir: imgDir}
 	vm := store.VM{ID: filepath.Base(dir), Name: "verify", Dir: dir, CPUs: 2, MemoryMiB: 1024, Egress: "none"}
-	if _, err := d.runner.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Join(imgDir, image.FileRootfs), "-F", "raw", filepath.Join(dir, paths.FileRootDisk)); err != nil {
+	if _, err := e.runner.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Join(imgDir, image.FileRootfs), "-F", "raw", filepath.Join(dir, paths.FileRootDisk)); err != nil {
 		return err
 	}
-	if _, err := d.makeWorkDisk(ctx, img, dir, 1<<30); err != nil {
+	if _, err := e.vms.makeWorkDisk(ctx, img, dir, 1<<30); err != nil {
 		return err
 	}
-	vm.Accel = d.accelFor(ctx, img).Accel
+	vm.Accel = e.vms.accelFor(ctx, img).Accel
 	var undo cleanup
 	defer undo.run()
 	noStages := func(_ string, fn func(ctx context.Context) error) error { return fn(ctx) }
-	if _, err := d.boot(ctx, &vm, img, noStages, &undo, false, false); err != nil {
+	if _, err := e.vms.boot(ctx, &vm, img, noStages, &undo, false, false); err != nil {
 		return err
 	}
-	defer d.dropAgent(vm.ID)
-	c := d.cachedAgent(vm.ID)
+	defer e.vms.dropAgent(vm.ID)
+	c := e.vms.cachedAgent(vm.ID)
 	var out strings.Builder
 	st, err := guestExec(ctx, c, api.ExecRequest{Argv: []string{"sh", "-c", "uname -r; systemctl is-active ssh"}}, guestOutputBuffer(&out, "verify output"), nil)
 	if err != nil {
@@ -329,7 +319,7 @@ func verifyAgents(ctx context.Context, c *agentclient.Client) error {
 	return nil
 }
 
-func (d *Daemon) imageView(ctx context.Context, img store.Image, withPackages bool) api.Image {
+func (e *imageEngine) imageView(ctx context.Context, img store.Image, withPackages bool) api.Image {
 	out := api.Image{
 		ID: img.ID, Name: img.Name, Default: img.Default, State: img.State, Fingerprint: img.Fingerprint,
 		Suite: img.Suite, KernelVersion: img.KernelVersion, SizeBytes: img.SizeBytes, Dir: img.Dir, CreatedAt: img.CreatedAt,
@@ -339,7 +329,7 @@ func (d *Daemon) imageView(ctx context.Context, img store.Image, withPackages bo
 		t := img.VerifiedAt
 		out.VerifiedAt = &t
 	}
-	if vms, err := d.store.VMsUsingImage(ctx, img.ID); err == nil {
+	if vms, err := e.store.VMsUsingImage(ctx, img.ID); err == nil {
 		for _, vm := range vms {
 			out.UsedBy = append(out.UsedBy, vm.Name)
 		}
@@ -359,8 +349,8 @@ func (d *Daemon) imageView(ctx context.Context, img store.Image, withPackages bo
 	return out
 }
 
-func (d *Daemon) getImage(ctx context.Context, name string) (store.Image, error) {
-	img, err := d.store.GetImage(ctx, name)
+func (e *imageEngine) getImage(ctx context.Context, name string) (store.Image, error) {
+	img, err := e.store.GetImage(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		return img, api.Errorf(api.CodeNotFound, "see `banger image list`", "no image named %q", name)
 	}
@@ -368,23 +358,23 @@ func (d *Daemon) getImage(ctx context.Context, name string) (store.Image, error)
 }
 
 // DeleteImage removes an image that no VM uses.
-func (d *Daemon) DeleteImage(ctx context.Context, name string) error {
-	img, err := d.getImage(ctx, name)
+func (e *imageEngine) DeleteImage(ctx context.Context, name string) error {
+	img, err := e.getImage(ctx, name)
 	if err != nil {
 		return err
 	}
-	return d.removeImage(ctx, img)
+	return e.removeImage(ctx, img)
 }
 
-func (d *Daemon) removeImage(ctx context.Context, img store.Image) error {
-	if vms, _ := d.store.VMsUsingImage(ctx, img.ID); len(vms) > 0 {
+func (e *imageEngine) removeImage(ctx context.Context, img store.Image) error {
+	if vms, _ := e.store.VMsUsingImage(ctx, img.ID); len(vms) > 0 {
 		names := make([]string, 0, len(vms))
 		for _, v := range vms {
 			names = append(names, v.Name)
 		}
 		return api.Errorf(api.CodeConflict, "delete those VMs first (`banger vm delete NAME`)", "image %q is used by VM(s): %s", img.Name, strings.Join(names, ", "))
 	}
-	if err := d.store.DeleteImage(ctx, img.ID); err != nil {
+	if err := e.store.DeleteImage(ctx, img.ID); err != nil {
 		if errors.Is(err, store.ErrInUse) {
 			return api.Errorf(api.CodeConflict, "delete those VMs first", "image %q is in use", img.Name)
 		}
@@ -395,8 +385,8 @@ func (d *Daemon) removeImage(ctx context.Context, img store.Image) error {
 
 // ExportImage copies an image directory to dir (reflinks where possible),
 // in the layout `image import` reads.
-func (d *Daemon) ExportImage(ctx context.Context, name, dir string) error {
-	img, err := d.getImage(ctx, name)
+func (e *imageEngine) ExportImage(ctx context.Context, name, dir string) error {
+	img, err := e.getImage(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -417,7 +407,7 @@ func (d *Daemon) ExportImage(ctx context.Context, name, dir string) error {
 }
 
 // ImportImage registers a copy of an exported image directory.
-func (d *Daemon) ImportImage(ctx context.Context, src string) (store.Image, error) {
+func (e *imageEngine) ImportImage(ctx context.Context, src string) (store.Image, error) {
 	if !filepath.IsAbs(src) {
 		return store.Image{}, api.Errorf(api.CodeInvalid, "pass an absolute path", "import path %q is relative", src)
 	}
@@ -428,17 +418,17 @@ func (d *Daemon) ImportImage(ctx context.Context, src string) (store.Image, erro
 	if err := api.ValidateName("image", meta.Name); err != nil {
 		return store.Image{}, err
 	}
-	if existing, err := d.store.GetImage(ctx, meta.Name); err == nil {
+	if existing, err := e.store.GetImage(ctx, meta.Name); err == nil {
 		if existing.Fingerprint == meta.Fingerprint {
 			return existing, nil
 		}
 		return store.Image{}, api.Errorf(api.CodeConflict, "delete the existing image first", "an image named %q with other contents exists", meta.Name)
 	}
-	if err := d.checkImportSpace(src); err != nil {
+	if err := e.checks.checkImportSpace(src); err != nil {
 		return store.Image{}, err
 	}
 	id := newID(4)
-	dir := d.layout.ImageDir(id)
+	dir := e.layout.ImageDir(id)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return store.Image{}, err
 	}
@@ -446,7 +436,7 @@ func (d *Daemon) ImportImage(ctx context.Context, src string) (store.Image, erro
 		os.RemoveAll(dir)
 		return store.Image{}, fmt.Errorf("import image: %w", err)
 	}
-	img, err := d.registerImage(ctx, id, dir, meta)
+	img, err := e.registerImage(ctx, id, dir, meta)
 	if err != nil {
 		os.RemoveAll(dir)
 	}

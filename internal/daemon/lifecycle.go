@@ -74,7 +74,7 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 	}
 	if isTap(vm) {
 		// Restores the TAP after a host reboot; a no-op otherwise.
-		if err := d.attachNet(ctx, vm, nil); err != nil {
+		if err := d.netEngine().attachNet(ctx, vm, nil); err != nil {
 			return vm, err
 		}
 	}
@@ -172,7 +172,7 @@ func (d *Daemon) DeleteVM(ctx context.Context, name string, force bool) error {
 	if err := d.removeVMMLeftovers(ctx, vm); err != nil {
 		return err
 	}
-	if err := d.detachNet(ctx, vm); err != nil {
+	if err := d.netEngine().detachNet(ctx, vm); err != nil {
 		return fmt.Errorf("remove network of %s: %w", vm.Name, err)
 	}
 	if err := os.RemoveAll(vm.Dir); err != nil {

@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/config"
@@ -30,14 +32,55 @@ func (d *Daemon) newNetwork(host network.Host) (*network.Manager, error) {
 		StateDir: d.layout.DataDir}, nil
 }
 
+// netDeps is what the network engine needs from the daemon.
+type netDeps struct {
+	store *store.Store
+	// mgr runs tap mode: bridge, TAPs and NAT of this instance.
+	mgr *network.Manager
+	// mu serialises changes to mgr, since each rewrites the NAT table;
+	// the daemon keeps it, so it outlives the engine value.
+	mu  *sync.Mutex
+	log *slog.Logger
+	// defaultNet is [vm] net, the mode of a create that names none.
+	defaultNet string
+	// dns is [network] dns, the guest's resolvers (empty: the host's).
+	dns []string
+	// uids is [vmm_process] uid_range, the users the local guard covers.
+	uids config.IDRange
+}
+
+// netEngine is tap networking (leases, TAPs, bridge, NAT) and the local
+// guard of user-mode VMMs. Its values are cheap: the daemon makes one per
+// use over its own state.
+type netEngine struct {
+	netDeps
+}
+
+func newNetEngine(deps netDeps) *netEngine {
+	return &netEngine{netDeps: deps}
+}
+
+// netEngine builds the daemon's network engine over its state.
+func (d *Daemon) netEngine() *netEngine {
+	return newNetEngine(netDeps{
+		store:      d.store,
+		mgr:        d.net,
+		mu:         &d.netMu,
+		log:        d.log,
+		defaultNet: d.cfg.VM.Net,
+		dns:        d.cfg.Network.DNS,
+		uids:       d.cfg.VMMProcess.UIDs(),
+	})
+}
+
 func isTap(vm store.VM) bool { return vm.NetMode == config.NetTap }
 
 // validateNet fills and checks the network mode of a create request, and
 // refuses a tap VM when the subnet has no address left, before anything
 // exists.
-func (d *Daemon) validateNet(ctx context.Context, req *api.CreateVMRequest) error {
+func (e *netEngine) validateNet(ctx context.Context, req *api.CreateVMRequest) error {
 	if req.Net == "" {
-		req.Net = d.cfg.VM.Net
+		req.Net = e.defaultNet
 	}
 	if req.Net != config.NetUser && req.Net != config.NetTap {
 		return api.Errorf(api.CodeInvalid, "use --net user or --net tap", "unknown network mode %q", req.Net)
@@ -45,7 +88,7 @@ func (d *Daemon) validateNet(ctx context.Context, req *api.CreateVMRequest) erro
 	if req.Net != config.NetTap {
 		return nil
 	}
-	leases, err := d.store.ListLeases(ctx)
+	leases, err := e.store.ListLeases(ctx)
 	if err != nil {
 		return err
 	}
@@ -53,21 +96,21 @@ func (d *Daemon) validateNet(ctx context.Context, req *api.CreateVMRequest) erro
 	for _, l := range leases {
 		used[l.Addr.Addr()] = true
 	}
-	if _, ok := store.FirstFreeAddr(d.net.Subnet, used); !ok {
+	if _, ok := store.FirstFreeAddr(e.mgr.Subnet, used); !ok {
 		return api.Errorf(api.CodeUnavailable, "delete a tap VM, or choose a larger [network] subnet in the config and restart the daemon",
-			"no free address left in the tap subnet %s (%d VMs hold one)", d.net.Subnet, len(leases))
+			"no free address left in the tap subnet %s (%d VMs hold one)", e.mgr.Subnet, len(leases))
 	}
 	return nil
 }
 
 // netMembers lists every leased VM as the network plan needs it, leaving
 // out skipVM (a VM on its way out).
-func (d *Daemon) netMembers(ctx context.Context, skipVM string) ([]network.Member, error) {
-	leases, err := d.store.ListLeases(ctx)
+func (e *netEngine) netMembers(ctx context.Context, skipVM string) ([]network.Member, error) {
+	leases, err := e.store.ListLeases(ctx)
 	if err != nil {
 		return nil, err
 	}
-	vms, err := d.store.ListVMs(ctx)
+	vms, err := e.store.ListVMs(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -91,40 +134,40 @@ func (d *Daemon) netMembers(ctx context.Context, skipVM string) ([]network.Membe
 
 // leaseNet gives a new tap VM its address, TAP name and MAC; undo
 // releases them.
-func (d *Daemon) leaseNet(ctx context.Context, vm *store.VM, undo *cleanup) error {
-	tap := d.net.Names.Tap(vm.ID)
-	l, err := d.store.AllocateLease(ctx, vm.ID, d.net.Subnet, tap, network.MAC(vm.ID))
+func (e *netEngine) leaseNet(ctx context.Context, vm *store.VM, undo *cleanup) error {
+	tap := e.mgr.Names.Tap(vm.ID)
+	l, err := e.store.AllocateLease(ctx, vm.ID, e.mgr.Subnet, tap, network.MAC(vm.ID))
 	switch {
 	case errors.Is(err, store.ErrExhausted):
-		return api.Errorf(api.CodeUnavailable, "delete a tap VM, or choose a larger [network] subnet", "no free address left in the tap subnet %s", d.net.Subnet)
+		return api.Errorf(api.CodeUnavailable, "delete a tap VM, or choose a larger [network] subnet", "no free address left in the tap subnet %s", e.mgr.Subnet)
 	case err != nil:
 		return fmt.Errorf("allocate address: %w", err)
 	}
 	undo.push(func() {
-		_ = d.store.ReleaseLease(context.WithoutCancel(ctx), vm.ID)
+		_ = e.store.ReleaseLease(context.WithoutCancel(ctx), vm.ID)
 	})
-	d.log.Info("leased tap address", "vm", vm.Name, "addr", l.Addr, "tap", l.Tap)
+	e.log.Info("leased tap address", "vm", vm.Name, "addr", l.Addr, "tap", l.Tap)
 	return nil
 }
 
 // attachNet makes sure the VM's TAP, the bridge and the NAT table exist.
 // Calls are serialised: each rewrites the instance's NAT table from the
 // leases.
-func (d *Daemon) attachNet(ctx context.Context, vm store.VM, undo *cleanup) error {
-	l, err := d.store.LeaseForVM(ctx, vm.ID)
+func (e *netEngine) attachNet(ctx context.Context, vm store.VM, undo *cleanup) error {
+	l, err := e.store.LeaseForVM(ctx, vm.ID)
 	if err != nil {
 		return fmt.Errorf("lease of %s: %w", vm.Name, err)
 	}
-	d.netMu.Lock()
-	defer d.netMu.Unlock()
-	members, err := d.netMembers(ctx, "")
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	members, err := e.netMembers(ctx, "")
 	if err != nil {
 		return err
 	}
 	if undo != nil {
-		undo.push(func() { _ = d.detachNet(context.WithoutCancel(ctx), vm) })
+		undo.push(func() { _ = e.detachNet(context.WithoutCancel(ctx), vm) })
 	}
-	if err := d.net.Attach(ctx, l.Tap, members); err != nil {
+	if err := e.mgr.Attach(ctx, l.Tap, members); err != nil {
 		return api.Errorf(api.CodeUnavailable, "tap networking needs root (CAP_NET_ADMIN) and /dev/net/tun; `--net user` works without", "%v", err)
 	}
 	return nil
@@ -132,68 +175,68 @@ func (d *Daemon) attachNet(ctx context.Context, vm store.VM, undo *cleanup) erro
 
 // detachNet removes the VM's TAP (and the bridge and NAT table with the
 // last tap VM). The lease is released by the caller.
-func (d *Daemon) detachNet(ctx context.Context, vm store.VM) error {
-	l, err := d.store.LeaseForVM(ctx, vm.ID)
+func (e *netEngine) detachNet(ctx context.Context, vm store.VM) error {
+	l, err := e.store.LeaseForVM(ctx, vm.ID)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	d.netMu.Lock()
-	defer d.netMu.Unlock()
-	members, err := d.netMembers(ctx, vm.ID)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	members, err := e.netMembers(ctx, vm.ID)
 	if err != nil {
 		return err
 	}
-	return d.net.Detach(ctx, l.Tap, members)
+	return e.mgr.Detach(ctx, l.Tap, members)
 }
 
 // reconcileNetwork drops leases of VMs that no longer exist, then lets the
 // manager remove this instance's orphans (TAPs without a lease; bridge
 // and NAT table when no tap VM is left) and restore what leased VMs need.
-func (d *Daemon) reconcileNetwork(ctx context.Context) error {
-	leases, err := d.store.ListLeases(ctx)
+func (e *netEngine) reconcileNetwork(ctx context.Context) error {
+	leases, err := e.store.ListLeases(ctx)
 	if err != nil {
 		return err
 	}
 	for _, l := range leases {
-		if _, err := d.store.GetVM(ctx, l.VMID); errors.Is(err, store.ErrNotFound) {
-			if err := d.store.ReleaseLease(ctx, l.VMID); err != nil {
+		if _, err := e.store.GetVM(ctx, l.VMID); errors.Is(err, store.ErrNotFound) {
+			if err := e.store.ReleaseLease(ctx, l.VMID); err != nil {
 				return err
 			}
-			d.log.Info("released lease of a deleted VM", "vm_id", l.VMID, "addr", l.Addr)
+			e.log.Info("released lease of a deleted VM", "vm_id", l.VMID, "addr", l.Addr)
 		}
 	}
-	d.netMu.Lock()
-	defer d.netMu.Unlock()
-	members, err := d.netMembers(ctx, "")
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	members, err := e.netMembers(ctx, "")
 	if err != nil {
 		return err
 	}
-	return d.net.Reconcile(ctx, members)
+	return e.mgr.Reconcile(ctx, members)
 }
 
 // closeNetwork runs at shutdown: with no tap VM left, IPv4 forwarding
 // goes back to what banger found, in case the last teardown could not
 // (another instance still had tap VMs then). With tap VMs it stays on:
 // they keep running without the daemon.
-func (d *Daemon) closeNetwork(ctx context.Context) {
-	d.netMu.Lock()
-	defer d.netMu.Unlock()
-	ls, err := d.store.ListLeases(ctx)
+func (e *netEngine) closeNetwork(ctx context.Context) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ls, err := e.store.ListLeases(ctx)
 	if err != nil || len(ls) > 0 {
 		return
 	}
-	if err := d.net.RestoreForwarding(ctx); err != nil {
-		d.log.Warn("restore ip_forward", "err", err)
+	if err := e.mgr.RestoreForwarding(ctx); err != nil {
+		e.log.Warn("restore ip_forward", "err", err)
 	}
 }
 
 // tapKernelArgs are the guest NIC keys the agent applies at boot.
-func (d *Daemon) tapKernelArgs(l store.Lease) []string {
-	args := []string{"banger.ip=" + l.Addr.String(), "banger.gw=" + network.Gateway(d.net.Subnet).Addr().String()}
-	dns := d.cfg.Network.DNS
+func (e *netEngine) tapKernelArgs(l store.Lease) []string {
+	args := []string{"banger.ip=" + l.Addr.String(), "banger.gw=" + network.Gateway(e.mgr.Subnet).Addr().String()}
+	dns := e.dns
 	if len(dns) == 0 {
 		dns = hostResolvers("/etc/resolv.conf")
 	}
@@ -201,6 +244,56 @@ func (d *Daemon) tapKernelArgs(l store.Lease) []string {
 		args = append(args, "banger.dns="+strings.Join(dns, ","))
 	}
 	return args
+}
+
+// localGuard is the instance's guard and its kernel side; ok is false
+// when the network host cannot filter (a test fake) or per-VM users
+// are off.
+func (e *netEngine) localGuard() (network.Guard, network.LocalGuard, bool) {
+	r := e.uids
+	g, ok := e.mgr.Host.(network.Guard)
+	if !ok || r.Empty() || os.Geteuid() != 0 {
+		return nil, network.LocalGuard{}, false
+	}
+	// The tap subnet too: other VMs live there.
+	return g, network.LocalGuard{Table: e.mgr.Names.GuardTable(), First: r.First, Last: r.Last, Blocked: []netip.Prefix{e.mgr.Subnet}}, true
+}
+
+func (e *netEngine) applyLocalGuard(ctx context.Context) error {
+	g, lg, ok := e.localGuard()
+	if !ok {
+		return nil
+	}
+	return g.ApplyLocalGuard(ctx, lg)
+}
+
+// syncLocalGuard keeps the guard exactly while a user-mode VM with
+// egress all may run: VMMs outlive the daemon, so at start and at
+// shutdown it is applied if one is running and removed otherwise.
+func (e *netEngine) syncLocalGuard(ctx context.Context) {
+	g, lg, ok := e.localGuard()
+	if !ok {
+		return
+	}
+	vms, err := e.store.ListVMs(ctx)
+	if err != nil {
+		e.log.Warn("local guard: list VMs", "err", err)
+		return
+	}
+	need := false
+	for _, vm := range vms {
+		if vm.State == api.VMRunning && !isTap(vm) && vm.Egress == config.EgressAll {
+			need = true
+		}
+	}
+	if need {
+		err = g.ApplyLocalGuard(ctx, lg)
+	} else {
+		err = g.DeleteLocalGuard(ctx, lg.Table)
+	}
+	if err != nil {
+		e.log.Warn("local guard", "table", lg.Table, "apply", need, "err", err)
+	}
 }
 
 // hostResolvers returns the IPv4 nameservers of a resolv.conf that a
@@ -230,15 +323,15 @@ func hostResolvers(path string) []string {
 
 // guestEndpoint is where the host reaches guest port gp of vm: the
 // guest's own address in tap mode, the 127.0.0.1 forward otherwise.
-func (d *Daemon) guestEndpoint(ctx context.Context, vm store.VM, gp int) (string, error) {
+func (e *netEngine) guestEndpoint(ctx context.Context, vm store.VM, gp int) (string, error) {
 	if isTap(vm) {
-		l, err := d.store.LeaseForVM(ctx, vm.ID)
+		l, err := e.store.LeaseForVM(ctx, vm.ID)
 		if err != nil {
 			return "", fmt.Errorf("lease of %s: %w", vm.Name, err)
 		}
 		return netip.AddrPortFrom(l.Addr.Addr(), uint16(gp)).String(), nil
 	}
-	ports, err := d.store.PortsForVM(ctx, vm.ID)
+	ports, err := e.store.PortsForVM(ctx, vm.ID)
 	if err != nil {
 		return "", err
 	}

@@ -3,13 +3,16 @@ package daemon
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/network"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/store"
@@ -61,10 +64,10 @@ func TestTapCreateUndoReleasesEverything(t *testing.T) {
 	d, f := tapDaemon(t, "172.30.0.0/24")
 	vm := tapVM(t, d, "one", "all")
 	var undo cleanup
-	if err := d.leaseNet(ctx, &vm, &undo); err != nil {
+	if err := d.netEngine().leaseNet(ctx, &vm, &undo); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.attachNet(ctx, vm, &undo); err != nil {
+	if err := d.netEngine().attachNet(ctx, vm, &undo); err != nil {
 		t.Fatal(err)
 	}
 	tap := d.net.Names.Tap(vm.ID)
@@ -102,26 +105,26 @@ func TestValidateNet(t *testing.T) {
 	d, f := tapDaemon(t, "172.30.0.0/30") // one guest address
 	var apiErr *api.Error
 	req := api.CreateVMRequest{Net: "bogus"}
-	if err := d.validateNet(ctx, &req); !errors.As(err, &apiErr) || apiErr.Code != api.CodeInvalid || !strings.Contains(apiErr.Hint, "--net tap") {
+	if err := d.netEngine().validateNet(ctx, &req); !errors.As(err, &apiErr) || apiErr.Code != api.CodeInvalid || !strings.Contains(apiErr.Hint, "--net tap") {
 		t.Fatalf("bogus: %v", err)
 	}
 	req = api.CreateVMRequest{}
-	if err := d.validateNet(ctx, &req); err != nil || req.Net != "user" {
+	if err := d.netEngine().validateNet(ctx, &req); err != nil || req.Net != "user" {
 		t.Fatalf("default: %v %q", err, req.Net)
 	}
 	vm := tapVM(t, d, "one", "none")
 	var undo cleanup
-	if err := d.leaseNet(ctx, &vm, &undo); err != nil {
+	if err := d.netEngine().leaseNet(ctx, &vm, &undo); err != nil {
 		t.Fatal(err)
 	}
 	req = api.CreateVMRequest{Net: "tap"}
-	err := d.validateNet(ctx, &req)
+	err := d.netEngine().validateNet(ctx, &req)
 	if !errors.As(err, &apiErr) || !strings.Contains(apiErr.Message, "no free address") || !strings.Contains(apiErr.Hint, "[network] subnet") {
 		t.Fatalf("exhausted: %v", err)
 	}
 	// The allocation itself says the same when validation raced.
 	other := tapVM(t, d, "two", "all")
-	if err := d.leaseNet(ctx, &other, &undo); !errors.As(err, &apiErr) || !strings.Contains(apiErr.Message, "no free address") {
+	if err := d.netEngine().leaseNet(ctx, &other, &undo); !errors.As(err, &apiErr) || !strings.Contains(apiErr.Message, "no free address") {
 		t.Fatalf("exhausted allocation: %v", err)
 	}
 	if len(f.Calls) != 0 {
@@ -136,10 +139,10 @@ func TestReconcileNetwork(t *testing.T) {
 	gone := tapVM(t, d, "gone", "all")
 	for _, vm := range []*store.VM{&keep, &gone} {
 		var undo cleanup
-		if err := d.leaseNet(ctx, vm, &undo); err != nil {
+		if err := d.netEngine().leaseNet(ctx, vm, &undo); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.attachNet(ctx, *vm, nil); err != nil {
+		if err := d.netEngine().attachNet(ctx, *vm, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -149,7 +152,7 @@ func TestReconcileNetwork(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.AddForeign("tap0", network.KindTap)
-	if err := d.reconcileNetwork(ctx); err != nil {
+	if err := d.netEngine().reconcileNetwork(ctx); err != nil {
 		t.Fatal(err)
 	}
 	state := f.State()
@@ -167,7 +170,7 @@ func TestReconcileNetwork(t *testing.T) {
 		t.Errorf("nat table wrong:\n%s", strings.Join(state, "\n"))
 	}
 	// Deleting the last tap VM's network leaves nothing of this instance.
-	if err := d.detachNet(ctx, keep); err != nil {
+	if err := d.netEngine().detachNet(ctx, keep); err != nil {
 		t.Fatal(err)
 	}
 	if left := owned(d, f); len(left) != 0 {
@@ -193,10 +196,10 @@ func TestTapPortPinnedToLease(t *testing.T) {
 	d, f := tapDaemon(t, "172.30.0.0/24")
 	vm := tapVM(t, d, "one", "none")
 	var undo cleanup
-	if err := d.leaseNet(ctx, &vm, &undo); err != nil {
+	if err := d.netEngine().leaseNet(ctx, &vm, &undo); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.attachNet(ctx, vm, nil); err != nil {
+	if err := d.netEngine().attachNet(ctx, vm, nil); err != nil {
 		t.Fatal(err)
 	}
 	l, err := d.store.LeaseForVM(ctx, vm.ID)
@@ -225,10 +228,10 @@ func TestForwardingRestoredAcrossDaemons(t *testing.T) {
 	d, f := tapDaemon(t, "172.30.0.0/24")
 	vm := tapVM(t, d, "one", "all")
 	var undo cleanup
-	if err := d.leaseNet(ctx, &vm, &undo); err != nil {
+	if err := d.netEngine().leaseNet(ctx, &vm, &undo); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.attachNet(ctx, vm, nil); err != nil {
+	if err := d.netEngine().attachNet(ctx, vm, nil); err != nil {
 		t.Fatal(err)
 	}
 	record := filepath.Join(d.layout.DataDir, network.FileForwardRecord)
@@ -240,7 +243,7 @@ func TestForwardingRestoredAcrossDaemons(t *testing.T) {
 	}
 	// Shutdown with a tap VM running leaves forwarding on: it still
 	// needs it.
-	d.closeNetwork(ctx)
+	d.netEngine().closeNetwork(ctx)
 	if on, _ := f.Forwarding(ctx); !on {
 		t.Fatal("shutdown switched forwarding off under a running tap VM")
 	}
@@ -253,7 +256,7 @@ func TestForwardingRestoredAcrossDaemons(t *testing.T) {
 	if d.net, err = d.newNetwork(f); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.reconcileNetwork(ctx); err != nil {
+	if err := d.netEngine().reconcileNetwork(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if on, _ := f.Forwarding(ctx); on {
@@ -271,14 +274,14 @@ func TestForwardingRestoredAtShutdown(t *testing.T) {
 	d, f := tapDaemon(t, "172.30.0.0/24")
 	vm := tapVM(t, d, "one", "all")
 	var undo cleanup
-	if err := d.leaseNet(ctx, &vm, &undo); err != nil {
+	if err := d.netEngine().leaseNet(ctx, &vm, &undo); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.attachNet(ctx, vm, nil); err != nil {
+	if err := d.netEngine().attachNet(ctx, vm, nil); err != nil {
 		t.Fatal(err)
 	}
 	f.AddForeign("bg0f0f0fbr", network.KindBridge)
-	if err := d.detachNet(ctx, vm); err != nil {
+	if err := d.netEngine().detachNet(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.store.ReleaseLease(ctx, vm.ID); err != nil {
@@ -290,8 +293,29 @@ func TestForwardingRestoredAtShutdown(t *testing.T) {
 	if err := f.DeleteLink(ctx, "bg0f0f0fbr"); err != nil {
 		t.Fatal(err)
 	}
-	d.closeNetwork(ctx)
+	d.netEngine().closeNetwork(ctx)
 	if on, _ := f.Forwarding(ctx); on {
 		t.Error("shutdown with no tap VM left forwarding on")
+	}
+}
+
+// TestNetEngineOverDeps: the network engine takes its defaults from its
+// deps, not from a daemon's config.
+func TestNetEngineOverDeps(t *testing.T) {
+	ctx := context.Background()
+	d, f := tapDaemon(t, "172.30.0.0/24")
+	e := newNetEngine(netDeps{store: d.store, mgr: d.net, mu: &sync.Mutex{}, log: d.log,
+		defaultNet: config.NetTap, dns: []string{"192.0.2.9"}})
+	req := api.CreateVMRequest{}
+	if err := e.validateNet(ctx, &req); err != nil || req.Net != config.NetTap {
+		t.Fatalf("default: %v %q", err, req.Net)
+	}
+	args := e.tapKernelArgs(store.Lease{Addr: netip.MustParsePrefix("172.30.0.2/24")})
+	want := []string{"banger.ip=172.30.0.2/24", "banger.gw=172.30.0.1", "banger.dns=192.0.2.9"}
+	if !slices.Equal(args, want) {
+		t.Fatalf("kernel args = %q, want %q", args, want)
+	}
+	if len(f.Calls) != 0 {
+		t.Errorf("the engine touched the host: %v", f.Calls)
 	}
 }

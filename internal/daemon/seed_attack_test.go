@@ -212,7 +212,7 @@ func TestImportImageRefusesLinks(t *testing.T) {
 			d.layout = paths.Layout{ImagesDir: filepath.Join(t.TempDir(), "images")}
 			src := good(t)
 			plant(src)
-			img, err := d.ImportImage(ctx, src)
+			img, err := d.imageEngine().ImportImage(ctx, src)
 			var ae *api.Error
 			if !errors.As(err, &ae) || ae.Code != api.CodeInvalid || !strings.Contains(ae.Message, "not a regular file") && !strings.Contains(ae.Message, "not a directory") {
 				t.Fatalf("import: %+v %v", img, err)
@@ -231,7 +231,7 @@ func TestImportImageRefusesLinks(t *testing.T) {
 		d.layout = paths.Layout{ImagesDir: filepath.Join(t.TempDir(), "images")}
 		src := good(t)
 		os.Symlink(host, filepath.Join(src, image.DirWorkSeed, "hostdir"))
-		img, err := d.ImportImage(ctx, src)
+		img, err := d.imageEngine().ImportImage(ctx, src)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -316,7 +316,7 @@ func TestRegisterImageCraftedRootDoesNotWriteHost(t *testing.T) {
 
 	d := testDaemon(t, nil)
 	d.layout = paths.Layout{ImagesDir: filepath.Join(t.TempDir(), "images")}
-	_, err := d.RegisterImage(ctx, api.RegisterImageRequest{Name: "crafted", Rootfs: rootfs, Kernel: kernel, Modules: mods})
+	_, err := d.imageEngine().RegisterImage(ctx, api.RegisterImageRequest{Name: "crafted", Rootfs: rootfs, Kernel: kernel, Modules: mods})
 	if after := escapetest.Snapshot(t, host); after != before {
 		t.Fatalf("host file changed by register:\n%s\nwas:\n%s", after, before)
 	}
@@ -354,7 +354,7 @@ func TestRegisterImageRootIsLink(t *testing.T) {
 	}
 	d := testDaemon(t, nil)
 	d.layout = paths.Layout{ImagesDir: filepath.Join(t.TempDir(), "images")}
-	img, err := d.RegisterImage(ctx, api.RegisterImageRequest{Name: "linked", Rootfs: rootfs, Kernel: kernel})
+	img, err := d.imageEngine().RegisterImage(ctx, api.RegisterImageRequest{Name: "linked", Rootfs: rootfs, Kernel: kernel})
 	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Code != api.CodeInvalid || !strings.Contains(ae.Message, "/root") {
 		fi, _ := os.Lstat(filepath.Join(img.Dir, image.DirWorkSeed))
@@ -371,7 +371,7 @@ func TestRegisterImageRootIsLink(t *testing.T) {
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", tree, rootfs, "64M").CombinedOutput(); err != nil {
 		t.Fatalf("mkfs: %v %s", err, out)
 	}
-	img, err = d.RegisterImage(ctx, api.RegisterImageRequest{Name: "linked", Rootfs: rootfs, Kernel: kernel})
+	img, err = d.imageEngine().RegisterImage(ctx, api.RegisterImageRequest{Name: "linked", Rootfs: rootfs, Kernel: kernel})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -88,7 +88,7 @@ func TestImportRefusedWhenDiskLow(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := spaceDaemon(t, 200<<20)
-	_, err := d.ImportImage(context.Background(), img.Dir)
+	_, err := d.imageEngine().ImportImage(context.Background(), img.Dir)
 	if !errors.Is(err, system.ErrNoSpace) || !strings.Contains(err.Error(), d.layout.ImagesDir) {
 		t.Fatalf("err = %v", err)
 	}

@@ -84,7 +84,7 @@ func (d *Daemon) validateCreate(ctx context.Context, req *api.CreateVMRequest) (
 	if req.Egress != "all" && req.Egress != "none" {
 		return store.Image{}, api.Errorf(api.CodeInvalid, "use --egress all or --egress none", "unknown egress mode %q", req.Egress)
 	}
-	if err := d.validateNet(ctx, req); err != nil {
+	if err := d.netEngine().validateNet(ctx, req); err != nil {
 		return store.Image{}, err
 	}
 	if _, err := d.store.GetVM(ctx, req.Name); err == nil {
@@ -166,7 +166,7 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string,
 		// manifest now, once, without a rebuild.
 		if needsHeal(img) {
 			err := stage("heal", func(ctx context.Context) error {
-				healed, err := d.healImage(ctx, img)
+				healed, err := d.imageEngine().healImage(ctx, img)
 				img = healed
 				return err
 			})
@@ -246,7 +246,7 @@ func (d *Daemon) createPrepare(ctx context.Context, r *vmRun) error {
 	}
 	if isTap(*vm) {
 		// The guest has its own address: no forwards.
-		return d.leaseNet(ctx, vm, undo)
+		return d.netEngine().leaseNet(ctx, vm, undo)
 	}
 	for _, gp := range []int{guestSSHPort, guestOpencodePort} {
 		hp, err := d.store.AllocatePort(ctx, vmID, gp, freeLocalPort)
@@ -282,7 +282,7 @@ func (d *Daemon) createDisks(ctx context.Context, r *vmRun) error {
 
 // createNetwork attaches a tap VM to banger's bridge.
 func (d *Daemon) createNetwork(ctx context.Context, r *vmRun) error {
-	return d.attachNet(ctx, *r.vm, r.undo)
+	return d.netEngine().attachNet(ctx, *r.vm, r.undo)
 }
 
 // noServiceWait skips the services step: the image has no opencode, or
@@ -301,7 +301,7 @@ func (d *Daemon) createServices(ctx context.Context, r *vmRun) error {
 // accepts on the host side before the guest listens, so a TCP connect
 // alone proves nothing).
 func (d *Daemon) waitOpencode(ctx context.Context, vm store.VM) error {
-	addr, err := d.guestEndpoint(ctx, vm, guestOpencodePort)
+	addr, err := d.netEngine().guestEndpoint(ctx, vm, guestOpencodePort)
 	if err != nil {
 		return err
 	}
@@ -497,7 +497,7 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		if err != nil {
 			return vmm.Spec{}, fmt.Errorf("lease of %s: %w", vm.Name, err)
 		}
-		args = d.tapKernelArgs(l)
+		args = d.netEngine().tapKernelArgs(l)
 		nic = vmm.Net{Mode: vmm.NetTap, TapDevice: l.Tap, MAC: l.MAC}
 		// Forwards belong to user networking.
 		ports = nil

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/config"
-	"github.com/bangerdev/banger/internal/network"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/vmm"
 )
@@ -57,61 +55,11 @@ func (d *Daemon) runAs(ctx context.Context, vm *store.VM, spec *vmm.Spec, persis
 	}
 	spec.UID, spec.GID = int(uid), int(uid)
 	if spec.Net.Mode != vmm.NetTap && spec.Egress == config.EgressAll {
-		if err := d.applyLocalGuard(ctx); err != nil {
+		if err := d.netEngine().applyLocalGuard(ctx); err != nil {
 			return fmt.Errorf("close the host's local addresses to the VM (egress all): %w", err)
 		}
 	}
 	return nil
-}
-
-// localGuard is the instance's guard and its kernel side; ok is false
-// when the network host cannot filter (a test fake) or per-VM users
-// are off.
-func (d *Daemon) localGuard() (network.Guard, network.LocalGuard, bool) {
-	r := d.cfg.VMMProcess.UIDs()
-	g, ok := d.net.Host.(network.Guard)
-	if !ok || r.Empty() || os.Geteuid() != 0 {
-		return nil, network.LocalGuard{}, false
-	}
-	// The tap subnet too: other VMs live there.
-	return g, network.LocalGuard{Table: d.net.Names.GuardTable(), First: r.First, Last: r.Last, Blocked: []netip.Prefix{d.net.Subnet}}, true
-}
-
-func (d *Daemon) applyLocalGuard(ctx context.Context) error {
-	g, lg, ok := d.localGuard()
-	if !ok {
-		return nil
-	}
-	return g.ApplyLocalGuard(ctx, lg)
-}
-
-// syncLocalGuard keeps the guard exactly while a user-mode VM with
-// egress all may run: VMMs outlive the daemon, so at start and at
-// shutdown it is applied if one is running and removed otherwise.
-func (d *Daemon) syncLocalGuard(ctx context.Context) {
-	g, lg, ok := d.localGuard()
-	if !ok {
-		return
-	}
-	vms, err := d.store.ListVMs(ctx)
-	if err != nil {
-		d.log.Warn("local guard: list VMs", "err", err)
-		return
-	}
-	need := false
-	for _, vm := range vms {
-		if vm.State == api.VMRunning && !isTap(vm) && vm.Egress == config.EgressAll {
-			need = true
-		}
-	}
-	if need {
-		err = g.ApplyLocalGuard(ctx, lg)
-	} else {
-		err = g.DeleteLocalGuard(ctx, lg.Table)
-	}
-	if err != nil {
-		d.log.Warn("local guard", "table", lg.Table, "apply", need, "err", err)
-	}
 }
 
 // startVMMUsers runs at daemon start, after reconcile: the uids of
@@ -123,7 +71,7 @@ func (d *Daemon) startVMMUsers(ctx context.Context) {
 	} else if n > 0 {
 		d.log.Info("released uids of throwaway VMs of a previous daemon", "count", n)
 	}
-	d.syncLocalGuard(ctx)
+	d.netEngine().syncLocalGuard(ctx)
 }
 
 // uidsInUse reports the uids some process on the host runs as (real,

@@ -85,7 +85,7 @@ func TestRunAsGivesEachVMItsOwnUser(t *testing.T) {
 	}
 	// Guard follows the running VMs at start and shutdown.
 	g.applied, g.deleted = nil, nil
-	d.syncLocalGuard(ctx)
+	d.netEngine().syncLocalGuard(ctx)
 	if len(g.deleted) != 1 || len(g.applied) != 0 {
 		t.Fatalf("no VM running: applied %v deleted %v", g.applied, g.deleted)
 	}
@@ -102,7 +102,7 @@ func TestRunAsGivesEachVMItsOwnUser(t *testing.T) {
 			}
 		}
 	}
-	d.syncLocalGuard(ctx)
+	d.netEngine().syncLocalGuard(ctx)
 	if len(g.applied) != 1 {
 		t.Fatalf("user-mode egress-all VM running: applied %v deleted %v", g.applied, g.deleted)
 	}
