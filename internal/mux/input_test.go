@@ -15,7 +15,7 @@ func TestServeInput(t *testing.T) {
 	w.WriteResize(24, 80)
 	w.WriteSignal(15)
 	buf.Write([]byte{byte(Signal), 0, 0, 0, 1, 0}) // signal 0: out of range, dropped
-	w.WriteFrame(Stdout, []byte("x"))  // not the client's to send
+	w.WriteFrame(Stdout, []byte("x"))              // not the client's to send
 	w.WriteStdinClose()
 	w.WriteFrame(Stdin, []byte("c"))
 
