@@ -19,12 +19,7 @@ import (
 // and that a late watcher replays the same from the record.
 func TestOperationWatch(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ops := newOps(opsDeps{store: st, log: slog.New(slog.NewTextHandler(io.Discard, nil)), base: ctx})
+	ops := testOps(t)
 	release := make(chan struct{})
 	id, err := ops.start(ctx, "test", "x", func(ctx context.Context, stage stageFunc) (any, error) {
 		if err := stage("one", func(context.Context) error { <-release; return nil }); err != nil {
@@ -90,12 +85,7 @@ func TestOperationWatch(t *testing.T) {
 // the daemon's limited connections.
 func TestOperationWatchEndsWithItsClient(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ops := newOps(opsDeps{store: st, log: slog.New(slog.NewTextHandler(io.Discard, nil)), base: ctx})
+	ops := testOps(t)
 	release := make(chan struct{})
 	defer close(release)
 	id, err := ops.start(ctx, "test", "x", func(ctx context.Context, stage stageFunc) (any, error) {
@@ -139,12 +129,7 @@ func TestOperationWatchEndsWithItsClient(t *testing.T) {
 // not_found *api.Error, which the HTTP layer sends as 404.
 func TestOperationNotFound(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ops := newOps(opsDeps{store: st, log: slog.New(slog.NewTextHandler(io.Discard, nil)), base: ctx})
+	ops := testOps(t)
 	if _, err := ops.GetOperation(ctx, "nope"); !errors.Is(err, api.ErrNotFound) || err.Error() != `no operation "nope"` {
 		t.Fatalf("get: %v", err)
 	}
@@ -155,4 +140,17 @@ func TestOperationNotFound(t *testing.T) {
 	if err != nil || list == nil || len(list) != 0 {
 		t.Fatalf("list: %v %v", list, err)
 	}
+}
+
+// testOps is an operations engine over a real SQLite store in a
+// temporary directory.
+func testOps(t *testing.T) *operations {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return newOps(opsDeps{store: st, log: slog.New(slog.NewTextHandler(io.Discard, nil)), base: ctx})
 }
