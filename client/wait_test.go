@@ -27,10 +27,7 @@ func serveEvents(t *testing.T, events ...api.Event) *Client {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	return NewWithDialer("test", func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", srv.Listener.Addr().String())
-	})
+	return tcpClient(srv)
 }
 
 func TestWaitVMDecodesResult(t *testing.T) {
@@ -103,10 +100,7 @@ func serveOp(t *testing.T, rec api.Operation, vm api.VM, events ...api.Event) *C
 		}
 	}))
 	t.Cleanup(srv.Close)
-	return NewWithDialer("test", func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", srv.Listener.Addr().String())
-	})
+	return tcpClient(srv)
 }
 
 // A stream that ends while the record still says running (the daemon
@@ -135,4 +129,12 @@ func TestWaitWithoutResultReadsTarget(t *testing.T) {
 	if err != nil || vm.Name != "dev" || vm.State != api.VMRunning {
 		t.Fatalf("WaitVM = %+v, %v", vm, err)
 	}
+}
+
+// tcpClient is a Client of srv over TCP instead of the daemon's socket.
+func tcpClient(srv *httptest.Server) *Client {
+	return NewWithDialer("test", func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", srv.Listener.Addr().String())
+	})
 }
