@@ -45,6 +45,23 @@ type SeedConfig struct {
 	// under /root with mode 0600 at every boot, before sshd and the
 	// agents start. They are secrets: never log their contents.
 	AuthFiles []SeedFile `json:"auth_files,omitempty"`
+	// Egress, when set, sends the guest's network through the host's
+	// egress gateway (see egress.go).
+	Egress *SeedEgress `json:"egress,omitempty"`
+}
+
+// SeedEgress configures the guest side of the egress gateway.
+type SeedEgress struct {
+	// Gateway: redirect every outbound TCP connection and DNS query to
+	// the agent, which hands them to the host.
+	Gateway bool `json:"gateway"`
+	// CACert is the PEM certificate of this banger instance's broker
+	// CA, installed in the guest's trust store and named by
+	// NODE_EXTRA_CA_CERTS; empty when no credential is brokered.
+	CACert string `json:"ca_cert,omitempty"`
+	// Env is added to every session's and exec's environment and to
+	// /etc/environment: the API-key variables, holding placeholders.
+	Env map[string]string `json:"env,omitempty"`
 }
 
 // SeedFile is one file carried by the seed config. Path is relative to
