@@ -102,14 +102,14 @@ func parseRule(s string) (Rule, error) {
 	if strings.Contains(host, ":") {
 		return Rule{}, errors.New("not an IPv6 address (put a port after [ADDRESS])")
 	}
-	host = strings.TrimSuffix(host, ".")
 	if strings.HasPrefix(host, "*.") {
 		r.Wildcard = true
-		host = host[2:]
+		host = strings.TrimSuffix(host[2:], ".")
 		if host == "" {
 			return Rule{}, errors.New(`"*." needs a domain after it, as in "*.example.com"`)
 		}
 	}
+	host = strings.TrimSuffix(host, ".")
 	if strings.Contains(host, "*") {
 		return Rule{}, errors.New(`"*" may only start a pattern, as "*." before a domain`)
 	}
