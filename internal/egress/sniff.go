@@ -170,22 +170,30 @@ func (c *cursor) u16() int {
 // hs is not a ClientHello; need when hs ends before the SNI (or the end
 // of the extensions) was reached.
 func parseClientHello(hs []byte) (name string, ok, need bool) {
-	c := &cursor{b: hs}
-	if t := c.take(1); t == nil {
+	if len(hs) == 0 {
 		return "", true, true
-	} else if t[0] != 1 {
+	}
+	if hs[0] != 1 {
 		return "", false, false
 	}
-	c.take(3)       // handshake length: the records may hold only part
+	if len(hs) < 4 {
+		return "", true, true
+	}
+	// The records may hold only part of the hello: read what is there,
+	// and know whether running out means "truncated" or "malformed".
+	n := int(hs[1])<<16 | int(hs[2])<<8 | int(hs[3])
+	body := hs[4:]
+	truncated := len(body) < n
+	if !truncated {
+		body = body[:n]
+	}
+	c := &cursor{b: body}
 	c.take(2)       // client_version
 	c.take(32)      // random
 	c.take(c.u8())  // session id
 	c.take(c.u16()) // cipher suites
 	c.take(c.u8())  // compression methods
-	if c.short {
-		return "", true, true
-	}
-	if len(c.b) == 0 {
+	if !c.short && len(c.b) == 0 && !truncated {
 		return "", true, false // no extensions at all (old clients)
 	}
 	extLen := c.u16()
@@ -196,15 +204,11 @@ func parseClientHello(hs []byte) (name string, ok, need bool) {
 			break
 		}
 		extLen -= 4 + len(data)
-		if typ != 0 {
-			continue
+		if typ == 0 {
+			return serverName(data), true, false
 		}
-		return serverName(data), true, false
 	}
-	if c.short {
-		return "", true, true
-	}
-	return "", true, false
+	return "", true, c.short && truncated
 }
 
 // serverName reads the host_name entry of a server_name extension.
