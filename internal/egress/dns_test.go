@@ -151,3 +151,5 @@ func FuzzAnswerDNS(f *testing.F) {
 }
 
 func netipFrom4(a [4]byte) netip.Addr { return netip.AddrFrom4(a) }
+
+type dnsMsg = dnsmessage.Message

@@ -33,6 +33,8 @@ const (
 	// writeTimeout bounds the reply line and a denial's payload, so a
 	// guest that never reads cannot hold a goroutine.
 	writeTimeout = 10 * time.Second
+	// denyPeekTimeout bounds the look at a denied stream's first bytes.
+	denyPeekTimeout = 500 * time.Millisecond
 )
 
 // Resolver looks names up; *net.Resolver is one.
@@ -226,7 +228,7 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 		// The address alone decides: do not hold back a client that
 		// waits for the server to speak first (SSH, SMTP).
 	} else {
-		name, kind = g.peekName(s, br)
+		name, kind = g.peekName(s, br, g.opts.SniffTimeout)
 		sniffed = true
 	}
 	rec.Name = name
@@ -289,9 +291,9 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 }
 
 // peekName holds back the stream's first bytes (up to MaxSniff, for at
-// most SniffTimeout) until Sniff can name the host. They stay in br.
-func (g *Gateway) peekName(s net.Conn, br *bufio.Reader) (name, kind string) {
-	_ = s.SetReadDeadline(time.Now().Add(g.opts.SniffTimeout))
+// most timeout) until Sniff can name the host. They stay in br.
+func (g *Gateway) peekName(s net.Conn, br *bufio.Reader, timeout time.Duration) (name, kind string) {
+	_ = s.SetReadDeadline(time.Now().Add(timeout))
 	defer s.SetReadDeadline(time.Time{})
 	for {
 		b, _ := br.Peek(br.Buffered())
@@ -324,15 +326,10 @@ func (g *Gateway) deny(vm VMRef, s net.Conn, br *bufio.Reader, msg, kind string,
 		return
 	}
 	if !sniffed {
-		// Only a short look: the client may be waiting for the server.
-		_ = s.SetReadDeadline(time.Now().Add(g.opts.SniffTimeout))
-		b, _ := br.Peek(1)
-		if len(b) > 0 {
-			_, _ = br.Peek(min(br.Buffered()+64, MaxSniff)) // best effort; up to the deadline
-			b, _ = br.Peek(br.Buffered())
-			_, kind, _ = sniff(b)
-		}
-		_ = s.SetReadDeadline(time.Time{})
+		// Only a short look, for the payload: HTTP and TLS clients speak
+		// at once, and a client waiting for the server should not wait
+		// long for its refusal.
+		_, kind = g.peekName(s, br, min(g.opts.SniffTimeout, denyPeekTimeout))
 	}
 	_ = s.SetWriteDeadline(time.Now().Add(writeTimeout))
 	switch kind {
