@@ -241,3 +241,32 @@ func itoa(i int) string {
 	}
 	return string(b)
 }
+
+func FuzzParseRule(f *testing.F) {
+	for _, s := range []string{"api.example.com", "*.example.com", "github.com:443", "10.0.0.0/8", "[2001:db8::1]:443",
+		"2001:db8::/32", "*.", "*", "a..b", "[::1", ":80", "x:65536", "A.B.", "::ffff:1.2.3.4"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := ParseRule(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseRule(r.String())
+		if err != nil {
+			t.Fatalf("canonical form %q of %q does not parse: %v", r.String(), s, err)
+		}
+		if again != r {
+			t.Fatalf("%q: %+v != %+v", s, again, r)
+		}
+		if (r.Host == "") == !r.Prefix.IsValid() {
+			t.Fatalf("%q is both or neither a name and a range: %+v", s, r)
+		}
+		if r.Host != "" && NormalizeName(r.Host) != r.Host && !strings.Contains(r.Host, "_") {
+			// A host rule's name is the normalized form (address literals aside).
+			if _, err := netip.ParseAddr(r.Host); err == nil {
+				t.Fatalf("%q parsed as a name rule for an address", s)
+			}
+		}
+	})
+}
