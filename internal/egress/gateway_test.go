@@ -534,3 +534,47 @@ func TestGatewayBroker(t *testing.T) {
 		t.Fatal("upstream connection not closed")
 	}
 }
+
+// FuzzHandle feeds a stream of hostile bytes to the gateway: it must
+// answer or close, record once, and never panic (the recover in Handle
+// would log "internal error").
+func FuzzHandle(f *testing.F) {
+	f.Add([]byte(`{"kind":"tcp","dst":"198.18.0.1:443"}` + "\n" + "GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"))
+	f.Add([]byte(`{"kind":"tcp","dst":"203.0.113.1:443"}` + "\n\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00"))
+	f.Add([]byte(`{"kind":"dns"}` + "\n\x00\x0c\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"))
+	f.Add([]byte(`{"kind":"tcp","dst":"[::1]:22"}` + "\n"))
+	pol, _ := NewPolicy("p", []string{"*.example", "203.0.113.0/24:443"}, []string{"b.example"})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		recs := make(chan Record, 2)
+		g := New(Options{
+			Policy:       func(string) (Policy, string, bool) { return pol, "p", true },
+			Record:       func(r Record) { recs <- r },
+			Resolve:      map[string]string{"a.example": "127.0.0.1:1"},
+			Resolver:     fakeResolver{},
+			SniffTimeout: 20 * time.Millisecond,
+			DialTimeout:  100 * time.Millisecond,
+		})
+		g.FakeIPs("id").Addr("a.example")
+		guest, host := tcpPair(t)
+		done := make(chan struct{})
+		go func() {
+			g.Handle(context.Background(), VMRef{ID: "id", Name: "v"}, host)
+			close(done)
+		}()
+		go func() {
+			_, _ = guest.Write(b)
+			_ = guest.(*net.TCPConn).CloseWrite()
+		}()
+		_ = guest.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.Copy(io.Discard, guest)
+		guest.Close()
+		<-done
+		rec := <-recs
+		if rec.Note == "internal error" {
+			t.Fatal("Handle panicked")
+		}
+		if len(recs) != 0 {
+			t.Fatal("two records")
+		}
+	})
+}
