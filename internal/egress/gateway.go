@@ -190,6 +190,8 @@ func (g *Gateway) handleDNS(vm VMRef, s net.Conn, br *bufio.Reader, pol Policy, 
 	}
 }
 
+const leakNote = "a credential placeholder was sent to a host that is not brokered; connection cut"
+
 // errRefused marks an upstream the gateway will not dial for safety; the
 // connection is denied, not failed.
 type errRefused struct{ msg string }
@@ -259,6 +261,15 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 		return
 	}
 
+	if sniffed && g.opts.Broker != nil {
+		// The first bytes are at hand: a placeholder in them never gets
+		// as far as a connection upstream.
+		if b, _ := br.Peek(br.Buffered()); g.opts.Broker.Leak(vm, b) {
+			rec.Decision, rec.Note = DecisionLeak, leakNote
+			g.deny(vm, s, br, fmt.Sprintf("banger egress: a credential placeholder was sent to %s:%d, which is not a brokered host; the connection was blocked", target, port), kind, true)
+			return
+		}
+	}
 	up, err := dial(ctx)
 	if err != nil {
 		var refused *errRefused
@@ -269,7 +280,7 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 			return
 		}
 		rec.Note = truncate("upstream: "+err.Error(), 200)
-		_ = g.reply(s, agentapi.EgressReply{Message: fmt.Sprintf("banger egress: cannot reach %s:%d: %v", target, port, err)})
+		_ = g.reply(s, agentapi.EgressReply{Message: truncate(fmt.Sprintf("banger egress: cannot reach %s:%d: %v", target, port, err), 1024)})
 		return
 	}
 	defer up.Close()
@@ -285,8 +296,7 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 	up1, down, leaked := splice(s, br, up, leak)
 	rec.BytesUp, rec.BytesDown = up1, down
 	if leaked {
-		rec.Decision = DecisionLeak
-		rec.Note = "a credential placeholder was sent to a host that is not brokered; connection cut"
+		rec.Decision, rec.Note = DecisionLeak, leakNote
 	}
 }
 

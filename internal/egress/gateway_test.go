@@ -497,10 +497,11 @@ func (b *fakeBroker) Leak(_ VMRef, p []byte) bool { return bytes.Contains(p, []b
 
 func TestGatewayBroker(t *testing.T) {
 	up := newUpstream(t, "")
+	plain := newUpstream(t, "")
 	br := &fakeBroker{served: make(chan string, 1)}
 	tg := newTestGW(t, mustPolicy(t, []string{"broker.example", "plain.example"}, nil), func(o *Options) {
 		o.Broker = br
-		o.Resolve = map[string]string{"broker.example": up.addr, "plain.example": up.addr}
+		o.Resolve = map[string]string{"broker.example": up.addr, "plain.example": plain.addr}
 	})
 	hello := clientHello(t, "broker.example")
 	_, r := tg.open(agentapi.EgressOpen{Kind: "tcp", Dst: "203.0.113.1:443"}, string(hello))
@@ -514,20 +515,42 @@ func TestGatewayBroker(t *testing.T) {
 		t.Fatalf("record %+v", rec)
 	}
 
-	// A placeholder in plaintext to another host: cut before it leaves.
+	// A placeholder in plaintext to another host, seen while sniffing:
+	// refused before any upstream connection, with an explanation.
 	req := "POST / HTTP/1.1\r\nHost: plain.example\r\nAuthorization: Bearer sk-ant-banger-ph-123\r\n\r\n"
-	guest, r := tg.open(agentapi.EgressOpen{Kind: "tcp", Dst: "203.0.113.1:80"}, req)
-	if rep := readReply(t, r); !rep.Allow {
-		t.Fatal("denied")
+	_, r = tg.open(agentapi.EgressOpen{Kind: "tcp", Dst: "203.0.113.1:80"}, req)
+	if rep := readReply(t, r); rep.Allow || !strings.Contains(rep.Message, "placeholder") {
+		t.Fatalf("reply %+v", rep)
 	}
-	_ = guest.(*net.TCPConn).CloseWrite()
-	_, _ = io.ReadAll(r)
+	if rest, _ := io.ReadAll(r); !strings.HasPrefix(string(rest), "HTTP/1.1 403") {
+		t.Fatalf("payload %q", rest)
+	}
 	if rec := tg.record(); rec.Decision != DecisionLeak || rec.BytesUp != 0 {
 		t.Fatalf("record %+v", rec)
 	}
+	if n := plain.accepts.Load(); n != 0 {
+		t.Fatalf("upstream dialed %d times", n)
+	}
+
+	// Through a fake address nothing is sniffed: the splice checks the
+	// start of the stream and cuts it before the placeholder leaves.
+	fake := tg.g.FakeIPs("id1").Addr("plain.example")
+	guest, r := tg.open(agentapi.EgressOpen{Kind: "tcp", Dst: fake.String() + ":80"}, "")
+	if rep := readReply(t, r); !rep.Allow {
+		t.Fatal("denied")
+	}
+	_, _ = io.WriteString(guest, "POST / HTTP/1.1\r\nHost: plain.example\r\n")
+	time.Sleep(50 * time.Millisecond)
+	_, _ = io.WriteString(guest, "Authorization: Bearer sk-ant-banger-ph-123\r\n\r\n")
+	_ = guest.(*net.TCPConn).CloseWrite()
+	_, _ = io.ReadAll(r)
+	rec := tg.record()
+	if rec.Decision != DecisionLeak {
+		t.Fatalf("record %+v", rec)
+	}
 	select {
-	case got := <-up.got:
-		if len(got) != 0 {
+	case got := <-plain.got:
+		if bytes.Contains(got, []byte("banger-ph-")) {
 			t.Fatalf("upstream received %q", got)
 		}
 	case <-time.After(5 * time.Second):
