@@ -202,7 +202,7 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 	dst, err := netip.ParseAddrPort(dstText)
 	if err != nil || dst.Port() == 0 || !dst.Addr().IsValid() {
 		rec.Note = truncate("bad destination "+strconv.Quote(dstText), 100)
-		g.deny(vm, s, br, "banger egress: the agent sent no valid destination", "", false)
+		g.deny(s, br, "banger egress: the agent sent no valid destination", "", false)
 		return
 	}
 	ip := dst.Addr().Unmap().WithZone("")
@@ -210,7 +210,7 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 	rec.Addr, rec.Port = ip.String(), port
 	if !on {
 		rec.Note = "egress gateway off for this VM"
-		g.deny(vm, s, br, "banger egress: this VM's egress does not go through the gateway", "", false)
+		g.deny(s, br, "banger egress: this VM's egress does not go through the gateway", "", false)
 		return
 	}
 
@@ -222,7 +222,7 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 		n, ok := g.FakeIPs(vm.ID).Name(ip)
 		if !ok {
 			rec.Note = "fake address not mapped (an expired DNS answer)"
-			g.deny(vm, s, br, fmt.Sprintf("banger egress: %s is no longer mapped to a name for VM %q; look the name up again", ip, vm.Name), "", false)
+			g.deny(s, br, fmt.Sprintf("banger egress: %s is no longer mapped to a name for VM %q; look the name up again", ip, vm.Name), "", false)
 			return
 		}
 		name = n
@@ -241,7 +241,7 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 		target = ip.String()
 	}
 	if !d.Allow {
-		g.deny(vm, s, br, DenyMessage(vm.Name, label, target, port), kind, sniffed)
+		g.deny(s, br, DenyMessage(vm.Name, label, target, port), kind, sniffed)
 		return
 	}
 	rec.Decision = DecisionAllow
@@ -266,7 +266,7 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 		// as far as a connection upstream.
 		if b, _ := br.Peek(br.Buffered()); g.opts.Broker.Leak(vm, b) {
 			rec.Decision, rec.Note = DecisionLeak, leakNote
-			g.deny(vm, s, br, fmt.Sprintf("banger egress: a credential placeholder was sent to %s:%d, which is not a brokered host; the connection was blocked", target, port), kind, true)
+			g.deny(s, br, fmt.Sprintf("banger egress: a credential placeholder was sent to %s:%d, which is not a brokered host; the connection was blocked", target, port), kind, true)
 			return
 		}
 	}
@@ -276,7 +276,7 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 		if errors.As(err, &refused) {
 			rec.Decision = DecisionDeny
 			rec.Note = truncate(refused.msg, 200)
-			g.deny(vm, s, br, "banger egress: "+refused.msg, kind, sniffed)
+			g.deny(s, br, "banger egress: "+refused.msg, kind, sniffed)
 			return
 		}
 		rec.Note = truncate("upstream: "+err.Error(), 200)
@@ -331,7 +331,7 @@ var tlsAccessDenied = []byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 49}
 
 // deny writes the refusal line, then what the client will understand:
 // an HTTP 403 with msg as its body, or a TLS alert.
-func (g *Gateway) deny(vm VMRef, s net.Conn, br *bufio.Reader, msg, kind string, sniffed bool) {
+func (g *Gateway) deny(s net.Conn, br *bufio.Reader, msg, kind string, sniffed bool) {
 	if g.reply(s, agentapi.EgressReply{Message: msg}) != nil {
 		return
 	}
