@@ -119,7 +119,15 @@ func (g *Gateway) Forget(vmID string) {
 
 // Handle serves one guest-initiated egress stream of vm and closes s.
 // Everything read from s is hostile; Handle records the stream once,
-// when it ends.
+// when it ends. Cancelling ctx cuts the stream.
+//
+// The agent must forward the client's bytes right after the open line,
+// without waiting for the reply: for a connection without a fake
+// address the gateway reads them (SNI, Host) before it replies. After a
+// refusal it must still pass the gateway's bytes on (the 403 or TLS
+// alert). If s has a CloseWrite method it is used to half-close (for a
+// yamux stream: Stream.Close, which only sends FIN); without one, s is
+// closed once the upstream has finished sending.
 func (g *Gateway) Handle(ctx context.Context, vm VMRef, s net.Conn) {
 	rec := Record{Time: time.Now(), VMID: vm.ID, VM: vm.Name, Proto: agentapi.EgressKindTCP, Decision: DecisionDeny}
 	stop := context.AfterFunc(ctx, func() { s.Close() })

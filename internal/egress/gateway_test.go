@@ -4,10 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -600,4 +604,55 @@ func FuzzHandle(f *testing.F) {
 			t.Fatal("two records")
 		}
 	})
+}
+
+// replyConn is the guest's view through the agent: the first read
+// consumes the gateway's reply line.
+type replyConn struct {
+	net.Conn
+	br    *bufio.Reader
+	reply *agentapi.EgressReply
+}
+
+func (c *replyConn) Read(b []byte) (int, error) {
+	if c.reply == nil {
+		c.reply = &agentapi.EgressReply{}
+		if err := agentapi.ReadEgressLine(c.br, c.reply); err != nil {
+			return 0, err
+		}
+		if !c.reply.Allow {
+			return 0, errors.New(c.reply.Message)
+		}
+	}
+	return c.br.Read(b)
+}
+
+func TestGatewayTLSEndToEnd(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s", r.Host)
+	}))
+	defer srv.Close()
+	tg := newTestGW(t, mustPolicy(t, []string{"example.com:443"}, nil), func(o *Options) {
+		o.Resolve = map[string]string{"example.com:443": srv.Listener.Addr().String()}
+	})
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	guest, br := tg.open(agentapi.EgressOpen{Kind: "tcp", Dst: "203.0.113.7:443"}, "")
+	tc := tls.Client(&replyConn{Conn: guest, br: br}, &tls.Config{ServerName: "example.com", RootCAs: pool})
+	req, _ := http.NewRequest("GET", "https://example.com/", nil)
+	if err := req.Write(tc); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(tc), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if string(body) != "hello example.com" {
+		t.Fatalf("body %q", body)
+	}
+	tc.Close()
+	if rec := tg.record(); rec.Decision != DecisionAllow || rec.Name != "example.com" || rec.BytesUp == 0 || rec.BytesDown == 0 {
+		t.Fatalf("record %+v", rec)
+	}
 }
