@@ -309,7 +309,7 @@ func (p Policy) nameRule(name string) (string, bool) {
 	return "", false
 }
 
-// hasNameRules reports whether any name rule could change a decision
+// hasNameDeny reports whether a deny name rule could overturn an allow
 // made on the address alone: then the gateway waits for the name.
 func (p Policy) hasNameDeny() bool {
 	for _, r := range p.Deny {
