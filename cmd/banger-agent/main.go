@@ -69,6 +69,8 @@ func run(args []string, stderr io.Writer) int {
 			// Only the real root gets the kernel host name too.
 			opts.SetHostname = nil
 			opts.ReloadSystemd = nil
+			opts.UpdateCACerts = nil
+			opts.ApplyEgressRules = nil
 		}
 		opts.Log = log
 		if err := agent.Init(opts); err != nil {
@@ -99,7 +101,26 @@ func run(args []string, stderr io.Writer) int {
 // created the port yet when the agent starts).
 func serve(ctx context.Context, log *slog.Logger, port string, vport uint32) int {
 	srv := agent.NewServer(log)
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	if seed, err := agent.ReadSeedConfig(agent.DefaultSeedConfig); err != nil {
+		log.Info("no seed config: egress gateway off", "err", err)
+	} else if seed.Egress != nil {
+		env, err := agent.EgressEnv(seed.Egress)
+		if err != nil {
+			log.Warn("egress environment", "err", err)
+		}
+		agent.SetEgressEnv(env)
+		if seed.Egress.Gateway {
+			go func() {
+				err := agent.ServeEgress(ctx, log, srv)
+				if ctx.Err() == nil {
+					// Without the listeners the redirect refuses every
+					// connection: fail closed, but say so.
+					log.Error("egress gateway stopped", "err", err)
+				}
+			}()
+		}
+	}
 	go func() { errc <- srv.Serve(ctx, agent.VirtioPort(port)) }()
 	if vport != 0 {
 		go func() { errc <- serveVsock(ctx, log, srv, vport) }()
