@@ -49,10 +49,10 @@ type InitOptions struct {
 // DefaultInitOptions is what the guest runs at boot.
 func DefaultInitOptions() InitOptions {
 	return InitOptions{
-		Root:          "/",
-		SeedConfig:    DefaultSeedConfig,
-		Cmdline:       DefaultCmdline,
-		SetHostname:   func(name string) error { return unix.Sethostname([]byte(name)) },
+		Root:             "/",
+		SeedConfig:       DefaultSeedConfig,
+		Cmdline:          DefaultCmdline,
+		SetHostname:      func(name string) error { return unix.Sethostname([]byte(name)) },
 		ReloadSystemd:    reloadSystemd,
 		UpdateCACerts:    updateCACerts,
 		ApplyEgressRules: applyEgressRules,
