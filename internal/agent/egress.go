@@ -37,8 +37,11 @@ const (
 	egressReplyTimeout = 30 * time.Second
 	// denyDrainTimeout bounds the copy of a denial (403 or TLS alert).
 	denyDrainTimeout = 10 * time.Second
-	dnsTimeout       = 5 * time.Second
-	maxDNSMessage    = 4096
+	// lingerTimeout bounds the wait for a client to close after its
+	// answer (see lingerClose).
+	lingerTimeout = 2 * time.Second
+	dnsTimeout    = 5 * time.Second
+	maxDNSMessage = 4096
 	// maxDNSInFlight bounds concurrent DNS queries (each holds a
 	// goroutine and a stream).
 	maxDNSInFlight = 256
@@ -173,8 +176,14 @@ func (e *Egress) handleTCP(ctx context.Context, c net.Conn) {
 	up := make(chan struct{})
 	go func() {
 		defer close(up)
-		io.Copy(s, c)
-		closeWrite(s)
+		if _, err := io.Copy(s, c); err == nil {
+			closeWrite(s)
+			return
+		}
+		// The host stopped reading: keep draining the client until it
+		// closes (or the linger deadline), so that closing c never
+		// resets what the client has not read yet (a 403).
+		io.Copy(io.Discard, c)
 	}()
 	br := bufio.NewReaderSize(s, 32<<10)
 	_ = s.SetReadDeadline(time.Now().Add(egressReplyTimeout))
@@ -189,11 +198,29 @@ func (e *Egress) handleTCP(ctx context.Context, c net.Conn) {
 		log.Warn("egress denied", "message", reply.Message)
 		_ = s.SetReadDeadline(time.Now().Add(denyDrainTimeout))
 		io.Copy(c, br)
+		lingerClose(ctx, c, up)
 		return
 	}
 	_ = s.SetReadDeadline(time.Time{})
-	io.Copy(c, br)
+	if _, err := io.Copy(c, br); err != nil {
+		// The host stream broke (reset, session gone): so does the
+		// connection.
+		return
+	}
 	closeWrite(c)
+	select {
+	case <-up:
+	case <-ctx.Done():
+	}
+}
+
+// lingerClose ends a connection whose answer is complete: FIN first,
+// then a short wait for the client to close its side while up drains
+// what it still sends. Closing a socket with unread input sends RST,
+// which can destroy the answer before the client reads it.
+func lingerClose(ctx context.Context, c net.Conn, up <-chan struct{}) {
+	closeWrite(c)
+	_ = c.SetReadDeadline(time.Now().Add(lingerTimeout))
 	select {
 	case <-up:
 	case <-ctx.Done():
