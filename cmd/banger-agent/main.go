@@ -83,6 +83,22 @@ func run(args []string, stderr io.Writer) int {
 		// No signal context: the supervisor handles TERM itself (it
 		// passes it on to its session's command).
 		return agent.SuperviseCommand(args[1:], stderr, log)
+	case "egress-debug":
+		// Hidden: checks the guest side of the egress gateway on a real
+		// guest kernel (see agent.DebugEgress).
+		d := fs.Duration("for", 30*time.Second, "how long to serve")
+		if fs.Parse(args[1:]) != nil {
+			return 2
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		ctx, cancel := context.WithTimeout(ctx, *d)
+		defer cancel()
+		if err := agent.DebugEgress(ctx, log, os.Stdout); err != nil && ctx.Err() == nil {
+			log.Error("egress-debug", "err", err)
+			return 1
+		}
+		return 0
 	case "version", "--version", "-v":
 		fmt.Fprintln(stderr, buildinfo.Version, buildinfo.Commit)
 		return 0
