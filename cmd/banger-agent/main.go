@@ -94,7 +94,8 @@ func run(args []string, stderr io.Writer) int {
 		defer stop()
 		ctx, cancel := context.WithTimeout(ctx, *d)
 		defer cancel()
-		if err := agent.DebugEgress(ctx, log, os.Stdout); err != nil && ctx.Err() == nil {
+		dlog := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		if err := agent.DebugEgress(ctx, dlog, os.Stdout); err != nil && ctx.Err() == nil {
 			log.Error("egress-debug", "err", err)
 			return 1
 		}

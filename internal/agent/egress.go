@@ -159,8 +159,10 @@ func (e *Egress) handleTCP(ctx context.Context, c net.Conn) {
 		return
 	}
 	peer := addrPortOf(c.RemoteAddr())
+	t0 := time.Now()
 	att := e.attribute("tcp", peer, dst)
 	log := e.log.With("dst", dst.String(), "pid", att.PID, "process", att.Process, "session", att.Session)
+	log.Debug("egress connection", "peer", peer.String(), "attribution_took", time.Since(t0), "attribution_miss", att.miss)
 	s, err := e.open()
 	if err != nil {
 		// No host: the connection fails at once rather than hanging.

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -34,6 +35,8 @@ type attribution struct {
 	PID     int
 	Process string
 	Session string
+	// miss says why there is no PID (for the debug log).
+	miss string
 }
 
 // attribute finds the process that owns the guest socket with local
@@ -76,11 +79,11 @@ func attribute(procDir, proto string, local, remote netip.AddrPort, budget time.
 		}
 	}
 	if inode == 0 {
-		return attribution{}
+		return attribution{miss: "socket not in /proc/net/" + proto + "{,6}"}
 	}
 	pid := findSocketPID(procDir, inode, deadline)
 	if pid == 0 {
-		return attribution{}
+		return attribution{miss: fmt.Sprintf("no process holds socket %d (or the %s budget ran out)", inode, budget)}
 	}
 	a := attribution{PID: pid}
 	pidDir := filepath.Join(procDir, strconv.Itoa(pid))

@@ -119,10 +119,10 @@ func TestAttribute(t *testing.T) {
 		t.Fatalf("attribution %+v", got)
 	}
 	// No socket, or no time: unknown.
-	if got := attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:1"), netip.MustParseAddrPort("203.0.113.7:443"), time.Second); got != (attribution{}) {
+	if got := attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:1"), netip.MustParseAddrPort("203.0.113.7:443"), time.Second); got.PID != 0 || got.miss == "" {
 		t.Fatalf("attribution %+v", got)
 	}
-	if got := attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:50016"), netip.MustParseAddrPort("203.0.113.7:80"), -time.Second); got != (attribution{}) {
+	if got := attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:50016"), netip.MustParseAddrPort("203.0.113.7:80"), -time.Second); got.PID != 0 || got.miss == "" {
 		t.Fatalf("attribution past the deadline %+v", got)
 	}
 }
