@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -110,19 +111,31 @@ func TestAttribute(t *testing.T) {
 	littleEndian(t)
 	proc := fakeProc(t, "PATH=/bin\x00BANGER_SESSION=s-abc123\x00HOME=/root\x00")
 	// An IPv4 connection made from a dual-stack socket is found in tcp6.
-	got := attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:50016"), netip.MustParseAddrPort("203.0.113.7:80"), time.Second)
+	got := attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:50016"), netip.MustParseAddrPort("203.0.113.7:80"), time.Second, nil)
 	if got != (attribution{PID: 4321, Process: "curl", Session: "s-abc123"}) {
 		t.Fatalf("attribution %+v", got)
 	}
-	got = attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:50000"), netip.MustParseAddrPort("203.0.113.7:443"), time.Second)
+	got = attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:50000"), netip.MustParseAddrPort("203.0.113.7:443"), time.Second, nil)
 	if got != (attribution{PID: 17, Process: "other"}) {
 		t.Fatalf("attribution %+v", got)
 	}
+	// A hinted PID is looked at first (and a wrong hint costs nothing).
+	got = attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:50016"), netip.MustParseAddrPort("203.0.113.7:80"), time.Second, []int{17, 4321, 99999})
+	if got.PID != 4321 {
+		t.Fatalf("hinted attribution %+v", got)
+	}
+	var r recentPIDs
+	for _, p := range []int{1, 2, 3, 1, 0, 4, 5, 6, 7, 8, 9, 10} {
+		r.add(p)
+	}
+	if got := r.list(); !slices.Equal(got, []int{10, 9, 8, 7, 6, 5, 4, 1}) {
+		t.Fatalf("recent %v", got)
+	}
 	// No socket, or no time: unknown.
-	if got := attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:1"), netip.MustParseAddrPort("203.0.113.7:443"), time.Second); got.PID != 0 || got.miss == "" {
+	if got := attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:1"), netip.MustParseAddrPort("203.0.113.7:443"), time.Second, nil); got.PID != 0 || got.miss == "" {
 		t.Fatalf("attribution %+v", got)
 	}
-	if got := attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:50016"), netip.MustParseAddrPort("203.0.113.7:80"), -time.Second); got.PID != 0 || got.miss == "" {
+	if got := attribute(proc, "tcp", netip.MustParseAddrPort("10.0.2.15:50016"), netip.MustParseAddrPort("203.0.113.7:80"), -time.Second, nil); got.PID != 0 || got.miss == "" {
 		t.Fatalf("attribution past the deadline %+v", got)
 	}
 }
@@ -596,5 +609,58 @@ func TestEgressEnvInCommands(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Fatalf("exec env lacks %s:\n%s", want, got)
 		}
+	}
+}
+
+// TestHostSessionsNewest: streams go to the newest live host session; a
+// closed or forgotten one is skipped.
+func TestHostSessionsNewest(t *testing.T) {
+	var hs hostSessions
+	pair := func() (guest, host *yamux.Session) {
+		a, b := net.Pipe()
+		cfg := yamux.DefaultConfig()
+		cfg.LogOutput = io.Discard
+		guest, _ = yamux.Server(a, cfg)
+		host, _ = yamux.Client(b, cfg)
+		t.Cleanup(func() { guest.Close(); host.Close() })
+		return guest, host
+	}
+	g1, h1 := pair()
+	g2, h2 := pair()
+	hs.add(g1)
+	forget2 := hs.add(g2)
+	which := func() *yamux.Session {
+		s, err := hs.open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		s.Write([]byte("x"))
+		got := make(chan *yamux.Session, 2)
+		for _, h := range []*yamux.Session{h1, h2} {
+			go func() {
+				if _, err := h.Accept(); err == nil {
+					got <- h
+				}
+			}()
+		}
+		select {
+		case h := <-got:
+			return h
+		case <-time.After(5 * time.Second):
+			t.Fatal("no host accepted the stream")
+			return nil
+		}
+	}
+	if which() != h2 {
+		t.Fatal("stream did not go to the newest session")
+	}
+	forget2()
+	if which() != h1 {
+		t.Fatal("stream did not go to the remaining session")
+	}
+	g1.Close()
+	if _, err := hs.open(); !errors.Is(err, ErrNoHost) {
+		t.Fatalf("open with only a closed session: %v", err)
 	}
 }
