@@ -629,6 +629,17 @@ func TestHostSessionsNewest(t *testing.T) {
 	g2, h2 := pair()
 	hs.add(g1)
 	forget2 := hs.add(g2)
+	got := make(chan *yamux.Session, 4)
+	for _, h := range []*yamux.Session{h1, h2} {
+		go func() {
+			for {
+				if _, err := h.Accept(); err != nil {
+					return
+				}
+				got <- h
+			}
+		}()
+	}
 	which := func() *yamux.Session {
 		s, err := hs.open()
 		if err != nil {
@@ -636,14 +647,6 @@ func TestHostSessionsNewest(t *testing.T) {
 		}
 		defer s.Close()
 		s.Write([]byte("x"))
-		got := make(chan *yamux.Session, 2)
-		for _, h := range []*yamux.Session{h1, h2} {
-			go func() {
-				if _, err := h.Accept(); err == nil {
-					got <- h
-				}
-			}()
-		}
 		select {
 		case h := <-got:
 			return h
