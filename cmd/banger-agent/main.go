@@ -23,7 +23,7 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
-const usage = `usage: banger-agent serve [--port PATH] [--vsock-port N]
+const usage = `usage: banger-agent serve [--port PATH] [--vsock-port N] [--seed PATH]
        banger-agent init [--seed PATH] [--cmdline PATH] [--root DIR]
        banger-agent supervise --dir DIR   (started by serve, one per session)
        banger-agent version
@@ -50,13 +50,14 @@ func run(args []string, stderr io.Writer) int {
 	case "serve":
 		port := fs.String("port", agent.DefaultPort, "virtio-serial port to the host (QEMU)")
 		vport := fs.Uint("vsock-port", agentapi.AgentVsockPort, "AF_VSOCK port to listen on (Firecracker); 0 disables")
+		seed := fs.String("seed", agent.DefaultSeedConfig, "seed config (JSON): its egress settings")
 		if fs.Parse(args[1:]) != nil {
 			return 2
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
 		log.Info("banger-agent serving", "version", buildinfo.Version, "port", *port, "vsock_port", *vport)
-		return serve(ctx, log, *port, uint32(*vport))
+		return serve(ctx, log, *port, uint32(*vport), *seed)
 	case "init":
 		opts := agent.DefaultInitOptions()
 		fs.StringVar(&opts.SeedConfig, "seed", opts.SeedConfig, "seed config (JSON)")
@@ -116,10 +117,10 @@ func run(args []string, stderr io.Writer) int {
 // for its device on its own; a guest without one of them just never gets
 // a host there, so the agent need not guess its VMM (udev may not have
 // created the port yet when the agent starts).
-func serve(ctx context.Context, log *slog.Logger, port string, vport uint32) int {
+func serve(ctx context.Context, log *slog.Logger, port string, vport uint32, seedPath string) int {
 	srv := agent.NewServer(log)
 	errc := make(chan error, 3)
-	if seed, err := agent.ReadSeedConfig(agent.DefaultSeedConfig); err != nil {
+	if seed, err := agent.ReadSeedConfig(seedPath); err != nil {
 		log.Info("no seed config: egress gateway off", "err", err)
 	} else if seed.Egress != nil {
 		env, err := agent.EgressEnv(seed.Egress)
