@@ -264,8 +264,12 @@ func (e *Egress) ServeDNSUDP(ctx context.Context, pc net.PacketConn) error {
 			att := e.attribute("udp", addrPortOf(addr), netip.AddrPort{})
 			ans, err := e.queryDNS(ctx, q, att)
 			if err != nil {
+				// SERVFAIL at once: a dropped query would make the
+				// resolver retry for seconds.
 				e.log.Debug("egress dns", "err", err)
-				return
+				if ans = dnsErrorAnswer(q, dnsRcodeServFail); ans == nil {
+					return
+				}
 			}
 			pc.WriteTo(ans, addr)
 		}()
@@ -304,7 +308,9 @@ func (e *Egress) ServeDNSTCP(ctx context.Context, ln net.Listener) error {
 				ans, err := e.queryDNS(ctx, q, att)
 				if err != nil {
 					e.log.Debug("egress dns", "err", err)
-					return
+					if ans = dnsErrorAnswer(q, dnsRcodeServFail); ans == nil {
+						return
+					}
 				}
 				_ = c.SetWriteDeadline(time.Now().Add(dnsTimeout))
 				if err := writeDNSFrame(c, ans); err != nil {
@@ -342,6 +348,42 @@ func (e *Egress) queryDNS(ctx context.Context, q []byte, att attribution) ([]byt
 		return nil, fmt.Errorf("read dns answer: %w", err)
 	}
 	return ans, nil
+}
+
+// DNS response codes the agent answers with itself.
+const (
+	dnsRcodeServFail = 2
+	dnsRcodeNXDomain = 3
+)
+
+// dnsErrorAnswer answers query q with rcode and no records: q's header
+// and question, flags turned into a response. nil when q is too short or
+// its question malformed.
+func dnsErrorAnswer(q []byte, rcode byte) []byte {
+	if len(q) < 12 || q[2]&0x80 != 0 {
+		return nil
+	}
+	i := 12
+	if binary.BigEndian.Uint16(q[4:6]) > 0 {
+		for i < len(q) && q[i] != 0 {
+			if q[i]&0xc0 != 0 {
+				return nil // no compression in a question
+			}
+			i += int(q[i]) + 1
+		}
+		i += 5 // root label, qtype, qclass
+		if i > len(q) {
+			return nil
+		}
+	}
+	a := append([]byte(nil), q[:i]...)
+	a[2] = a[2]&0x79 | 0x80  // QR, keep opcode and RD, no AA or TC
+	a[3] = 0x80 | rcode&0x0f // RA
+	if i > 12 {
+		a[4], a[5] = 0, 1
+	}
+	clear(a[6:12]) // no answer, authority or additional records
+	return a
 }
 
 // readDNSFrame reads one DNS-over-TCP message: a 2-byte big-endian

@@ -87,31 +87,10 @@ func debugHostStream(s net.Conn, out io.Writer, mu *sync.Mutex) {
 		if err != nil {
 			return
 		}
-		if ans := nxdomain(q); ans != nil {
+		if ans := dnsErrorAnswer(q, dnsRcodeNXDomain); ans != nil {
 			writeDNSFrame(s, ans)
 		}
 	}
-}
-
-// nxdomain answers a query with NXDOMAIN: its header and question only.
-func nxdomain(q []byte) []byte {
-	if len(q) < 12 {
-		return nil
-	}
-	i := 12
-	for i < len(q) && q[i] != 0 {
-		i += int(q[i]) + 1
-	}
-	i += 5 // root label, qtype, qclass
-	if i > len(q) {
-		return nil
-	}
-	a := append([]byte(nil), q[:i]...)
-	a[2] |= 0x80                // QR
-	a[3] = a[3]&0x70 | 0x80 | 3 // RA, NXDOMAIN
-	a[4], a[5] = 0, 1           // QDCOUNT
-	clear(a[6:12])              // AN, NS, AR
-	return a
 }
 
 // deleteEgressRules removes EgressTable.

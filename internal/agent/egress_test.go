@@ -667,3 +667,51 @@ func TestHostSessionsNewest(t *testing.T) {
 		t.Fatalf("open with only a closed session: %v", err)
 	}
 }
+
+// dnsQuery is "example.test A" with RD and an EDNS OPT record.
+var dnsQuery = []byte("\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01" +
+	"\x07example\x04test\x00\x00\x01\x00\x01" +
+	"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00")
+
+func TestDNSErrorAnswer(t *testing.T) {
+	got := dnsErrorAnswer(dnsQuery, dnsRcodeServFail)
+	want := []byte("\x12\x34\x81\x82\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x04test\x00\x00\x01\x00\x01")
+	if !bytes.Equal(got, want) {
+		t.Fatalf("answer %q\nwant   %q", got, want)
+	}
+	for _, bad := range [][]byte{nil, dnsQuery[:11], dnsQuery[:20], append([]byte("\x12\x34\x81\x00"), dnsQuery[4:]...)} {
+		if a := dnsErrorAnswer(bad, dnsRcodeServFail); a != nil {
+			t.Errorf("answer %q to %q", a, bad)
+		}
+	}
+}
+
+func FuzzDNSErrorAnswer(f *testing.F) {
+	f.Add(dnsQuery)
+	f.Add([]byte("\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x3f"))
+	f.Fuzz(func(t *testing.T, q []byte) {
+		a := dnsErrorAnswer(q, dnsRcodeNXDomain)
+		if a != nil && (len(a) < 12 || len(a) > len(q) || a[2]&0x80 == 0 || a[3]&0x0f != dnsRcodeNXDomain) {
+			t.Fatalf("answer %x to %x", a, q)
+		}
+	})
+}
+
+// TestEgressDNSNoHost: with no host a query fails at once (SERVFAIL)
+// instead of leaving the resolver to time out.
+func TestEgressDNSNoHost(t *testing.T) {
+	var hs hostSessions
+	_, _, dnsAddr, _ := testEgress(t, hs.open)
+	u, err := net.Dial("udp", dnsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	u.SetDeadline(time.Now().Add(2 * time.Second))
+	u.Write(dnsQuery)
+	buf := make([]byte, 512)
+	n, err := u.Read(buf)
+	if err != nil || n < 12 || buf[3]&0x0f != dnsRcodeServFail || buf[0] != 0x12 {
+		t.Fatalf("answer %x %v", buf[:n], err)
+	}
+}
