@@ -24,6 +24,7 @@ import (
 
 	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/agentapi"
+	"github.com/bangerdev/banger/internal/agentclient"
 )
 
 func littleEndian(t testing.TB) {
@@ -289,7 +290,7 @@ func streamPair(t *testing.T) (open func() (net.Conn, error), host *yamux.Sessio
 func testEgress(t *testing.T, open func() (net.Conn, error)) (e *Egress, tcpAddr, dnsAddr string, logs *syncBuffer) {
 	t.Helper()
 	logs = &syncBuffer{}
-	e = NewEgress(slog.New(slog.NewTextHandler(logs, nil)), open)
+	e = NewEgress(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), open)
 	e.origDst = func(net.Conn) (netip.AddrPort, error) { return netip.MustParseAddrPort("203.0.113.7:443"), nil }
 	e.attribute = func(string, netip.AddrPort, netip.AddrPort) attribution {
 		return attribution{PID: 42, Process: "curl", Session: "s1"}
@@ -714,4 +715,91 @@ func TestEgressDNSNoHost(t *testing.T) {
 	if err != nil || n < 12 || buf[3]&0x0f != dnsRcodeServFail || buf[0] != 0x12 {
 		t.Fatalf("answer %x %v", buf[:n], err)
 	}
+}
+
+// TestEgressThroughAgentChannel: the whole guest side in process. A
+// redirected client's connection becomes a stream the daemon's
+// agentclient.AcceptStream takes, on the same session the agent serves
+// HTTP on; after the host goes away, connections close at once; a new
+// host gets the next ones.
+func TestEgressThroughAgentChannel(t *testing.T) {
+	a := startAgent(t)
+	c := a.dial(t)
+	if _, err := c.Health(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, addr, _, elog := testEgress(t, a.srv.OpenHostStream)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(elog.String())
+		}
+	})
+	roundTrip := func(c *agentclient.Client) {
+		t.Helper()
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(conn, "ping")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := c.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		br := bufio.NewReader(s)
+		var o agentapi.EgressOpen
+		if err := agentapi.ReadEgressLine(br, &o); err != nil || o.Dst != "203.0.113.7:443" {
+			t.Fatalf("open %+v %v", o, err)
+		}
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(br, b); err != nil || string(b) != "ping" {
+			t.Fatalf("first bytes %q %v", b, err)
+		}
+		agentapi.WriteEgressLine(s, agentapi.EgressReply{Allow: true})
+		io.WriteString(s, "pong")
+		s.(interface{ CloseWrite() error }).CloseWrite()
+		got, err := io.ReadAll(conn)
+		if err != nil || string(got) != "pong" {
+			t.Fatalf("client got %q %v", got, err)
+		}
+	}
+	roundTrip(c)
+
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(2 * time.Second))
+		_, err = conn.Read(make([]byte, 1))
+		conn.Close()
+		if errors.Is(err, io.EOF) || isReset(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("with no host, a connection read %v", err)
+		}
+	}
+	c = a.dial(t)
+	// The agent registers the session right after the preamble that
+	// Dial waits for; connections before that have no host.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		a.srv.hosts.mu.Lock()
+		n := len(a.srv.hosts.list)
+		a.srv.hosts.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("new host session never registered")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	roundTrip(c)
 }

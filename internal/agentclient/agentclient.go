@@ -160,6 +160,10 @@ func (s *stream) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// CloseWrite sends FIN and keeps the reading half open (a yamux stream's
+// own Close): the egress gateway's splice half-closes this way.
+func (s *stream) CloseWrite() error { return s.Stream.Close() }
+
 func (s *stream) Close() error {
 	if s.closed.Swap(true) {
 		return nil
