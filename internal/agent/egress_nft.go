@@ -32,15 +32,18 @@ type egressRule struct {
 
 // egressRules is the nat output chain of EgressTable, in order:
 //
-//	oifname "lo" return
 //	meta mark 0x62616e67 return
 //	meta l4proto udp udp dport 53 redirect to :15053
 //	meta l4proto tcp tcp dport 53 redirect to :15053
+//	oifname "lo" return
 //	meta l4proto tcp redirect to :15001
 //
 // In the output hook a redirect goes to 127.0.0.1 (IPv4) or ::1 (IPv6),
-// where the agent listens. Loopback traffic (including to the guest's own
-// addresses, which routes over lo) stays local. IPv6 is redirected like
+// where the agent listens. DNS is redirected whatever its destination,
+// loopback included: with no nameserver in resolv.conf glibc asks
+// 127.0.0.1, and a local stub resolver gains nothing over the host. Other
+// loopback traffic (including to the guest's own addresses, which routes
+// over lo) stays local. IPv6 is redirected like
 // IPv4: the inet family covers both. Other UDP and ICMP are not touched:
 // the NIC has no route out, so they simply get no answer.
 func egressRules() []egressRule {
@@ -75,10 +78,6 @@ func egressRules() []egressRule {
 	}
 	ret := []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}
 	return []egressRule{
-		{`oifname "lo" return`, cat([]expr.Any{
-			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: loName},
-		}, ret)},
 		{fmt.Sprintf("meta mark %#x return", egressBypassMark), cat([]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark},
@@ -87,6 +86,10 @@ func egressRules() []egressRule {
 			cat(l4(unix.IPPROTO_UDP), dport(53), redirect(agentapi.EgressDNSPort))},
 		{fmt.Sprintf("meta l4proto tcp tcp dport 53 redirect to :%d", agentapi.EgressDNSPort),
 			cat(l4(unix.IPPROTO_TCP), dport(53), redirect(agentapi.EgressDNSPort))},
+		{`oifname "lo" return`, cat([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: loName},
+		}, ret)},
 		{fmt.Sprintf("meta l4proto tcp redirect to :%d", agentapi.EgressTCPPort),
 			cat(l4(unix.IPPROTO_TCP), redirect(agentapi.EgressTCPPort))},
 	}

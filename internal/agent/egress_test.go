@@ -228,10 +228,10 @@ func TestEgressRules(t *testing.T) {
 		texts = append(texts, r.Text)
 	}
 	want := []string{
-		`oifname "lo" return`,
 		"meta mark 0x62616e67 return",
 		"meta l4proto udp udp dport 53 redirect to :15053",
 		"meta l4proto tcp tcp dport 53 redirect to :15053",
+		`oifname "lo" return`,
 		"meta l4proto tcp redirect to :15001",
 	}
 	if strings.Join(texts, "\n") != strings.Join(want, "\n") {
@@ -239,7 +239,7 @@ func TestEgressRules(t *testing.T) {
 	}
 	// The expressions say the same: every redirect loads its port
 	// (big-endian) into the register the redir reads.
-	ports := map[int]uint16{2: 15053, 3: 15053, 4: 15001}
+	ports := map[int]uint16{1: 15053, 2: 15053, 4: 15001}
 	for i, r := range egressRules() {
 		var imm *expr.Immediate
 		var redir *expr.Redir
