@@ -182,6 +182,9 @@ type CreateVMRequest struct {
 	// default policy) or the name of a policy (the gateway with that
 	// policy); empty takes the config's vm.egress.
 	Egress string `json:"egress,omitempty"`
+	// EgressPolicy names the policy of egress allow (default: the
+	// config's egress.default_policy); Egress may name it instead.
+	EgressPolicy string `json:"egress_policy,omitempty"`
 	// Allow adds patterns to the VM's policy (host, *.suffix or CIDR,
 	// each with an optional :port); it implies egress allow.
 	Allow []string `json:"allow,omitempty"`
