@@ -58,12 +58,16 @@ type egressEngine struct {
 	gw *egress.Gateway
 
 	mu       sync.Mutex
-	policies map[string]vmPolicy           // by VM id; dropped on change
-	sups     map[string]context.CancelFunc // supervisor of each running gateway VM
-	inserts  map[string]int                // log rows written per VM since start
+	policies map[string]vmPolicy    // by VM id; dropped on change
+	sups     map[string]*supervisor // of each running gateway VM
+	inserts  map[string]int         // log rows written per VM since start
 	// changeMu serialises read-modify-write of a VM's own patterns.
 	changeMu sync.Mutex
 }
+
+// supervisor is one VM's stream loop (run); a pointer, so that a loop
+// that ends by itself removes its own entry and not a newer one.
+type supervisor struct{ cancel context.CancelFunc }
 
 // vmPolicy is a VM's policy as the gateway applies it.
 type vmPolicy struct {
@@ -76,7 +80,7 @@ func newEgressEngine(deps egressDeps) *egressEngine {
 	e := &egressEngine{
 		egressDeps: deps,
 		policies:   map[string]vmPolicy{},
-		sups:       map[string]context.CancelFunc{},
+		sups:       map[string]*supervisor{},
 		inserts:    map[string]int{},
 	}
 	e.gw = egress.New(egress.Options{
@@ -265,8 +269,9 @@ func (e *egressEngine) supervise(vm store.VM) {
 		return
 	}
 	ctx, cancel := context.WithCancel(e.base)
-	e.sups[vm.ID] = cancel
-	go e.run(ctx, egress.VMRef{ID: vm.ID, Name: vm.Name})
+	sup := &supervisor{cancel: cancel}
+	e.sups[vm.ID] = sup
+	go e.run(ctx, sup, egress.VMRef{ID: vm.ID, Name: vm.Name})
 }
 
 // unsupervise stops vm's supervisor, ends its streams and forgets the
@@ -276,13 +281,13 @@ func (e *egressEngine) unsupervise(vmID string) {
 		return
 	}
 	e.mu.Lock()
-	cancel := e.sups[vmID]
+	sup := e.sups[vmID]
 	delete(e.sups, vmID)
 	delete(e.policies, vmID)
 	delete(e.inserts, vmID)
 	e.mu.Unlock()
-	if cancel != nil {
-		cancel()
+	if sup != nil {
+		sup.cancel()
 	}
 	e.gw.Forget(vmID)
 }
@@ -299,11 +304,23 @@ func (e *egressEngine) supervised(vmID string) bool {
 // (with a capped backoff) whenever the session dies: an agent restart,
 // a daemon that lost the channel. A guest that opens no stream costs a
 // blocked Accept; each stream is the gateway's to close.
-func (e *egressEngine) run(ctx context.Context, vm egress.VMRef) {
+func (e *egressEngine) run(ctx context.Context, sup *supervisor, vm egress.VMRef) {
 	log := e.log.With("vm", vm.Name, "component", "egress")
 	backoff := 250 * time.Millisecond
 	for ctx.Err() == nil {
 		c, err := e.agent(ctx, vm.ID)
+		if errors.Is(err, errVMGone) {
+			// Deleted, or stopped behind the daemon's back (a crash
+			// found later): a start supervises it again.
+			log.Debug("egress: VM is gone; supervisor ends", "err", err)
+			e.mu.Lock()
+			if e.sups[vm.ID] == sup {
+				delete(e.sups, vm.ID)
+			}
+			e.mu.Unlock()
+			sup.cancel()
+			return
+		}
 		if err != nil {
 			log.Debug("egress: agent not reachable; retrying", "err", err, "in", backoff)
 			select {
@@ -505,6 +522,9 @@ func resolveEgress(cfg config.Config, req *api.CreateVMRequest) (mode, policy st
 	return mode, policy, nil
 }
 
+// errVMGone: the supervised VM was deleted, or its VMM is not running.
+var errVMGone = errors.New("vm gone")
+
 // gatewayAgent is the egress supervisor's agent: the cached session
 // while the VM is still being created (its row says creating), else a
 // live one as any request would get it.
@@ -513,8 +533,14 @@ func (d *Daemon) gatewayAgent(ctx context.Context, vmID string) (*agentclient.Cl
 		return c, nil
 	}
 	vm, err := d.store.GetVM(ctx, vmID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %v", errVMGone, err)
+	}
 	if err != nil {
 		return nil, err
+	}
+	if vm.State == api.VMStopped || vm.State == api.VMError || !d.driverFor(vm).Alive(d.proc(vm)) {
+		return nil, fmt.Errorf("%w: %s is %s", errVMGone, vm.Name, vm.State)
 	}
 	return d.agent(ctx, vm)
 }

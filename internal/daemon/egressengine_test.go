@@ -209,3 +209,20 @@ func TestFakeEgressReadopt(t *testing.T) {
 		t.Fatal("the adopted gateway VM has no supervisor")
 	}
 }
+
+// TestFakeEgressVMMDies: a supervisor whose VMM died ends by itself.
+func TestFakeEgressVMMDies(t *testing.T) {
+	t.Parallel()
+	h := newFakeHost(t, nil)
+	d := h.open()
+	vm := h.mustCreate(d, "crashy")
+	if !d.egress.supervised(vm.ID) {
+		t.Fatal("no supervisor")
+	}
+	h.drv.Exit(vm.Dir)
+	for deadline := time.Now().Add(15 * time.Second); d.egress.supervised(vm.ID); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the supervisor of a dead VMM keeps running")
+		}
+	}
+}
