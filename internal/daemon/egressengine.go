@@ -90,6 +90,7 @@ func newEgressEngine(deps egressDeps) *egressEngine {
 		Record:      e.record,
 		Broker:      deps.broker,
 		DialTimeout: 10 * time.Second,
+		Logger:      deps.log,
 	})
 	return e
 }
