@@ -89,3 +89,82 @@ func TestEgressPolicy(t *testing.T) {
 	t.Logf("%d egress record(s)", len(recs))
 	in.must(t, "vm", "egress", "learn", name)
 }
+
+// TestEgressGateway: through the agent's redirect and the gateway, a
+// guest reaches an allowed name (a fake upstream on the host's loopback,
+// by egress.resolve) by its name, and a name outside the policy neither
+// resolves nor connects; both are in the log and learn lists the one
+// that ran. No traffic leaves the host.
+func TestEgressGateway(t *testing.T) {
+	requireVM(t)
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	go func() {
+		for {
+			c, err := up.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				_, _ = c.Read(buf)
+				_, _ = c.Write([]byte("HTTP/1.0 200 OK\r\nContent-Length: 14\r\n\r\nhello from up\n"))
+			}()
+		}
+	}()
+	cfg := fmt.Sprintf(`[vm]
+boot_timeout = "100s"
+[egress]
+default_policy = "e2e"
+resolve = {"allowed.example:80" = %q}
+[egress.policy.e2e]
+allow = ["allowed.example:80"]
+[auth]
+files = []
+`, up.Addr().String())
+	in := newInstance(t, cfg)
+	defer in.shutdown()
+	if err := ensureImage(t, in); err != nil {
+		t.Fatal(err)
+	}
+	const name = "e2e-gw"
+	vm := in.createVM(t, name, "--egress", "allow")
+	if vm.EgressPolicy != "e2e" {
+		t.Fatalf("policy %q", vm.EgressPolicy)
+	}
+	get := func(host string) result {
+		script := fmt.Sprintf(`exec 3<>/dev/tcp/%s/80 && printf 'GET / HTTP/1.0\r\nHost: %s\r\n\r\n' >&3 && cat <&3`, host, host)
+		return in.run(nil, "vm", "exec", name, "--", "timeout", "15", "bash", "-c", script)
+	}
+	if r := get("allowed.example"); r.code != 0 || !strings.Contains(r.stdout, "hello from up") {
+		t.Errorf("allowed name: %s\ndaemon log:\n%s", r, in.daemonLog())
+	}
+	if r := get("denied.example"); r.code == 0 || strings.Contains(r.stdout, "hello") {
+		t.Errorf("denied name reached something: %s", r)
+	}
+	var recs []api.EgressRecord
+	r := in.must(t, "vm", "egress", "log", name, "--json")
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var rec api.EgressRecord
+		if line != "" && json.Unmarshal([]byte(line), &rec) == nil {
+			recs = append(recs, rec)
+		}
+	}
+	var allowedTCP, deniedDNS bool
+	for _, rec := range recs {
+		t.Logf("log: %s %s %s %s rule=%q by %s[%d]", rec.Decision, rec.Proto, rec.Target(), rec.Addr, rec.Rule, rec.Process, rec.PID)
+		allowedTCP = allowedTCP || (rec.Proto == "tcp" && rec.Decision == "allow" && rec.Name == "allowed.example" && rec.BytesDown > 0)
+		deniedDNS = deniedDNS || (rec.Decision == "deny" && strings.HasPrefix(rec.Name, "denied.example"))
+	}
+	if !allowedTCP || !deniedDNS {
+		t.Errorf("log lacks the allowed connection (%t) or the denied name (%t)", allowedTCP, deniedDNS)
+	}
+	if r := in.must(t, "vm", "egress", "learn", name); !strings.Contains(r.stdout, "allowed.example:80") {
+		t.Errorf("learn: %s", r.stdout)
+	}
+	in.must(t, "vm", "delete", name, "--force")
+}
