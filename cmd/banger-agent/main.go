@@ -101,6 +101,14 @@ func run(args []string, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case "egress-off":
+		// Hidden: removes the egress redirect the way a hostile guest
+		// root would; the e2e tests show the guest then has no network.
+		if err := agent.RemoveEgressRules(); err != nil {
+			log.Error("egress-off", "err", err)
+			return 1
+		}
+		return 0
 	case "version", "--version", "-v":
 		fmt.Fprintln(stderr, buildinfo.Version, buildinfo.Commit)
 		return 0

@@ -120,3 +120,22 @@ func applyEgressRules() error {
 	}
 	return nil
 }
+
+// RemoveEgressRules deletes EgressTable, as a guest root that wants out
+// would. The NIC still has no route past the host, so all this does is
+// cut the guest off; `banger-agent egress-off` runs it for the tests
+// that show exactly that.
+func RemoveEgressRules() error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	t := &nftables.Table{Name: EgressTable, Family: nftables.TableFamilyINet}
+	// Add then delete: deleting a table that is not there is an error.
+	c.AddTable(t)
+	c.DelTable(t)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("remove egress redirect (table inet %s): %w", EgressTable, err)
+	}
+	return nil
+}
