@@ -540,7 +540,9 @@ func shared(t testing.TB) *instance {
 			return
 		}
 		// A 1 MiB console cap lets TestVMLifecycle see rotation quickly.
-		inst := newInstance(t, fmt.Sprintf("[vm]\nboot_timeout = \"100s\"\n[auth]\nhome = %q\n[limits]\nconsole_log_mib = 1\n", authHome))
+		// Credentials are copied (the tests of the shared instance check
+		// the copy; TestEgressGateway has the broker).
+		inst := newInstance(t, fmt.Sprintf("[vm]\nboot_timeout = \"100s\"\n[auth]\nhome = %q\n[credentials]\nmode = \"copy\"\n[limits]\nconsole_log_mib = 1\n", authHome))
 		sharedInst = inst
 		sharedErr = ensureImage(t, inst)
 	})
