@@ -367,3 +367,59 @@ func vmFiles(in *instance, vmDir string) []string {
 	m, _ := filepath.Glob(filepath.Join(in.home, "state.db*"))
 	return append(append(out, filepath.Join(in.home, "daemon.log")), m...)
 }
+
+// TestEgressGatewayTap is the gateway in tap mode, inside the test's own
+// network namespace: the guest has an address on the bridge, yet its
+// only way out is the gateway. An allowed name is reached through it; a
+// guest root that removes the redirect reaches neither the bridge
+// address nor the upstream.
+func TestEgressGatewayTap(t *testing.T) {
+	requireVM(t)
+	ns := newNamespace(t)
+	f := startFakeUpstreams(t, t.TempDir(), "tap", ns.listener(t))
+	cfg := fmt.Sprintf(`[vm]
+boot_timeout = "100s"
+[network]
+subnet = "172.30.0.0/30"
+dns = ["172.30.0.1"]
+[auth]
+files = []
+[egress]
+resolve = { "plain.test" = %q }
+[egress.policy.tapgw]
+allow = ["plain.test:80"]
+`, f.plainAddr)
+	in := newWrappedInstance(t, cfg, ns.wrap())
+	t.Cleanup(in.shutdown)
+	if err := ensureImage(t, in); err != nil {
+		t.Fatal(err)
+	}
+	const name = "e2e-egress-tap"
+	args := []string{"vm", "create", name, "--net", "tap", "--egress", "tapgw", "--json"}
+	r := in.run(nil, args...)
+	if r.code != 0 && noBootProgress(r.stderr) {
+		boots.add(t, 1, 0, 0)
+		r = in.run(nil, args...)
+	}
+	if r.code != 0 {
+		t.Fatalf("vm create: %s\n%s", r, in.daemonLog())
+	}
+	defer in.run(nil, "vm", "delete", "--force", name)
+	ns.listen(t, "172.30.0.1:8080")
+	get := `exec 3<>/dev/tcp/plain.test/80 && printf 'GET / HTTP/1.0\r\nHost: plain.test\r\n\r\n' >&3 && timeout 10 cat <&3`
+	if r := in.run(nil, "vm", "exec", name, "--", "bash", "-c", get); !strings.Contains(r.stdout, "hello from plain.test") {
+		t.Fatalf("tap guest through the gateway: %s\n%s", r, in.daemonLog())
+	}
+	if findRecord(egressRecords(t, in, name), func(m map[string]any) bool {
+		return str(m, "name") == "plain.test" && str(m, "decision") == "allow"
+	}) == nil {
+		t.Errorf("no allow record for plain.test")
+	}
+	got := guestProbes(t, in, name, fmt.Sprintf(`banger-agent egress-off || exit 9
+probe 172.30.0.1 8080 bridge
+probe 172.30.0.1 %s upstream
+`, portOf(f.plainAddr)))
+	if got["bridge"] != "closed" || got["upstream"] != "closed" {
+		t.Errorf("tap guest without the redirect reached the host: %v", got)
+	}
+}
