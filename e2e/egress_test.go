@@ -301,7 +301,7 @@ func TestEgressGateway(t *testing.T) {
 	t.Run("no-redirect", func(t *testing.T) {
 		// A guest root that removes the redirect only loses its network:
 		// no DNS, no name, no direct path to the host's loopback.
-		r := exec(fmt.Sprintf(`banger-agent egress-off || exit 9
+		r := exec(fmt.Sprintf(`/run/banger/seed/banger-agent egress-off || exit 9
 getent hosts allowed.test && echo dns=open || echo dns=closed
 timeout 8 bash -c 'exec 3<>/dev/tcp/10.0.2.2/%s' && echo host=open || echo host=closed
 curl -sS --max-time 8 http://plain.test/ && echo name=open || echo name=closed`, portOf(f.plainAddr)))
@@ -415,7 +415,7 @@ allow = ["plain.test:80"]
 	}) == nil {
 		t.Errorf("no allow record for plain.test")
 	}
-	got := guestProbes(t, in, name, fmt.Sprintf(`banger-agent egress-off || exit 9
+	got := guestProbes(t, in, name, fmt.Sprintf(`/run/banger/seed/banger-agent egress-off || exit 9
 probe 172.30.0.1 8080 bridge
 probe 172.30.0.1 %s upstream
 `, portOf(f.plainAddr)))
