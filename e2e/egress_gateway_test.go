@@ -22,7 +22,7 @@ egress = "allow"
 [auth]
 home = %q
 [egress]
-policy = "e2e"
+default_policy = "e2e"
 resolve = %s
 upstream_ca_file = %q
 [egress.policy.e2e]
