@@ -98,11 +98,22 @@ type VM struct {
 	CPUs          int    `json:"cpus"`
 	MemoryBytes   int64  `json:"memory_bytes"`
 	WorkDiskBytes int64  `json:"work_disk_bytes"`
-	Egress        string `json:"egress"`
-	Accel         string `json:"accel"`
-	VMM           string `json:"vmm"`
-	PID           int    `json:"pid,omitempty"`
-	SSHPort       int    `json:"ssh_port,omitempty"`
+	// Egress is the mode: "all", "none" or "allow" (through the egress
+	// gateway, judged by EgressPolicy plus the VM's own EgressAllow and
+	// EgressDeny patterns).
+	Egress       string   `json:"egress"`
+	EgressPolicy string   `json:"egress_policy,omitempty"`
+	EgressAllow  []string `json:"egress_allow,omitempty"`
+	EgressDeny   []string `json:"egress_deny,omitempty"`
+	// Credentials is how the host's agent credentials reach the VM:
+	// "broker", "copy" or "none". BrokeredCredentials names what the
+	// broker holds for it (files and variables; never values).
+	Credentials         string   `json:"credentials,omitempty"`
+	BrokeredCredentials []string `json:"brokered_credentials,omitempty"`
+	Accel               string   `json:"accel"`
+	VMM                 string   `json:"vmm"`
+	PID                 int      `json:"pid,omitempty"`
+	SSHPort             int      `json:"ssh_port,omitempty"`
 	// Net is "user" or "tap"; Address is the guest's own IP in tap mode,
 	// where ssh and services are reached directly (no forwards).
 	Net           string    `json:"net,omitempty"`
@@ -167,7 +178,19 @@ type CreateVMRequest struct {
 	CPUs      int    `json:"cpus,omitempty"`
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskGiB   int    `json:"disk_gib,omitempty"`
-	Egress    string `json:"egress,omitempty"`
+	// Egress is "all", "none", "allow" (the gateway with the config's
+	// default policy) or the name of a policy (the gateway with that
+	// policy); empty takes the config's vm.egress.
+	Egress string `json:"egress,omitempty"`
+	// EgressPolicy names the policy of egress allow (default: the
+	// config's egress.default_policy); Egress may name it instead.
+	EgressPolicy string `json:"egress_policy,omitempty"`
+	// Allow adds patterns to the VM's policy (host, *.suffix or CIDR,
+	// each with an optional :port); it implies egress allow.
+	Allow []string `json:"allow,omitempty"`
+	// Credentials is "broker", "copy" or "none" (default: the config's
+	// credentials.mode).
+	Credentials string `json:"credentials,omitempty"`
 	// VMM is "qemu" or "firecracker"; empty takes the config's choice.
 	VMM string `json:"vmm,omitempty"`
 	// Jailer runs Firecracker under its jailer.

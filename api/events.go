@@ -51,6 +51,19 @@ func (ev BusEvent) Summary() string {
 			s += ": started"
 		}
 		return s
+	case EventEgress:
+		if ev.Egress == nil {
+			return "egress " + ev.VM
+		}
+		r := ev.Egress
+		s := fmt.Sprintf("egress %s %s %s %s", ev.VM, r.Decision, r.Proto, r.Target())
+		if r.Process != "" {
+			s += " by " + r.Process
+		}
+		if r.Rule != "" {
+			s += " (rule " + r.Rule + ")"
+		}
+		return s
 	}
 	return strings.TrimSpace(ev.Kind + " " + ev.VM)
 }

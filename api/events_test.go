@@ -20,3 +20,19 @@ func TestBusEventSummary(t *testing.T) {
 		}
 	}
 }
+
+func TestEgressSummaries(t *testing.T) {
+	ev := BusEvent{Kind: EventEgress, VM: "v1", Egress: &EgressRecord{Decision: "deny", Proto: "tcp", Name: "evil.example", Port: 443, Process: "curl"}}
+	if got, want := ev.Summary(), "egress v1 deny tcp evil.example:443 by curl"; got != want {
+		t.Errorf("Summary() = %q, want %q", got, want)
+	}
+	for vm, want := range map[*VM]string{
+		{Egress: "all"}: "all",
+		{Egress: "allow", EgressPolicy: "agents"}: "allow (policy agents)",
+		{Egress: "allow", EgressPolicy: "agents", EgressAllow: []string{"a.example"}, EgressDeny: []string{"b"}}: "allow (policy agents + 2 rules)",
+	} {
+		if got := vm.EgressSummary(); got != want {
+			t.Errorf("EgressSummary() = %q, want %q", got, want)
+		}
+	}
+}

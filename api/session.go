@@ -188,6 +188,8 @@ type BusEvent struct {
 	Operation *Operation `json:"operation,omitempty"`
 	Stage     *Stage     `json:"stage,omitempty"`
 	Done      bool       `json:"done,omitempty"`
+	// Egress is the record of an EventEgress.
+	Egress *EgressRecord `json:"egress,omitempty"`
 }
 
 // Event kinds of BusEvent.
@@ -201,6 +203,9 @@ const (
 	// EventOperation: an operation started, one of its stages started or
 	// finished, or it finished (Done).
 	EventOperation = "operation"
+	// EventEgress: a VM's egress gateway finished a connection or a DNS
+	// query; Egress is its log record.
+	EventEgress = "egress"
 )
 
 // Values of BusEvent.Change.

@@ -71,6 +71,10 @@ func TestBadInput(t *testing.T) {
 		{"huge memory", []string{"vm", "create", "x1", "--memory", "99999999"}, 1, "impossible memory size"},
 		{"huge disk", []string{"vm", "create", "x1", "--disk", "100000"}, 1, "impossible work disk size"},
 		{"bad egress", []string{"vm", "create", "x1", "--egress", "some"}, 1, "unknown egress mode"},
+		{"bad allow pattern", []string{"vm", "create", "x1", "--allow", "bad pattern"}, 1, `bad egress --allow pattern "bad pattern"`},
+		{"allow without gateway", []string{"vm", "create", "x1", "--egress", "all", "--allow", "a.example"}, 1, "--allow needs the egress gateway"},
+		{"bad credentials", []string{"vm", "create", "x1", "--credentials", "steal"}, 1, `unknown credentials mode "steal"`},
+		{"egress of unknown vm", []string{"vm", "egress", "show", "ghost"}, 1, "no VM named"},
 		{"unknown vmm", []string{"vm", "create", "x1", "--vmm", "kvmtool"}, 1, `unknown VMM "kvmtool"`},
 		{"jailer under qemu", []string{"vm", "create", "x1", "--vmm", "qemu", "--jailer"}, 1, "--jailer is a Firecracker option"},
 		// Without firecracker the create fails on the binary; with it, on

@@ -23,7 +23,7 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
-const usage = `usage: banger-agent serve [--port PATH] [--vsock-port N]
+const usage = `usage: banger-agent serve [--port PATH] [--vsock-port N] [--seed PATH]
        banger-agent init [--seed PATH] [--cmdline PATH] [--root DIR]
        banger-agent supervise --dir DIR   (started by serve, one per session)
        banger-agent version
@@ -50,13 +50,14 @@ func run(args []string, stderr io.Writer) int {
 	case "serve":
 		port := fs.String("port", agent.DefaultPort, "virtio-serial port to the host (QEMU)")
 		vport := fs.Uint("vsock-port", agentapi.AgentVsockPort, "AF_VSOCK port to listen on (Firecracker); 0 disables")
+		seed := fs.String("seed", agent.DefaultSeedConfig, "seed config (JSON): its egress settings")
 		if fs.Parse(args[1:]) != nil {
 			return 2
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
 		log.Info("banger-agent serving", "version", buildinfo.Version, "port", *port, "vsock_port", *vport)
-		return serve(ctx, log, *port, uint32(*vport))
+		return serve(ctx, log, *port, uint32(*vport), *seed)
 	case "init":
 		opts := agent.DefaultInitOptions()
 		fs.StringVar(&opts.SeedConfig, "seed", opts.SeedConfig, "seed config (JSON)")
@@ -69,6 +70,8 @@ func run(args []string, stderr io.Writer) int {
 			// Only the real root gets the kernel host name too.
 			opts.SetHostname = nil
 			opts.ReloadSystemd = nil
+			opts.UpdateCACerts = nil
+			opts.ApplyEgressRules = nil
 		}
 		opts.Log = log
 		if err := agent.Init(opts); err != nil {
@@ -81,6 +84,23 @@ func run(args []string, stderr io.Writer) int {
 		// No signal context: the supervisor handles TERM itself (it
 		// passes it on to its session's command).
 		return agent.SuperviseCommand(args[1:], stderr, log)
+	case "egress-debug":
+		// Hidden: checks the guest side of the egress gateway on a real
+		// guest kernel (see agent.DebugEgress).
+		d := fs.Duration("for", 30*time.Second, "how long to serve")
+		if fs.Parse(args[1:]) != nil {
+			return 2
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		ctx, cancel := context.WithTimeout(ctx, *d)
+		defer cancel()
+		dlog := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		if err := agent.DebugEgress(ctx, dlog, os.Stdout); err != nil && ctx.Err() == nil {
+			log.Error("egress-debug", "err", err)
+			return 1
+		}
+		return 0
 	case "version", "--version", "-v":
 		fmt.Fprintln(stderr, buildinfo.Version, buildinfo.Commit)
 		return 0
@@ -97,9 +117,28 @@ func run(args []string, stderr io.Writer) int {
 // for its device on its own; a guest without one of them just never gets
 // a host there, so the agent need not guess its VMM (udev may not have
 // created the port yet when the agent starts).
-func serve(ctx context.Context, log *slog.Logger, port string, vport uint32) int {
+func serve(ctx context.Context, log *slog.Logger, port string, vport uint32, seedPath string) int {
 	srv := agent.NewServer(log)
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	if seed, err := agent.ReadSeedConfig(seedPath); err != nil {
+		log.Info("no seed config: egress gateway off", "err", err)
+	} else if seed.Egress != nil {
+		env, err := agent.EgressEnv(seed.Egress)
+		if err != nil {
+			log.Warn("egress environment", "err", err)
+		}
+		agent.SetEgressEnv(env)
+		if seed.Egress.Gateway {
+			go func() {
+				err := agent.ServeEgress(ctx, log, srv)
+				if ctx.Err() == nil {
+					// Without the listeners the redirect refuses every
+					// connection: fail closed, but say so.
+					log.Error("egress gateway stopped", "err", err)
+				}
+			}()
+		}
+	}
 	go func() { errc <- srv.Serve(ctx, agent.VirtioPort(port)) }()
 	if vport != 0 {
 		go func() { errc <- serveVsock(ctx, log, srv, vport) }()

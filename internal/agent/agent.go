@@ -47,6 +47,9 @@ type Server struct {
 	// workspaceMu serializes workspace prepares: each swaps the same
 	// directory.
 	workspaceMu sync.Mutex
+	// hosts are the live host sessions, for the streams the guest opens
+	// (egress).
+	hosts hostSessions
 }
 
 // NewServer returns a Server that logs to log (nil: slog.Default()).
@@ -164,6 +167,7 @@ func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
 		return fmt.Errorf("start yamux session: %w", err)
 	}
 	s.log.Debug("host session started")
+	defer s.hosts.add(sess)()
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
 	hs := &http.Server{
@@ -180,6 +184,70 @@ func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
 	if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
+	return err
+}
+
+// OpenHostStream opens a guest-initiated stream to the host on the newest
+// live host session; ErrNoHost while there is none. The egress gateway
+// opens one per connection.
+func (s *Server) OpenHostStream() (net.Conn, error) {
+	return s.hosts.open()
+}
+
+// hostSessions tracks the yamux sessions with hosts. Under QEMU there is
+// one at a time; over vsock an old daemon's session may still be ending
+// when a new one starts, and the newest is the one to use.
+type hostSessions struct {
+	mu   sync.Mutex
+	list []*yamux.Session
+}
+
+// add records sess and returns the function that forgets it.
+func (h *hostSessions) add(sess *yamux.Session) func() {
+	h.mu.Lock()
+	h.list = append(h.list, sess)
+	h.mu.Unlock()
+	return func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for i, x := range h.list {
+			if x == sess {
+				h.list = append(h.list[:i], h.list[i+1:]...)
+				break
+			}
+		}
+	}
+}
+
+func (h *hostSessions) open() (net.Conn, error) {
+	h.mu.Lock()
+	var sess *yamux.Session
+	for i := len(h.list) - 1; i >= 0; i-- {
+		if !h.list[i].IsClosed() {
+			sess = h.list[i]
+			break
+		}
+	}
+	h.mu.Unlock()
+	if sess == nil {
+		return nil, ErrNoHost
+	}
+	st, err := sess.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("open host stream: %w", err)
+	}
+	return hostStream{st}, nil
+}
+
+// hostStream is a yamux stream with the net.Conn close contract: Close
+// ends both halves (pending reads fail), CloseWrite only sends FIN.
+type hostStream struct{ *yamux.Stream }
+
+func (s hostStream) CloseWrite() error { return s.Stream.Close() }
+
+func (s hostStream) Close() error {
+	err := s.Stream.Close()
+	_ = s.Stream.SetReadDeadline(time.Now())
 	return err
 }
 

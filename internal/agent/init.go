@@ -39,17 +39,23 @@ type InitOptions struct {
 	// ReloadSystemd runs `systemctl daemon-reload`; nil skips it (tests,
 	// and any root other than "/").
 	ReloadSystemd func() error
-	Log           *slog.Logger
+	// UpdateCACerts runs update-ca-certificates and ApplyEgressRules
+	// programs the egress redirect; nil skips them (tests, other roots).
+	UpdateCACerts    func() error
+	ApplyEgressRules func() error
+	Log              *slog.Logger
 }
 
 // DefaultInitOptions is what the guest runs at boot.
 func DefaultInitOptions() InitOptions {
 	return InitOptions{
-		Root:          "/",
-		SeedConfig:    DefaultSeedConfig,
-		Cmdline:       DefaultCmdline,
-		SetHostname:   func(name string) error { return unix.Sethostname([]byte(name)) },
-		ReloadSystemd: reloadSystemd,
+		Root:             "/",
+		SeedConfig:       DefaultSeedConfig,
+		Cmdline:          DefaultCmdline,
+		SetHostname:      func(name string) error { return unix.Sethostname([]byte(name)) },
+		ReloadSystemd:    reloadSystemd,
+		UpdateCACerts:    updateCACerts,
+		ApplyEgressRules: applyEgressRules,
 	}
 }
 
@@ -92,6 +98,7 @@ func Init(opts InitOptions) error {
 			errs = append(errs, writeAuthorizedKeys(opts.Root, seed.AuthorizedKeys))
 		}
 		errs = append(errs, writeAuthFiles(opts.Root, seed.AuthFiles, opts.Log))
+		errs = append(errs, applyEgressSeed(opts, seed.Egress))
 	}
 	errs = append(errs, secureOpencode(opts))
 	if b, err := os.ReadFile(opts.Cmdline); err != nil {

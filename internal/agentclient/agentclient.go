@@ -128,6 +128,21 @@ func (c *Client) OpenStream(ctx context.Context) (net.Conn, error) {
 	return s, nil
 }
 
+// AcceptStream waits for the next stream the guest opens (the egress
+// gateway's: one per guest connection or DNS query), wrapped like
+// OpenStream's. It fails when ctx ends or the session dies; the daemon
+// runs it in a loop for as long as the session lives.
+func (c *Client) AcceptStream(ctx context.Context) (net.Conn, error) {
+	ys, err := c.sess.AcceptStreamWithContext(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("accept agent stream: %w", err)
+	}
+	return &stream{Stream: ys}, nil
+}
+
 // stream gives a yamux stream the net.Conn Close contract. yamux's Close
 // only half-closes (it sends FIN and keeps reading until the peer's FIN),
 // so a Read blocked on an agent that never answers would stay blocked;
@@ -144,6 +159,10 @@ func (s *stream) Read(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// CloseWrite sends FIN and keeps the reading half open (a yamux stream's
+// own Close): the egress gateway's splice half-closes this way.
+func (s *stream) CloseWrite() error { return s.Stream.Close() }
 
 func (s *stream) Close() error {
 	if s.closed.Swap(true) {

@@ -307,3 +307,82 @@ func serveHealth(conn net.Conn) {
 func withBody(head, body string) string {
 	return head + "\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
 }
+
+// TestAcceptStream: a stream the guest opens on its session reaches the
+// host's AcceptStream with its bytes, both ways, and AcceptStream fails
+// once the session is gone.
+func TestAcceptStream(t *testing.T) {
+	host, guest := net.Pipe()
+	guestSess := make(chan *yamux.Session, 1)
+	go func() {
+		linked, err := mux.LinkGuest(context.Background(), guest)
+		if err != nil {
+			close(guestSess)
+			return
+		}
+		cfg := yamux.DefaultConfig()
+		cfg.LogOutput = io.Discard
+		sess, err := yamux.Server(linked, cfg)
+		if err != nil {
+			close(guestSess)
+			return
+		}
+		guestSess <- sess
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := New(ctx, host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	gs := <-guestSess
+	if gs == nil {
+		t.Fatal("guest session did not start")
+	}
+	defer gs.Close()
+
+	go func() {
+		s, err := gs.OpenStream()
+		if err != nil {
+			return
+		}
+		_ = agentapi.WriteEgressLine(s, agentapi.EgressOpen{Kind: agentapi.EgressKindTCP, Dst: "192.0.2.1:443"})
+		b := make([]byte, 2)
+		if _, err := io.ReadFull(s, b); err == nil {
+			s.Write(b) // echo the host's bytes back
+		}
+		s.Close()
+	}()
+	s, err := c.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var open agentapi.EgressOpen
+	br := bufio.NewReader(s)
+	if err := agentapi.ReadEgressLine(br, &open); err != nil {
+		t.Fatal(err)
+	}
+	if open.Dst != "192.0.2.1:443" {
+		t.Fatalf("dst %q", open.Dst)
+	}
+	if _, err := s.Write([]byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(br)
+	if err != nil || string(rest) != "ok" {
+		t.Fatalf("echo %q, %v", rest, err)
+	}
+	s.Close()
+
+	// A cancelled wait returns ctx's error; a dead session fails.
+	cctx, ccancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer ccancel()
+	if _, err := c.AcceptStream(cctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("cancelled accept: %v", err)
+	}
+	gs.Close()
+	if _, err := c.AcceptStream(ctx); err == nil {
+		t.Fatal("accept on a dead session succeeded")
+	}
+}

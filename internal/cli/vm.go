@@ -13,7 +13,7 @@ func newVMCmd(g *globals) *cobra.Command {
 		newVMStopCmd(g),
 		newVMLifecycleCmd(g, "restart", "Stop and start a VM"),
 		newVMDeleteCmd(g), newVMExecCmd(g), newVMSSHCmd(g), newVMHealthCmd(g), newVMLogsCmd(g),
-		newVMRunCmd(g), newVMWorkspaceCmd(g), newVMSessionCmd(g), newVMOpencodePasswordCmd(g))
+		newVMRunCmd(g), newVMWorkspaceCmd(g), newVMSessionCmd(g), newVMOpencodePasswordCmd(g), newVMEgressCmd(g))
 	return vm
 }
 

@@ -39,7 +39,9 @@ func addCreateFlags(f *pflag.FlagSet, req *api.CreateVMRequest) {
 	f.IntVar(&req.CPUs, "cpus", 0, "vCPUs (default 2)")
 	f.IntVar(&req.MemoryMiB, "memory", 0, "memory in MiB (default 1024)")
 	f.IntVar(&req.DiskGiB, "disk", 0, "work disk (/root) size in GiB (default 4)")
-	f.StringVar(&req.Egress, "egress", "", "guest network egress: all or none (default all)")
+	f.StringVar(&req.Egress, "egress", "", "guest network egress: all, none, allow (through the egress gateway with the config's default policy) or a policy name (default: config vm.egress, else allow)")
+	f.StringArrayVar(&req.Allow, "allow", nil, "also allow this destination through the gateway: host, *.suffix or CIDR, with an optional :port (repeatable; implies --egress allow)")
+	f.StringVar(&req.Credentials, "credentials", "", "how the host's agent credentials reach the VM: broker (placeholders; the gateway swaps in the real ones), copy or none (default: config credentials.mode)")
 	f.StringVar(&req.VMM, "vmm", "", "virtual machine monitor: qemu or firecracker (default: [vm] vmm in the config; auto picks Firecracker when it and KVM work)")
 	f.BoolVar(&req.Jailer, "jailer", false, "run Firecracker under its jailer (chroot, own uid, cgroup)")
 	f.StringVar(&req.Net, "net", "", "network mode: user (QEMU user networking, forwards on 127.0.0.1) or tap (own address on banger's bridge, NAT; needs root) (default: config vm.net, else user)")
@@ -78,6 +80,7 @@ func (g *globals) createVM(ctx context.Context, o createOptions) error {
 		return g.printJSON(vm)
 	}
 	fmt.Fprintf(g.stdout, "VM %s is running.\n", vm.Name)
+	fmt.Fprintf(g.stdout, "  egress: %s\n", vm.EgressSummary())
 	fmt.Fprintf(g.stdout, "  banger vm exec %s -- uname -a\n  banger vm ssh %s\n  banger vm stop %s\n  banger vm delete %s\n", vm.Name, vm.Name, vm.Name, vm.Name)
 	return nil
 }

@@ -109,7 +109,7 @@ func (g *globals) run(ctx context.Context, o runOptions) error {
 		return g.printJSON(RunResult{VM: vm, Workspace: ws, NextSteps: steps})
 	}
 	g.printWorkspace(name, ws)
-	fmt.Fprintf(g.stdout, "\nVM %s is running. Next steps:\n", name)
+	fmt.Fprintf(g.stdout, "\nVM %s is running (egress: %s). Next steps:\n", name, vm.EgressSummary())
 	for _, s := range steps {
 		fmt.Fprintf(g.stdout, "  # %s\n  %s\n", s.What, s.Command)
 	}
@@ -129,6 +129,9 @@ func nextSteps(vm api.VM) []NextStep {
 	if vm.Opencode != nil {
 		steps = append(steps, NextStep{"attach to opencode from the host, in the repository (its password is this VM's own)",
 			opencodeAttachCommand(vm)})
+	}
+	if vm.Egress == api.EgressAllow {
+		steps = append(steps, NextStep{"watch where the VM connects (denied ones say how to allow them)", "banger vm egress log " + n + " --follow"})
 	}
 	steps = append(steps,
 		NextStep{"list the VM's sessions (attach one with banger vm session attach " + n + " S)", "banger vm session list " + n},

@@ -72,7 +72,14 @@ func opencodePassword(vm api.VM) (string, error) {
 func (g *globals) printVM(vm api.VM) {
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "name:\t%s\nid:\t%s\nstate:\t%s\nimage:\t%s\nvmm:\t%s (%s)\ncpus:\t%d\nmemory:\t%d MiB\nwork disk:\t%d GiB\negress:\t%s\n",
-		vm.Name, vm.ID, vm.State, vm.Image, vm.VMM, vm.Accel, vm.CPUs, vm.MemoryBytes>>20, vm.WorkDiskBytes>>30, vm.Egress)
+		vm.Name, vm.ID, vm.State, vm.Image, vm.VMM, vm.Accel, vm.CPUs, vm.MemoryBytes>>20, vm.WorkDiskBytes>>30, vm.EgressSummary())
+	if vm.Credentials != "" {
+		fmt.Fprintf(tw, "credentials:\t%s", vm.Credentials)
+		if len(vm.BrokeredCredentials) > 0 {
+			fmt.Fprintf(tw, " (brokered: %s)", strings.Join(vm.BrokeredCredentials, ", "))
+		}
+		fmt.Fprintln(tw)
+	}
 	if vm.Net != "" {
 		fmt.Fprintf(tw, "net:\t%s\n", vm.Net)
 	}

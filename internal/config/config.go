@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
@@ -22,6 +24,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/bangerdev/banger/internal/egress"
 	"github.com/bangerdev/banger/internal/network"
 )
 
@@ -36,7 +39,25 @@ var (
 const (
 	EgressAll  = "all"  // the guest reaches anything the host can
 	EgressNone = "none" // only the host's forwards reach the guest
+	// EgressAllow: the guest's NIC has no route out (as none); every
+	// connection goes through the host's egress gateway and its policy.
+	EgressAllow = "allow"
 )
+
+// Credential modes ([credentials] mode, `vm create --credentials`).
+const (
+	// CredentialsBroker: the guest gets placeholders; the host's egress
+	// gateway swaps in the real secrets for brokered hosts.
+	CredentialsBroker = "broker"
+	// CredentialsCopy copies the real auth files into the VM (the old way).
+	CredentialsCopy = "copy"
+	// CredentialsNone gives the VM no credentials at all.
+	CredentialsNone = "none"
+)
+
+// DefaultEgressPolicy is the named policy of egress mode allow unless
+// the config picks another.
+const DefaultEgressPolicy = "agents"
 
 // Accelerators; AccelAuto picks KVM when /dev/kvm is usable.
 const (
@@ -75,6 +96,66 @@ type Config struct {
 	VMMProcess VMMProcess `toml:"vmm"`
 	// Limits bound what guests and clients can make the host hold.
 	Limits Limits `toml:"limits"`
+	// Egress configures the egress gateway of VMs in egress mode allow.
+	Egress Egress `toml:"egress"`
+	// Credentials says how the host's agent credentials reach VMs.
+	Credentials Credentials `toml:"credentials"`
+}
+
+// Egress configures the egress gateway.
+type Egress struct {
+	// DefaultPolicy is the named policy a VM in mode allow gets when its
+	// create names none. (Not "policy": [egress.policy.NAME] are tables.)
+	DefaultPolicy string `toml:"default_policy"`
+	// Resolve overrides the host's resolver for upstream dials, like
+	// curl --resolve: "host" or "host:port" → "ip:port".
+	Resolve map[string]string `toml:"resolve"`
+	// UpstreamCAFile adds trusted roots (PEM) for the broker's upstream
+	// TLS: mirrors, corporate proxies, tests' fake upstreams.
+	UpstreamCAFile string `toml:"upstream_ca_file"`
+	// LogMaxRows caps each VM's connection log; the oldest rows go first.
+	LogMaxRows int `toml:"log_max_rows"`
+	// Policies are named policies; a name also shipped as a builtin
+	// (egress.BuiltinPolicies) replaces the builtin.
+	Policies map[string]EgressPolicy `toml:"policy"`
+}
+
+// EgressPolicy is one named policy's patterns (see egress.ParseRule).
+type EgressPolicy struct {
+	Allow []string `toml:"allow"`
+	Deny  []string `toml:"deny"`
+}
+
+// Credentials says how the host's agent credentials reach VMs.
+type Credentials struct {
+	// Mode is "broker", "copy" or "none" (per VM: --credentials).
+	Mode string `toml:"mode"`
+	// Env names host environment variables (API keys) a VM gets: as
+	// placeholders when brokered, as is when copied.
+	Env []string `toml:"env"`
+}
+
+// PolicySet is every named policy: the builtins with the config's
+// [egress.policy.NAME] tables over them.
+func (e Egress) PolicySet() map[string]EgressPolicy {
+	out := make(map[string]EgressPolicy, len(egress.BuiltinPolicies)+len(e.Policies))
+	for name, allow := range egress.BuiltinPolicies {
+		out[name] = EgressPolicy{Allow: slices.Clone(allow)}
+	}
+	for name, p := range e.Policies {
+		out[name] = p
+	}
+	return out
+}
+
+// PolicyNames lists the named policies, sorted.
+func (e Egress) PolicyNames() []string {
+	var names []string
+	for n := range e.PolicySet() {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
 }
 
 // VMMProcess says whom the VMM processes run as.
@@ -275,7 +356,7 @@ func Default() Config {
 			CPUs:             2,
 			MemoryMiB:        1024,
 			DiskGiB:          4,
-			Egress:           EgressAll,
+			Egress:           EgressAllow,
 			Net:              NetUser,
 			BootTimeout:      Duration{180 * time.Second},
 			VMM:              VMMAuto,
@@ -301,6 +382,16 @@ func Default() Config {
 		Network:    Network{Subnet: "172.30.0.0/24", DNS: []string{}},
 		VMMProcess: VMMProcess{UIDRange: DefaultUIDRange},
 		Limits:     Limits{ConsoleLogMiB: 8, GuestStreamMiB: 4096, MinFreeMiB: 256, MaxConnections: 256},
+		Egress: Egress{
+			DefaultPolicy: DefaultEgressPolicy,
+			Resolve:       map[string]string{},
+			LogMaxRows:    5000,
+			Policies:      map[string]EgressPolicy{},
+		},
+		Credentials: Credentials{
+			Mode: CredentialsBroker,
+			Env:  []string{"ANTHROPIC_API_KEY", "OPENAI_API_KEY"},
+		},
 	}
 }
 
@@ -388,9 +479,10 @@ func (c Config) Validate() error {
 	if c.VM.DiskGiB < MinDiskGiB {
 		bad("vm.disk_gib", c.VM.DiskGiB, fmt.Sprintf("want at least %d", MinDiskGiB))
 	}
-	if !slices.Contains([]string{EgressAll, EgressNone}, c.VM.Egress) {
-		bad("vm.egress", c.VM.Egress, `want "all" or "none"`)
+	if !slices.Contains([]string{EgressAll, EgressNone, EgressAllow}, c.VM.Egress) {
+		bad("vm.egress", c.VM.Egress, `want "all", "none" or "allow" (through the egress gateway)`)
 	}
+	errs = append(errs, c.validateEgress()...)
 	if !slices.Contains([]string{NetUser, NetTap}, c.VM.Net) {
 		bad("vm.net", c.VM.Net, `want "user" or "tap"`)
 	}
@@ -470,6 +562,74 @@ func (c Config) Validate() error {
 		bad("limits.min_free_mib", c.Limits.MinFreeMiB, "want 0 or more")
 	}
 	return errors.Join(errs...)
+}
+
+// policyName is what a named egress policy may be called: it is typed
+// after --egress, next to all, none and allow.
+var policyName = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
+
+// envName is an environment variable name [credentials] env may list.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+
+func (c Config) validateEgress() []error {
+	var errs []error
+	bad := func(key string, value any, allowed string) {
+		errs = append(errs, fmt.Errorf("%w: %s = %#v; %s", ErrInvalid, key, value, allowed))
+	}
+	e := c.Egress
+	const patterns = `want host names (api.example.com), *.suffix (*.example.com) or CIDRs (192.0.2.0/24), each with an optional :port`
+	for _, name := range slices.Sorted(maps.Keys(e.Policies)) {
+		if !policyName.MatchString(name) || slices.Contains([]string{EgressAll, EgressNone, EgressAllow}, name) {
+			bad("egress.policy", name, "want a policy name of a lowercase letter, then lowercase letters, digits, '-' or '_' (not all, none or allow)")
+			continue
+		}
+		p := e.Policies[name]
+		for _, list := range []struct {
+			key      string
+			patterns []string
+		}{{"allow", p.Allow}, {"deny", p.Deny}} {
+			for _, pat := range list.patterns {
+				if _, err := egress.ParseRule(pat); err != nil {
+					bad("egress.policy."+name+"."+list.key, pat, patterns+" ("+err.Error()+")")
+				}
+			}
+		}
+	}
+	if _, ok := e.PolicySet()[e.DefaultPolicy]; !ok {
+		bad("egress.default_policy", e.DefaultPolicy, "want one of the named policies: "+strings.Join(e.PolicyNames(), ", "))
+	}
+	for _, from := range slices.Sorted(maps.Keys(e.Resolve)) {
+		to := e.Resolve[from]
+		host := from
+		if h, port, err := net.SplitHostPort(from); err == nil {
+			if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+				bad("egress.resolve", from, `want "host" or "host:port" keys`)
+				continue
+			}
+			host = h
+		}
+		if host == "" || strings.ContainsAny(host, "*/ ") {
+			bad("egress.resolve", from, `want "host" or "host:port" keys`)
+		}
+		if ap, err := netip.ParseAddrPort(to); err != nil || ap.Port() == 0 {
+			bad("egress.resolve."+from, to, `want "ip:port" such as "127.0.0.1:18443"`)
+		}
+	}
+	if e.UpstreamCAFile != "" && !strings.HasPrefix(e.UpstreamCAFile, "/") {
+		bad("egress.upstream_ca_file", e.UpstreamCAFile, "want an absolute path to PEM certificates, or empty for the system roots only")
+	}
+	if e.LogMaxRows < 1 {
+		bad("egress.log_max_rows", e.LogMaxRows, "want a positive number of rows per VM")
+	}
+	if !slices.Contains([]string{CredentialsBroker, CredentialsCopy, CredentialsNone}, c.Credentials.Mode) {
+		bad("credentials.mode", c.Credentials.Mode, `want "broker", "copy" or "none"`)
+	}
+	for _, v := range c.Credentials.Env {
+		if !envName.MatchString(v) {
+			bad("credentials.env", v, "want environment variable names such as ANTHROPIC_API_KEY")
+		}
+	}
+	return errs
 }
 
 func notSuiteRune(r rune) bool {

@@ -38,7 +38,7 @@ func TestDefaultIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		VM:          VM{CPUs: 2, MemoryMiB: 1024, DiskGiB: 4, Egress: "all", Net: "user", BootTimeout: Duration{180 * time.Second}, VMM: "auto", ExtraSerialPorts: []string{}},
+		VM:          VM{CPUs: 2, MemoryMiB: 1024, DiskGiB: 4, Egress: "allow", Net: "user", BootTimeout: Duration{180 * time.Second}, VMM: "auto", ExtraSerialPorts: []string{}},
 		Image:       Image{Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security"},
 		Daemon:      Daemon{LogLevel: "info"},
 		Auth:        Auth{Files: []string{".local/share/opencode/auth.json", ".claude/.credentials.json", ".claude.json", ".pi/agent/auth.json"}},
@@ -46,6 +46,8 @@ func TestDefaultIsValid(t *testing.T) {
 		Network:     Network{Subnet: "172.30.0.0/24", DNS: []string{}},
 		VMMProcess:  VMMProcess{UIDRange: "2000000000-2000065535"},
 		Limits:      Limits{ConsoleLogMiB: 8, GuestStreamMiB: 4096, MinFreeMiB: 256, MaxConnections: 256},
+		Egress:      Egress{DefaultPolicy: "agents", Resolve: map[string]string{}, LogMaxRows: 5000, Policies: map[string]EgressPolicy{}},
+		Credentials: Credentials{Mode: "broker", Env: []string{"ANTHROPIC_API_KEY", "OPENAI_API_KEY"}},
 	}
 	if !reflect.DeepEqual(d, want) {
 		t.Fatalf("Default() = %+v", d)
@@ -104,7 +106,40 @@ agent_path = "/opt/banger/banger-agent"
 		{name: "cpus too many", in: "[vm]\ncpus = 65\n", wantErr: []string{"vm.cpus = 65"}, wantIs: ErrInvalid},
 		{name: "memory", in: "[vm]\nmemory_mib = 64\n", wantErr: []string{"vm.memory_mib = 64", "at least 128"}, wantIs: ErrInvalid},
 		{name: "disk", in: "[vm]\ndisk_gib = 0\n", wantErr: []string{"vm.disk_gib = 0"}, wantIs: ErrInvalid},
-		{name: "egress", in: "[vm]\negress = \"some\"\n", wantErr: []string{`vm.egress = "some"`, `"all" or "none"`}, wantIs: ErrInvalid},
+		{name: "egress", in: "[vm]\negress = \"some\"\n", wantErr: []string{`vm.egress = "some"`, `"all", "none" or "allow"`}, wantIs: ErrInvalid},
+		{
+			name: "egress section",
+			in: `[egress]
+default_policy = "work"
+resolve = {"api.anthropic.com" = "127.0.0.1:18443", "mirror.example:80" = "127.0.0.1:8080"}
+upstream_ca_file = "/etc/banger/test-ca.pem"
+log_max_rows = 100
+[egress.policy.work]
+allow = ["github.com:443", "*.npmjs.org", "192.0.2.0/24"]
+deny = ["gist.github.com"]
+[egress.policy.agents]
+allow = ["api.anthropic.com"]
+[credentials]
+mode = "copy"
+env = ["MY_KEY"]
+`,
+			check: func(c Config) bool {
+				set := c.Egress.PolicySet()
+				return c.Egress.DefaultPolicy == "work" && c.Egress.Resolve["mirror.example:80"] == "127.0.0.1:8080" &&
+					c.Egress.LogMaxRows == 100 && reflect.DeepEqual(set["work"].Deny, []string{"gist.github.com"}) &&
+					reflect.DeepEqual(set["agents"].Allow, []string{"api.anthropic.com"}) &&
+					c.Credentials.Mode == "copy" && c.Credentials.Env[0] == "MY_KEY"
+			},
+		},
+		{name: "egress bad pattern", in: "[egress.policy.work]\nallow = [\"ok.example\", \"bad pattern\"]\ndeny = [\"x.example:99999\"]\n",
+			wantErr: []string{`egress.policy.work.allow = "bad pattern"`, `egress.policy.work.deny = "x.example:99999"`, "*.suffix"}, wantIs: ErrInvalid},
+		{name: "egress unknown policy key", in: "[egress.policy.work]\nalow = [\"x.example\"]\n", wantErr: []string{`"egress.policy.work.alow"`}, wantIs: ErrUnknownKey},
+		{name: "egress bad policy name", in: "[egress.policy.all]\nallow = []\n", wantErr: []string{`egress.policy = "all"`}, wantIs: ErrInvalid},
+		{name: "egress unknown default", in: "[egress]\ndefault_policy = \"nope\"\n", wantErr: []string{`egress.default_policy = "nope"`, "agents"}, wantIs: ErrInvalid},
+		{name: "egress resolve", in: "[egress]\nresolve = {\"a.example\" = \"localhost:1\", \"b.example:x\" = \"127.0.0.1:1\"}\n",
+			wantErr: []string{`egress.resolve.a.example = "localhost:1"`, `egress.resolve = "b.example:x"`}, wantIs: ErrInvalid},
+		{name: "egress misc", in: "[egress]\nupstream_ca_file = \"ca.pem\"\nlog_max_rows = 0\n[credentials]\nmode = \"steal\"\nenv = [\"A=B\"]\n",
+			wantErr: []string{"egress.upstream_ca_file", "egress.log_max_rows", "credentials.mode", `credentials.env = "A=B"`}, wantIs: ErrInvalid},
 		{name: "duration syntax", in: "[vm]\nboot_timeout = \"soon\"\n", wantErr: []string{"vm.boot_timeout", `"soon"`, "180s"}},
 		{name: "duration bare number", in: "[vm]\nboot_timeout = 180\n", wantErr: []string{"vm.boot_timeout", "180s"}},
 		{name: "duration not positive", in: "[vm]\nboot_timeout = \"0s\"\n", wantErr: []string{"vm.boot_timeout", "positive"}, wantIs: ErrInvalid},

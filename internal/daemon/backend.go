@@ -36,6 +36,7 @@ func (d *Daemon) routes() http.Handler {
 		Sessions:   sessions,
 		Events:     sessions,
 		Operations: d.ops,
+		Egress:     egressAPI{d},
 		Log:        d.log,
 	})
 }

@@ -92,6 +92,10 @@ type Daemon struct {
 	// stats keeps the last CPU sample per VMM process (stats.go).
 	stats       statsSampler
 	vmWatchOnce sync.Once
+
+	// egress runs the gateway of VMs in egress mode allow
+	// (egressengine.go).
+	egress *egressEngine
 }
 
 // New opens the state, re-adopts VMs and returns a daemon ready to Serve.
@@ -144,6 +148,9 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.ops = newOps(opsDeps{store: st, log: d.log.With("component", "ops"), base: ctx, bus: d.bus.publish})
+	if d.egress, err = d.newEgressEngine(ctx); err != nil {
+		return nil, err
+	}
 	if _, err := st.FailDanglingOperations(ctx); err != nil {
 		return nil, fmt.Errorf("close operations of a previous daemon: %w", err)
 	}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/sshkeys"
@@ -100,6 +101,11 @@ func (e *imageEngine) deriveImage(ctx context.Context, req api.BuildImageRequest
 	egress := req.Egress
 	if egress == "" {
 		egress = e.cfg.VM.Egress
+	}
+	if egress == config.EgressAllow {
+		// A provisioning VM has no row, so no gateway policy: its script
+		// is the user's own, and gets the network as with egress all.
+		egress = config.EgressAll
 	}
 	vm := store.VM{ID: filepath.Base(vmDir), Name: "provision", Dir: vmDir, CPUs: max(2, e.cfg.VM.CPUs), MemoryMiB: max(2048, e.cfg.VM.MemoryMiB), Egress: egress}
 	var hostPub []byte

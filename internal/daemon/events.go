@@ -1,8 +1,8 @@
 package daemon
 
-// The event bus (GET /v1/events) carries three kinds of news: sessions
-// (sessions.go), VMs and operations (ops.go); the bus and the VM table
-// watcher are here.
+// The event bus (GET /v1/events) carries four kinds of news: sessions
+// (sessions.go), VMs, operations (ops.go) and egress connections
+// (egressengine.go); the bus and the VM table watcher are here.
 //
 // VM events come from watching the VMs table rather than from hooks in
 // every lifecycle path: whatever changes a VM (create, start, stop,

@@ -121,6 +121,7 @@ func (d *Daemon) stopLocked(ctx context.Context, name string, force bool) (store
 	if !force && d.driverFor(vm).Alive(d.proc(vm)) {
 		d.politePoweroff(ctx, vm)
 	}
+	d.egress.unsupervise(vm.ID)
 	d.dropAgent(vm.ID)
 	if err := d.driverFor(vm).Stop(ctx, vm.Dir, d.proc(vm), force, stopTimeout); err != nil {
 		_ = d.store.SetVMState(ctx, vm.ID, api.VMError, err.Error())

@@ -116,7 +116,7 @@ func (e *netEngine) netMembers(ctx context.Context, skipVM string) ([]network.Me
 	}
 	egress := map[string]string{}
 	for _, vm := range vms {
-		egress[vm.ID] = vm.Egress
+		egress[vm.ID] = netEgress(vm)
 	}
 	var out []network.Member
 	for _, l := range leases {

@@ -72,6 +72,8 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 			vm.State = api.VMRunning
 			// The previous daemon's console pump died with it.
 			d.keepConsole(d.ops.base, vm)
+			// Its guest's connections wait for a gateway.
+			d.egress.supervise(vm)
 			// Reconnect the agent in the background; exec redials anyway.
 			go func() {
 				actx, cancel := context.WithTimeout(d.ops.base, 30*time.Second)
@@ -91,6 +93,11 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 				log.Info("VM's VMM is gone; marked stopped")
 			}
 		}
+	}
+	if n, err := d.store.SweepEgressLog(ctx); err != nil {
+		d.log.Warn("sweep egress log", "err", err)
+	} else if n > 0 {
+		d.log.Info("removed egress log rows of deleted VMs", "rows", n)
 	}
 	if err := d.sweepFiles(ctx, &rep); err != nil {
 		return fmt.Errorf("sweep leftovers: %w", err)

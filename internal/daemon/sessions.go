@@ -154,6 +154,7 @@ func (t *sessionTracker) prune(vs *vmSessions) {
 // session, session records) once a VM is gone; the lock map shrinks by
 // itself (lockVM) and stats samples age out (statsSampler).
 func (d *Daemon) forgetVM(vmID string) {
+	d.egress.unsupervise(vmID)
 	d.dropAgent(vmID)
 	d.sessions.forget(vmID)
 }

@@ -16,7 +16,8 @@ func (d *Daemon) vmView(ctx context.Context, vm store.VM) api.VM {
 		ID: vm.ID, Name: vm.Name, State: vm.State, CPUs: vm.CPUs, MemoryBytes: int64(vm.MemoryMiB) << 20,
 		WorkDiskBytes: vm.WorkDiskBytes, Egress: vm.Egress, Accel: vm.Accel, VMM: vm.VMM,
 		PID: vm.PID, SSHPort: vm.SSHPort, Dir: vm.Dir, CreatedAt: vm.CreatedAt, LastError: vm.LastError,
-		Image: vm.ImageID,
+		Image: vm.ImageID, EgressPolicy: vm.EgressPolicy, EgressAllow: vm.EgressAllow, EgressDeny: vm.EgressDeny,
+		Credentials: vm.Credentials,
 	}
 	manifest := ""
 	if img, err := d.store.GetImage(ctx, vm.ImageID); err == nil {

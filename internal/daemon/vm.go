@@ -17,6 +17,7 @@ import (
 	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/buildinfo"
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/paths"
@@ -69,9 +70,6 @@ func (d *Daemon) validateCreate(ctx context.Context, req *api.CreateVMRequest) (
 	if req.DiskGiB == 0 {
 		req.DiskGiB = d.cfg.VM.DiskGiB
 	}
-	if req.Egress == "" {
-		req.Egress = d.cfg.VM.Egress
-	}
 	if req.CPUs < 1 || req.CPUs > 64 {
 		return store.Image{}, api.Errorf(api.CodeInvalid, "choose --cpus between 1 and 64", "impossible vCPU count %d", req.CPUs)
 	}
@@ -81,9 +79,11 @@ func (d *Daemon) validateCreate(ctx context.Context, req *api.CreateVMRequest) (
 	if req.DiskGiB < 1 || req.DiskGiB > 2048 {
 		return store.Image{}, api.Errorf(api.CodeInvalid, "choose --disk between 1 and 2048 GiB", "impossible work disk size %d GiB", req.DiskGiB)
 	}
-	if req.Egress != "all" && req.Egress != "none" {
-		return store.Image{}, api.Errorf(api.CodeInvalid, "use --egress all or --egress none", "unknown egress mode %q", req.Egress)
+	mode, policy, err := resolveEgress(d.cfg, req)
+	if err != nil {
+		return store.Image{}, err
 	}
+	req.Egress, req.EgressPolicy = mode, policy
 	if err := d.netEngine().validateNet(ctx, req); err != nil {
 		return store.Image{}, err
 	}
@@ -204,7 +204,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 		ID: vmID, Name: req.Name, ImageID: img.ID, State: api.VMCreating,
 		CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, WorkDiskBytes: int64(req.DiskGiB) << 30,
 		Egress: req.Egress, NetMode: req.Net, Dir: d.layout.VMDir(vmID), CreatedAt: time.Now().UTC(),
-		VMM: req.VMM,
+		VMM: req.VMM, EgressPolicy: req.EgressPolicy, EgressAllow: req.Allow, Credentials: req.Credentials,
 	}
 	r := &vmRun{vm: &vm, img: img, undo: &undo, persist: true, jailer: req.Jailer, req: req}
 	err = d.runSteps(ctx, stage, r, d.createSteps())
@@ -427,6 +427,10 @@ func (d *Daemon) bootAgent(ctx context.Context, r *vmRun) error {
 	if !r.persist {
 		return nil
 	}
+	// From here the guest's connections go through the gateway: later
+	// steps (services) may already need the network.
+	d.egress.supervise(*vm)
+	r.undo.push(func() { d.egress.unsupervise(vm.ID) })
 	vm.State, vm.LastError = api.VMRunning, ""
 	if err := d.store.UpdateVM(ctx, vm); err != nil {
 		return fmt.Errorf("record running vm: %w", err)
@@ -536,7 +540,7 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		CPUs:      vm.CPUs,
 		MemoryMiB: vm.MemoryMiB,
 		Accel:     vm.Accel,
-		Egress:    vm.Egress,
+		Egress:    netEgress(*vm),
 		Forwards:  fwd,
 		Net:       nic,
 		// Benchmark-only raw ports ([vm] extra_serial_ports).
@@ -588,13 +592,21 @@ func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM, withAuth bool) 
 		AuthorizedKeys: string(clientPub),
 	}
 	var authSize int64
-	if withAuth {
+	if withAuth && usesGateway(*vm) {
+		// The broker (helper D) adds its CA and placeholders here.
+		seed.Egress = &agentapi.SeedEgress{Gateway: true}
+	}
+	if withAuth && vm.Credentials != config.CredentialsNone {
+		// Until the credential broker is wired, broker mode copies the
+		// files as copy mode does.
 		var names []string
 		seed.AuthFiles, names = d.collectAuthFiles(vm.Name)
 		vm.AuthSyncedJSON = encodeNames(names)
 		for _, f := range seed.AuthFiles {
 			authSize += int64(len(f.Data))
 		}
+	} else if withAuth {
+		vm.AuthSyncedJSON = encodeNames(nil)
 	}
 	cfg, err := json.Marshal(seed)
 	if err != nil {

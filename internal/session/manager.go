@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/system"
 )
@@ -123,6 +124,10 @@ func (m *Manager) Start(ctx context.Context, req api.StartSessionRequest) (api.S
 		return api.Session{}, err
 	}
 	log := m.log.With("session", meta.ID, "name", meta.Name)
+	// The id is known only now; it goes last so that no request can
+	// claim another session's id (the egress log attributes
+	// connections by it).
+	env = withSessionID(env, meta.ID)
 	spec := launchSpec{Session: meta, Env: env, Rows: req.Rows, Cols: req.Cols, Limits: m.opts.Limits}
 	if err := m.launch(ctx, dir, spec); err != nil {
 		log.Warn("session launch failed", "err", err)
@@ -282,6 +287,18 @@ func (m *Manager) commandEnv(req api.StartSessionRequest) []string {
 		out = append(out, k+"="+env[k])
 	}
 	return out
+}
+
+// withSessionID sets agentapi.SessionEnv to id in env, replacing any
+// value the request gave it.
+func withSessionID(env []string, id string) []string {
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, agentapi.SessionEnv+"=") {
+			out = append(out, kv)
+		}
+	}
+	return append(out, agentapi.SessionEnv+"="+id)
 }
 
 func envValue(env []string, key string) string {

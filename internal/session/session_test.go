@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/mux"
 )
 
@@ -403,5 +404,21 @@ func TestTailFile(t *testing.T) {
 	os.WriteFile(log, []byte("first line\nlast words\n"), 0o600)
 	if got := tailFile(log, 11); got != "last words" {
 		t.Errorf("tail: %q", got)
+	}
+}
+
+// TestSessionIDInEnv: every session's command carries its own id in
+// BANGER_SESSION (the egress log attributes connections by it), and a
+// request cannot set another.
+func TestSessionIDInEnv(t *testing.T) {
+	t.Parallel()
+	m := newManager(t)
+	s := start(t, m, api.StartSessionRequest{
+		Argv: sh(`echo "id=$` + agentapi.SessionEnv + `"`),
+		Env:  map[string]string{agentapi.SessionEnv: "forged"},
+	})
+	r := runAttach(t, m, s.ID, api.AttachSessionRequest{FromStart: true}, nil)
+	if r.stdout != "id="+s.ID+"\n" {
+		t.Fatalf("stdout %q, want id=%s", r.stdout, s.ID)
 	}
 }

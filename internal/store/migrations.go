@@ -139,6 +139,35 @@ BEGIN
 	DELETE FROM vmm_users WHERE owner = OLD.id;
 END;
 `,
+	// 8: egress gateway: a VM's named policy, its own allow and deny
+	// patterns (JSON arrays), its credentials mode, and the connection
+	// log (capped per VM by InsertEgressRecord; rows go with their VM).
+	`
+ALTER TABLE vms ADD COLUMN egress_policy TEXT NOT NULL DEFAULT '';
+ALTER TABLE vms ADD COLUMN egress_allow TEXT NOT NULL DEFAULT '';
+ALTER TABLE vms ADD COLUMN egress_deny TEXT NOT NULL DEFAULT '';
+ALTER TABLE vms ADD COLUMN credentials TEXT NOT NULL DEFAULT '';
+CREATE TABLE egress_log (
+	id          INTEGER PRIMARY KEY AUTOINCREMENT,
+	vm_id       TEXT NOT NULL REFERENCES vms (id) ON DELETE CASCADE,
+	time        TEXT NOT NULL,
+	session     TEXT NOT NULL DEFAULT '',
+	pid         INTEGER NOT NULL DEFAULT 0,
+	process     TEXT NOT NULL DEFAULT '',
+	proto       TEXT NOT NULL DEFAULT '',
+	name        TEXT NOT NULL DEFAULT '',
+	addr        TEXT NOT NULL DEFAULT '',
+	port        INTEGER NOT NULL DEFAULT 0,
+	decision    TEXT NOT NULL,
+	rule        TEXT NOT NULL DEFAULT '',
+	policy      TEXT NOT NULL DEFAULT '',
+	note        TEXT NOT NULL DEFAULT '',
+	bytes_up    INTEGER NOT NULL DEFAULT 0,
+	bytes_down  INTEGER NOT NULL DEFAULT 0,
+	duration_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX egress_log_vm ON egress_log (vm_id, id);
+`,
 }
 
 // migrate brings db to the newest schema this binary knows. It is safe to

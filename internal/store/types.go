@@ -118,6 +118,15 @@ type VM struct {
 	// VMMStateJSON is the driver's own per-VM state (API socket, vsock
 	// path and CID, ...), opaque to everything but the driver.
 	VMMStateJSON string `json:"vmm_state_json"`
+	// EgressPolicy names the policy of egress mode allow; EgressAllow
+	// and EgressDeny are the VM's own patterns on top. Only CreateVM and
+	// SetVMEgress write them, so a lifecycle UpdateVM cannot undo a live
+	// policy change.
+	EgressPolicy string   `json:"egress_policy"`
+	EgressAllow  []string `json:"egress_allow"`
+	EgressDeny   []string `json:"egress_deny"`
+	// Credentials is "broker", "copy" or "none" (set at create).
+	Credentials string `json:"credentials"`
 }
 
 // Port is a host port forwarded to a VM. It stays reserved for the VM's

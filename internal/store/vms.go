@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -11,7 +12,8 @@ import (
 const vmColumns = `id, name, image_id, state, cpus, memory_mib, work_disk_bytes,
 	egress, accel, pid, pid_start_time, dir, ssh_port, created_at, updated_at,
 	last_error, workspace_json, work_seed_fingerprint, auth_synced_json,
-	vmm, net_mode, vmm_state_json`
+	vmm, net_mode, vmm_state_json, egress_policy, egress_allow, egress_deny,
+	credentials`
 
 var vmStates = []string{VMStateCreating, VMStateRunning, VMStateStopping, VMStateStopped, VMStateError}
 
@@ -22,15 +24,23 @@ func scanVM(r rowScanner) (VM, error) {
 	// through int64 and real values (clock ticks since boot) are far below
 	// 2^63 anyway.
 	var startTime int64
+	var allow, deny string
 	if err := r.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.State, &vm.CPUs,
 		&vm.MemoryMiB, &vm.WorkDiskBytes, &vm.Egress, &vm.Accel, &vm.PID,
 		&startTime, &vm.Dir, &vm.SSHPort, &created, &updated,
 		&vm.LastError, &vm.WorkspaceJSON, &vm.WorkSeedFingerprint, &vm.AuthSyncedJSON,
-		&vm.VMM, &vm.NetMode, &vm.VMMStateJSON); err != nil {
+		&vm.VMM, &vm.NetMode, &vm.VMMStateJSON, &vm.EgressPolicy, &allow, &deny,
+		&vm.Credentials); err != nil {
 		return VM{}, err
 	}
-	vm.PIDStartTime = uint64(startTime)
 	var err error
+	if vm.EgressAllow, err = decodeList(allow); err != nil {
+		return VM{}, fmt.Errorf("vm %s egress_allow: %w", vm.ID, err)
+	}
+	if vm.EgressDeny, err = decodeList(deny); err != nil {
+		return VM{}, fmt.Errorf("vm %s egress_deny: %w", vm.ID, err)
+	}
+	vm.PIDStartTime = uint64(startTime)
 	if vm.CreatedAt, err = parseTime(created); err != nil {
 		return VM{}, err
 	}
@@ -90,12 +100,13 @@ func (s *Store) CreateVM(ctx context.Context, vm *VM) error {
 	vm.CreatedAt = vm.CreatedAt.UTC()
 	err := insertWithID(&vm.ID, "vms.id", func() error {
 		_, err := s.q.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			vm.ID, vm.Name, vm.ImageID, vm.State, vm.CPUs, vm.MemoryMiB,
 			vm.WorkDiskBytes, vm.Egress, vm.Accel, vm.PID, int64(vm.PIDStartTime),
 			vm.Dir, vm.SSHPort, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt),
 			vm.LastError, vm.WorkspaceJSON, vm.WorkSeedFingerprint, vm.AuthSyncedJSON,
-			vm.VMM, vm.NetMode, vm.VMMStateJSON)
+			vm.VMM, vm.NetMode, vm.VMMStateJSON, vm.EgressPolicy, encodeList(vm.EgressAllow),
+			encodeList(vm.EgressDeny), vm.Credentials)
 		return err
 	})
 	if err != nil {
@@ -209,6 +220,42 @@ func (s *Store) SetVMWorkspace(ctx context.Context, id, workspaceJSON string) er
 		return fmt.Errorf("set vm %s workspace: %w", id, err)
 	}
 	return nil
+}
+
+// SetVMEgress replaces VM id's own egress allow and deny patterns.
+// UpdateVM never writes them, so a lifecycle change running at the same
+// time cannot undo a live policy change.
+func (s *Store) SetVMEgress(ctx context.Context, id string, allow, deny []string) error {
+	res, err := s.q.ExecContext(ctx,
+		`UPDATE vms SET egress_allow = ?, egress_deny = ?, updated_at = ? WHERE id = ?`,
+		encodeList(allow), encodeList(deny), formatTime(now()), id)
+	if err != nil {
+		return fmt.Errorf("set vm %s egress: %w", id, err)
+	}
+	if err := affectedOne(res, ErrNotFound); err != nil {
+		return fmt.Errorf("set vm %s egress: %w", id, err)
+	}
+	return nil
+}
+
+// encodeList stores a string list as a JSON array; empty is "".
+func encodeList(l []string) string {
+	if len(l) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(l)
+	return string(b)
+}
+
+func decodeList(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var l []string
+	if err := json.Unmarshal([]byte(s), &l); err != nil {
+		return nil, err
+	}
+	return l, nil
 }
 
 // DeleteVM removes VM id; its port reservations go with it (ON DELETE

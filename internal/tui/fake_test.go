@@ -20,6 +20,7 @@ type fakeDaemon struct {
 	sessions map[string][]api.Session
 	console  map[string]string
 	health   map[string]api.Health
+	egress   map[string][]api.EgressRecord
 	stopErr  error
 
 	created []api.CreateVMRequest
@@ -171,4 +172,13 @@ func (f *fakeDaemon) WatchEvents(ctx context.Context, _ string, _ func(api.BusEv
 	// Tests inject events as busMsg; the stream just stays open.
 	<-ctx.Done()
 	return nil
+}
+
+func (f *fakeDaemon) EgressLog(_ context.Context, name string, _ api.EgressLogQuery) ([]api.EgressRecord, error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.egress[name]), nil
 }

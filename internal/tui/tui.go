@@ -38,6 +38,7 @@ type Backend interface {
 	RestartVM(ctx context.Context, name string) (api.VM, error)
 	DeleteVM(ctx context.Context, name string, force bool) error
 	WatchEvents(ctx context.Context, vm string, fn func(api.BusEvent)) error
+	EgressLog(ctx context.Context, name string, q api.EgressLogQuery) ([]api.EgressRecord, error)
 }
 
 var _ Backend = (*client.Client)(nil)
@@ -56,6 +57,9 @@ const (
 	keepFinishedOps = 15 * time.Second
 	// consoleTailBytes is how much of a console log is read for its tail.
 	consoleTailBytes = 64 << 10
+	// egressKeep is how many of the selected VM's egress records the
+	// live panel keeps.
+	egressKeep = 50
 )
 
 // Options configure the dashboard.
@@ -167,6 +171,10 @@ type detail struct {
 	healthErr string
 	console   []string
 	consErr   string
+	// egress is the newest of the VM's egress log (mode allow), oldest
+	// first; live events append to it.
+	egress    []api.EgressRecord
+	egressErr string
 }
 
 type opView struct {
@@ -288,6 +296,13 @@ func (m Model) fetchDetail(vm api.VM) tea.Cmd {
 				d.healthErr = errText(err)
 			} else {
 				d.health = &h
+			}
+		}
+		if vm.Egress == api.EgressAllow {
+			if recs, err := be.EgressLog(ctx, vm.Name, api.EgressLogQuery{Limit: egressKeep}); err != nil {
+				d.egressErr = errText(err)
+			} else {
+				d.egress = recs
 			}
 		}
 		tw := &tailWriter{max: consoleTailBytes}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -325,7 +326,7 @@ func TestCreateForm(t *testing.T) {
 		t.Fatalf("form still open: %s", h.screen())
 	}
 	want := api.CreateVMRequest{Name: "box1", CPUs: 2, MemoryMiB: 1024}
-	if len(f.created) != 1 || f.created[0] != want {
+	if len(f.created) != 1 || !reflect.DeepEqual(f.created[0], want) {
 		t.Fatalf("created %+v, want %+v", f.created, want)
 	}
 	h.contains("creating box1 (operation op123)", "vm.create box1")
@@ -541,5 +542,22 @@ func TestTailWriter(t *testing.T) {
 	fmt.Fprint(tw, "world")
 	if tw.String() != "world" {
 		t.Fatalf("tail %q", tw.String())
+	}
+}
+
+// TestEgressPanel: the selected VM's policy and its newest connections,
+// the kept log first, then live events.
+func TestEgressPanel(t *testing.T) {
+	t.Parallel()
+	f := fixture()
+	f.vms[0].Egress, f.vms[0].EgressPolicy, f.vms[0].EgressAllow = api.EgressAllow, "agents", []string{"x.example"}
+	f.egress = map[string][]api.EgressRecord{"dev": {{ID: 1, Time: t0, Decision: "allow", Process: "node", Session: "s1", Name: "api.anthropic.com", Port: 443, BytesUp: 4096}}}
+	h := newHarness(t, f, 100, 30)
+	h.contains("egress: allow (policy agents + 1 rule)", "api.anthropic.com:443", "s1/node")
+	h.send(busMsg{api.BusEvent{Kind: api.EventEgress, VM: "dev", Egress: &api.EgressRecord{ID: 2, Time: t0, Decision: "deny", Process: "curl", Name: "evil.example", Port: 443}}})
+	h.send(busMsg{api.BusEvent{Kind: api.EventEgress, VM: "build", Egress: &api.EgressRecord{ID: 3, Time: t0, Decision: "deny", Name: "other.example", Port: 80}}})
+	h.contains("✗", "evil.example:443")
+	if s := h.screen(); strings.Contains(s, "other.example") {
+		t.Errorf("another VM's connection is on the selected VM's panel:\n%s", s)
 	}
 }

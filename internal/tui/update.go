@@ -284,6 +284,15 @@ func (m *Model) event(ev api.BusEvent) tea.Cmd {
 			m.detail.sessions = append(ss, *ev.Session)
 		}
 		return nil
+	case api.EventEgress:
+		if ev.Egress == nil || ev.VM != m.selName || !m.detail.loaded {
+			return nil
+		}
+		m.detail.egress = append(m.detail.egress, *ev.Egress)
+		if n := len(m.detail.egress); n > egressKeep {
+			m.detail.egress = slices.Delete(m.detail.egress, 0, n-egressKeep)
+		}
+		return nil
 	case api.EventOperation:
 		if ev.Operation == nil {
 			return nil

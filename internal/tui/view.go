@@ -287,6 +287,9 @@ func (m Model) detailView(rows int) []string {
 		agent += " · last error: " + vm.LastError
 	}
 	out = append(out, "  "+agent)
+	if vm.Egress != "" {
+		out = append(out, "  egress: "+vm.EgressSummary())
+	}
 	// An operation on this VM (its create, a workspace prepare) lists its
 	// stages the way the CLI prints them.
 	for _, v := range m.ops {
@@ -327,6 +330,22 @@ func (m Model) detailView(rows int) []string {
 			out = append(out, line)
 		}
 	}
+	// The live egress panel: the newest connections, up to a third of
+	// what is left.
+	left = rows - len(out)
+	if vm.Egress == api.EgressAllow && left > 1 {
+		switch {
+		case d.egressErr != "":
+			out = append(out, dimStyle.Render("  egress log: "+d.egressErr))
+		case len(d.egress) == 0 && d.loaded:
+			out = append(out, dimStyle.Render("  no connections yet"))
+		default:
+			n := min(len(d.egress), max(left/3, 1))
+			for _, r := range d.egress[len(d.egress)-n:] {
+				out = append(out, "  "+egressLine(r))
+			}
+		}
+	}
 	left = rows - len(out)
 	if left > 0 {
 		switch {
@@ -340,6 +359,24 @@ func (m Model) detailView(rows int) []string {
 		}
 	}
 	return out
+}
+
+// egressLine is one connection of the egress panel.
+func egressLine(r api.EgressRecord) string {
+	mark := "✓"
+	if r.Denied() {
+		mark = "✗"
+	}
+	who := r.Process
+	if r.Session != "" {
+		who = r.Session + "/" + who
+	}
+	line := fmt.Sprintf("%s %s %-8s %-14s %-30s %s↑ %s↓", mark, r.Time.Local().Format("15:04:05"), r.Decision, cut(who, 14),
+		cut(r.Target(), 30), shortBytes(r.BytesUp), shortBytes(r.BytesDown))
+	if r.Denied() {
+		return errStyle.Render(line)
+	}
+	return line
 }
 
 // stageLine is one stage as `banger vm create` prints it.

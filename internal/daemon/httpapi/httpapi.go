@@ -100,6 +100,17 @@ type Operations interface {
 	WatchOperation(ctx context.Context, id string) (events <-chan api.Event, cancel func(), err error)
 }
 
+// Egress is the egress gateway's per-VM policy and connection log.
+type Egress interface {
+	EgressShow(ctx context.Context, vm string) (api.EgressView, error)
+	// EgressChange applies ch and answers the new view; the VM's next
+	// connection is judged by it.
+	EgressChange(ctx context.Context, vm string, ch api.EgressChange) (api.EgressView, error)
+	// EgressLog is the VM's kept log rows that q selects, oldest first.
+	EgressLog(ctx context.Context, vm string, q api.EgressLogQuery) ([]api.EgressRecord, error)
+	EgressLearn(ctx context.Context, vm string) (api.EgressLearned, error)
+}
+
 // Backend is every engine the handler calls.
 type Backend struct {
 	System     System
@@ -109,6 +120,7 @@ type Backend struct {
 	Sessions   Sessions
 	Events     Events
 	Operations Operations
+	Egress     Egress
 	// Log gets one debug line per request.
 	Log *slog.Logger
 }
@@ -150,6 +162,10 @@ func (h *Handler) routes() *http.ServeMux {
 	m.HandleFunc("POST "+s+"/{ref}/stop", h.stopSession)
 	m.HandleFunc("GET "+s+"/{ref}/logs", h.sessionLogs)
 	m.HandleFunc("GET "+v+"/events", h.events)
+	m.HandleFunc("GET "+v+"/vms/{name}/egress", h.egressShow)
+	m.HandleFunc("POST "+v+"/vms/{name}/egress", h.egressChange)
+	m.HandleFunc("GET "+v+"/vms/{name}/egress/log", h.egressLog)
+	m.HandleFunc("GET "+v+"/vms/{name}/egress/learn", h.egressLearn)
 	m.HandleFunc("POST "+v+"/vms/{name}/workspace", h.prepareWorkspace)
 	m.HandleFunc("POST "+v+"/vms/{name}/workspace/pull", h.pullWorkspace)
 	m.HandleFunc("POST "+v+"/workspace/resolve", h.resolveWorkspace)

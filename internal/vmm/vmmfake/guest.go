@@ -58,9 +58,28 @@ func (f *Driver) serveGuest(p *proc, conn net.Conn) {
 		return
 	}
 	defer sess.Close()
+	f.mu.Lock()
+	p.sess = sess
+	f.mu.Unlock()
 	hs := &http.Server{Handler: f.guestRoutes(p), ErrorLog: slog.NewLogLogger(slog.DiscardHandler, slog.LevelDebug)}
 	defer hs.Close()
 	_ = hs.Serve(sess)
+}
+
+// OpenGuestStream opens a guest-initiated stream on the latest agent
+// session of the VM in dir, as the agent's egress listener does.
+func (f *Driver) OpenGuestStream(dir string) (net.Conn, error) {
+	f.mu.Lock()
+	p := f.current[dir]
+	var sess *yamux.Session
+	if p != nil {
+		sess = p.sess
+	}
+	f.mu.Unlock()
+	if sess == nil || sess.IsClosed() {
+		return nil, fmt.Errorf("open guest stream of %s: %w", dir, errRefused)
+	}
+	return sess.OpenStream()
 }
 
 // guestRoutes serves the real agent's health answer and the fake exec.

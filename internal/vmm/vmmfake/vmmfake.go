@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/yamux"
+
 	"github.com/bangerdev/banger/internal/agent"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/system"
@@ -126,6 +128,8 @@ type proc struct {
 	// guest ends the guest's agent sessions when the VMM exits.
 	guest context.Context
 	stop  context.CancelFunc
+	// sess is the guest end of the latest agent session.
+	sess *yamux.Session
 }
 
 // firstPID is above Linux's largest pid_max (2^22): no real process

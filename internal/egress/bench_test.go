@@ -1,0 +1,95 @@
+package egress
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+
+	"github.com/bangerdev/banger/internal/agentapi"
+)
+
+// sink is an upstream that writes size bytes to each client and closes.
+func sink(b *testing.B, size int64) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { l.Close() })
+	go func() {
+		buf := make([]byte, 256<<10)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				for left := size; left > 0; {
+					n := min(left, int64(len(buf)))
+					if _, err := c.Write(buf[:n]); err != nil {
+						return
+					}
+					left -= n
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// BenchmarkDownload compares a download through the gateway with the
+// same download straight from the upstream.
+func BenchmarkDownload(b *testing.B) {
+	const size = 64 << 20
+	addr := sink(b, size)
+	b.Run("direct", func(b *testing.B) {
+		b.SetBytes(size)
+		for i := 0; i < b.N; i++ {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if n, _ := io.Copy(io.Discard, c); n != size {
+				b.Fatalf("got %d", n)
+			}
+			c.Close()
+		}
+	})
+	b.Run("gateway", func(b *testing.B) {
+		pol, _ := NewPolicy("p", []string{"up.example"}, nil)
+		g := New(Options{
+			Policy:   func(string) (Policy, string, bool) { return pol, "p", true },
+			Resolve:  map[string]string{"up.example": addr},
+			Resolver: fakeResolver{},
+		})
+		fake := g.FakeIPs("id").Addr("up.example")
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer l.Close()
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go g.Handle(context.Background(), VMRef{ID: "id", Name: "v"}, c)
+			}
+		}()
+		b.SetBytes(size)
+		for i := 0; i < b.N; i++ {
+			c, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = agentapi.WriteEgressLine(c, agentapi.EgressOpen{Kind: "tcp", Dst: fake.String() + ":443"})
+			n, _ := io.Copy(io.Discard, c)
+			if n < size {
+				b.Fatalf("got %d", n)
+			}
+			c.Close()
+		}
+	})
+}
