@@ -123,6 +123,8 @@ type instance struct {
 	expectRetries bool
 	// tally is where retries are counted; nil means the suite's.
 	tally *bootTally
+	// extraEnv is added to the daemon's (and the CLI's) environment.
+	extraEnv []string
 }
 
 func newInstance(t testing.TB, configTOML string) *instance {
@@ -132,7 +134,7 @@ func newInstance(t testing.TB, configTOML string) *instance {
 
 // newWrappedInstance starts the daemon under wrap (argv prepended to the
 // daemon's own).
-func newWrappedInstance(t testing.TB, configTOML string, wrap []string) *instance {
+func newWrappedInstance(t testing.TB, configTOML string, wrap []string, env ...string) *instance {
 	t.Helper()
 	// A short home keeps socket paths well under 108 bytes.
 	home, err := os.MkdirTemp("/tmp", "bge")
@@ -144,7 +146,7 @@ func newWrappedInstance(t testing.TB, configTOML string, wrap []string) *instanc
 			t.Fatal(err)
 		}
 	}
-	inst := &instance{t: t, home: home, wrap: wrap}
+	inst := &instance{t: t, home: home, wrap: wrap, extraEnv: env}
 	inst.startDaemon()
 	inst.trackRetries(t)
 	return inst
@@ -157,7 +159,7 @@ func (in *instance) env() []string {
 			env = append(env, e)
 		}
 	}
-	return append(env, "BANGER_HOME="+in.home)
+	return append(append(env, in.extraEnv...), "BANGER_HOME="+in.home)
 }
 
 func (in *instance) socket() string { return filepath.Join(in.home, "banger.sock") }
@@ -538,7 +540,9 @@ func shared(t testing.TB) *instance {
 			return
 		}
 		// A 1 MiB console cap lets TestVMLifecycle see rotation quickly.
-		inst := newInstance(t, fmt.Sprintf("[vm]\nboot_timeout = \"100s\"\n[auth]\nhome = %q\n[limits]\nconsole_log_mib = 1\n", authHome))
+		// Credentials are copied (the tests of the shared instance check
+		// the copy; TestEgressGateway has the broker).
+		inst := newInstance(t, fmt.Sprintf("[vm]\nboot_timeout = \"100s\"\n[auth]\nhome = %q\n[credentials]\nmode = \"copy\"\n[limits]\nconsole_log_mib = 1\n", authHome))
 		sharedInst = inst
 		sharedErr = ensureImage(t, inst)
 	})

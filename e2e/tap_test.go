@@ -171,36 +171,7 @@ func (ns *namespace) checkForeign(t *testing.T) {
 // the guest may or may not reach, depending on its egress.
 func (ns *namespace) listen(t testing.TB, addr string) {
 	t.Helper()
-	ln, err := func() (net.Listener, error) {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			return nil, err
-		}
-		defer orig.Close()
-		h, err := netns.GetFromName(ns.name)
-		if err != nil {
-			runtime.UnlockOSThread()
-			return nil, err
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			runtime.UnlockOSThread()
-			return nil, err
-		}
-		ln, lerr := net.Listen("tcp", addr)
-		// A thread that cannot go back stays locked and dies with this
-		// goroutine instead of running other code in the namespace.
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-		return ln, lerr
-	}()
-	if err != nil {
-		t.Fatalf("listen on %s in %s: %v", addr, ns.name, err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := ns.listener(t)(addr)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -210,6 +181,46 @@ func (ns *namespace) listen(t testing.TB, addr string) {
 			c.Close()
 		}
 	}()
+}
+
+// listener returns a function that opens TCP listeners inside the
+// namespace (a socket stays in the namespace it was made in, so the
+// test serves it from its own goroutines). They close when the test ends.
+func (ns *namespace) listener(t testing.TB) func(addr string) net.Listener {
+	return func(addr string) net.Listener {
+		t.Helper()
+		ln, err := func() (net.Listener, error) {
+			runtime.LockOSThread()
+			orig, err := netns.Get()
+			if err != nil {
+				runtime.UnlockOSThread()
+				return nil, err
+			}
+			defer orig.Close()
+			h, err := netns.GetFromName(ns.name)
+			if err != nil {
+				runtime.UnlockOSThread()
+				return nil, err
+			}
+			defer h.Close()
+			if err := netns.Set(h); err != nil {
+				runtime.UnlockOSThread()
+				return nil, err
+			}
+			ln, lerr := net.Listen("tcp", addr)
+			// A thread that cannot go back stays locked and dies with this
+			// goroutine instead of running other code in the namespace.
+			if err := netns.Set(orig); err == nil {
+				runtime.UnlockOSThread()
+			}
+			return ln, lerr
+		}()
+		if err != nil {
+			t.Fatalf("listen on %s in %s: %v", addr, ns.name, err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		return ln
+	}
 }
 
 // guestReaches says whether the guest can open a TCP connection to addr.
