@@ -159,8 +159,6 @@ func (h *harness) vm(id string) (egress.VMRef, *Result) {
 // client is a guest HTTP client: every connection it opens is served by
 // the broker over a pipe, as the gateway would hand it over.
 func (h *harness) client(vm egress.VMRef) *http.Client {
-	pool := x509.NewCertPool()
-	pool.AddCert(h.ca.Certificate())
 	tr := &http.Transport{
 		DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			name, _, _ := net.SplitHostPort(addr)
@@ -174,14 +172,7 @@ func (h *harness) client(vm egress.VMRef) *http.Client {
 				return d.DialContext(ctx, "tcp", h.upstream.Listener.Addr().String())
 			}
 			go func() { _ = h.b.Serve(context.Background(), vm, g, name, 443, dial, rec) }()
-			tc := tls.Client(c, &tls.Config{ServerName: name, RootCAs: pool})
-			if err := tc.HandshakeContext(ctx); err != nil {
-				return nil, err
-			}
-			if p := tc.ConnectionState().NegotiatedProtocol; p != "" && p != "http/1.1" {
-				h.t.Errorf("ALPN %q", p)
-			}
-			return tc, nil
+			return tlsClient(ctx, h, c, name)
 		},
 	}
 	h.t.Cleanup(tr.CloseIdleConnections)
@@ -549,4 +540,19 @@ func TestInterceptsAndNames(t *testing.T) {
 	if h.b.Intercepts(vm, "api.anthropic.com", 443) {
 		t.Fatal("removed VM still intercepted")
 	}
+}
+
+// tlsClient is the guest's TLS: it trusts the broker CA and offers h2
+// too, which the broker must decline.
+func tlsClient(ctx context.Context, h *harness, c net.Conn, name string) (*tls.Conn, error) {
+	pool := x509.NewCertPool()
+	pool.AddCert(h.ca.Certificate())
+	tc := tls.Client(c, &tls.Config{ServerName: name, RootCAs: pool, NextProtos: []string{"h2", "http/1.1"}})
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, err
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "http/1.1" {
+		h.t.Errorf("ALPN %q, want http/1.1", p)
+	}
+	return tc, nil
 }
