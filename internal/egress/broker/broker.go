@@ -122,6 +122,7 @@ func (b *Broker) SetVM(vm egress.VMRef, s *Secrets) {
 	if old := b.vms[vm.ID]; old != nil {
 		for _, e := range old.Entries {
 			delete(b.ids, placeholderID(e.Placeholder))
+			delete(b.seen, vm.ID+"|"+credKey(e))
 		}
 		delete(b.vms, vm.ID)
 	}

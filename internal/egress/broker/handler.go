@@ -41,8 +41,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.blockLeak(w, leak.note)
 			return
 		}
+		// The error names host paths: the daemon log gets it, the guest not.
 		h.b.log.Warn("broker: credential unavailable", "vm", h.vm.Name, "host", h.host.Name, "err", err)
-		http.Error(w, "banger egress: the host's credential is unavailable: "+err.Error(), http.StatusBadGateway)
+		http.Error(w, "banger egress: a brokered credential is unavailable on the host; see the banger daemon log", http.StatusBadGateway)
 		return
 	}
 	if r.Method == http.MethodPost && h.host.isTokenPath(r.URL.Path) {
@@ -162,10 +163,10 @@ func (h *handler) serveRefresh(w http.ResponseWriter, r *http.Request, body []by
 		h.blockLeak(w, fmt.Sprintf("extra credential placeholders in a refresh of %s", o.sec.Cred))
 		return
 	}
-	res, err := h.b.refresh(r.Context(), h.vm, h.host, h.tr, r, treq, o.sec)
+	res, err := h.b.refresh(r.Context(), h.vm, h.host, h.authority, h.tr, r, treq, o.sec)
 	if err != nil {
 		h.b.log.Warn("broker: refresh failed", "vm", h.vm.Name, "credential", o.sec.Cred, "err", err)
-		http.Error(w, "banger egress: refresh of "+o.sec.Cred+" failed on the host: "+err.Error(), http.StatusBadGateway)
+		http.Error(w, "banger egress: refresh of "+o.sec.Cred+" failed on the host; see the banger daemon log", http.StatusBadGateway)
 		return
 	}
 	for k, v := range res.header {
@@ -196,7 +197,7 @@ type upstreamToken struct {
 // refresh refreshes sec's credential for vm: from the host file when it
 // changed since vm last got it, else upstream (once for all VMs asking
 // at the same time), then answers with vm's placeholders.
-func (b *Broker) refresh(ctx context.Context, vm egress.VMRef, host *Host, tr http.RoundTripper, r *http.Request, treq *tokenRequest, sec Secret) (*refreshResult, error) {
+func (b *Broker) refresh(ctx context.Context, vm egress.VMRef, host *Host, authority string, tr http.RoundTripper, r *http.Request, treq *tokenRequest, sec Secret) (*refreshResult, error) {
 	ck := credKey(sec)
 	seenKey := vm.ID + "|" + ck
 	access := b.vmSibling(vm.ID, sec.Cred, RoleAccess)
@@ -236,7 +237,7 @@ func (b *Broker) refresh(ctx context.Context, vm egress.VMRef, host *Host, tr ht
 	v, err, _ := b.refreshes.Do(ck, func() (any, error) {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refreshTimeout)
 		defer cancel()
-		return b.refreshUpstream(rctx, host, tr, r, treq, sec, curHash)
+		return b.refreshUpstream(rctx, host, authority, tr, r, treq, sec, curHash)
 	})
 	if err != nil {
 		return nil, err
@@ -325,7 +326,7 @@ func accessField(sec Secret) string {
 
 // refreshUpstream sends the refresh with the real refresh token and, on
 // success, writes the new tokens to the host file.
-func (b *Broker) refreshUpstream(ctx context.Context, host *Host, tr http.RoundTripper, r *http.Request, treq *tokenRequest, sec Secret, observed [32]byte) (*upstreamToken, error) {
+func (b *Broker) refreshUpstream(ctx context.Context, host *Host, authority string, tr http.RoundTripper, r *http.Request, treq *tokenRequest, sec Secret, observed [32]byte) (*upstreamToken, error) {
 	cur, err := b.readCred(sec)
 	if err != nil {
 		return nil, err
@@ -347,7 +348,8 @@ func (b *Broker) refreshUpstream(ctx context.Context, host *Host, tr http.RoundT
 	out := treq.clone()
 	out.set("refresh_token", cur.refresh)
 	body := out.encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+r.Host+r.URL.RequestURI(), bytes.NewReader(body))
+	// The table's host, never the guest's Host header.
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+authority+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("refresh request: %w", err)
 	}
@@ -357,12 +359,6 @@ func (b *Broker) refreshUpstream(ctx context.Context, host *Host, tr http.RoundT
 			continue
 		}
 		req.Header[k] = v
-	}
-	req.Host = r.Host
-	req.URL.Host = r.Host
-	if r.Host == "" {
-		req.URL.Host = host.Name
-		req.Host = host.Name
 	}
 	resp, err := tr.RoundTrip(req)
 	if err != nil {
