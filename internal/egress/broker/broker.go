@@ -30,8 +30,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/singleflight"
-
 	"github.com/bangerdev/banger/internal/egress"
 )
 
@@ -81,7 +79,7 @@ type Broker struct {
 	// blanked) as the template for answering a VM from the host file.
 	lastResp map[string]map[string]any
 
-	refreshes singleflight.Group
+	refreshes flightGroup
 	fileMu    sync.Mutex
 }
 

@@ -234,7 +234,7 @@ func (b *Broker) refresh(ctx context.Context, vm egress.VMRef, host *Host, autho
 		return &refreshResult{status: http.StatusOK, header: http.Header{"Content-Type": {"application/json"}}, body: body}, nil
 	}
 
-	v, err, _ := b.refreshes.Do(ck, func() (any, error) {
+	v, err := b.refreshes.Do(ck, func() (any, error) {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refreshTimeout)
 		defer cancel()
 		return b.refreshUpstream(rctx, host, authority, tr, r, treq, sec, curHash)

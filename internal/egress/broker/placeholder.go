@@ -264,7 +264,7 @@ func (rw *rewriter) file(rel string, data []byte) ([]byte, []string, error) {
 		}
 		// Any other top-level entry may be another credential the broker
 		// does not know: leave it out rather than copy it.
-		for k := range obj {
+		for _, k := range sortedKeys(obj) {
 			if k != "claudeAiOauth" {
 				delete(obj, k)
 				skipped = append(skipped, clean+"#"+k)
@@ -278,8 +278,9 @@ func (rw *rewriter) file(rel string, data []byte) ([]byte, []string, error) {
 			}
 		}
 	case FileOpencodeAuth, FilePiAuth:
-		for prov, v := range obj {
-			o, ok := v.(map[string]any)
+		// Sorted: the same files give the same secrets in the same order.
+		for _, prov := range sortedKeys(obj) {
+			o, ok := obj[prov].(map[string]any)
 			svc := providerService(prov)
 			if !ok || svc == "" {
 				delete(obj, prov)
@@ -445,4 +446,13 @@ func setPath(doc any, path []string, v any) bool {
 	}
 	o[path[len(path)-1]] = v
 	return true
+}
+
+func sortedKeys(o map[string]any) []string {
+	keys := make([]string, 0, len(o))
+	for k := range o {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
