@@ -262,7 +262,7 @@ func (b *Broker) Serve(ctx context.Context, vm egress.VMRef, guest net.Conn, nam
 	defer guest.Close()
 	host := lookupHost(name)
 	if host == nil {
-		return fmt.Errorf("broker: %s is not in the broker table", name)
+		return fmt.Errorf("%s is not in the broker table", name)
 	}
 	leaf, err := b.opts.CA.Leaf(host.Name)
 	if err != nil {
@@ -277,7 +277,7 @@ func (b *Broker) Serve(ctx context.Context, vm egress.VMRef, guest net.Conn, nam
 	err = tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("broker: guest tls handshake for %s: %w", host.Name, err)
+		return fmt.Errorf("guest tls handshake for %s: %w", host.Name, err)
 	}
 
 	var up, down atomic.Int64
@@ -349,7 +349,7 @@ func (b *Broker) Serve(ctx context.Context, vm egress.VMRef, guest net.Conn, nam
 	rec.BytesUp += up.Load()
 	rec.BytesDown += down.Load()
 	if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-		return fmt.Errorf("broker: serve %s: %w", host.Name, err)
+		return fmt.Errorf("serve %s: %w", host.Name, err)
 	}
 	return nil
 }
