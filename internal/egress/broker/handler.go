@@ -49,6 +49,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost && h.host.isTokenPath(r.URL.Path) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, maxTokenBody+1))
 		if err != nil {
+			http.Error(w, "banger egress: read token request: "+err.Error(), http.StatusBadRequest)
 			return
 		}
 		if len(body) > maxTokenBody {

@@ -166,3 +166,20 @@ func TestServeEndsWithContext(t *testing.T) {
 		t.Fatal("Serve ignores its context")
 	}
 }
+
+// FuzzFindPlaceholder: the scan over guest bytes (Leak, headers, URLs)
+// never panics and finds a known placeholder wherever it is.
+func FuzzFindPlaceholder(f *testing.F) {
+	b := New(Options{})
+	ph := "sk-ant-api03-" + Marker + "0123456789abcdef0123456789abcdef"
+	b.SetVM(egress.VMRef{ID: "v"}, &Secrets{Entries: []Secret{{Placeholder: ph, Key: "k", Cred: "k", Role: RoleAPIKey, Service: ServiceAnthropic, Env: "X"}}})
+	f.Add([]byte("GET / HTTP/1.1\r\nx: " + ph + "\r\n"))
+	f.Add([]byte(Marker + Marker + "0123"))
+	f.Add([]byte("banger-ph"))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		got := b.Leak(egress.VMRef{ID: "v"}, p)
+		if want := strings.Contains(string(p), Marker+"0123456789abcdef0123456789abcdef"); got != want {
+			t.Fatalf("Leak = %v, want %v", got, want)
+		}
+	})
+}
