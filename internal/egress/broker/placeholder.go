@@ -164,18 +164,8 @@ type Result struct {
 // reach the guest.
 func Rewrite(home string, files []agentapi.SeedFile, env map[string]string, prev *Secrets) (*Result, error) {
 	r := &Result{Secrets: &Secrets{Version: 1}}
-	rw := rewriter{home: home, prev: prev, out: r.Secrets}
-	for _, f := range files {
-		data, skipped, err := rw.file(f.Path, f.Data)
-		if err != nil {
-			r.Skipped = append(r.Skipped, f.Path)
-			continue
-		}
-		r.Skipped = append(r.Skipped, skipped...)
-		if data != nil {
-			r.Files = append(r.Files, agentapi.SeedFile{Path: f.Path, Data: data})
-		}
-	}
+	rw := rewriter{home: home, prev: prev, out: r.Secrets, keySuffix: map[string]string{}}
+	// Env first: .claude.json's key approvals refer to the env keys.
 	names := make([]string, 0, len(env))
 	for n := range env {
 		names = append(names, n)
@@ -199,6 +189,20 @@ func Rewrite(home string, files []agentapi.SeedFile, env map[string]string, prev
 			r.Env = map[string]string{}
 		}
 		r.Env[n] = ph
+		rw.keySuffix[approvalSuffix(v)] = approvalSuffix(ph)
+	}
+	for _, f := range files {
+		n := len(rw.out.Entries)
+		data, skipped, err := rw.file(f.Path, f.Data)
+		if err != nil {
+			rw.out.Entries = rw.out.Entries[:n] // the file is not given: neither are its secrets
+			r.Skipped = append(r.Skipped, f.Path)
+			continue
+		}
+		r.Skipped = append(r.Skipped, skipped...)
+		if data != nil {
+			r.Files = append(r.Files, agentapi.SeedFile{Path: f.Path, Data: data})
+		}
 	}
 	return r, nil
 }
@@ -230,6 +234,19 @@ type rewriter struct {
 	home string
 	prev *Secrets
 	out  *Secrets
+	// keySuffix maps the approval suffix of each env key to its
+	// placeholder's (see approvalSuffix).
+	keySuffix map[string]string
+}
+
+// approvalSuffix is how Claude Code remembers an approved
+// ANTHROPIC_API_KEY in .claude.json (customApiKeyResponses): its last 20
+// characters. A piece of a real key, so it is rewritten like the key.
+func approvalSuffix(key string) string {
+	if len(key) <= 20 {
+		return key
+	}
+	return key[len(key)-20:]
 }
 
 var errUnparsable = errors.New("not a file the broker understands")
@@ -275,6 +292,26 @@ func (rw *rewriter) file(rel string, data []byte) ([]byte, []string, error) {
 			base := Secret{Cred: clean + "#primaryApiKey", Service: ServiceAnthropic, File: abs}
 			if err := rw.replace(obj, "primaryApiKey", base, RoleAPIKey, []string{"primaryApiKey"}); err != nil {
 				return nil, nil, err
+			}
+		}
+		// Approvals of env keys follow the key to its placeholder, so the
+		// guest's Claude Code does not ask again; approvals of keys the
+		// VM does not get are pieces of real keys and are dropped.
+		if resp, ok := obj["customApiKeyResponses"].(map[string]any); ok {
+			for _, k := range []string{"approved", "rejected"} {
+				list, ok := resp[k].([]any)
+				if !ok {
+					continue
+				}
+				out := []any{}
+				for _, e := range list {
+					if s, ok := e.(string); ok {
+						if ph, ok := rw.keySuffix[s]; ok {
+							out = append(out, ph)
+						}
+					}
+				}
+				resp[k] = out
 			}
 		}
 	case FileOpencodeAuth, FilePiAuth:

@@ -193,3 +193,32 @@ func FuzzRewriteFile(f *testing.F) {
 		}
 	})
 }
+
+func TestRewriteKeyApprovals(t *testing.T) {
+	cj := `{"customApiKeyResponses":{"approved":["` + realEnvKey[len(realEnvKey)-20:] + `","otherkeysuffix000000"],"rejected":[]},"primaryApiKey":"` + realAPIKey + `"}`
+	files := []agentapi.SeedFile{
+		{Path: FileClaudeJSON, Data: []byte(cj)},
+		// Half-brokerable: dropped with all its secrets.
+		{Path: FileOpencodeAuth, Data: []byte(`{"anthropic":{"type":"api","key":"sk-ant-api03-x"},"openai":{"type":"api","key":7}}`)},
+	}
+	r, err := Rewrite("/h", files, map[string]string{"ANTHROPIC_API_KEY": realEnvKey}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Resp map[string][]string `json:"customApiKeyResponses"`
+	}
+	if err := json.Unmarshal(r.Files[0].Data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	ph := r.Env["ANTHROPIC_API_KEY"]
+	if got := doc.Resp["approved"]; len(got) != 1 || got[0] != ph[len(ph)-20:] {
+		t.Fatalf("approved %v, want the placeholder's suffix only", got)
+	}
+	if strings.Contains(string(r.Files[0].Data), "otherkeysuffix") {
+		t.Fatal("an approval of a key the VM does not get was copied")
+	}
+	if len(r.Files) != 1 || strings.Join(r.Secrets.Names(), ",") != ".claude.json#primaryApiKey,env:ANTHROPIC_API_KEY" {
+		t.Fatalf("files %d names %v", len(r.Files), r.Secrets.Names())
+	}
+}
