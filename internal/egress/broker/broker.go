@@ -330,6 +330,8 @@ func (b *Broker) Serve(ctx context.Context, vm egress.VMRef, guest net.Conn, nam
 		},
 	}
 	l := newOneConnListener(tc)
+	connDone := make(chan struct{})
+	var doneOnce sync.Once
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 30 * time.Second,
@@ -338,6 +340,7 @@ func (b *Broker) Serve(ctx context.Context, vm egress.VMRef, guest net.Conn, nam
 		ErrorLog:          slog.NewLogLogger(b.log.Handler(), slog.LevelDebug),
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			if s == http.StateClosed || s == http.StateHijacked {
+				doneOnce.Do(func() { close(connDone) })
 				l.Close()
 			}
 		},
@@ -346,6 +349,18 @@ func (b *Broker) Serve(ctx context.Context, vm egress.VMRef, guest net.Conn, nam
 	stop := context.AfterFunc(ctx, func() { srv.Close() })
 	defer stop()
 	err = srv.Serve(l)
+	if l.taken.Load() {
+		// Serve also returns on srv.Close (ctx done) while the handler
+		// may still be writing rec: end the connection and wait for it.
+		// The raw conn: a TLS close_notify could block on a peer that
+		// does not read.
+		guest.Close()
+		select {
+		case <-connDone:
+		case <-time.After(refreshTimeout + 5*time.Second):
+			b.log.Warn("broker: a guest connection did not end in time", "vm", vm.Name, "host", host.Name)
+		}
+	}
 	rec.BytesUp += up.Load()
 	rec.BytesDown += down.Load()
 	if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
