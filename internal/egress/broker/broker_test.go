@@ -340,9 +340,9 @@ func TestSSEStreamed(t *testing.T) {
 		t.Fatalf("first event not streamed before the upstream finished: %q %v", line, err)
 	}
 	close(release)
-	rest, _ := io.ReadAll(br)
-	if !strings.Contains(string(rest), "message_stop") {
-		t.Fatalf("rest %q", rest)
+	rest, err := io.ReadAll(br)
+	if err != nil || !strings.Contains(string(rest), "message_stop") {
+		t.Fatalf("rest %q: %v\nlog:\n%s", rest, err, h.logs.String())
 	}
 }
 
