@@ -61,6 +61,22 @@ func (d *Daemon) collectAuthFiles(vmName string) ([]agentapi.SeedFile, []string)
 	return files, names
 }
 
+// collectAuthEnv reads the configured API-key variables (config
+// credentials.env) from the daemon's environment; unset ones are left
+// out. The values are secrets: never log them.
+func collectAuthEnv(names []string) map[string]string {
+	var env map[string]string
+	for _, n := range names {
+		if v := os.Getenv(n); v != "" {
+			if env == nil {
+				env = map[string]string{}
+			}
+			env[n] = v
+		}
+	}
+	return env
+}
+
 // readAuthFile reads a regular file of at most maxAuthFileBytes; errors
 // name the path only.
 func readAuthFile(p string) ([]byte, error) {
