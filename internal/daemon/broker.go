@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/bangerdev/banger/internal/agentapi"
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/egress"
 	"github.com/bangerdev/banger/internal/egress/broker"
 	"github.com/bangerdev/banger/internal/store"
@@ -22,14 +23,6 @@ const (
 	// where the real values live on the host (never the values), so a
 	// reboot reseeds the same placeholders.
 	fileBrokerSecrets = "broker-secrets.json"
-)
-
-// Credentials modes (config [credentials] mode, vm create --credentials).
-// Stand-ins equal to config.CredentialsBroker/Copy/None on i15-daemon.
-const (
-	credentialsBroker = "broker"
-	credentialsCopy   = "copy"
-	credentialsNone   = "none"
 )
 
 // credentialBroker is the daemon's side of the credential broker: the
@@ -84,19 +77,19 @@ type credentialSeed struct {
 func (cb *credentialBroker) seedCredentials(vm egress.VMRef, vmDir, mode, home string, files []agentapi.SeedFile, env map[string]string) (credentialSeed, error) {
 	var out credentialSeed
 	secretsPath := filepath.Join(vmDir, fileBrokerSecrets)
-	if mode != credentialsBroker {
+	if mode != config.CredentialsBroker {
 		cb.forget(vm, vmDir)
 	}
 	switch mode {
-	case credentialsNone:
+	case config.CredentialsNone:
 		return out, nil
-	case credentialsCopy:
+	case config.CredentialsCopy:
 		out.Files, out.Env = files, env
 		for _, f := range files {
 			out.Synced = append(out.Synced, f.Path)
 		}
 		return out, nil
-	case credentialsBroker:
+	case config.CredentialsBroker:
 	default:
 		return out, fmt.Errorf("unknown credentials mode %q", mode)
 	}
@@ -170,10 +163,10 @@ func brokerRef(vm *store.VM) egress.VMRef { return egress.VMRef{ID: vm.ID, Name:
 // (nil cb: its CA could not be loaded) mode broker gives the VM nothing
 // rather than the real secrets.
 func (d *Daemon) authSeed(cb *credentialBroker, vm *store.VM, mode string, envNames []string) (credentialSeed, error) {
-	if mode == credentialsNone || (mode == credentialsBroker && cb == nil) {
+	if mode == config.CredentialsNone || (mode == config.CredentialsBroker && cb == nil) {
 		if cb != nil {
 			cb.forget(brokerRef(vm), vm.Dir)
-		} else if mode == credentialsBroker {
+		} else if mode == config.CredentialsBroker {
 			d.log.Warn("credential broker unavailable: no credentials given to the VM", "vm", vm.Name)
 		}
 		return credentialSeed{}, nil

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/egress/broker"
 	"github.com/bangerdev/banger/internal/store"
 )
@@ -32,7 +33,7 @@ func TestAuthSeedModes(t *testing.T) {
 	vm := &store.VM{ID: "id1", Name: "dev", Dir: t.TempDir()}
 	envNames := []string{"BANGER_TEST_ANTHROPIC_KEY", "BANGER_TEST_UNSET"}
 
-	s, err := d.authSeed(cb, vm, credentialsBroker, envNames)
+	s, err := d.authSeed(cb, vm, config.CredentialsBroker, envNames)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +54,7 @@ func TestAuthSeedModes(t *testing.T) {
 		t.Fatalf("no warning naming the unparsable file:\n%s", log.String())
 	}
 	// A reboot reseeds the same placeholders; a daemon restart restores them.
-	again, _ := d.authSeed(cb, vm, credentialsBroker, envNames)
+	again, _ := d.authSeed(cb, vm, config.CredentialsBroker, envNames)
 	if !reflect.DeepEqual(again.Env, s.Env) || !bytes.Equal(again.Files[0].Data, s.Files[0].Data) {
 		t.Fatal("placeholders changed across reseeds")
 	}
@@ -63,7 +64,7 @@ func TestAuthSeedModes(t *testing.T) {
 		t.Fatal("restoreVM did not register the VM")
 	}
 
-	c, err := d.authSeed(cb, vm, credentialsCopy, envNames)
+	c, err := d.authSeed(cb, vm, config.CredentialsCopy, envNames)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,11 +74,11 @@ func TestAuthSeedModes(t *testing.T) {
 	if cb.Interceptor().Intercepts(brokerRef(vm), "api.anthropic.com", 443) || brokeredCredentials(vm.Dir) != nil {
 		t.Fatal("copy mode left the VM brokered")
 	}
-	n, err := d.authSeed(cb, vm, credentialsNone, envNames)
+	n, err := d.authSeed(cb, vm, config.CredentialsNone, envNames)
 	if err != nil || n.Files != nil || n.Env != nil {
 		t.Fatalf("none seed %+v %v", n, err)
 	}
-	if n, _ := d.authSeed(nil, vm, credentialsBroker, envNames); n.Files != nil || n.Env != nil {
+	if n, _ := d.authSeed(nil, vm, config.CredentialsBroker, envNames); n.Files != nil || n.Env != nil {
 		t.Fatal("broker mode without a broker must give nothing")
 	}
 	if strings.Contains(log.String(), secret) || strings.Contains(log.String(), envSecret) {

@@ -96,6 +96,9 @@ type Daemon struct {
 	// egress runs the gateway of VMs in egress mode allow
 	// (egressengine.go).
 	egress *egressEngine
+	// broker is the credential broker (broker.go); nil when its CA
+	// could not be loaded, and then mode broker gives VMs nothing.
+	broker *credentialBroker
 }
 
 // New opens the state, re-adopts VMs and returns a daemon ready to Serve.

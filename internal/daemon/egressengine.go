@@ -552,7 +552,7 @@ func (d *Daemon) newEgressEngine(ctx context.Context) (*egressEngine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newEgressEngine(egressDeps{
+	deps := egressDeps{
 		store:   d.store,
 		cfg:     d.cfg.Egress,
 		bus:     &d.bus,
@@ -560,7 +560,14 @@ func (d *Daemon) newEgressEngine(ctx context.Context) (*egressEngine, error) {
 		base:    ctx,
 		agent:   d.gatewayAgent,
 		rootCAs: roots,
-	}), nil
+	}
+	if cb, err := newCredentialBroker(d.layout.DataDir, roots, d.log.With("component", "broker")); err != nil {
+		d.log.Warn("credential broker unavailable; VMs in credentials mode broker get no credentials", "err", err)
+	} else {
+		d.broker = cb
+		deps.broker = cb.Interceptor()
+	}
+	return newEgressEngine(deps), nil
 }
 
 // egressAPI is the egress engine over VM names, for the HTTP layer.

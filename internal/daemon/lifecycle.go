@@ -176,6 +176,9 @@ func (d *Daemon) DeleteVM(ctx context.Context, name string, force bool) error {
 	if err := d.netEngine().detachNet(ctx, vm); err != nil {
 		return fmt.Errorf("remove network of %s: %w", vm.Name, err)
 	}
+	if d.broker != nil {
+		d.broker.forget(brokerRef(&vm), vm.Dir)
+	}
 	if err := os.RemoveAll(vm.Dir); err != nil {
 		return fmt.Errorf("remove vm dir: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/store"
 	"github.com/bangerdev/banger/internal/system"
@@ -72,7 +73,11 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 			vm.State = api.VMRunning
 			// The previous daemon's console pump died with it.
 			d.keepConsole(d.ops.base, vm)
-			// Its guest's connections wait for a gateway.
+			// Its guest's connections wait for a gateway; its guest holds
+			// the placeholders of its last boot.
+			if d.broker != nil && vm.Credentials == config.CredentialsBroker {
+				d.broker.restoreVM(brokerRef(&vm), vm.Dir)
+			}
 			d.egress.supervise(vm)
 			// Reconnect the agent in the background; exec redials anyway.
 			go func() {

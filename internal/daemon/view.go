@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/bangerdev/banger/api"
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/store"
 )
 
@@ -38,6 +39,9 @@ func (d *Daemon) vmView(ctx context.Context, vm store.VM) api.VM {
 	out.Workspace = workspaceOf(vm)
 	out.WorkSeedFingerprint = vm.WorkSeedFingerprint
 	out.AuthSynced = decodeNames(vm.AuthSyncedJSON)
+	if vm.Credentials == config.CredentialsBroker {
+		out.BrokeredCredentials = brokeredCredentials(vm.Dir)
+	}
 	if ports, err := d.store.PortsForVM(ctx, vm.ID); err == nil {
 		for _, p := range ports {
 			out.Ports = append(out.Ports, api.Port{HostPort: p.Port, GuestPort: p.GuestPort})

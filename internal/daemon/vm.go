@@ -17,7 +17,6 @@ import (
 	"github.com/bangerdev/banger/internal/agentapi"
 	"github.com/bangerdev/banger/internal/agentclient"
 	"github.com/bangerdev/banger/internal/buildinfo"
-	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/mux"
 	"github.com/bangerdev/banger/internal/paths"
@@ -592,21 +591,19 @@ func (d *Daemon) makeSeedDisk(ctx context.Context, vm *store.VM, withAuth bool) 
 		AuthorizedKeys: string(clientPub),
 	}
 	var authSize int64
-	if withAuth && usesGateway(*vm) {
-		// The broker (helper D) adds its CA and placeholders here.
-		seed.Egress = &agentapi.SeedEgress{Gateway: true}
-	}
-	if withAuth && vm.Credentials != config.CredentialsNone {
-		// Until the credential broker is wired, broker mode copies the
-		// files as copy mode does.
-		var names []string
-		seed.AuthFiles, names = d.collectAuthFiles(vm.Name)
-		vm.AuthSyncedJSON = encodeNames(names)
+	if withAuth {
+		creds, err := d.authSeed(d.broker, vm, vm.Credentials, d.cfg.Credentials.Env)
+		if err != nil {
+			return err
+		}
+		seed.AuthFiles = creds.Files
+		vm.AuthSyncedJSON = encodeNames(creds.Synced)
 		for _, f := range seed.AuthFiles {
 			authSize += int64(len(f.Data))
 		}
-	} else if withAuth {
-		vm.AuthSyncedJSON = encodeNames(nil)
+		if usesGateway(*vm) || len(creds.Env) > 0 {
+			seed.Egress = &agentapi.SeedEgress{Gateway: usesGateway(*vm), CACert: creds.CACert, Env: creds.Env}
+		}
 	}
 	cfg, err := json.Marshal(seed)
 	if err != nil {
