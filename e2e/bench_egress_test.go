@@ -36,18 +36,9 @@ allow = ["bench.test"]
 	if err := ensureImage(b, in); err != nil {
 		b.Fatal(err)
 	}
-	createBenchVM := func(name, egress string) {
-		args := []string{"vm", "create", name, "--egress", egress, "--json"}
-		r := in.run(nil, args...)
-		if r.code != 0 && noBootProgress(r.stderr) {
-			r = in.run(nil, args...)
-		}
-		if r.code != 0 {
-			b.Fatalf("vm create %s: %s\n%s", name, r, in.daemonLog())
-		}
-	}
-	createBenchVM("bench-direct", "all")
-	createBenchVM("bench-gw", "bench")
+	// A later --egress overrides createVM's none.
+	in.createVM(b, "bench-direct", "--egress", "all")
+	in.createVM(b, "bench-gw", "--egress", "bench")
 
 	// The gateway VM's address for bench.test is its fake address,
 	// looked up once so the loop below times connections, not DNS

@@ -119,15 +119,8 @@ func TestEgressGateway(t *testing.T) {
 	img := ensureAgentImage(t, in)
 
 	const name = "e2e-egress"
-	args := []string{"vm", "create", name, "--image", img, "--json"}
-	r := in.run(nil, args...)
-	if r.code != 0 && noBootProgress(r.stderr) {
-		boots.add(t, 1, 0, 0)
-		r = in.run(nil, args...)
-	}
-	if r.code != 0 {
-		t.Fatalf("vm create: %s\n%s", r, in.daemonLog())
-	}
+	// --egress allow (the config's default) overrides createVM's none.
+	in.createVM(t, name, "--image", img, "--egress", "allow")
 	defer in.run(nil, "vm", "delete", "--force", name)
 	vm := in.vm(t, name)
 	if vm.Egress != "allow" || vm.EgressPolicy != "e2e" {
@@ -398,15 +391,7 @@ allow = ["plain.test:80"]
 		t.Fatal(err)
 	}
 	const name = "e2e-egress-tap"
-	args := []string{"vm", "create", name, "--net", "tap", "--egress", "tapgw", "--json"}
-	r := in.run(nil, args...)
-	if r.code != 0 && noBootProgress(r.stderr) {
-		boots.add(t, 1, 0, 0)
-		r = in.run(nil, args...)
-	}
-	if r.code != 0 {
-		t.Fatalf("vm create: %s\n%s", r, in.daemonLog())
-	}
+	in.createVM(t, name, "--net", "tap", "--egress", "tapgw")
 	defer in.run(nil, "vm", "delete", "--force", name)
 	ns.listen(t, "172.30.0.1:8080")
 	get := `exec 3<>/dev/tcp/plain.test/80 && printf 'GET / HTTP/1.0\r\nHost: plain.test\r\n\r\n' >&3 && timeout 10 cat <&3`

@@ -3,10 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/bangerdev/banger/api"
@@ -46,23 +44,7 @@ func TestEgressPolicy(t *testing.T) {
 	// guest's connect may succeed (the agent's redirect accepts it
 	// locally and asks the gateway, which refuses an internal address):
 	// what counts is that nothing on the host was reached.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var accepted atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			c.Close()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	port, accepted := hostListener(t)
 	for _, addr := range []string{fmt.Sprintf("10.0.2.2/%d", port), "10.0.2.2/22"} {
 		r := in.run(nil, "vm", "exec", name, "--", "timeout", "8", "bash", "-c", "exec 3<>/dev/tcp/"+addr+" && echo hi >&3 && cat <&3")
 		if strings.TrimSpace(r.stdout) != "" {

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -496,8 +497,9 @@ func (in *instance) vm(t testing.TB, name string) api.VM {
 	return vm
 }
 
-// createVM creates a VM with no egress and retries once when the boot
-// hung with no console progress (TCG boots occasionally do).
+// createVM creates a VM with no egress (an --egress in extra, which comes
+// later, overrides it) and retries once when the boot hung with no
+// console progress (TCG boots occasionally do).
 func (in *instance) createVM(t testing.TB, name string, extra ...string) api.VM {
 	t.Helper()
 	args := append([]string{"vm", "create", name, "--egress", "none", "--json"}, extra...)
@@ -644,4 +646,28 @@ func ensureAgentImage(t testing.TB, inst *instance) string {
 		t.Fatal(err)
 	}
 	return spec.Name
+}
+
+// hostListener listens on the host's 127.0.0.1 and counts the
+// connections it accepts (and closes): a host service a guest must not
+// reach.
+func hostListener(t testing.TB) (port int, accepted *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepted = new(atomic.Int32)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port, accepted
 }

@@ -3,12 +3,10 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -104,23 +102,7 @@ func TestVMLifecycle(t *testing.T) {
 	t.Run("egress none blocks the host", func(t *testing.T) {
 		// A host service on 127.0.0.1: under QEMU user networking without
 		// restrict=on the guest would reach it as 10.0.2.2.
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		var accepted atomic.Int32
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				accepted.Add(1)
-				c.Close()
-			}
-		}()
-		port := ln.Addr().(*net.TCPAddr).Port
+		port, accepted := hostListener(t)
 		probe := func(addr string) result {
 			return in.run(nil, "vm", "exec", name, "--", "timeout", "8", "bash", "-c", "echo > /dev/tcp/"+addr)
 		}
