@@ -301,10 +301,23 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 	if g.opts.Broker != nil {
 		leak = func(b []byte) bool { return g.opts.Broker.Leak(vm, b) }
 	}
-	up1, down, leaked := splice(s, br, up, leak)
+	var front func(string) bool
+	if fakeName := name; FakeRange.Contains(ip) {
+		// The upstream is the fake address's name, but shared servers
+		// (CDNs) route by SNI/Host: a different name in the first bytes
+		// would reach a host the policy never allowed (domain fronting).
+		front = func(n string) bool {
+			return n == "" || n == fakeName || pol.Decide(n, netip.Addr{}, port).Allow
+		}
+	}
+	up1, down, leaked, fronted := splice(s, br, up, leak, front)
 	rec.BytesUp, rec.BytesDown = up1, down
-	if leaked {
+	switch {
+	case leaked:
 		rec.Decision, rec.Note = DecisionLeak, leakNote
+	case fronted != "":
+		rec.Decision = DecisionDeny
+		rec.Note = truncate(fmt.Sprintf("the connection to %s named %s in its first bytes, which the policy does not allow; cut", name, fronted), 200)
 	}
 }
 
@@ -313,6 +326,12 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 func (g *Gateway) peekName(s net.Conn, br *bufio.Reader, timeout time.Duration) (name, kind string) {
 	_ = s.SetReadDeadline(time.Now().Add(timeout))
 	defer s.SetReadDeadline(time.Time{})
+	return sniffBuffered(br)
+}
+
+// sniffBuffered reads into br (up to MaxSniff) until Sniff can name the
+// host or the stream ends or fails.
+func sniffBuffered(br *bufio.Reader) (name, kind string) {
 	for {
 		b, _ := br.Peek(br.Buffered())
 		var done bool
@@ -470,13 +489,23 @@ const leakWindow = MaxSniff
 // splice carries bytes both ways until both directions end, half-closing
 // each side as its peer finishes. With leak set, the first leakWindow
 // bytes to the upstream are checked before they are sent, and the
-// connection is cut when they carry a placeholder.
-func splice(guest net.Conn, guestR *bufio.Reader, up net.Conn, leak func([]byte) bool) (bytesUp, bytesDown int64, leaked bool) {
+// connection is cut when they carry a placeholder. With front set,
+// nothing goes upstream before the first bytes' SNI/Host name (if any)
+// passes it; a refused name is returned in fronted. Bytes from the
+// upstream flow meanwhile, so server-first protocols are not held up.
+func splice(guest net.Conn, guestR *bufio.Reader, up net.Conn, leak func([]byte) bool, front func(string) bool) (bytesUp, bytesDown int64, leaked bool, fronted string) {
 	var once sync.Once
 	closeBoth := func() { once.Do(func() { guest.Close(); up.Close() }) }
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		if front != nil {
+			if n, _ := sniffBuffered(guestR); !front(n) {
+				fronted = n
+				closeBoth()
+				return
+			}
+		}
 		var err error
 		if leak != nil {
 			bytesUp, leaked, err = copyChecked(up, guestR, leak)
@@ -508,7 +537,7 @@ func splice(guest net.Conn, guestR *bufio.Reader, up net.Conn, leak func([]byte)
 	}
 	<-done
 	closeBoth()
-	return bytesUp, bytesDown, leaked
+	return bytesUp, bytesDown, leaked, fronted
 }
 
 // copyChecked copies the first leakWindow bytes, checking all bytes seen

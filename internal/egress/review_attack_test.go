@@ -1,0 +1,96 @@
+package egress
+
+import (
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bangerdev/banger/internal/agentapi"
+)
+
+// The attack (domain fronting through a fake address): the guest looks
+// up an allowed name that sits on a shared CDN, connects to its fake
+// address, and then asks for a different, unallowed host in its SNI or
+// Host header. The gateway dials the allowed name's servers, which
+// route by SNI/Host: the bytes would reach the unallowed site. The
+// named host must match the address's name, or be allowed itself.
+func TestGatewayFakeIPNameMismatchBlocked(t *testing.T) {
+	for _, tc := range []struct {
+		name, port, first string
+	}{
+		{"http", "80", "GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n"},
+		{"tls", "443", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newUpstream(t, "")
+			tg := newTestGW(t, mustPolicy(t, []string{"cdn.example:" + tc.port}, nil), func(o *Options) {
+				o.Resolve = map[string]string{"cdn.example": up.addr}
+			})
+			first := tc.first
+			if first == "" {
+				first = string(clientHello(t, "evil.example"))
+			}
+			fake := tg.g.FakeIPs("id1").Addr("cdn.example")
+			guest, br := tg.open(agentapi.EgressOpen{Kind: "tcp", Dst: fake.String() + ":" + tc.port}, first)
+			r := readReply(t, br)
+			_ = guest.(*net.TCPConn).CloseWrite()
+			_, _ = io.ReadAll(br)
+			rec := tg.record()
+			select {
+			case got := <-up.got:
+				if strings.Contains(string(got), "evil.example") {
+					t.Fatalf("the upstream of cdn.example got the request for evil.example (reply %+v)", r)
+				}
+			case <-time.After(2 * time.Second):
+			}
+			if rec.Decision != DecisionDeny {
+				t.Fatalf("record %+v", rec)
+			}
+		})
+	}
+}
+
+// The same name (or another allowed one) in the first bytes is fine, and
+// a server-first protocol is not held back waiting for the client.
+func TestGatewayFakeIPNameMatchAllowed(t *testing.T) {
+	up := newUpstream(t, "")
+	tg := newTestGW(t, mustPolicy(t, []string{"cdn.example:80", "other.example:80"}, nil), func(o *Options) {
+		o.Resolve = map[string]string{"cdn.example": up.addr}
+	})
+	fake := tg.g.FakeIPs("id1").Addr("cdn.example")
+	for _, host := range []string{"cdn.example", "other.example"} {
+		req := "GET / HTTP/1.1\r\nHost: " + host + "\r\n\r\n"
+		guest, br := tg.open(agentapi.EgressOpen{Kind: "tcp", Dst: fake.String() + ":80"}, req)
+		if r := readReply(t, br); !r.Allow {
+			t.Fatalf("denied %+v", r)
+		}
+		_ = guest.(*net.TCPConn).CloseWrite()
+		if got := <-up.got; string(got) != req {
+			t.Fatalf("upstream got %q", got)
+		}
+		_, _ = io.ReadAll(br)
+		if rec := tg.record(); rec.Decision != DecisionAllow {
+			t.Fatalf("record %+v", rec)
+		}
+	}
+}
+
+func TestGatewayFakeIPServerFirst(t *testing.T) {
+	up := newUpstream(t, "SSH-2.0-fake\r\n")
+	tg := newTestGW(t, mustPolicy(t, []string{"git.example:22"}, nil), func(o *Options) {
+		o.Resolve = map[string]string{"git.example": up.addr}
+		o.SniffTimeout = 5 * time.Second
+	})
+	fake := tg.g.FakeIPs("id1").Addr("git.example")
+	_, br := tg.open(agentapi.EgressOpen{Kind: "tcp", Dst: fake.String() + ":22"}, "")
+	start := time.Now()
+	if r := readReply(t, br); !r.Allow {
+		t.Fatalf("denied %+v", r)
+	}
+	line, err := br.ReadString('\n')
+	if err != nil || line != "SSH-2.0-fake\r\n" || time.Since(start) > time.Second {
+		t.Fatalf("banner %q %v after %v", line, err, time.Since(start))
+	}
+}
