@@ -1,0 +1,46 @@
+package broker
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// realIDSig is the signature of the upstream's id_token: with a signed
+// id_token a guest can exchange it at auth.openai.com for a real API key
+// (grant_type token-exchange, as Codex does), a request with no
+// placeholder in it that the broker forwards as is.
+const realIDSig = "REALIDTOKENSIGNATUREmmmmmmmmmmmmmmmmm"
+
+// The attack: refresh through the broker, keep the id_token of the
+// answer. The guest must get no signed id_token.
+func TestRefreshAnswerHasNoSignedIDToken(t *testing.T) {
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"token_type":"Bearer","access_token":"`+newAccess+`","refresh_token":"`+newRefresh+`","id_token":"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.`+realIDSig+`","expires_in":3600}`)
+	})
+	h := newHarness(t, up)
+	vm, r := h.vm("1")
+	c := h.client(vm)
+	refresh := secretOf(t, r, FileClaudeCredentials+"#claudeAiOauth.refreshToken").Placeholder
+	req, _ := http.NewRequest("POST", "https://console.anthropic.com/v1/oauth/token",
+		strings.NewReader(`{"grant_type":"refresh_token","refresh_token":"`+refresh+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d %s", resp.StatusCode, raw)
+	}
+	if strings.Contains(string(raw), realIDSig) {
+		t.Fatalf("the guest got the upstream's signed id_token: %s", raw)
+	}
+	if !strings.Contains(string(raw), `"id_token":"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.`) {
+		t.Fatalf("the id_token's claims should stay readable: %s", raw)
+	}
+}
