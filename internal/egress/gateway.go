@@ -35,6 +35,8 @@ const (
 	writeTimeout = 10 * time.Second
 	// denyPeekTimeout bounds the look at a denied stream's first bytes.
 	denyPeekTimeout = 500 * time.Millisecond
+	// DefaultMaxStreams bounds the streams one VM has open at once.
+	DefaultMaxStreams = 512
 )
 
 // Resolver looks names up; *net.Resolver is one.
@@ -61,6 +63,10 @@ type Options struct {
 	Broker       Interceptor
 	DialTimeout  time.Duration
 	SniffTimeout time.Duration
+	// MaxStreams bounds one VM's open streams (each holds a goroutine,
+	// buffers and maybe an upstream socket): a guest must not exhaust
+	// the daemon's descriptors. Streams over it are closed at once.
+	MaxStreams int
 	// Resolver resolves upstream names; nil: net.DefaultResolver.
 	Resolver Resolver
 	Logger   *slog.Logger
@@ -72,6 +78,7 @@ type Gateway struct {
 	resolve map[string]string
 	mu      sync.Mutex
 	fake    map[string]*FakeIPs
+	streams map[string]int // open streams per VM id
 }
 
 // New returns a Gateway; Options.Policy must be set.
@@ -81,6 +88,9 @@ func New(opts Options) *Gateway {
 	}
 	if opts.SniffTimeout <= 0 {
 		opts.SniffTimeout = DefaultSniffTimeout
+	}
+	if opts.MaxStreams <= 0 {
+		opts.MaxStreams = DefaultMaxStreams
 	}
 	if opts.Resolver == nil {
 		opts.Resolver = net.DefaultResolver
@@ -95,7 +105,7 @@ func New(opts Options) *Gateway {
 	for k, v := range opts.Resolve {
 		res[strings.TrimSuffix(strings.ToLower(k), ".")] = v
 	}
-	return &Gateway{opts: opts, resolve: res, fake: map[string]*FakeIPs{}}
+	return &Gateway{opts: opts, resolve: res, fake: map[string]*FakeIPs{}, streams: map[string]int{}}
 }
 
 // FakeIPs returns the VM's fake address table, creating it.
@@ -108,6 +118,32 @@ func (g *Gateway) FakeIPs(vmID string) *FakeIPs {
 		g.fake[vmID] = f
 	}
 	return f
+}
+
+// acquire counts a new stream of VM id; false when it has too many.
+func (g *Gateway) acquire(vmID string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.streams[vmID] >= g.opts.MaxStreams {
+		return false
+	}
+	g.streams[vmID]++
+	return true
+}
+
+func (g *Gateway) release(vmID string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.streams[vmID]--; g.streams[vmID] <= 0 {
+		delete(g.streams, vmID)
+	}
+}
+
+// active is VM id's number of open streams.
+func (g *Gateway) active(vmID string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.streams[vmID]
 }
 
 // Forget drops a VM's fake address table (the VM stopped or was deleted).
@@ -130,6 +166,13 @@ func (g *Gateway) Forget(vmID string) {
 // closed once the upstream has finished sending.
 func (g *Gateway) Handle(ctx context.Context, vm VMRef, s net.Conn) {
 	rec := Record{Time: time.Now(), VMID: vm.ID, VM: vm.Name, Proto: agentapi.EgressKindTCP, Decision: DecisionDeny}
+	if !g.acquire(vm.ID) {
+		s.Close()
+		rec.Note = fmt.Sprintf("too many open streams (%d); stream refused", g.opts.MaxStreams)
+		g.opts.Record(rec)
+		return
+	}
+	defer g.release(vm.ID)
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer func() {
 		if p := recover(); p != nil {

@@ -1,6 +1,7 @@
 package egress
 
 import (
+	"context"
 	"io"
 	"net"
 	"strings"
@@ -92,5 +93,41 @@ func TestGatewayFakeIPServerFirst(t *testing.T) {
 	line, err := br.ReadString('\n')
 	if err != nil || line != "SSH-2.0-fake\r\n" || time.Since(start) > time.Second {
 		t.Fatalf("banner %q %v after %v", line, err, time.Since(start))
+	}
+}
+
+// The attack: a guest opens streams and never finishes them (or keeps
+// thousands of upstream connections open). Each costs the daemon a
+// goroutine, buffers and an upstream socket: without a bound per VM one
+// guest exhausts the daemon's file descriptors for every VM and the API.
+func TestGatewayBoundsStreamsPerVM(t *testing.T) {
+	tg := newTestGW(t, mustPolicy(t, nil, nil), func(o *Options) { o.MaxStreams = 2 })
+	vm := VMRef{ID: "id1", Name: "v1"}
+	for i := 0; i < 2; i++ {
+		_, host := tcpPair(t)
+		go tg.g.Handle(context.Background(), vm, host) // never sends its open line
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for tg.g.active(vm.ID) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d active", tg.g.active(vm.ID))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	guest, host := tcpPair(t)
+	go tg.g.Handle(context.Background(), vm, host)
+	_ = guest.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := guest.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the stream over the bound was not closed at once: %v", err)
+	}
+	if rec := tg.record(); rec.Decision != DecisionDeny || !strings.Contains(rec.Note, "too many") {
+		t.Fatalf("record %+v", rec)
+	}
+	// Another VM is not affected.
+	other, host2 := tcpPair(t)
+	go tg.g.Handle(context.Background(), VMRef{ID: "id2", Name: "v2"}, host2)
+	_ = other.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := other.Read(make([]byte, 1)); err == io.EOF {
+		t.Fatal("another VM's stream was refused")
 	}
 }
