@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/bangerdev/banger/internal/agentapi"
 )
@@ -191,8 +192,8 @@ func (g *Gateway) Handle(ctx context.Context, vm VMRef, s net.Conn) {
 		rec.Note = truncate("bad open line: "+err.Error(), 200)
 		return
 	}
-	rec.Session = truncate(open.Session, 128)
-	rec.Process = truncate(open.Process, 64)
+	rec.Session = printable(open.Session, 128)
+	rec.Process = printable(open.Process, 64)
 	rec.PID = open.PID
 	pol, label, on := g.opts.Policy(vm.ID)
 	rec.Policy = label
@@ -506,6 +507,19 @@ func internalRange(a netip.Addr) (netip.Prefix, bool) {
 		}
 	}
 	return netip.Prefix{}, false
+}
+
+// printable is s, cut to n bytes, with every rune that is not printable
+// (terminal escapes, bidi overrides) replaced by '?': the guest names its
+// own process and session, and the log is printed in host terminals.
+func printable(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, truncate(s, n))
+	return strings.ToValidUTF8(s, "?")
 }
 
 // bufConn reads through the bufio.Reader that holds the stream's first

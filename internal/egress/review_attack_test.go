@@ -131,3 +131,25 @@ func TestGatewayBoundsStreamsPerVM(t *testing.T) {
 		t.Fatal("another VM's stream was refused")
 	}
 }
+
+// The attack: the guest names its process (comm) and session with
+// terminal escape sequences; `banger vm egress log` prints them in the
+// host user's terminal (OSC 52 writes the clipboard, others retitle or
+// hide lines). The log must keep printable text only.
+func TestGatewayAttributionIsPrintable(t *testing.T) {
+	tg := newTestGW(t, mustPolicy(t, nil, nil), nil)
+	_, br := tg.open(agentapi.EgressOpen{Kind: "tcp", Dst: "192.0.2.1:443", PID: 1,
+		Process: "curl\x1b]52;c;ZXZpbA==\x07", Session: "s1\x1b[2K\r\u202eevil\n"}, "")
+	readReply(t, br)
+	rec := tg.record()
+	for _, s := range []string{rec.Process, rec.Session} {
+		for _, r := range s {
+			if r < 0x20 || r == 0x7f || r == '\u202e' {
+				t.Fatalf("control character %U kept in %q", r, s)
+			}
+		}
+	}
+	if !strings.HasPrefix(rec.Process, "curl") || !strings.HasPrefix(rec.Session, "s1") {
+		t.Fatalf("record %q %q", rec.Process, rec.Session)
+	}
+}
