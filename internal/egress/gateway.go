@@ -70,6 +70,10 @@ type Options struct {
 	MaxStreams int
 	// Resolver resolves upstream names; nil: net.DefaultResolver.
 	Resolver Resolver
+	// LocalAddrs lists the host's own addresses, which a name is never
+	// dialed at (services on 0.0.0.0 answer there); nil: the addresses
+	// of the host's interfaces.
+	LocalAddrs func() []netip.Addr
 	Logger   *slog.Logger
 }
 
@@ -80,6 +84,8 @@ type Gateway struct {
 	mu      sync.Mutex
 	fake    map[string]*FakeIPs
 	streams map[string]int // open streams per VM id
+	// dial connects upstream (tests replace it).
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // New returns a Gateway; Options.Policy must be set.
@@ -106,7 +112,11 @@ func New(opts Options) *Gateway {
 	for k, v := range opts.Resolve {
 		res[strings.TrimSuffix(strings.ToLower(k), ".")] = v
 	}
-	return &Gateway{opts: opts, resolve: res, fake: map[string]*FakeIPs{}, streams: map[string]int{}}
+	if opts.LocalAddrs == nil {
+		opts.LocalAddrs = interfaceAddrs()
+	}
+	d := &net.Dialer{Timeout: opts.DialTimeout}
+	return &Gateway{opts: opts, resolve: res, fake: map[string]*FakeIPs{}, streams: map[string]int{}, dial: d.DialContext}
 }
 
 // FakeIPs returns the VM's fake address table, creating it.
@@ -427,19 +437,21 @@ func (g *Gateway) deny(s net.Conn, br *bufio.Reader, msg, kind string, sniffed b
 // Host-local and private addresses are refused unless the user named
 // them: in Resolve, or in an address rule no wider than their range.
 func (g *Gateway) dialUpstream(ctx context.Context, pol Policy, name string, ip netip.Addr, port uint16, d Decision) (net.Conn, error) {
-	dialer := net.Dialer{Timeout: g.opts.DialTimeout}
 	if d.ByAddr || name == "" {
 		if r, ok := internalRange(ip); ok && !(d.rule.Prefix.IsValid() && d.rule.Prefix.Bits() >= r.Bits() && r.Contains(d.rule.Prefix.Addr())) {
 			return nil, &errRefused{fmt.Sprintf("%s is a host-local or private address (%s); only an allow rule naming it (or a range inside %s) reaches it", ip, r, r)}
 		}
-		return dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(ip, port).String())
+		if g.isLocal(ip) && !(d.rule.Prefix.IsSingleIP() && d.rule.Prefix.Addr() == ip) {
+			return nil, &errRefused{fmt.Sprintf("%s is an address of the host itself; only an allow rule naming exactly it reaches it", ip)}
+		}
+		return g.dial(ctx, "tcp", netip.AddrPortFrom(ip, port).String())
 	}
 	ps := strconv.Itoa(int(port))
 	if t, ok := g.resolve[name+":"+ps]; ok {
-		return dialer.DialContext(ctx, "tcp", withPort(t, ps))
+		return g.dial(ctx, "tcp", withPort(t, ps))
 	}
 	if t, ok := g.resolve[name]; ok {
-		return dialer.DialContext(ctx, "tcp", withPort(t, ps))
+		return g.dial(ctx, "tcp", withPort(t, ps))
 	}
 	addrs, err := g.opts.Resolver.LookupNetIP(ctx, "ip", name)
 	if err != nil {
@@ -449,7 +461,7 @@ func (g *Gateway) dialUpstream(ctx context.Context, pol Policy, name string, ip 
 	tried := 0
 	for _, a := range addrs {
 		a = a.Unmap()
-		if _, internal := internalRange(a); internal {
+		if _, internal := internalRange(a); internal || g.isLocal(a) {
 			continue
 		}
 		if rule, denied := pol.DeniesAddr(a, port); denied {
@@ -457,7 +469,7 @@ func (g *Gateway) dialUpstream(ctx context.Context, pol Policy, name string, ip 
 			continue
 		}
 		tried++
-		c, err := dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, port).String())
+		c, err := g.dial(ctx, "tcp", netip.AddrPortFrom(a, port).String())
 		if err == nil {
 			return c, nil
 		}
@@ -466,9 +478,46 @@ func (g *Gateway) dialUpstream(ctx context.Context, pol Policy, name string, ip 
 		}
 	}
 	if tried == 0 && firstErr == nil {
-		return nil, &errRefused{fmt.Sprintf("%s resolves only to host-local or private addresses; map it in egress.resolve if that is meant", name)}
+		return nil, &errRefused{fmt.Sprintf("%s resolves only to host-local or private addresses (or the host's own); map it in egress.resolve if that is meant", name)}
 	}
 	return nil, fmt.Errorf("dial %s: %w", name, firstErr)
+}
+
+func (g *Gateway) isLocal(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, l := range g.opts.LocalAddrs() {
+		if l.Unmap() == a {
+			return true
+		}
+	}
+	return false
+}
+
+// interfaceAddrs returns a LocalAddrs reading the host's interface
+// addresses, at most every few seconds.
+func interfaceAddrs() func() []netip.Addr {
+	var mu sync.Mutex
+	var cached []netip.Addr
+	var at time.Time
+	return func() []netip.Addr {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(at) < 5*time.Second {
+			return cached
+		}
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return cached // the last known list beats none
+		}
+		cached = cached[:0:0]
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				cached = append(cached, p.Addr().Unmap().WithZone(""))
+			}
+		}
+		at = time.Now()
+		return cached
+	}
 }
 
 func withPort(target, port string) string {

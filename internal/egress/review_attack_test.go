@@ -2,9 +2,12 @@ package egress
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -151,5 +154,37 @@ func TestGatewayAttributionIsPrintable(t *testing.T) {
 	}
 	if !strings.HasPrefix(rec.Process, "curl") || !strings.HasPrefix(rec.Session, "s1") {
 		t.Fatalf("record %q %q", rec.Process, rec.Session)
+	}
+}
+
+// The attack: an allowed name (a wildcard over a zone the attacker can
+// add records to, or a rebinding answer) resolves to one of the host's
+// own public addresses, where services listening on 0.0.0.0 answer. The
+// gateway must not dial its own host.
+func TestGatewayRefusesHostOwnAddress(t *testing.T) {
+	own := netip.MustParseAddr("203.0.113.7") // never dialed: the test's dial hook refuses
+	tg := newTestGW(t, mustPolicy(t, []string{"*.tunnel.example", "203.0.113.0/24:22"}, nil), func(o *Options) {
+		o.Resolver = fakeResolver{"me.tunnel.example": {own}}
+		o.LocalAddrs = func() []netip.Addr { return []netip.Addr{own} }
+	})
+	var dialed atomic.Int32
+	tg.g.dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialed.Add(1)
+		return nil, errors.New("test: no real dial")
+	}
+	fake := tg.g.FakeIPs("id1").Addr("me.tunnel.example")
+	_, br := tg.open(agentapi.EgressOpen{Kind: "tcp", Dst: fake.String() + ":443"}, "")
+	if r := readReply(t, br); r.Allow {
+		t.Fatalf("allowed %+v", r)
+	}
+	tg.record()
+	// An address range that covers the host's address is not enough.
+	_, br = tg.open(agentapi.EgressOpen{Kind: "tcp", Dst: own.String() + ":22"}, "")
+	if r := readReply(t, br); r.Allow {
+		t.Fatalf("allowed %+v", r)
+	}
+	tg.record()
+	if n := dialed.Load(); n != 0 {
+		t.Fatalf("the host's own address was dialed %d times", n)
 	}
 }
