@@ -188,3 +188,21 @@ func TestGatewayRefusesHostOwnAddress(t *testing.T) {
 		t.Fatalf("the host's own address was dialed %d times", n)
 	}
 }
+
+// The attack: an absolute-form request line names another host than
+// the Host header. RFC 9112 (3.2.2) has the server route by the
+// request line and ignore Host, so a shared server (CDN) would serve
+// evil.example while the gateway judged ok.example.
+func TestSniffHTTPAbsoluteForm(t *testing.T) {
+	for req, want := range map[string]string{
+		"GET http://evil.example/x HTTP/1.1\r\nHost: ok.example\r\n\r\n":     "evil.example",
+		"GET HTTP://EVIL.example:8080/ HTTP/1.1\r\nHost: ok.example\r\n\r\n": "evil.example",
+		"CONNECT evil.example:443 HTTP/1.1\r\nHost: ok.example\r\n\r\n":      "evil.example",
+		"GET /x HTTP/1.1\r\nHost: ok.example\r\n\r\n":                        "ok.example",
+		"OPTIONS * HTTP/1.1\r\nHost: ok.example\r\n\r\n":                     "ok.example",
+	} {
+		if got, kind := Sniff([]byte(req)); got != want || kind != KindHTTP {
+			t.Errorf("Sniff(%q) = %q %q, want %q", req, got, kind, want)
+		}
+	}
+}
