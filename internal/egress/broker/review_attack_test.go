@@ -2,6 +2,8 @@ package broker
 
 import (
 	"io"
+	"os"
+	"path/filepath"
 	"net/http"
 	"strings"
 	"testing"
@@ -42,5 +44,32 @@ func TestRefreshAnswerHasNoSignedIDToken(t *testing.T) {
 	}
 	if !strings.Contains(string(raw), `"id_token":"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.`) {
 		t.Fatalf("the id_token's claims should stay readable: %s", raw)
+	}
+}
+
+// A crash between writing the new CA's key and its certificate leaves
+// the key alone. No guest can trust a certificate that was never
+// written, so the next start must make a new CA, not refuse the broker
+// (every VM in credentials mode broker would get no credentials).
+func TestCACrashBetweenKeyAndCert(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	ca, err := LoadOrCreateCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = ca
+	if err := os.Remove(filepath.Join(dir, FileCACert)); err != nil {
+		t.Fatal(err)
+	}
+	ca2, err := LoadOrCreateCA(dir)
+	if err != nil {
+		t.Fatalf("after a crash between key and cert: %v", err)
+	}
+	if _, err := ca2.Leaf("api.anthropic.com"); err != nil {
+		t.Fatal(err)
+	}
+	again, err := LoadOrCreateCA(dir)
+	if err != nil || string(again.CertPEM()) != string(ca2.CertPEM()) {
+		t.Fatalf("the new CA was not kept: %v", err)
 	}
 }
