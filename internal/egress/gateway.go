@@ -74,7 +74,7 @@ type Options struct {
 	// dialed at (services on 0.0.0.0 answer there); nil: the addresses
 	// of the host's interfaces.
 	LocalAddrs func() []netip.Addr
-	Logger   *slog.Logger
+	Logger     *slog.Logger
 }
 
 // Gateway judges and carries the egress streams of every VM.

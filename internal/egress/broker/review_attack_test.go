@@ -2,9 +2,9 @@ package broker
 
 import (
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
-	"net/http"
 	"strings"
 	"testing"
 )
