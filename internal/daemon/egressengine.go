@@ -61,8 +61,13 @@ type egressEngine struct {
 	policies map[string]vmPolicy    // by VM id; dropped on change
 	sups     map[string]*supervisor // of each running gateway VM
 	inserts  map[string]int         // log rows written per VM since start
+	// gen counts policy invalidations: a load that saw the store before
+	// one does not cache what it read.
+	gen uint64
 	// changeMu serialises read-modify-write of a VM's own patterns.
 	changeMu sync.Mutex
+	// policyLoaded, in tests, runs between a policy's read and its caching.
+	policyLoaded func()
 }
 
 // supervisor is one VM's stream loop (run); a pointer, so that a loop
@@ -132,6 +137,7 @@ func usesGateway(vm store.VM) bool { return vm.Egress == config.EgressAllow }
 func (e *egressEngine) policyFor(vmID string) (egress.Policy, string, bool) {
 	e.mu.Lock()
 	p, ok := e.policies[vmID]
+	gen := e.gen
 	e.mu.Unlock()
 	if ok {
 		return p.policy, p.label, p.gateway
@@ -145,8 +151,15 @@ func (e *egressEngine) policyFor(vmID string) (egress.Policy, string, bool) {
 		return egress.Policy{Name: "none"}, "none", false
 	}
 	p = e.buildPolicy(vm)
+	if e.policyLoaded != nil {
+		e.policyLoaded()
+	}
 	e.mu.Lock()
-	e.policies[vmID] = p
+	if e.gen == gen {
+		// Else a change (or the VM's end) came after the read: use what
+		// was read this once, but let the next connection read again.
+		e.policies[vmID] = p
+	}
 	e.mu.Unlock()
 	return p.policy, p.label, p.gateway
 }
@@ -195,6 +208,7 @@ func policyLabel(vm store.VM) string {
 func (e *egressEngine) invalidate(vmID string) {
 	e.mu.Lock()
 	delete(e.policies, vmID)
+	e.gen++
 	e.mu.Unlock()
 }
 
@@ -285,6 +299,7 @@ func (e *egressEngine) unsupervise(vmID string) {
 	sup := e.sups[vmID]
 	delete(e.sups, vmID)
 	delete(e.policies, vmID)
+	e.gen++
 	delete(e.inserts, vmID)
 	e.mu.Unlock()
 	if sup != nil {

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/bangerdev/banger/internal/agentapi"
 )
@@ -35,6 +36,8 @@ const (
 	writeTimeout = 10 * time.Second
 	// denyPeekTimeout bounds the look at a denied stream's first bytes.
 	denyPeekTimeout = 500 * time.Millisecond
+	// DefaultMaxStreams bounds the streams one VM has open at once.
+	DefaultMaxStreams = 512
 )
 
 // Resolver looks names up; *net.Resolver is one.
@@ -61,9 +64,17 @@ type Options struct {
 	Broker       Interceptor
 	DialTimeout  time.Duration
 	SniffTimeout time.Duration
+	// MaxStreams bounds one VM's open streams (each holds a goroutine,
+	// buffers and maybe an upstream socket): a guest must not exhaust
+	// the daemon's descriptors. Streams over it are closed at once.
+	MaxStreams int
 	// Resolver resolves upstream names; nil: net.DefaultResolver.
 	Resolver Resolver
-	Logger   *slog.Logger
+	// LocalAddrs lists the host's own addresses, which a name is never
+	// dialed at (services on 0.0.0.0 answer there); nil: the addresses
+	// of the host's interfaces.
+	LocalAddrs func() []netip.Addr
+	Logger     *slog.Logger
 }
 
 // Gateway judges and carries the egress streams of every VM.
@@ -72,6 +83,9 @@ type Gateway struct {
 	resolve map[string]string
 	mu      sync.Mutex
 	fake    map[string]*FakeIPs
+	streams map[string]int // open streams per VM id
+	// dial connects upstream (tests replace it).
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // New returns a Gateway; Options.Policy must be set.
@@ -81,6 +95,9 @@ func New(opts Options) *Gateway {
 	}
 	if opts.SniffTimeout <= 0 {
 		opts.SniffTimeout = DefaultSniffTimeout
+	}
+	if opts.MaxStreams <= 0 {
+		opts.MaxStreams = DefaultMaxStreams
 	}
 	if opts.Resolver == nil {
 		opts.Resolver = net.DefaultResolver
@@ -95,7 +112,11 @@ func New(opts Options) *Gateway {
 	for k, v := range opts.Resolve {
 		res[strings.TrimSuffix(strings.ToLower(k), ".")] = v
 	}
-	return &Gateway{opts: opts, resolve: res, fake: map[string]*FakeIPs{}}
+	if opts.LocalAddrs == nil {
+		opts.LocalAddrs = interfaceAddrs()
+	}
+	d := &net.Dialer{Timeout: opts.DialTimeout}
+	return &Gateway{opts: opts, resolve: res, fake: map[string]*FakeIPs{}, streams: map[string]int{}, dial: d.DialContext}
 }
 
 // FakeIPs returns the VM's fake address table, creating it.
@@ -108,6 +129,32 @@ func (g *Gateway) FakeIPs(vmID string) *FakeIPs {
 		g.fake[vmID] = f
 	}
 	return f
+}
+
+// acquire counts a new stream of VM id; false when it has too many.
+func (g *Gateway) acquire(vmID string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.streams[vmID] >= g.opts.MaxStreams {
+		return false
+	}
+	g.streams[vmID]++
+	return true
+}
+
+func (g *Gateway) release(vmID string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.streams[vmID]--; g.streams[vmID] <= 0 {
+		delete(g.streams, vmID)
+	}
+}
+
+// active is VM id's number of open streams.
+func (g *Gateway) active(vmID string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.streams[vmID]
 }
 
 // Forget drops a VM's fake address table (the VM stopped or was deleted).
@@ -130,6 +177,13 @@ func (g *Gateway) Forget(vmID string) {
 // closed once the upstream has finished sending.
 func (g *Gateway) Handle(ctx context.Context, vm VMRef, s net.Conn) {
 	rec := Record{Time: time.Now(), VMID: vm.ID, VM: vm.Name, Proto: agentapi.EgressKindTCP, Decision: DecisionDeny}
+	if !g.acquire(vm.ID) {
+		s.Close()
+		rec.Note = fmt.Sprintf("too many open streams (%d); stream refused", g.opts.MaxStreams)
+		g.opts.Record(rec)
+		return
+	}
+	defer g.release(vm.ID)
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer func() {
 		if p := recover(); p != nil {
@@ -148,8 +202,8 @@ func (g *Gateway) Handle(ctx context.Context, vm VMRef, s net.Conn) {
 		rec.Note = truncate("bad open line: "+err.Error(), 200)
 		return
 	}
-	rec.Session = truncate(open.Session, 128)
-	rec.Process = truncate(open.Process, 64)
+	rec.Session = printable(open.Session, 128)
+	rec.Process = printable(open.Process, 64)
 	rec.PID = open.PID
 	pol, label, on := g.opts.Policy(vm.ID)
 	rec.Policy = label
@@ -301,10 +355,23 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 	if g.opts.Broker != nil {
 		leak = func(b []byte) bool { return g.opts.Broker.Leak(vm, b) }
 	}
-	up1, down, leaked := splice(s, br, up, leak)
+	var front func(string) bool
+	if fakeName := name; FakeRange.Contains(ip) {
+		// The upstream is the fake address's name, but shared servers
+		// (CDNs) route by SNI/Host: a different name in the first bytes
+		// would reach a host the policy never allowed (domain fronting).
+		front = func(n string) bool {
+			return n == "" || n == fakeName || pol.Decide(n, netip.Addr{}, port).Allow
+		}
+	}
+	up1, down, leaked, fronted := splice(s, br, up, leak, front)
 	rec.BytesUp, rec.BytesDown = up1, down
-	if leaked {
+	switch {
+	case leaked:
 		rec.Decision, rec.Note = DecisionLeak, leakNote
+	case fronted != "":
+		rec.Decision = DecisionDeny
+		rec.Note = truncate(fmt.Sprintf("the connection to %s named %s in its first bytes, which the policy does not allow; cut", name, fronted), 200)
 	}
 }
 
@@ -313,6 +380,12 @@ func (g *Gateway) handleTCP(ctx context.Context, vm VMRef, s net.Conn, br *bufio
 func (g *Gateway) peekName(s net.Conn, br *bufio.Reader, timeout time.Duration) (name, kind string) {
 	_ = s.SetReadDeadline(time.Now().Add(timeout))
 	defer s.SetReadDeadline(time.Time{})
+	return sniffBuffered(br)
+}
+
+// sniffBuffered reads into br (up to MaxSniff) until Sniff can name the
+// host or the stream ends or fails.
+func sniffBuffered(br *bufio.Reader) (name, kind string) {
 	for {
 		b, _ := br.Peek(br.Buffered())
 		var done bool
@@ -364,19 +437,21 @@ func (g *Gateway) deny(s net.Conn, br *bufio.Reader, msg, kind string, sniffed b
 // Host-local and private addresses are refused unless the user named
 // them: in Resolve, or in an address rule no wider than their range.
 func (g *Gateway) dialUpstream(ctx context.Context, pol Policy, name string, ip netip.Addr, port uint16, d Decision) (net.Conn, error) {
-	dialer := net.Dialer{Timeout: g.opts.DialTimeout}
 	if d.ByAddr || name == "" {
 		if r, ok := internalRange(ip); ok && !(d.rule.Prefix.IsValid() && d.rule.Prefix.Bits() >= r.Bits() && r.Contains(d.rule.Prefix.Addr())) {
 			return nil, &errRefused{fmt.Sprintf("%s is a host-local or private address (%s); only an allow rule naming it (or a range inside %s) reaches it", ip, r, r)}
 		}
-		return dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(ip, port).String())
+		if g.isLocal(ip) && !(d.rule.Prefix.IsSingleIP() && d.rule.Prefix.Addr() == ip) {
+			return nil, &errRefused{fmt.Sprintf("%s is an address of the host itself; only an allow rule naming exactly it reaches it", ip)}
+		}
+		return g.dial(ctx, "tcp", netip.AddrPortFrom(ip, port).String())
 	}
 	ps := strconv.Itoa(int(port))
 	if t, ok := g.resolve[name+":"+ps]; ok {
-		return dialer.DialContext(ctx, "tcp", withPort(t, ps))
+		return g.dial(ctx, "tcp", withPort(t, ps))
 	}
 	if t, ok := g.resolve[name]; ok {
-		return dialer.DialContext(ctx, "tcp", withPort(t, ps))
+		return g.dial(ctx, "tcp", withPort(t, ps))
 	}
 	addrs, err := g.opts.Resolver.LookupNetIP(ctx, "ip", name)
 	if err != nil {
@@ -386,7 +461,7 @@ func (g *Gateway) dialUpstream(ctx context.Context, pol Policy, name string, ip 
 	tried := 0
 	for _, a := range addrs {
 		a = a.Unmap()
-		if _, internal := internalRange(a); internal {
+		if _, internal := internalRange(a); internal || g.isLocal(a) {
 			continue
 		}
 		if rule, denied := pol.DeniesAddr(a, port); denied {
@@ -394,7 +469,7 @@ func (g *Gateway) dialUpstream(ctx context.Context, pol Policy, name string, ip 
 			continue
 		}
 		tried++
-		c, err := dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, port).String())
+		c, err := g.dial(ctx, "tcp", netip.AddrPortFrom(a, port).String())
 		if err == nil {
 			return c, nil
 		}
@@ -403,9 +478,46 @@ func (g *Gateway) dialUpstream(ctx context.Context, pol Policy, name string, ip 
 		}
 	}
 	if tried == 0 && firstErr == nil {
-		return nil, &errRefused{fmt.Sprintf("%s resolves only to host-local or private addresses; map it in egress.resolve if that is meant", name)}
+		return nil, &errRefused{fmt.Sprintf("%s resolves only to host-local or private addresses (or the host's own); map it in egress.resolve if that is meant", name)}
 	}
 	return nil, fmt.Errorf("dial %s: %w", name, firstErr)
+}
+
+func (g *Gateway) isLocal(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, l := range g.opts.LocalAddrs() {
+		if l.Unmap() == a {
+			return true
+		}
+	}
+	return false
+}
+
+// interfaceAddrs returns a LocalAddrs reading the host's interface
+// addresses, at most every few seconds.
+func interfaceAddrs() func() []netip.Addr {
+	var mu sync.Mutex
+	var cached []netip.Addr
+	var at time.Time
+	return func() []netip.Addr {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(at) < 5*time.Second {
+			return cached
+		}
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return cached // the last known list beats none
+		}
+		cached = cached[:0:0]
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				cached = append(cached, p.Addr().Unmap().WithZone(""))
+			}
+		}
+		at = time.Now()
+		return cached
+	}
 }
 
 func withPort(target, port string) string {
@@ -446,6 +558,19 @@ func internalRange(a netip.Addr) (netip.Prefix, bool) {
 	return netip.Prefix{}, false
 }
 
+// printable is s, cut to n bytes, with every rune that is not printable
+// (terminal escapes, bidi overrides) replaced by '?': the guest names its
+// own process and session, and the log is printed in host terminals.
+func printable(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, truncate(s, n))
+	return strings.ToValidUTF8(s, "?")
+}
+
 // bufConn reads through the bufio.Reader that holds the stream's first
 // bytes, so whoever takes the stream over sees them again.
 type bufConn struct {
@@ -470,13 +595,23 @@ const leakWindow = MaxSniff
 // splice carries bytes both ways until both directions end, half-closing
 // each side as its peer finishes. With leak set, the first leakWindow
 // bytes to the upstream are checked before they are sent, and the
-// connection is cut when they carry a placeholder.
-func splice(guest net.Conn, guestR *bufio.Reader, up net.Conn, leak func([]byte) bool) (bytesUp, bytesDown int64, leaked bool) {
+// connection is cut when they carry a placeholder. With front set,
+// nothing goes upstream before the first bytes' SNI/Host name (if any)
+// passes it; a refused name is returned in fronted. Bytes from the
+// upstream flow meanwhile, so server-first protocols are not held up.
+func splice(guest net.Conn, guestR *bufio.Reader, up net.Conn, leak func([]byte) bool, front func(string) bool) (bytesUp, bytesDown int64, leaked bool, fronted string) {
 	var once sync.Once
 	closeBoth := func() { once.Do(func() { guest.Close(); up.Close() }) }
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		if front != nil {
+			if n, _ := sniffBuffered(guestR); !front(n) {
+				fronted = n
+				closeBoth()
+				return
+			}
+		}
 		var err error
 		if leak != nil {
 			bytesUp, leaked, err = copyChecked(up, guestR, leak)
@@ -508,7 +643,7 @@ func splice(guest net.Conn, guestR *bufio.Reader, up net.Conn, leak func([]byte)
 	}
 	<-done
 	closeBoth()
-	return bytesUp, bytesDown, leaked
+	return bytesUp, bytesDown, leaked, fronted
 }
 
 // copyChecked copies the first leakWindow bytes, checking all bytes seen

@@ -72,6 +72,12 @@ func sniffHTTP(b []byte) (string, string, bool) {
 			if !bytes.Contains(line, []byte(" HTTP/")) {
 				return "", "", true
 			}
+			// An absolute-form (or CONNECT's authority-form) target names
+			// the host, and servers route by it, not by Host (RFC 9112
+			// 3.2.2): it is the name.
+			if h, ok := requestTargetHost(line); ok {
+				return NormalizeName(h), KindHTTP, true
+			}
 			continue
 		}
 		if len(line) == 0 {
@@ -87,6 +93,32 @@ func sniffHTTP(b []byte) (string, string, bool) {
 		}
 		return NormalizeName(host), KindHTTP, true
 	}
+}
+
+// requestTargetHost returns the host of a request line's target when it
+// is in absolute form ("http://host/...") or, for CONNECT, authority
+// form ("host:port").
+func requestTargetHost(line []byte) (string, bool) {
+	method, rest, _ := bytes.Cut(line, []byte(" "))
+	target, _, _ := bytes.Cut(rest, []byte(" "))
+	t := string(target)
+	if string(method) != "CONNECT" {
+		i := strings.Index(t, "://")
+		if i <= 0 {
+			return "", false
+		}
+		t = t[i+3:]
+		if j := strings.IndexAny(t, "/?#"); j >= 0 {
+			t = t[:j]
+		}
+		if j := strings.LastIndexByte(t, '@'); j >= 0 {
+			t = t[j+1:]
+		}
+	}
+	if h, _, err := net.SplitHostPort(t); err == nil {
+		t = h
+	}
+	return t, true
 }
 
 // maxHandshake bounds the ClientHello gathered from several records.

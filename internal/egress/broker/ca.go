@@ -73,7 +73,10 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 			return nil, fmt.Errorf("broker ca in %s: %w", dir, err)
 		}
 		ca = c
-	case errors.Is(kerr, os.ErrNotExist) && errors.Is(cerr, os.ErrNotExist):
+	case (kerr == nil || errors.Is(kerr, os.ErrNotExist)) && errors.Is(cerr, os.ErrNotExist):
+		// Neither file, or the key alone: a crash between the two writes
+		// of a new CA (the key goes first). No guest trusts a certificate
+		// that was never written: start over.
 		c, kp, cp, err := newCA()
 		if err != nil {
 			return nil, err
@@ -87,10 +90,10 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 		ca = c
 	case kerr != nil && !errors.Is(kerr, os.ErrNotExist):
 		return nil, kerr
-	case cerr != nil && !errors.Is(cerr, os.ErrNotExist):
+	case cerr != nil:
 		return nil, cerr
 	default:
-		return nil, fmt.Errorf("broker ca in %s: only one of %s and %s exists; remove the other to make a new CA", dir, FileCAKey, FileCACert)
+		return nil, fmt.Errorf("broker ca in %s: %s exists without %s; remove it to make a new CA", dir, FileCACert, FileCAKey)
 	}
 	lk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

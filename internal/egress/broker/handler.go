@@ -264,6 +264,16 @@ func (b *Broker) refresh(ctx context.Context, vm egress.VMRef, host *Host, autho
 	if _, ok := doc["refresh_token"]; ok {
 		doc["refresh_token"] = sec.Placeholder
 	}
+	if v, ok := doc["id_token"]; ok {
+		// A signed id_token is a credential: auth.openai.com exchanges it
+		// for an API key. The guest keeps the claims (clients read the
+		// account id from them), never the signature.
+		if s, _ := v.(string); strings.Count(s, ".") == 2 {
+			doc["id_token"] = s[:strings.LastIndexByte(s, '.')+1]
+		} else {
+			delete(doc, "id_token")
+		}
+	}
 	if res.body, err = json.Marshal(doc); err != nil {
 		return nil, err
 	}
