@@ -47,6 +47,9 @@ const (
 	// reuseMargin: a host token changed since a VM last got it is handed
 	// to that VM instead of refreshing again, if it lives this much longer.
 	reuseMargin = time.Minute
+	// minRefreshInterval: how soon after an upstream refresh of a
+	// credential another guest request refreshes it upstream again.
+	minRefreshInterval = time.Minute
 )
 
 // Options configure a Broker.
@@ -78,6 +81,13 @@ type Broker struct {
 	// lastResp keeps, per credential, the last token response (tokens
 	// blanked) as the template for answering a VM from the host file.
 	lastResp map[string]map[string]any
+	// lastUpstream is, per credential, when the broker last refreshed it
+	// upstream. Within minRefreshInterval a guest asking again gets the
+	// current token instead: a hostile VM cannot keep rotating the
+	// host's tokens (each rotation can cost the host's own agents their
+	// session).
+	lastUpstream       map[string]time.Time
+	minRefreshInterval time.Duration
 
 	refreshes flightGroup
 	fileMu    sync.Mutex
@@ -108,6 +118,9 @@ func New(opts Options) *Broker {
 		ids:      map[string]owned{},
 		seen:     map[string][32]byte{},
 		lastResp: map[string]map[string]any{},
+
+		lastUpstream:       map[string]time.Time{},
+		minRefreshInterval: minRefreshInterval,
 	}
 }
 

@@ -441,8 +441,22 @@ func TestRefreshRotatesHostFile(t *testing.T) {
 	if got["auth"] != "Bearer "+newAccess {
 		t.Fatal("API call did not use the refreshed token")
 	}
-	// A second refresh by the same VM goes upstream again with the new
-	// token, which the fake refuses: the guest sees the error, scrubbed.
+	// A second refresh at once is answered from the host file: a guest
+	// cannot keep rotating the host's tokens.
+	ts.mu.Lock()
+	n := len(ts.gotToken)
+	ts.mu.Unlock()
+	status, doc = refreshReq(t, c, refresh)
+	ts.mu.Lock()
+	if status != 200 || doc["access_token"] != access || len(ts.gotToken) != n {
+		t.Fatalf("an immediate second refresh: status %d, %d upstream refreshes (want %d)", status, len(ts.gotToken), n)
+	}
+	ts.mu.Unlock()
+	// Later, a second refresh by the same VM goes upstream again with the
+	// new token, which the fake refuses: the guest sees the error, scrubbed.
+	h.b.mu.Lock()
+	h.b.minRefreshInterval = 0
+	h.b.mu.Unlock()
 	status, _ = refreshReq(t, c, refresh)
 	if status != 400 {
 		t.Fatalf("second refresh status %d", status)

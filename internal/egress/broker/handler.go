@@ -210,11 +210,14 @@ func (b *Broker) refresh(ctx context.Context, vm egress.VMRef, host *Host, autho
 	b.mu.RLock()
 	seen, known := b.seen[seenKey]
 	tmpl := b.lastResp[ck]
+	last, interval := b.lastUpstream[ck], b.minRefreshInterval
 	b.mu.RUnlock()
 	curHash := sha256.Sum256([]byte(cur.refresh))
-	if known && seen != curHash && cur.expiry.After(b.opts.Now().Add(reuseMargin)) && cur.access != "" {
+	recent := !last.IsZero() && b.opts.Now().Sub(last) < interval
+	if (recent || known && seen != curHash) && cur.expiry.After(b.opts.Now().Add(reuseMargin)) && cur.access != "" {
 		// Refreshed since this VM last got the token (by another VM or by
-		// the host's own agent): hand it over instead of refreshing again.
+		// the host's own agent), or refreshed upstream a moment ago: hand
+		// the current one over instead of refreshing again.
 		doc := map[string]any{}
 		for k, v := range tmpl {
 			doc[k] = v
@@ -279,6 +282,7 @@ func (b *Broker) refresh(ctx context.Context, vm egress.VMRef, host *Host, autho
 	}
 	b.mu.Lock()
 	b.seen[seenKey] = sha256.Sum256([]byte(up.refresh))
+	b.lastUpstream[ck] = b.opts.Now()
 	b.mu.Unlock()
 	return res, nil
 }
