@@ -301,13 +301,22 @@ func testEgress(t *testing.T, open func() (net.Conn, error)) (e *Egress, tcpAddr
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
+	// DNS takes one port for UDP and TCP; the kernel picks it for UDP,
+	// and the same TCP port may be another socket's (tests of other
+	// packages run at the same time): try again with another.
+	var pc net.PacketConn
+	var dln net.Listener
+	for try := 0; ; try++ {
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if dln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
+		if try == 20 {
+			t.Fatal(err)
+		}
 	}
 	go e.ServeTCP(ctx, ln)
 	go e.ServeDNSUDP(ctx, pc)
