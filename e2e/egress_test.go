@@ -19,7 +19,9 @@ func TestEgressPolicy(t *testing.T) {
 	const name = "e2e-egress"
 	vm := in.createVM(t, name, "--egress", "allow", "--allow", "a.example")
 	defer in.run(nil, "vm", "delete", name, "--force")
-	if vm.Egress != "allow" || vm.EgressPolicy != "agents" || !slices.Equal(vm.EgressAllow, []string{"a.example"}) || vm.Credentials != "broker" {
+	// The shared instance copies credentials ([credentials] mode =
+	// "copy"); TestEgressGateway has the broker.
+	if vm.Egress != "allow" || vm.EgressPolicy != "agents" || !slices.Equal(vm.EgressAllow, []string{"a.example"}) || vm.Credentials != "copy" {
 		t.Fatalf("created VM's egress: %q %q %v %q", vm.Egress, vm.EgressPolicy, vm.EgressAllow, vm.Credentials)
 	}
 	if r := in.must(t, "vm", "show", name); !strings.Contains(r.stdout, "allow (policy agents + 1 rule)") {
