@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 
 	"github.com/bangerdev/banger/internal/agentapi"
@@ -58,30 +59,10 @@ func BenchmarkDownload(b *testing.B) {
 		}
 	})
 	b.Run("gateway", func(b *testing.B) {
-		pol, _ := NewPolicy("p", []string{"up.example"}, nil)
-		g := New(Options{
-			Policy:   func(string) (Policy, string, bool) { return pol, "p", true },
-			Resolve:  map[string]string{"up.example": addr},
-			Resolver: fakeResolver{},
-		})
-		fake := g.FakeIPs("id").Addr("up.example")
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer l.Close()
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go g.Handle(context.Background(), VMRef{ID: "id", Name: "v"}, c)
-			}
-		}()
+		gw, fake := benchGateway(b, addr)
 		b.SetBytes(size)
 		for i := 0; i < b.N; i++ {
-			c, err := net.Dial("tcp", l.Addr().String())
+			c, err := net.Dial("tcp", gw)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -150,29 +131,9 @@ func BenchmarkConnect(b *testing.B) {
 		}
 	})
 	b.Run("gateway", func(b *testing.B) {
-		pol, _ := NewPolicy("p", []string{"up.example"}, nil)
-		g := New(Options{
-			Policy:   func(string) (Policy, string, bool) { return pol, "p", true },
-			Resolve:  map[string]string{"up.example": addr},
-			Resolver: fakeResolver{},
-		})
-		fake := g.FakeIPs("id").Addr("up.example")
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer l.Close()
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go g.Handle(context.Background(), VMRef{ID: "id", Name: "v"}, c)
-			}
-		}()
+		gw, fake := benchGateway(b, addr)
 		for i := 0; i < b.N; i++ {
-			c, err := net.Dial("tcp", l.Addr().String())
+			c, err := net.Dial("tcp", gw)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -181,4 +142,31 @@ func BenchmarkConnect(b *testing.B) {
 			exchange(b, c)
 		}
 	})
+}
+
+// benchGateway serves a gateway on the host's loopback whose policy
+// allows up.example, resolved to addr; it returns where to dial it and
+// up.example's fake address.
+func benchGateway(b *testing.B, addr string) (string, netip.Addr) {
+	pol, _ := NewPolicy("p", []string{"up.example"}, nil)
+	g := New(Options{
+		Policy:   func(string) (Policy, string, bool) { return pol, "p", true },
+		Resolve:  map[string]string{"up.example": addr},
+		Resolver: fakeResolver{},
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go g.Handle(context.Background(), VMRef{ID: "id", Name: "v"}, c)
+		}
+	}()
+	return l.Addr().String(), g.FakeIPs("id").Addr("up.example")
 }
