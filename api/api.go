@@ -146,6 +146,10 @@ type VM struct {
 	// Opencode is how to reach the opencode server of an image that
 	// serves one (absent otherwise).
 	Opencode *Opencode `json:"opencode,omitempty"`
+	// Snapshot names the snapshot whose layers the VM's disks stand on;
+	// RestoredFrom says how the VM last started: "" (booted), or the
+	// snapshot it was restored from.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // OpencodeUsername is the basic-auth user of `opencode serve` (opencode's
@@ -201,6 +205,11 @@ type CreateVMRequest struct {
 	// NoWaitServices skips waiting for the image's services (opencode on
 	// guest port 4096) after the agent answers.
 	NoWaitServices bool `json:"no_wait_services,omitempty"`
+	// Snapshot restores the VM from this snapshot (its image, CPUs,
+	// memory and work disk) instead of booting it.
+	Snapshot string `json:"snapshot,omitempty"`
+	// Cold boots the image even when it has a usable ready snapshot.
+	Cold bool `json:"cold,omitempty"`
 }
 
 // StartVMRequest is the body of POST /v1/vms/{name}/start.

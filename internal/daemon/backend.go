@@ -37,6 +37,7 @@ func (d *Daemon) routes() http.Handler {
 		Events:     sessions,
 		Operations: d.ops,
 		Egress:     egressAPI{d},
+		Snapshots:  snapshotAPI{d},
 		Log:        d.log,
 	})
 }

@@ -63,7 +63,7 @@ func treeBytes(dir string) uint64 {
 // known beforehand).
 func estimateCreate(img store.Image, drv vmm.Driver) uint64 {
 	need := 2*treeBytes(filepath.Join(img.Dir, image.DirWorkSeed)) + diskMetaMargin
-	if drv.RootDisk(bootImage(img), "").Backing == "" {
+	if len(drv.RootDisk(bootImage(img), "").Backing) == 0 {
 		need += allocatedBytes(filepath.Join(img.Dir, image.FileRootfs))
 	}
 	return need

@@ -78,6 +78,9 @@ type Image struct {
 	// VerifyError is its failure, "" when it passed.
 	VerifiedAt  time.Time `json:"verified_at"`
 	VerifyError string    `json:"verify_error"`
+	// ReadySnapshotID is the image's ready snapshot ("" when it has
+	// none yet).
+	ReadySnapshotID string `json:"ready_snapshot_id"`
 }
 
 // VM is one microVM and what the daemon needs to re-adopt it after a
@@ -127,6 +130,48 @@ type VM struct {
 	EgressDeny   []string `json:"egress_deny"`
 	// Credentials is "broker", "copy" or "none" (set at create).
 	Credentials string `json:"credentials"`
+	// SnapshotID is the snapshot whose read-only layers the VM's root
+	// and work disks stand on ("" for disks made from the image).
+	SnapshotID string `json:"snapshot_id"`
+}
+
+// Snapshot states. A snapshot is saving while its files are written
+// (reconcile deletes it), layering while the source VM's disks move
+// into it (reconcile finishes that), ready after.
+const (
+	SnapshotSaving   = "saving"
+	SnapshotLayering = "layering"
+	SnapshotReady    = "ready"
+)
+
+// Snapshot is a VM's memory, device state and disks at one instant:
+// files in Dir, the disks as read-only layers others stack on.
+type Snapshot struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Kind  string `json:"kind"` // api.SnapshotUser or api.SnapshotReady
+	State string `json:"state"`
+	// VMID and VMName are the source VM's (the VM may be gone since).
+	VMID    string `json:"vm_id"`
+	VMName  string `json:"vm_name"`
+	ImageID string `json:"image_id"`
+	// ParentID is the snapshot the source VM's disks stood on.
+	ParentID string `json:"parent_id"`
+	VMM      string `json:"vmm"`
+	// Compat is the driver's SnapshotCompat at the save.
+	Compat        string    `json:"compat"`
+	Accel         string    `json:"accel"`
+	CPUs          int       `json:"cpus"`
+	MemoryMiB     int       `json:"memory_mib"`
+	WorkDiskBytes int64     `json:"work_disk_bytes"`
+	NetMode       string    `json:"net_mode"`
+	Dir           string    `json:"dir"`
+	SizeBytes     int64     `json:"size_bytes"`
+	CreatedAt     time.Time `json:"created_at"`
+	// RootFormat and WorkFormat are the layers' formats ("raw" or
+	// "qcow2"): a layer is the source VM's disk as it was.
+	RootFormat string `json:"root_format"`
+	WorkFormat string `json:"work_format"`
 }
 
 // Port is a host port forwarded to a VM. It stays reserved for the VM's

@@ -30,7 +30,7 @@ func TestBaseDefaults(t *testing.T) {
 		t.Fatal("an image without a kernel booted")
 	}
 	root := b.RootDisk(img, vmDir)
-	if root.Path != filepath.Join(vmDir, paths.FileRootRaw) || root.Format != "raw" || root.Backing != "" {
+	if root.Path != filepath.Join(vmDir, paths.FileRootRaw) || root.Format != "raw" || len(root.Backing) != 0 {
 		t.Fatalf("root disk %+v", root)
 	}
 	os.WriteFile(img.Rootfs, []byte("root filesystem"), 0o644)

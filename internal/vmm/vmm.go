@@ -56,10 +56,17 @@ type Disk struct {
 	Path     string
 	Format   string // "raw" or "qcow2"
 	ReadOnly bool
-	// Backing is the raw file a qcow2 overlay reads through to (an
-	// image's rootfs, shared by many VMs: only ever read). Empty means
-	// whatever the overlay's header names.
-	Backing string
+	// Backing is the chain a qcow2 overlay reads through to, nearest
+	// first: snapshot layers, then the image's rootfs. They are shared
+	// by many VMs and only ever read. Empty means whatever the
+	// overlay's header names.
+	Backing []Layer
+}
+
+// Layer is one read-only file of a disk's backing chain.
+type Layer struct {
+	Path   string
+	Format string // "raw" or "qcow2"
 }
 
 // Forward exposes a guest TCP port on 127.0.0.1 of the host.
@@ -101,6 +108,9 @@ type Spec struct {
 	// on either end. They exist for measurements (the benchmarks' raw
 	// channel baseline); QEMU only.
 	ExtraSerialPorts []string
+	// Restore, when set, starts the VMM from a snapshot instead of
+	// booting the kernel (drivers that implement Snapshotter).
+	Restore *Restore
 }
 
 // ExtraSerialSocket is the host socket of an extra virtio-serial port.

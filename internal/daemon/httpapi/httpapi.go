@@ -111,6 +111,19 @@ type Egress interface {
 	EgressLearn(ctx context.Context, vm string) (api.EgressLearned, error)
 }
 
+// Snapshots is the snapshot engine: saves, forks, park, and the
+// snapshot records. Snapshot and fork are operations.
+type Snapshots interface {
+	SnapshotVM(ctx context.Context, vm string, req api.SnapshotVMRequest) (opID string, err error)
+	ForkVM(ctx context.Context, vm string, req api.ForkVMRequest) (opID string, err error)
+	// ParkVM saves a running VM to disk and ends its VMM; any later use
+	// wakes it.
+	ParkVM(ctx context.Context, vm string) (api.VM, error)
+	ListSnapshots(ctx context.Context) ([]api.Snapshot, error)
+	GetSnapshot(ctx context.Context, name string) (api.Snapshot, error)
+	DeleteSnapshot(ctx context.Context, name string, force bool) error
+}
+
 // Backend is every engine the handler calls.
 type Backend struct {
 	System     System
@@ -121,6 +134,7 @@ type Backend struct {
 	Events     Events
 	Operations Operations
 	Egress     Egress
+	Snapshots  Snapshots
 	// Log gets one debug line per request.
 	Log *slog.Logger
 }

@@ -32,7 +32,7 @@ func TestDriverBoot(t *testing.T) {
 	if k, err := d.Kernel(img); err != nil || k != "/img/vmlinux" {
 		t.Fatalf("kernel %q %v", k, err)
 	}
-	if root := d.RootDisk(img, "/vms/v1"); root.Format != "raw" || root.Backing != "" {
+	if root := d.RootDisk(img, "/vms/v1"); root.Format != "raw" || len(root.Backing) != 0 {
 		t.Fatalf("root disk %+v", root)
 	}
 	if d.KernelArgs("kvm") != nil {

@@ -24,7 +24,7 @@ func TestDriverBoot(t *testing.T) {
 		t.Fatalf("kernel %q %v", k, err)
 	}
 	root := d.RootDisk(img, "/vms/v1")
-	if root != (vmm.Disk{Path: filepath.Join("/vms/v1", paths.FileRootDisk), Format: "qcow2", Backing: "/img/rootfs.ext4"}) {
+	if root.Path != filepath.Join("/vms/v1", paths.FileRootDisk) || root.Format != "qcow2" || len(root.Backing) != 1 || root.Backing[0] != (vmm.Layer{Path: "/img/rootfs.ext4", Format: "raw"}) {
 		t.Fatalf("root disk %+v", root)
 	}
 	f := &system.Fake{Strict: true}

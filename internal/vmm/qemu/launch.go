@@ -112,12 +112,12 @@ func prepare(spec vmm.Spec) (l *launch, err error) {
 		}
 		src.disks = append(src.disks, fmt.Sprintf("/dev/fdset/%d", set))
 		b := ""
-		if d.Backing != "" {
+		if len(d.Backing) > 0 {
 			// The image's rootfs: read-only, whatever its mode, and
 			// never handed to anyone.
-			f, err := os.Open(d.Backing)
+			f, err := os.Open(d.Backing[0].Path)
 			if err != nil {
-				return l, fmt.Errorf("open %s: %w", d.Backing, err)
+				return l, fmt.Errorf("open %s: %w", d.Backing[0].Path, err)
 			}
 			bset := len(spec.Disks) + set
 			src.addFDs = append(src.addFDs, fmt.Sprintf("fd=%d,set=%d", l.add(f), bset))

@@ -64,7 +64,7 @@ func (d *Driver) Info() vmm.Info {
 // The backing file is named here, not taken from the overlay's header:
 // QEMU gets it as a read-only descriptor (launch.go).
 func (d *Driver) RootDisk(img vmm.Image, dir string) vmm.Disk {
-	return vmm.Disk{Path: filepath.Join(dir, paths.FileRootDisk), Format: "qcow2", Backing: img.Rootfs}
+	return vmm.Disk{Path: filepath.Join(dir, paths.FileRootDisk), Format: "qcow2", Backing: []vmm.Layer{{Path: img.Rootfs, Format: "raw"}}}
 }
 
 // MakeRootDisk implements vmm.Booter.
@@ -160,7 +160,11 @@ func pathSources(spec vmm.Spec) sources {
 	}
 	for _, d := range spec.Disks {
 		src.disks = append(src.disks, d.Path)
-		src.backing = append(src.backing, d.Backing)
+		b := ""
+		if len(d.Backing) > 0 {
+			b = d.Backing[0].Path
+		}
+		src.backing = append(src.backing, b)
 	}
 	for _, name := range spec.ExtraSerialPorts {
 		src.extra = append(src.extra, "path="+optValue(vmm.ExtraSerialSocket(spec.Dir, name)))

@@ -14,7 +14,7 @@ func TestArgs(t *testing.T) {
 	spec := vmm.Spec{
 		ID: "ab12cd34", ProcessName: "bg123456-ab12cd34", Dir: "/v/ab12cd34",
 		Kernel: "/i/vmlinuz", Initrd: "/i/initrd.img", Cmdline: "console=ttyS0",
-		Disks: []vmm.Disk{{Path: "/v/root.qcow2", Format: "qcow2", Backing: "/i/rootfs.ext4"}, {Path: "/v/seed.ext4", Format: "raw", ReadOnly: true}},
+		Disks: []vmm.Disk{{Path: "/v/root.qcow2", Format: "qcow2", Backing: []vmm.Layer{{Path: "/i/rootfs.ext4", Format: "raw"}}}, {Path: "/v/seed.ext4", Format: "raw", ReadOnly: true}},
 		CPUs:  2, MemoryMiB: 1024, Accel: "tcg", Egress: "none",
 		Forwards: []vmm.Forward{{HostPort: 40022, GuestPort: 22}},
 	}
@@ -99,7 +99,7 @@ func TestArgsCommaPaths(t *testing.T) {
 	dir := "/v/a,b=c"
 	spec := vmm.Spec{
 		ID: "x", ProcessName: "bg-x", Dir: dir, Kernel: "/i,k/vmlinuz", Initrd: "/i,k/initrd", Cmdline: "console=ttyS0",
-		Disks: []vmm.Disk{{Path: dir + "/root.qcow2", Format: "qcow2", Backing: "/i,k/rootfs,readonly=off"}, {Path: dir + "/seed,x.ext4", Format: "raw", ReadOnly: true}},
+		Disks: []vmm.Disk{{Path: dir + "/root.qcow2", Format: "qcow2", Backing: []vmm.Layer{{Path: "/i,k/rootfs,readonly=off", Format: "raw"}}}, {Path: dir + "/seed,x.ext4", Format: "raw", ReadOnly: true}},
 		CPUs:  1, MemoryMiB: 256, Egress: "none",
 	}
 	args := Args(spec)
@@ -186,7 +186,7 @@ func vmFixture(t *testing.T) (vmm.Spec, string) {
 		Disks: []vmm.Disk{
 			// banger's image rootfs files are 0600: QEMU gets a read-only
 			// descriptor and needs no right to the file.
-			{Path: write(filepath.Join(dir, "root.qcow2"), 0o644), Format: "qcow2", Backing: write(filepath.Join(img, "rootfs.ext4"), 0o600)},
+			{Path: write(filepath.Join(dir, "root.qcow2"), 0o644), Format: "qcow2", Backing: []vmm.Layer{{Path: write(filepath.Join(img, "rootfs.ext4"), 0o600), Format: "raw"}}},
 			{Path: write(filepath.Join(dir, "seed.ext4"), 0o600), Format: "raw", ReadOnly: true},
 			{Path: write(filepath.Join(dir, "work.ext4"), 0o600), Format: "raw"},
 		},
@@ -220,7 +220,7 @@ func TestPrepareAsVMUser(t *testing.T) {
 	}
 	spec, img := vmFixture(t)
 	spec.UID, spec.GID = 3000007, 3000007
-	imgFiles := []string{spec.Kernel, spec.Initrd, spec.Disks[0].Backing}
+	imgFiles := []string{spec.Kernel, spec.Initrd, spec.Disks[0].Backing[0].Path}
 	before := map[string]owner{}
 	for _, p := range imgFiles {
 		before[p] = ownerOf(t, p)
@@ -287,7 +287,7 @@ func TestPrepareRefuses(t *testing.T) {
 		t.Errorf("kernel changed: %+v", o)
 	}
 	os.Chmod(spec.Kernel, 0o644)
-	shared := spec.Disks[0].Backing
+	shared := spec.Disks[0].Backing[0].Path
 	spec.Disks[0].Path = shared // a disk that is not the VM's own
 	if _, err := prepare(spec); err == nil || !strings.Contains(err.Error(), "not in the VM directory") {
 		t.Fatalf("disk outside the VM dir: %v", err)
