@@ -11,14 +11,15 @@ import (
 )
 
 const imageColumns = `id, name, fingerprint, dir, is_default, state, suite,
-	kernel_version, size_bytes, created_at, manifest, verified_at, verify_error`
+	kernel_version, size_bytes, created_at, manifest, verified_at, verify_error,
+	ready_snapshot_id`
 
 func scanImage(r rowScanner) (Image, error) {
 	var img Image
 	var created, verified string
 	if err := r.Scan(&img.ID, &img.Name, &img.Fingerprint, &img.Dir, &img.Default,
 		&img.State, &img.Suite, &img.KernelVersion, &img.SizeBytes, &created,
-		&img.Manifest, &verified, &img.VerifyError); err != nil {
+		&img.Manifest, &verified, &img.VerifyError, &img.ReadySnapshotID); err != nil {
 		return Image{}, err
 	}
 	t, err := parseTime(created)
@@ -78,10 +79,10 @@ func (s *Store) CreateImage(ctx context.Context, img *Image) error {
 	img.CreatedAt = img.CreatedAt.UTC()
 	err := insertWithID(&img.ID, "images.id", func() error {
 		_, err := s.q.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			img.ID, img.Name, img.Fingerprint, img.Dir, img.Default, img.State,
 			img.Suite, img.KernelVersion, img.SizeBytes, formatTime(img.CreatedAt),
-			img.Manifest, optTime(img.VerifiedAt), img.VerifyError)
+			img.Manifest, optTime(img.VerifiedAt), img.VerifyError, img.ReadySnapshotID)
 		return err
 	})
 	if err != nil {
@@ -131,7 +132,9 @@ func (s *Store) queryImages(ctx context.Context, query string, args ...any) ([]I
 	return out, nil
 }
 
-// UpdateImage writes every field of img except ID and CreatedAt.
+// UpdateImage writes every field of img except ID, CreatedAt and
+// ReadySnapshotID: only SetImageReadySnapshot writes that, so an update
+// from a copy read before a ready snapshot was recorded cannot drop it.
 func (s *Store) UpdateImage(ctx context.Context, img *Image) error {
 	if err := validateImage(img); err != nil {
 		return fmt.Errorf("update image: %w", err)
@@ -152,7 +155,7 @@ func (s *Store) UpdateImage(ctx context.Context, img *Image) error {
 }
 
 // DeleteImage removes the image row (not its files). It fails with
-// ErrInUse, naming the VMs, while any VM references the image.
+// ErrInUse, naming them, while any VM or snapshot references the image.
 func (s *Store) DeleteImage(ctx context.Context, id string) error {
 	return s.WithTx(ctx, func(tx *Store) error {
 		users, err := tx.VMsUsingImage(ctx, id)
@@ -165,6 +168,15 @@ func (s *Store) DeleteImage(ctx context.Context, id string) error {
 				names[i] = vm.Name
 			}
 			return fmt.Errorf("delete image %s: used by vm %s: %w", id, strings.Join(names, ", "), ErrInUse)
+		}
+		// A snapshot's root layer stands on the image's rootfs (its
+		// ready snapshot too: the caller deletes that first).
+		snaps, err := tx.SnapshotsOfImage(ctx, id)
+		if err != nil {
+			return fmt.Errorf("delete image %s: %w", id, err)
+		}
+		if len(snaps) > 0 {
+			return fmt.Errorf("delete image %s: used by %s: %w", id, usersList(nil, snaps), ErrInUse)
 		}
 		res, err := tx.q.ExecContext(ctx, `DELETE FROM images WHERE id = ?`, id)
 		if isForeignKey(err) {

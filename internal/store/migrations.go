@@ -168,6 +168,41 @@ CREATE TABLE egress_log (
 );
 CREATE INDEX egress_log_vm ON egress_log (vm_id, id);
 `,
+	// 9: snapshots (a VM's memory, device state and disks at one
+	// instant), the snapshot whose read-only layers a VM's disks stand
+	// on, and an image's ready snapshot. The references are '' for none,
+	// so they carry no foreign key: DeleteSnapshot checks them in its
+	// transaction instead. image_id is RESTRICT: a snapshot's root layer
+	// stands on the image's rootfs.
+	`
+CREATE TABLE snapshots (
+	id              TEXT PRIMARY KEY,
+	name            TEXT NOT NULL UNIQUE,
+	kind            TEXT NOT NULL,
+	state           TEXT NOT NULL,
+	vm_id           TEXT NOT NULL DEFAULT '',
+	vm_name         TEXT NOT NULL DEFAULT '',
+	image_id        TEXT NOT NULL REFERENCES images (id) ON DELETE RESTRICT,
+	parent_id       TEXT NOT NULL DEFAULT '',
+	vmm             TEXT NOT NULL DEFAULT '',
+	compat          TEXT NOT NULL DEFAULT '',
+	accel           TEXT NOT NULL DEFAULT '',
+	cpus            INTEGER NOT NULL DEFAULT 0,
+	memory_mib      INTEGER NOT NULL DEFAULT 0,
+	work_disk_bytes INTEGER NOT NULL DEFAULT 0,
+	net_mode        TEXT NOT NULL DEFAULT '',
+	dir             TEXT NOT NULL DEFAULT '',
+	size_bytes      INTEGER NOT NULL DEFAULT 0,
+	created_at      TEXT NOT NULL,
+	root_format     TEXT NOT NULL DEFAULT '',
+	work_format     TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX snapshots_image_id ON snapshots (image_id);
+CREATE INDEX snapshots_parent_id ON snapshots (parent_id) WHERE parent_id != '';
+ALTER TABLE vms ADD COLUMN snapshot_id TEXT NOT NULL DEFAULT '';
+CREATE INDEX vms_snapshot_id ON vms (snapshot_id) WHERE snapshot_id != '';
+ALTER TABLE images ADD COLUMN ready_snapshot_id TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate brings db to the newest schema this binary knows. It is safe to

@@ -13,9 +13,9 @@ const vmColumns = `id, name, image_id, state, cpus, memory_mib, work_disk_bytes,
 	egress, accel, pid, pid_start_time, dir, ssh_port, created_at, updated_at,
 	last_error, workspace_json, work_seed_fingerprint, auth_synced_json,
 	vmm, net_mode, vmm_state_json, egress_policy, egress_allow, egress_deny,
-	credentials`
+	credentials, snapshot_id`
 
-var vmStates = []string{VMStateCreating, VMStateRunning, VMStateStopping, VMStateStopped, VMStateError}
+var vmStates = []string{VMStateCreating, VMStateRunning, VMStateStopping, VMStateStopped, VMStateError, VMStateParked}
 
 func scanVM(r rowScanner) (VM, error) {
 	var vm VM
@@ -30,7 +30,7 @@ func scanVM(r rowScanner) (VM, error) {
 		&startTime, &vm.Dir, &vm.SSHPort, &created, &updated,
 		&vm.LastError, &vm.WorkspaceJSON, &vm.WorkSeedFingerprint, &vm.AuthSyncedJSON,
 		&vm.VMM, &vm.NetMode, &vm.VMMStateJSON, &vm.EgressPolicy, &allow, &deny,
-		&vm.Credentials); err != nil {
+		&vm.Credentials, &vm.SnapshotID); err != nil {
 		return VM{}, err
 	}
 	var err error
@@ -100,13 +100,13 @@ func (s *Store) CreateVM(ctx context.Context, vm *VM) error {
 	vm.CreatedAt = vm.CreatedAt.UTC()
 	err := insertWithID(&vm.ID, "vms.id", func() error {
 		_, err := s.q.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			vm.ID, vm.Name, vm.ImageID, vm.State, vm.CPUs, vm.MemoryMiB,
 			vm.WorkDiskBytes, vm.Egress, vm.Accel, vm.PID, int64(vm.PIDStartTime),
 			vm.Dir, vm.SSHPort, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt),
 			vm.LastError, vm.WorkspaceJSON, vm.WorkSeedFingerprint, vm.AuthSyncedJSON,
 			vm.VMM, vm.NetMode, vm.VMMStateJSON, vm.EgressPolicy, encodeList(vm.EgressAllow),
-			encodeList(vm.EgressDeny), vm.Credentials)
+			encodeList(vm.EgressDeny), vm.Credentials, vm.SnapshotID)
 		return err
 	})
 	if err != nil {
@@ -172,12 +172,13 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 		state = ?, cpus = ?, memory_mib = ?, work_disk_bytes = ?, egress = ?,
 		accel = ?, pid = ?, pid_start_time = ?, dir = ?, ssh_port = ?,
 		updated_at = ?, last_error = ?, work_seed_fingerprint = ?,
-		auth_synced_json = ?, vmm = ?, net_mode = ?, vmm_state_json = ?
+		auth_synced_json = ?, vmm = ?, net_mode = ?, vmm_state_json = ?,
+		snapshot_id = ?
 		WHERE id = ?`,
 		vm.Name, vm.ImageID, vm.State, vm.CPUs, vm.MemoryMiB, vm.WorkDiskBytes,
 		vm.Egress, vm.Accel, vm.PID, int64(vm.PIDStartTime), vm.Dir, vm.SSHPort,
 		formatTime(updated), vm.LastError, vm.WorkSeedFingerprint, vm.AuthSyncedJSON,
-		vm.VMM, vm.NetMode, vm.VMMStateJSON, vm.ID)
+		vm.VMM, vm.NetMode, vm.VMMStateJSON, vm.SnapshotID, vm.ID)
 	if err != nil {
 		return fmt.Errorf("update vm: %w", vmWriteErr(err, vm))
 	}
