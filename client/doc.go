@@ -51,6 +51,16 @@
 // Cancelling the wait does not cancel the operation; a later wait
 // (from this program or another) picks it up again.
 //
+// # Snapshots, forks and park
+//
+// [Client.SnapshotVM] saves a running VM (memory, devices, disks at one
+// instant) as a snapshot ([Client.WaitSnapshot] follows it);
+// CreateVM with api.CreateVMRequest.Snapshot continues a new VM from one.
+// [Client.ForkVM] snapshots a VM and restores N children from it in one
+// operation ([Client.WaitFork] returns them). [Client.ParkVM] saves a VM
+// to disk and ends its VMM; any use wakes it. [Client.ListSnapshots],
+// [Client.GetSnapshot] and [Client.DeleteSnapshot] manage the records.
+//
 // # Commands and sessions
 //
 // [Client.Run] runs one guest command to its end with host readers and
