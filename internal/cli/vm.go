@@ -9,11 +9,12 @@ import (
 func newVMCmd(g *globals) *cobra.Command {
 	vm := &cobra.Command{Use: "vm", Short: "Create, run commands in, and remove VMs"}
 	vm.AddCommand(newVMCreateCmd(g), newVMListCmd(g), newVMShowCmd(g),
-		newVMLifecycleCmd(g, "start", "Boot a stopped VM"),
+		newVMLifecycleCmd(g, "start", "Boot a stopped VM, or wake a parked one"),
 		newVMStopCmd(g),
 		newVMLifecycleCmd(g, "restart", "Stop and start a VM"),
 		newVMDeleteCmd(g), newVMExecCmd(g), newVMSSHCmd(g), newVMHealthCmd(g), newVMLogsCmd(g),
-		newVMRunCmd(g), newVMWorkspaceCmd(g), newVMSessionCmd(g), newVMOpencodePasswordCmd(g), newVMEgressCmd(g))
+		newVMRunCmd(g), newVMWorkspaceCmd(g), newVMSessionCmd(g), newVMOpencodePasswordCmd(g), newVMEgressCmd(g),
+		newVMSnapshotCmd(g), newVMForkCmd(g), newVMParkCmd(g))
 	return vm
 }
 

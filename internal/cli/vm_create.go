@@ -46,9 +46,26 @@ func addCreateFlags(f *pflag.FlagSet, req *api.CreateVMRequest) {
 	f.BoolVar(&req.Jailer, "jailer", false, "run Firecracker under its jailer (chroot, own uid, cgroup)")
 	f.StringVar(&req.Net, "net", "", "network mode: user (QEMU user networking, forwards on 127.0.0.1) or tap (own address on banger's bridge, NAT; needs root) (default: config vm.net, else user)")
 	f.BoolVar(&req.NoWaitServices, "no-wait-services", false, "do not wait for the image's services (opencode on :4096) once the agent answers")
+	f.StringVar(&req.Snapshot, "snapshot", "", "continue from this snapshot (its image, CPUs, memory and work disk; see `banger vm snapshot list`) instead of booting")
+	f.BoolVar(&req.Cold, "cold", false, "boot the image even when it has a usable ready snapshot")
+}
+
+// checkCreateFlags refuses flag combinations that cannot mean anything,
+// before the daemon is asked.
+func checkCreateFlags(req api.CreateVMRequest) error {
+	if req.Snapshot != "" && req.Cold {
+		return &usageError{fmt.Errorf("--snapshot and --cold exclude each other: --cold boots the image instead of restoring")}
+	}
+	if req.Snapshot != "" && req.Image != "" {
+		return &usageError{fmt.Errorf("--snapshot and --image exclude each other: a VM restored from a snapshot runs the snapshot's image")}
+	}
+	return nil
 }
 
 func (g *globals) createVM(ctx context.Context, o createOptions) error {
+	if err := checkCreateFlags(o.req); err != nil {
+		return err
+	}
 	c := g.client()
 	ref, err := c.CreateVM(ctx, o.req)
 	if err != nil {
@@ -80,6 +97,9 @@ func (g *globals) createVM(ctx context.Context, o createOptions) error {
 		return g.printJSON(vm)
 	}
 	fmt.Fprintf(g.stdout, "VM %s is running.\n", vm.Name)
+	if vm.Snapshot != "" {
+		fmt.Fprintf(g.stdout, "  snapshot: %s (its disks stand on it)\n", vm.Snapshot)
+	}
 	fmt.Fprintf(g.stdout, "  egress: %s\n", vm.EgressSummary())
 	fmt.Fprintf(g.stdout, "  banger vm exec %s -- uname -a\n  banger vm ssh %s\n  banger vm stop %s\n  banger vm delete %s\n", vm.Name, vm.Name, vm.Name, vm.Name)
 	return nil

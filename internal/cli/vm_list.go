@@ -26,14 +26,7 @@ func newVMListCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tVMM\tCPUS\tMEMORY\tSSH\tACCEL\tAGE")
 			for _, v := range vms {
-				ssh := "-"
-				switch {
-				case v.Address != "":
-					ssh = v.Address + ":22"
-				case v.SSHPort != 0:
-					ssh = fmt.Sprintf("127.0.0.1:%d", v.SSHPort)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.Name, v.State, v.Image, v.VMM, v.CPUs, v.MemoryBytes>>20, ssh, v.Accel, humanize.Age(v.CreatedAt))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.Name, v.State, v.Image, v.VMM, v.CPUs, v.MemoryBytes>>20, sshAddress(v), v.Accel, humanize.Age(v.CreatedAt))
 			}
 			return tw.Flush()
 		},

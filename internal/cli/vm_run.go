@@ -54,6 +54,9 @@ attached automatically.`,
 }
 
 func (g *globals) run(ctx context.Context, o runOptions) error {
+	if err := checkCreateFlags(o.create); err != nil {
+		return err
+	}
 	c := g.client()
 	// Refuse a bad repository before a VM exists.
 	repo, err := c.ResolveWorkspace(ctx, o.ws)

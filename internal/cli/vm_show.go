@@ -71,8 +71,15 @@ func opencodePassword(vm api.VM) (string, error) {
 
 func (g *globals) printVM(vm api.VM) {
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	state := vm.State
+	if state == api.VMParked {
+		state += " (saved to disk; any use wakes it)"
+	}
 	fmt.Fprintf(tw, "name:\t%s\nid:\t%s\nstate:\t%s\nimage:\t%s\nvmm:\t%s (%s)\ncpus:\t%d\nmemory:\t%d MiB\nwork disk:\t%d GiB\negress:\t%s\n",
-		vm.Name, vm.ID, vm.State, vm.Image, vm.VMM, vm.Accel, vm.CPUs, vm.MemoryBytes>>20, vm.WorkDiskBytes>>30, vm.EgressSummary())
+		vm.Name, vm.ID, state, vm.Image, vm.VMM, vm.Accel, vm.CPUs, vm.MemoryBytes>>20, vm.WorkDiskBytes>>30, vm.EgressSummary())
+	if vm.Snapshot != "" {
+		fmt.Fprintf(tw, "snapshot:\t%s (its disks stand on it)\n", vm.Snapshot)
+	}
 	if vm.Credentials != "" {
 		fmt.Fprintf(tw, "credentials:\t%s", vm.Credentials)
 		if len(vm.BrokeredCredentials) > 0 {
