@@ -306,6 +306,10 @@ type VM struct {
 	Egress      string   `toml:"egress"`
 	Net         string   `toml:"net"`
 	BootTimeout Duration `toml:"boot_timeout"`
+	// IdlePark parks a VM (saves it to disk, ends its VMM) once it has
+	// had no attach, exec, ssh or forwarded connection and little CPU for
+	// this long; 0 ("" or "0" in the file) never parks.
+	IdlePark Duration `toml:"idle_park"`
 	// VMM is "auto", "qemu" or "firecracker".
 	VMM string `toml:"vmm"`
 	// ExtraSerialPorts adds raw virtio-serial ports to QEMU VMs (guest
@@ -336,8 +340,13 @@ type Daemon struct {
 // "3m") in TOML.
 type Duration struct{ time.Duration }
 
-// UnmarshalText implements encoding.TextUnmarshaler.
+// UnmarshalText implements encoding.TextUnmarshaler. "" is zero, which
+// keys that need a positive duration refuse in Validate.
 func (d *Duration) UnmarshalText(b []byte) error {
+	if len(b) == 0 {
+		d.Duration = 0
+		return nil
+	}
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
 		return fmt.Errorf("%q is not a duration; want a number with a unit such as \"180s\" or \"3m\"", b)
@@ -496,6 +505,9 @@ func (c Config) Validate() error {
 	}
 	if c.VM.BootTimeout.Duration <= 0 {
 		bad("vm.boot_timeout", c.VM.BootTimeout.String(), `want a positive duration such as "180s"`)
+	}
+	if c.VM.IdlePark.Duration < 0 {
+		bad("vm.idle_park", c.VM.IdlePark.String(), `want a duration such as "30m", or "" or "0" to never park idle VMs`)
 	}
 	for _, p := range c.VM.ExtraSerialPorts {
 		if !serialPortName.MatchString(p) || p == "banger.agent" {

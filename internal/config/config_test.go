@@ -143,6 +143,13 @@ env = ["MY_KEY"]
 		{name: "duration syntax", in: "[vm]\nboot_timeout = \"soon\"\n", wantErr: []string{"vm.boot_timeout", `"soon"`, "180s"}},
 		{name: "duration bare number", in: "[vm]\nboot_timeout = 180\n", wantErr: []string{"vm.boot_timeout", "180s"}},
 		{name: "duration not positive", in: "[vm]\nboot_timeout = \"0s\"\n", wantErr: []string{"vm.boot_timeout", "positive"}, wantIs: ErrInvalid},
+		{name: "idle park default never", in: "", check: func(c Config) bool { return c.VM.IdlePark.Duration == 0 }},
+		{name: "idle park", in: "[vm]\nidle_park = \"30m\"\n", check: func(c Config) bool { return c.VM.IdlePark.Duration == 30*time.Minute }},
+		{name: "idle park empty", in: "[vm]\nidle_park = \"\"\n", check: func(c Config) bool { return c.VM.IdlePark.Duration == 0 }},
+		{name: "idle park zero", in: "[vm]\nidle_park = \"0\"\n", check: func(c Config) bool { return c.VM.IdlePark.Duration == 0 }},
+		{name: "idle park syntax", in: "[vm]\nidle_park = \"soon\"\n", wantErr: []string{"vm.idle_park", `"soon"`, "3m"}},
+		{name: "idle park negative", in: "[vm]\nidle_park = \"-5m\"\n", wantErr: []string{"vm.idle_park", "never park"}, wantIs: ErrInvalid},
+		{name: "empty duration where a positive one is needed", in: "[vm]\nboot_timeout = \"\"\n", wantErr: []string{"vm.boot_timeout", "positive"}, wantIs: ErrInvalid},
 		{name: "accel", in: "[daemon]\naccel = \"hvf\"\n", wantErr: []string{`daemon.accel = "hvf"`, `"tcg" or "kvm"`}, wantIs: ErrInvalid},
 		{name: "log level", in: "[daemon]\nlog_level = \"loud\"\n", wantErr: []string{"daemon.log_level"}, wantIs: ErrInvalid},
 		{
