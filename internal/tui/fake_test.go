@@ -23,6 +23,9 @@ type fakeDaemon struct {
 	egress   map[string][]api.EgressRecord
 	stopErr  error
 
+	// sessionsOf records the VMs whose sessions were listed.
+	sessionsOf []string
+
 	created []api.CreateVMRequest
 	stopped []string
 	deleted []string
@@ -76,6 +79,7 @@ func (f *fakeDaemon) ListSessions(_ context.Context, vm string) ([]api.Session, 
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.sessionsOf = append(f.sessionsOf, vm)
 	return slices.Clone(f.sessions[vm]), nil
 }
 

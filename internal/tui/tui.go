@@ -286,7 +286,11 @@ func (m Model) fetchDetail(vm api.VM) tea.Cmd {
 	return func() tea.Msg {
 		defer cancel()
 		d := detail{vm: vm.Name, loaded: true}
-		if ss, err := be.ListSessions(ctx, vm.Name); err != nil {
+		if vm.State == api.VMParked {
+			// Asking a parked VM's agent would wake it: browsing the
+			// list must not undo a park.
+			d.sessErr = "the VM is parked; its sessions show once it wakes"
+		} else if ss, err := be.ListSessions(ctx, vm.Name); err != nil {
 			d.sessErr = errText(err)
 		} else {
 			d.sessions = ss

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -560,4 +561,26 @@ func TestEgressPanel(t *testing.T) {
 	if s := h.screen(); strings.Contains(s, "other.example") {
 		t.Errorf("another VM's connection is on the selected VM's panel:\n%s", s)
 	}
+}
+
+// TestParkedVM: a parked VM is listed and counted, its detail says how
+// it wakes, and browsing it never asks its agent (that would wake it).
+func TestParkedVM(t *testing.T) {
+	t.Parallel()
+	f := fixture()
+	f.vms = append(f.vms, api.VM{Name: "idle", State: api.VMParked, VMM: "qemu", Image: "agent", CPUs: 2, MemoryBytes: 1 << 30, SSHPort: 2230})
+	h := newHarness(t, f, 100, 30)
+	h.contains("(1 running, 1 parked)")
+	h.keys("down", "down", "down")
+	h.contains("> idle", "parked", "agent: VM parked (saved to disk; ssh, exec or attach wakes it)", "its sessions show once it wakes")
+	f.mu.Lock()
+	listed := slices.Contains(f.sessionsOf, "idle")
+	f.mu.Unlock()
+	if listed {
+		t.Fatal("the sessions of a parked VM were listed")
+	}
+	// Stopping is refused as for any VM not running; ssh is handed over
+	// (the CLI wakes it), which here fails for want of a terminal.
+	h.keys("x")
+	h.contains("error: VM idle is parked, not running")
 }

@@ -523,7 +523,8 @@ func (m Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 			m.setErr("no VM selected")
 			return m, nil
 		}
-		if vm.State != api.VMRunning {
+		// ssh through the CLI wakes a parked VM first.
+		if vm.State != api.VMRunning && vm.State != api.VMParked {
 			m.setErr(fmt.Sprintf("VM %s is %s; start it first (r restarts it)", vm.Name, vm.State))
 			return m, nil
 		}

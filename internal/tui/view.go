@@ -86,13 +86,20 @@ func pad(lines []string, n int) []string {
 }
 
 func (m Model) header() string {
-	running := 0
+	running, parked := 0, 0
 	for _, vm := range m.vms {
-		if vm.State == api.VMRunning {
+		switch vm.State {
+		case api.VMRunning:
 			running++
+		case api.VMParked:
+			parked++
 		}
 	}
-	s := fmt.Sprintf("banger · %d VMs (%d running) · %d images", len(m.vms), running, len(m.images))
+	counts := fmt.Sprintf("%d running", running)
+	if parked > 0 {
+		counts += fmt.Sprintf(", %d parked", parked)
+	}
+	s := fmt.Sprintf("banger · %d VMs (%s) · %d images", len(m.vms), counts, len(m.images))
 	if m.filter != "" {
 		s += fmt.Sprintf(" · filter %q", m.filter)
 	}
@@ -234,6 +241,8 @@ func (m Model) vmTable(vis []api.VM, rows int) []string {
 			line = selStyle.Render(line)
 		case vm.State == api.VMError:
 			line = errStyle.Render(line)
+		case vm.State == api.VMParked:
+			line = dimStyle.Render(line)
 		}
 		out = append(out, line)
 	}
@@ -278,6 +287,8 @@ func (m Model) detailView(rows int) []string {
 	switch {
 	case !d.loaded:
 		agent = "loading…"
+	case vm.State == api.VMParked:
+		agent = "agent: VM parked (saved to disk; ssh, exec or attach wakes it)"
 	case vm.State != api.VMRunning:
 		agent = "agent: VM not running"
 	default:
