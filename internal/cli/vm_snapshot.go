@@ -31,7 +31,8 @@ read-only layers that the VM and every VM made from the snapshot stack their
 own copy-on-write layer on. The VM then runs on (or stays stopped with
 --stop). Start new VMs from it with 'banger vm create NEW --snapshot SNAP'.
 
-The subcommands list, show and delete manage snapshots.`,
+The subcommands list, show and delete manage snapshots (a VM that is
+itself named list, show or delete: 'banger vm snapshot -- NAME').`,
 		Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			o.vm = a[0]

@@ -39,6 +39,13 @@ func newVMSSHCmd(g *globals) *cobra.Command {
 // is pinned in a per-VM known_hosts file; host key checking stays strict.
 func (g *globals) ssh(ctx context.Context, o sshOptions) error {
 	c := g.client()
+	if len(o.argv) == 0 {
+		// The daemon wakes a parked VM before it answers; say why the
+		// wait, on an interactive login only (a command's stderr is its own).
+		if vm, err := c.GetVM(ctx, o.name); err == nil && vm.State == api.VMParked {
+			fmt.Fprintf(g.stderr, "VM %s is parked; waking it…\n", o.name)
+		}
+	}
 	info, err := c.SSHInfo(ctx, o.name)
 	if err != nil {
 		return err
@@ -55,7 +62,7 @@ func (g *globals) ssh(ctx context.Context, o sshOptions) error {
 	runErr := cmd.Run()
 	if len(o.argv) == 0 {
 		if vm, err := c.GetVM(context.WithoutCancel(ctx), o.name); err == nil && vm.State == api.VMRunning {
-			fmt.Fprintf(g.stderr, "\nVM %s is still running. When you are done:\n  banger vm stop %s\n  banger vm delete %s\n", o.name, o.name, o.name)
+			fmt.Fprintf(g.stderr, "\nVM %s is still running. When you are done:\n  banger vm park %s    (keep it, at no memory or CPU)\n  banger vm stop %s\n  banger vm delete %s\n", o.name, o.name, o.name, o.name)
 		}
 	}
 	var ee *exec.ExitError
