@@ -134,6 +134,10 @@ func TestSnapshotUsers(t *testing.T) {
 	if err != nil || len(vms) != 1 || vms[0].Name != "fork-1" || len(children) != 1 || children[0].Name != "child" {
 		t.Fatalf("SnapshotsStandingOn = %+v, %+v, %v", vms, children, err)
 	}
+	usage, err := s.SnapshotUsage(ctx)
+	if err != nil || len(usage) != 1 || !reflect.DeepEqual(usage[base.ID], []string{"fork-1", "child"}) {
+		t.Fatalf("SnapshotUsage = %v, %v", usage, err)
+	}
 	err = s.DeleteSnapshot(ctx, base.ID)
 	if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), "vm fork-1; snapshot child") {
 		t.Fatalf("delete in use: %v", err)
