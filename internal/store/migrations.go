@@ -198,9 +198,9 @@ CREATE TABLE snapshots (
 	work_format     TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX snapshots_image_id ON snapshots (image_id);
-CREATE INDEX snapshots_parent_id ON snapshots (parent_id) WHERE parent_id != '';
+CREATE INDEX snapshots_parent_id ON snapshots (parent_id);
 ALTER TABLE vms ADD COLUMN snapshot_id TEXT NOT NULL DEFAULT '';
-CREATE INDEX vms_snapshot_id ON vms (snapshot_id) WHERE snapshot_id != '';
+CREATE INDEX vms_snapshot_id ON vms (snapshot_id);
 ALTER TABLE images ADD COLUMN ready_snapshot_id TEXT NOT NULL DEFAULT '';
 `,
 }
