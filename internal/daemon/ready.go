@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/config"
@@ -73,15 +74,16 @@ func guestFits(snap store.Snapshot, req api.CreateVMRequest) string {
 
 // readySnapshotFor picks the image's ready snapshot for req, filling req
 // from it, or says why the create boots cold ("" reason and nil: the
-// image has none).
-func (d *Daemon) readySnapshotFor(ctx context.Context, req *api.CreateVMRequest) (*store.Snapshot, string) {
+// image has none). stale says the snapshot can serve no create any more
+// (another VMM version, broken files): it is rebuilt after this create.
+func (d *Daemon) readySnapshotFor(ctx context.Context, req *api.CreateVMRequest) (snap *store.Snapshot, why string, stale bool) {
 	img, err := d.resolveImage(ctx, req.Image)
 	if err != nil || img.ReadySnapshotID == "" {
-		return nil, ""
+		return nil, "", false
 	}
 	s, err := d.store.GetSnapshot(ctx, img.ReadySnapshotID)
 	if err != nil || s.State != store.SnapshotReady {
-		return nil, "the image's ready snapshot is gone"
+		return nil, "the image's ready snapshot is gone", true
 	}
 	try := *req
 	try.Snapshot = s.Name
@@ -95,18 +97,37 @@ func (d *Daemon) readySnapshotFor(ctx context.Context, req *api.CreateVMRequest)
 		try.DiskGiB = d.cfg.VM.DiskGiB
 	}
 	if try.Jailer {
-		return nil, "--jailer VMs boot cold"
+		return nil, "--jailer VMs boot cold", false
 	}
-	snap, err := d.snapshotForCreate(ctx, &try)
+	got, err := d.snapshotForCreate(ctx, &try)
 	if err != nil {
 		var ae *api.Error
+		msg := err.Error()
 		if errors.As(err, &ae) {
-			return nil, "ready snapshot not usable: " + ae.Message
+			msg = ae.Message
 		}
-		return nil, "ready snapshot not usable: " + err.Error()
+		// Other sizes or flags suit another create; a snapshot of
+		// another VMM version or with broken files suits none.
+		stale = strings.Contains(msg, "saved by") || strings.Contains(msg, "unusable")
+		return nil, "ready snapshot not used: " + msg, stale
 	}
 	*req = try
-	return &snap, ""
+	return &got, "", false
+}
+
+// rebuildReady makes img's ready snapshot again in the background, when
+// no image job runs.
+func (d *Daemon) rebuildReady(img store.Image) {
+	e := d.imageEngine()
+	if !e.builds.acquire() {
+		return
+	}
+	if _, err := d.ops.start(d.ops.base, "image.ready", img.Name, func(ctx context.Context, stage stageFunc) (any, error) {
+		defer e.builds.release()
+		return nil, d.makeReadySnapshot(ctx, stage, img)
+	}); err != nil {
+		e.builds.release()
+	}
 }
 
 // makeReadySnapshot boots img in a VM of the configured defaults, waits

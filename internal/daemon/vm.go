@@ -148,7 +148,7 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string,
 	// from the image's ready snapshot unless --cold or it cannot
 	// (coldWhy says why, in a "cold" stage).
 	var snap *store.Snapshot
-	coldWhy := ""
+	coldWhy, stale := "", false
 	explicit := req.Snapshot != ""
 	switch {
 	case explicit && req.Cold:
@@ -160,7 +160,7 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string,
 		}
 		snap = &s
 	case !req.Cold:
-		snap, coldWhy = d.readySnapshotFor(ctx, &req)
+		snap, coldWhy, stale = d.readySnapshotFor(ctx, &req)
 	}
 	img, err := d.validateCreate(ctx, &req)
 	if err != nil {
@@ -208,6 +208,9 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string,
 		vm, err := d.createVM(ctx, req, img, snap, stage)
 		if err != nil {
 			return nil, err
+		}
+		if stale {
+			d.rebuildReady(img)
 		}
 		return d.vmView(ctx, vm), nil
 	})
