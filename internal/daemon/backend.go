@@ -129,7 +129,7 @@ func (v vmAPI) Health(ctx context.Context, name string) (api.Health, error) {
 // SSH is how to reach a running VM's sshd.
 func (v vmAPI) SSH(ctx context.Context, name string) (api.SSHInfo, error) {
 	d := v.d
-	vm, err := d.getVM(ctx, name)
+	vm, err := d.useVM(ctx, name)
 	if err != nil {
 		return api.SSHInfo{}, err
 	}
@@ -163,7 +163,7 @@ func (v vmAPI) Exec(ctx context.Context, name string, req api.ExecRequest) (net.
 	if len(req.Argv) == 0 {
 		return nil, api.Errorf(api.CodeInvalid, "pass a command after --", "empty command")
 	}
-	vm, err := v.d.getVM(ctx, name)
+	vm, err := v.d.useVM(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +175,7 @@ func (v vmAPI) Exec(ctx context.Context, name string, req api.ExecRequest) (net.
 	if err != nil {
 		return nil, asAPIError(err)
 	}
-	return guest, nil
+	return v.d.act.hold(vm.ID, guest), nil
 }
 
 // imageAPI is the image engine with public views.

@@ -92,6 +92,8 @@ type Daemon struct {
 	// stats keeps the last CPU sample per VMM process (stats.go).
 	stats       statsSampler
 	vmWatchOnce sync.Once
+	// act is when each VM was last used, for idle park (idlepark.go).
+	act activity
 
 	// egress runs the gateway of VMs in egress mode allow
 	// (egressengine.go).
@@ -270,6 +272,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("stat socket: %w", err)
+	}
+	if after := d.cfg.VM.IdlePark.Duration; after > 0 {
+		go d.idleParkLoop(d.ops.base, after)
 	}
 	srv := d.httpServer(d.routes())
 	d.log.Info("daemon listening", "socket", sock, "pid", os.Getpid())

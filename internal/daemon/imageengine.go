@@ -31,6 +31,8 @@ type imageVMs interface {
 	cachedAgent(vmID string) *agentclient.Client
 	dropAgent(vmID string)
 	driverFor(vm store.VM) vmm.Driver
+	// makeReadySnapshot boots the image and saves its ready snapshot.
+	makeReadySnapshot(ctx context.Context, stage stageFunc, img store.Image) error
 }
 
 // imageChecks are the host checks an image job passes: the tools it

@@ -105,6 +105,17 @@ func (e *imageEngine) BuildImage(ctx context.Context, req api.BuildImageRequest)
 		if err != nil {
 			return nil, err
 		}
+		if img.Default && req.Distro != "void" {
+			// New VMs of the default image restore from its ready
+			// snapshot; without one they boot cold, so a failure here
+			// costs speed, not the build.
+			if err := e.vms.makeReadySnapshot(ctx, stage, img); err != nil {
+				e.log.Warn("no ready snapshot for image; its VMs boot cold", "image", img.Name, "err", err)
+			}
+			if fresh, err := e.store.GetImage(ctx, img.ID); err == nil {
+				img = fresh
+			}
+		}
 		return e.imageView(ctx, img, false), nil
 	})
 	if err != nil {

@@ -58,6 +58,15 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 	if err != nil {
 		return vm, fmt.Errorf("image of %s: %w", vm.Name, err)
 	}
+	if vm.State == api.VMParked {
+		if wantDisk != 0 && wantDisk != vm.WorkDiskBytes {
+			return vm, api.Errorf(api.CodeConflict, fmt.Sprintf("wake it first (`banger vm start %s`), stop it, then start it with --disk", vm.Name), "VM %q is parked", vm.Name)
+		}
+		return vm, d.wakeLocked(ctx, &vm, img)
+	}
+	if wantDisk != 0 && vm.SnapshotID != "" {
+		return vm, api.Errorf(api.CodeInvalid, "its work disk is an overlay on a snapshot; flatten it with `banger vm snapshot delete SNAP --force` first", "VM %q stands on a snapshot", vm.Name)
+	}
 	if err := d.preflight(ctx, checksForCreate); err != nil {
 		return vm, err
 	}
@@ -114,6 +123,15 @@ func (d *Daemon) stopLocked(ctx context.Context, name string, force bool) (store
 	}
 	if vm.State == api.VMStopped && !d.driverFor(vm).Alive(d.proc(vm)) {
 		return vm, nil
+	}
+	if vm.State == api.VMParked && !d.driverFor(vm).Alive(d.proc(vm)) {
+		// Stopping a parked VM forgets its saved memory: its next
+		// start boots from its disks.
+		if err := os.RemoveAll(parkDir(vm)); err != nil {
+			return vm, fmt.Errorf("remove parked state of %s: %w", vm.Name, err)
+		}
+		vm.State, vm.LastError = api.VMStopped, ""
+		return vm, d.store.UpdateVM(ctx, &vm)
 	}
 	if err := d.store.SetVMState(ctx, vm.ID, api.VMStopping, ""); err != nil {
 		return vm, err

@@ -60,6 +60,18 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			st, err := d.vmmStatus(sctx, vm)
 			cancel()
+			if err == nil && savingStatus(st) {
+				// A daemon killed during a snapshot or park left the
+				// guest paused half-saved: nothing can resume it
+				// safely, so it is stopped (its disks are intact).
+				_ = d.driverFor(vm).Stop(ctx, vm.Dir, d.proc(vm), true, 0)
+				os.RemoveAll(parkDir(vm))
+				if err := d.store.SetVMState(ctx, vm.ID, api.VMStopped, "stopped: a daemon restart interrupted its snapshot or park"); err != nil {
+					return err
+				}
+				log.Warn("stopped VM whose snapshot or park was interrupted by a daemon restart", "vmm_status", st)
+				continue
+			}
 			if err != nil {
 				log.Warn("adopted VMM does not answer on its control socket", "vmm", vm.VMM, "err", err)
 			} else {
@@ -89,7 +101,11 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 				}
 				log.Info("agent reconnected")
 			}()
+		case vm.State == api.VMParked:
+			// Its VMM is gone by design; its saved state waits in its
+			// directory for the next use.
 		default:
+			os.RemoveAll(parkDir(vm))
 			if vm.State != api.VMStopped {
 				if err := d.store.SetVMState(ctx, vm.ID, api.VMStopped, vm.LastError); err != nil {
 					return err
@@ -98,6 +114,9 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 				log.Info("VM's VMM is gone; marked stopped")
 			}
 		}
+	}
+	if err := d.reconcileSnapshots(ctx); err != nil {
+		return fmt.Errorf("reconcile snapshots: %w", err)
 	}
 	if n, err := d.store.SweepEgressLog(ctx); err != nil {
 		d.log.Warn("sweep egress log", "err", err)
@@ -339,4 +358,11 @@ func vmmIDFromArgs(args []string, prefix, vmsDir string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// savingStatus says a VMM's status is that of a guest paused for a save
+// (QEMU's paused, finish-migrate, postmigrate; Firecracker's Paused).
+func savingStatus(st string) bool {
+	st = strings.ToLower(st)
+	return strings.Contains(st, "paus") || strings.Contains(st, "migrat")
 }

@@ -248,8 +248,10 @@ type sessionDeps struct {
 	bus *eventBus
 	log *slog.Logger
 	// base ends with the daemon; the poller runs under it.
-	base    context.Context
-	getVM   func(ctx context.Context, name string) (store.VM, error)
+	base  context.Context
+	getVM func(ctx context.Context, name string) (store.VM, error)
+	// hold counts a stream as a use of its VM until it closes.
+	hold    func(vmID string, c net.Conn) net.Conn
 	listVMs func(ctx context.Context) ([]store.VM, error)
 	agent   func(ctx context.Context, vm store.VM) (*agentclient.Client, error)
 	// watchVMs starts the VM table watcher (events.go) for the bus.
@@ -278,7 +280,8 @@ func (d *Daemon) sessionEngine() *sessionEngine {
 		bus:      &d.bus,
 		log:      d.log,
 		base:     base,
-		getVM:    d.getVM,
+		getVM:    d.useVM,
+		hold:     d.act.hold,
 		listVMs:  d.store.ListVMs,
 		agent:    d.agent,
 		watchVMs: d.startVMWatcher,
@@ -498,13 +501,17 @@ func (e *sessionEngine) AttachSession(ctx context.Context, name, ref string, req
 	if req.Tail < 0 || (req.FromStart && req.Tail > 0) {
 		return nil, api.Errorf(api.CodeInvalid, "pass --from-start or --tail N, not both", "invalid replay request")
 	}
-	_, c, err := e.sessionAgent(ctx, name, ref)
+	vm, c, err := e.sessionAgent(ctx, name, ref)
 	if err != nil {
 		return nil, err
 	}
 	guest, err := c.AttachSession(ctx, ref, req)
 	if err != nil {
 		return nil, asAPIError(err)
+	}
+	if e.hold != nil {
+		// An attached terminal keeps its VM awake (idle park).
+		guest = e.hold(vm.ID, guest)
 	}
 	return guest, nil
 }

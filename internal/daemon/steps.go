@@ -49,6 +49,12 @@ type vmRun struct {
 	proc vmm.Process
 	// retried says the boot was retried once already.
 	retried bool
+	// restore starts the VMM from saved state instead of booting;
+	// snap is the snapshot a new VM is made from; newIdentity gives a
+	// restored guest the VM's own name, keys and machine id.
+	restore     *vmm.Restore
+	snap        *store.Snapshot
+	newIdentity bool
 }
 
 // Stage names the run itself announces.

@@ -31,6 +31,11 @@ func (d *Daemon) vmView(ctx context.Context, vm store.VM) api.VM {
 		}
 	}
 	out.Net = vm.NetMode
+	if vm.SnapshotID != "" {
+		if s, err := d.store.GetSnapshot(ctx, vm.SnapshotID); err == nil {
+			out.Snapshot = s.Name
+		}
+	}
 	if isTap(vm) {
 		if l, err := d.store.LeaseForVM(ctx, vm.ID); err == nil {
 			out.Address = l.Addr.Addr().String()

@@ -144,9 +144,35 @@ func (d *Daemon) isCreating(name string) bool {
 // CreateVM validates at once (so bad input fails synchronously with a
 // clear error) and runs the rest as an operation.
 func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string, error) {
+	// A create restores from a snapshot when asked (--snapshot), and
+	// from the image's ready snapshot unless --cold or it cannot
+	// (coldWhy says why, in a "cold" stage).
+	var snap *store.Snapshot
+	coldWhy, stale := "", false
+	explicit := req.Snapshot != ""
+	switch {
+	case explicit && req.Cold:
+		return "", api.Errorf(api.CodeInvalid, "pass one of them", "--snapshot and --cold contradict each other")
+	case explicit:
+		s, err := d.snapshotForCreate(ctx, &req)
+		if err != nil {
+			return "", err
+		}
+		snap = &s
+	case !req.Cold:
+		snap, coldWhy, stale = d.readySnapshotFor(ctx, &req)
+	}
 	img, err := d.validateCreate(ctx, &req)
 	if err != nil {
 		return "", err
+	}
+	if snap != nil {
+		if why := guestFits(*snap, req); why != "" {
+			if explicit {
+				return "", api.Errorf(api.CodeInvalid, "create it the way the snapshot's VM was made, or without --snapshot", "%s", why)
+			}
+			snap, coldWhy, req.Snapshot = nil, why, ""
+		}
 	}
 	d.mu.Lock()
 	if d.creating[req.Name] {
@@ -173,9 +199,18 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string,
 				return nil, err
 			}
 		}
-		vm, err := d.createVM(ctx, req, img, stage)
+		if coldWhy != "" {
+			_ = stage("cold", func(ctx context.Context) error {
+				fmt.Fprintln(stageOutput(ctx), coldWhy)
+				return nil
+			})
+		}
+		vm, err := d.createVM(ctx, req, img, snap, stage)
 		if err != nil {
 			return nil, err
+		}
+		if stale {
+			d.rebuildReady(img)
 		}
 		return d.vmView(ctx, vm), nil
 	})
@@ -189,7 +224,7 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string,
 
 // createVM makes and boots a VM: createSteps, with the undo of every step
 // that ran when one fails.
-func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img store.Image, stage stageFunc) (vm store.VM, err error) {
+func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img store.Image, snap *store.Snapshot, stage stageFunc) (vm store.VM, err error) {
 	unlock := d.lockVM(req.Name)
 	defer unlock()
 	var undo cleanup
@@ -206,7 +241,17 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest, img stor
 		VMM: req.VMM, EgressPolicy: req.EgressPolicy, EgressAllow: req.Allow, Credentials: req.Credentials,
 	}
 	r := &vmRun{vm: &vm, img: img, undo: &undo, persist: true, jailer: req.Jailer, req: req}
-	err = d.runSteps(ctx, stage, r, d.createSteps())
+	steps := d.createSteps()
+	if snap != nil {
+		// A VM made from a snapshot continues it: its disks are
+		// overlays on the snapshot's layers, its VMM loads the saved
+		// state, its guest then becomes this VM.
+		vm.SnapshotID, vm.Accel = snap.ID, snap.Accel
+		r.snap, r.newIdentity = snap, true
+		r.restore = &vmm.Restore{Dir: filepath.Join(snap.Dir, snapDirVMM), Share: true}
+		steps = d.restoreCreateSteps()
+	}
+	err = d.runSteps(ctx, stage, r, steps)
 	return vm, err
 }
 
@@ -359,6 +404,7 @@ func (d *Daemon) bootVMM(ctx context.Context, r *vmRun) error {
 		return err
 	}
 	spec.Jailer = d.jailed(*vm, r.jailer)
+	spec.Restore = r.restore
 	if err := d.runAs(ctx, vm, &spec, r.persist, r.undo); err != nil {
 		return err
 	}
@@ -414,6 +460,18 @@ func (d *Daemon) startVMM(ctx context.Context, r *vmRun) error {
 // bootAgent waits until the guest agent answers; a real VM is then
 // recorded running.
 func (d *Daemon) bootAgent(ctx context.Context, r *vmRun) error {
+	if err := d.connectAgent(ctx, r); err != nil {
+		return err
+	}
+	if !r.persist {
+		return nil
+	}
+	return d.markRunning(ctx, r)
+}
+
+// connectAgent waits until the guest agent answers and caches its
+// session.
+func (d *Daemon) connectAgent(ctx context.Context, r *vmRun) error {
 	vm := r.vm
 	c, err := d.waitAgent(ctx, vm, r.proc)
 	if err != nil {
@@ -423,9 +481,13 @@ func (d *Daemon) bootAgent(ctx context.Context, r *vmRun) error {
 	// A later step failing stops this VMM; its session must not stay in
 	// the cache for a VM that no longer exists.
 	r.undo.push(func() { d.dropAgent(vm.ID) })
-	if !r.persist {
-		return nil
-	}
+	return nil
+}
+
+// markRunning records a real VM running, its guest's network now
+// through the gateway.
+func (d *Daemon) markRunning(ctx context.Context, r *vmRun) error {
+	vm := r.vm
 	// From here the guest's connections go through the gateway: later
 	// steps (services) may already need the network.
 	d.egress.supervise(*vm)
@@ -507,6 +569,10 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 	}
 	drv := d.driverFor(*vm)
 	bi := bootImage(img)
+	root, work, err := d.vmDisks(ctx, *vm, img)
+	if err != nil {
+		return vmm.Spec{}, err
+	}
 	kernel, err := drv.Kernel(bi)
 	if err != nil {
 		return vmm.Spec{}, err
@@ -532,9 +598,9 @@ func (d *Daemon) vmSpec(ctx context.Context, vm *store.VM, img store.Image) (vmm
 		Initrd:      bi.Initrd,
 		Cmdline:     image.KernelCmdline(args...),
 		Disks: []vmm.Disk{
-			drv.RootDisk(bi, vm.Dir),
+			root,
 			{Path: filepath.Join(vm.Dir, paths.FileSeedDisk), Format: "raw", ReadOnly: true},
-			{Path: filepath.Join(vm.Dir, paths.FileWorkDisk), Format: "raw"},
+			work,
 		},
 		CPUs:      vm.CPUs,
 		MemoryMiB: vm.MemoryMiB,

@@ -66,6 +66,9 @@ func (d *Daemon) runningVM(ctx context.Context, name, doing string) (store.VM, e
 // operation with the stages resolve, bundle, transfer, clone, overlay and
 // (with --branch) branch.
 func (d *Daemon) PrepareWorkspace(ctx context.Context, name string, req api.WorkspaceRequest) (string, error) {
+	if _, err := d.useVM(ctx, name); err != nil {
+		return "", err
+	}
 	vm, err := d.runningVM(ctx, name, "prepare a workspace")
 	if err != nil {
 		return "", err
@@ -270,6 +273,9 @@ func workspaceOf(vm store.VM) *api.Workspace {
 // refs/banger/VM/tags/), leaving the host's branches, index and working
 // tree alone.
 func (d *Daemon) PullWorkspace(ctx context.Context, name string, req api.PullRequest) (api.PullResult, error) {
+	if _, err := d.useVM(ctx, name); err != nil {
+		return api.PullResult{}, err
+	}
 	vm, err := d.runningVM(ctx, name, "pull a workspace")
 	if err != nil {
 		return api.PullResult{}, err

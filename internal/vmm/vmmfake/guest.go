@@ -99,6 +99,7 @@ func (f *Driver) guestRoutes(p *proc) http.Handler {
 	m := http.NewServeMux()
 	m.Handle("GET "+agentapi.AgentHealthPath, real)
 	m.HandleFunc("POST "+agentapi.AgentExecPath, func(w http.ResponseWriter, r *http.Request) { f.guestExec(p, w, r) })
+	m.HandleFunc("POST "+agentapi.AgentIdentityPath, func(w http.ResponseWriter, r *http.Request) { f.guestIdentity(p, w, r) })
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not served by the fake guest: "+r.Method+" "+r.URL.Path, http.StatusNotImplemented)
 	})

@@ -102,6 +102,10 @@ type Driver struct {
 	RootDiskErr error
 	// Log receives the fake guest agents' logs (nil: discarded).
 	Log *slog.Logger
+	// SaveErr fails Save (after the VMM was paused: it ends anyway).
+	SaveErr error
+	// Compat overrides SnapshotCompat.
+	Compat string
 
 	mu       sync.Mutex
 	plans    map[int]Plan
@@ -303,6 +307,9 @@ func (f *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 	f.mu.Unlock()
 	if plan.Err != nil {
 		return vmm.Process{}, plan.Err
+	}
+	if err := f.restoreCheck(spec); err != nil {
+		return vmm.Process{}, fmt.Errorf("restore from %s: %w", spec.Restore.Dir, err)
 	}
 	// A real VMM refuses to start without its disks.
 	for _, d := range spec.Disks {
