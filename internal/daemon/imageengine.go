@@ -33,6 +33,9 @@ type imageVMs interface {
 	driverFor(vm store.VM) vmm.Driver
 	// makeReadySnapshot boots the image and saves its ready snapshot.
 	makeReadySnapshot(ctx context.Context, stage stageFunc, img store.Image) error
+	// dropSnapshotsOf removes the image's ready snapshot when nothing
+	// stands on it.
+	dropSnapshotsOf(ctx context.Context, img store.Image) error
 }
 
 // imageChecks are the host checks an image job passes: the tools it

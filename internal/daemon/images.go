@@ -385,9 +385,13 @@ func (e *imageEngine) removeImage(ctx context.Context, img store.Image) error {
 		}
 		return api.Errorf(api.CodeConflict, "delete those VMs first (`banger vm delete NAME`)", "image %q is used by VM(s): %s", img.Name, strings.Join(names, ", "))
 	}
+	// Its ready snapshot goes with it; other snapshots of it refuse.
+	if err := e.vms.dropSnapshotsOf(ctx, img); err != nil {
+		return err
+	}
 	if err := e.store.DeleteImage(ctx, img.ID); err != nil {
 		if errors.Is(err, store.ErrInUse) {
-			return api.Errorf(api.CodeConflict, "delete those VMs first", "image %q is in use", img.Name)
+			return api.Errorf(api.CodeConflict, "delete those VMs and snapshots first (`banger vm snapshot list`)", "image %q is in use: %v", img.Name, err)
 		}
 		return err
 	}

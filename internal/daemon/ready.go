@@ -196,3 +196,26 @@ func readySnapshotName(img store.Image) string {
 	}
 	return base + "-ready-" + newID(2)
 }
+
+// dropSnapshotsOf removes an image's ready snapshot, before the image
+// goes (a snapshot's root layer stands on the image's rootfs). One that
+// VMs stand on stays, and the image delete is refused.
+func (d *Daemon) dropSnapshotsOf(ctx context.Context, img store.Image) error {
+	if img.ReadySnapshotID == "" {
+		return nil
+	}
+	s, err := d.store.GetSnapshot(ctx, img.ReadySnapshotID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := d.store.DeleteSnapshot(ctx, s.ID); err != nil {
+		if errors.Is(err, store.ErrInUse) {
+			return api.Errorf(api.CodeConflict, "delete the VMs made from it first", "image %q: its ready snapshot is in use: %v", img.Name, err)
+		}
+		return err
+	}
+	return os.RemoveAll(s.Dir)
+}

@@ -138,20 +138,20 @@ func (s *Store) querySnapshots(ctx context.Context, query string, args ...any) (
 // UpdateSnapshot records snapshot id's state and size: a save moves it
 // from saving to layering to ready, and its size is known once its files
 // are written.
-func (s *Store) UpdateSnapshot(ctx context.Context, id, state string, sizeBytes int64) error {
-	if !slices.Contains(snapshotStates, state) {
-		return fmt.Errorf("update snapshot %s: unknown state %q: %w", id, state, ErrInvalid)
+func (s *Store) UpdateSnapshot(ctx context.Context, sn *Snapshot) error {
+	if !slices.Contains(snapshotStates, sn.State) {
+		return fmt.Errorf("update snapshot %s: unknown state %q: %w", sn.ID, sn.State, ErrInvalid)
 	}
-	if sizeBytes < 0 {
-		return fmt.Errorf("update snapshot %s: negative size %d: %w", id, sizeBytes, ErrInvalid)
+	if sn.SizeBytes < 0 {
+		return fmt.Errorf("update snapshot %s: negative size %d: %w", sn.ID, sn.SizeBytes, ErrInvalid)
 	}
-	res, err := s.q.ExecContext(ctx, `UPDATE snapshots SET state = ?, size_bytes = ? WHERE id = ?`,
-		state, sizeBytes, id)
+	res, err := s.q.ExecContext(ctx, `UPDATE snapshots SET state = ?, size_bytes = ?, root_format = ?, work_format = ? WHERE id = ?`,
+		sn.State, sn.SizeBytes, sn.RootFormat, sn.WorkFormat, sn.ID)
 	if err != nil {
-		return fmt.Errorf("update snapshot %s: %w", id, err)
+		return fmt.Errorf("update snapshot %s: %w", sn.ID, err)
 	}
 	if err := affectedOne(res, ErrNotFound); err != nil {
-		return fmt.Errorf("update snapshot %s: %w", id, err)
+		return fmt.Errorf("update snapshot %s: %w", sn.ID, err)
 	}
 	return nil
 }

@@ -47,7 +47,7 @@ func TestSnapshotCRUD(t *testing.T) {
 		}
 	}
 
-	if err := s.UpdateSnapshot(ctx, sn.ID, SnapshotReady, 300<<20); err != nil {
+	if err := s.UpdateSnapshot(ctx, &Snapshot{ID: sn.ID, State: SnapshotReady, SizeBytes: 300 << 20, RootFormat: sn.RootFormat, WorkFormat: sn.WorkFormat}); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := s.GetSnapshot(ctx, sn.ID)
@@ -97,10 +97,10 @@ func TestSnapshotErrors(t *testing.T) {
 			t.Errorf("%s: got %v, want %v", c.name, err, c.want)
 		}
 	}
-	if err := s.UpdateSnapshot(ctx, "nope", SnapshotReady, 1); !errors.Is(err, ErrNotFound) {
+	if err := s.UpdateSnapshot(ctx, &Snapshot{ID: "nope", State: SnapshotReady, SizeBytes: 1}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("update unknown: %v", err)
 	}
-	if err := s.UpdateSnapshot(ctx, "nope", "done", 1); !errors.Is(err, ErrInvalid) {
+	if err := s.UpdateSnapshot(ctx, &Snapshot{ID: "nope", State: "done", SizeBytes: 1}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("update bad state: %v", err)
 	}
 	if _, err := s.GetSnapshot(ctx, "nope"); !errors.Is(err, ErrNotFound) {
