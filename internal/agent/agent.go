@@ -50,6 +50,9 @@ type Server struct {
 	// hosts are the live host sessions, for the streams the guest opens
 	// (egress).
 	hosts hostSessions
+	// identity applies POST /v1/identity; identityMu serializes it.
+	identity   identitySys
+	identityMu sync.Mutex
 }
 
 // NewServer returns a Server that logs to log (nil: slog.Default()).
@@ -57,7 +60,8 @@ func NewServer(log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{log: log, procDir: "/proc", defaultDir: "/root", keepAlive: 15 * time.Second, writeTimeout: 10 * time.Second}
+	return &Server{log: log, procDir: "/proc", defaultDir: "/root", keepAlive: 15 * time.Second, writeTimeout: 10 * time.Second,
+		identity: defaultIdentitySys()}
 }
 
 // Handler serves the agent's routes.
@@ -69,8 +73,9 @@ func (s *Server) Handler() http.Handler {
 	s.registerSessionRoutes(mux)
 	mux.HandleFunc("POST "+agentapi.AgentWorkspacePath, s.handleWorkspace)
 	mux.HandleFunc("POST "+agentapi.AgentWorkspaceBundlePath, s.handleWorkspaceBundle)
+	mux.HandleFunc("POST "+agentapi.AgentIdentityPath, s.handleIdentity)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		httpjson.WriteStatusError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path), "this agent serves GET /healthz, POST /v1/exec, PUT /v1/files and POST /v1/workspace[/bundle]")
+		httpjson.WriteStatusError(w, http.StatusNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path), "this agent serves GET /healthz, POST /v1/exec, PUT /v1/files POST /v1/workspace[/bundle] and POST /v1/identity")
 	})
 	return mux
 }

@@ -189,19 +189,9 @@ func setLoopbackHost(hosts []byte, name string) []byte {
 func writeHostKeys(root string, keys map[string]string) error {
 	var errs []error
 	for typ, pemKey := range keys {
-		match, ok := hostKeyTypes[typ]
-		if !ok {
-			errs = append(errs, fmt.Errorf("ssh host key: unknown key type %q", typ))
-			continue
-		}
-		// Errors from here on must not include the key itself.
-		signer, err := ssh.ParsePrivateKey([]byte(pemKey))
+		signer, err := parseHostKey(typ, pemKey)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("ssh host key %s: %w", typ, err))
-			continue
-		}
-		if algo := signer.PublicKey().Type(); !match(algo) {
-			errs = append(errs, fmt.Errorf("ssh host key %s: holds a %s key", typ, algo))
+			errs = append(errs, err)
 			continue
 		}
 		name := "etc/ssh/ssh_host_" + typ + "_key"
@@ -214,6 +204,23 @@ func writeHostKeys(root string, keys map[string]string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// parseHostKey checks that pemKey is a private key of the type its map
+// key names. Its errors never include the key itself.
+func parseHostKey(typ, pemKey string) (ssh.Signer, error) {
+	match, ok := hostKeyTypes[typ]
+	if !ok {
+		return nil, fmt.Errorf("ssh host key: unknown key type %q", typ)
+	}
+	signer, err := ssh.ParsePrivateKey([]byte(pemKey))
+	if err != nil {
+		return nil, fmt.Errorf("ssh host key %s: %w", typ, err)
+	}
+	if algo := signer.PublicKey().Type(); !match(algo) {
+		return nil, fmt.Errorf("ssh host key %s: holds a %s key", typ, algo)
+	}
+	return signer, nil
 }
 
 func writeAuthorizedKeys(root, keys string) error {

@@ -34,6 +34,13 @@ type testAgent struct {
 
 func startAgent(t *testing.T) *testAgent {
 	t.Helper()
+	return startAgentWith(t, nil)
+}
+
+// startAgentWith is startAgent with configure applied to the server
+// before it serves (its seams).
+func startAgentWith(t *testing.T, configure func(*Server)) *testAgent {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "agent.sock")
 	ln, err := net.Listen("unix", path)
@@ -46,6 +53,9 @@ func startAgent(t *testing.T) *testAgent {
 	}
 	srv := NewServer(log)
 	srv.defaultDir = dir
+	if configure != nil {
+		configure(srv)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
