@@ -141,11 +141,11 @@ func (s *Server) applyIdentity(ctx context.Context, req agentapi.IdentityRequest
 	var steps []identityStep
 	if req.UnixNano != 0 {
 		steps = append(steps, identityStep{"clock", func(context.Context) (string, error) {
-			behind := time.Duration(req.UnixNano - time.Now().UnixNano()).Round(time.Millisecond)
+			moved := time.Duration(req.UnixNano - time.Now().UnixNano()).Round(time.Millisecond)
 			if err := sys.setClock(req.UnixNano); err != nil {
 				return "", err
 			}
-			return fmt.Sprintf("clock set to %s (moved %s)", time.Unix(0, req.UnixNano).UTC().Format(time.RFC3339), behind), nil
+			return fmt.Sprintf("clock set to %s (moved %s)", time.Unix(0, req.UnixNano).UTC().Format(time.RFC3339), moved), nil
 		}})
 	}
 	if len(req.Entropy) > 0 {

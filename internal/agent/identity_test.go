@@ -8,15 +8,19 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/agentapi"
@@ -469,4 +473,57 @@ func FuzzDecodeIdentityRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestResetConnectionsInNetns runs the real reset in a private network
+// namespace (root only), where the only sockets are the test's own: a
+// connection to a non-loopback address is reset, a loopback one kept.
+func TestResetConnectionsInNetns(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	if _, err := exec.LookPath("ss"); err != nil {
+		t.Skip("no ss on this machine")
+	}
+	// The thread stays in the namespace and dies with this goroutine
+	// (never unlocked); children forked from it (ip, ss) inherit it.
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Skipf("unshare network namespace: %v", err)
+	}
+	for _, argv := range [][]string{{"ip", "link", "set", "lo", "up"}, {"ip", "addr", "add", "10.99.0.1/32", "dev", "lo"}} {
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Skipf("%v: %v: %s", argv, err, out)
+		}
+	}
+	pair := func(addr string) net.Conn {
+		ln, err := net.Listen("tcp", addr+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(); a.Close() })
+		return c
+	}
+	local, other := pair("127.0.0.1"), pair("10.99.0.1")
+	n, skipped, err := resetConnections(context.Background())
+	if err != nil || skipped != "" || n == 0 {
+		t.Fatalf("reset: n=%d skipped=%q err=%v", n, skipped, err)
+	}
+	other.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := other.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.ECONNABORTED) {
+		t.Fatalf("non-loopback connection: read %v, want a reset", err)
+	}
+	local.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := local.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("loopback connection: read %v, want it kept", err)
+	}
 }
