@@ -142,7 +142,14 @@ func newWrappedInstance(t testing.TB, configTOML string, wrap []string, env ...s
 	if err != nil {
 		t.Fatal(err)
 	}
-	if configTOML != "" {
+	// Instances boot images cold unless a test asks for ready snapshots
+	// ([image] in its config): an image build or promote would
+	// otherwise boot and save the image once more, and every later
+	// create of it would restore instead of boot.
+	if !strings.Contains(configTOML, "[image]") {
+		configTOML += "\n[image]\nready_snapshot = false\n"
+	}
+	{
 		if err := os.WriteFile(filepath.Join(home, "config.toml"), []byte(configTOML), 0o600); err != nil {
 			t.Fatal(err)
 		}

@@ -324,6 +324,10 @@ type Image struct {
 	Suite          string `toml:"suite"`
 	Mirror         string `toml:"mirror"`
 	SecurityMirror string `toml:"security_mirror"`
+	// ReadySnapshot: a build that makes an image the default, and a
+	// promote, boot it once and save its ready snapshot, which `vm
+	// create` restores from instead of booting.
+	ReadySnapshot bool `toml:"ready_snapshot"`
 }
 
 // Daemon holds settings of the daemon process itself.
@@ -375,6 +379,7 @@ func Default() Config {
 			Suite:          "bookworm",
 			Mirror:         "http://deb.debian.org/debian",
 			SecurityMirror: "http://deb.debian.org/debian-security",
+			ReadySnapshot:  true,
 		},
 		Daemon: Daemon{
 			LogLevel: "info",

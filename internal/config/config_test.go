@@ -39,7 +39,7 @@ func TestDefaultIsValid(t *testing.T) {
 	}
 	want := Config{
 		VM:          VM{CPUs: 2, MemoryMiB: 1024, DiskGiB: 4, Egress: "allow", Net: "user", BootTimeout: Duration{180 * time.Second}, VMM: "auto", ExtraSerialPorts: []string{}},
-		Image:       Image{Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security"},
+		Image:       Image{Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security", ReadySnapshot: true},
 		Daemon:      Daemon{LogLevel: "info"},
 		Auth:        Auth{Files: []string{".local/share/opencode/auth.json", ".claude/.credentials.json", ".claude.json", ".pi/agent/auth.json"}},
 		Firecracker: Firecracker{UID: 65534, GID: 65534, ChrootBase: "/srv/jailer", ParentCgroup: "banger", Cgroups: []string{}, CgroupVersion: "2"},

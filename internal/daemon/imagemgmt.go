@@ -111,7 +111,7 @@ func (e *imageEngine) PromoteImage(ctx context.Context, name string) (store.Imag
 		return img, api.Errorf(api.CodeConflict, fmt.Sprintf("fix the image and run `banger image verify %s` until it passes", img.Name),
 			"image %q failed its last verify: %s", img.Name, img.VerifyError)
 	}
-	if img.State == store.ImageStateManaged && img.Default && img.ReadySnapshotID != "" {
+	if img.State == store.ImageStateManaged && img.Default && (img.ReadySnapshotID != "" || !e.cfg.Image.ReadySnapshot) {
 		return img, nil
 	}
 	if err := e.store.PromoteImage(ctx, img.ID); err != nil {
@@ -121,7 +121,7 @@ func (e *imageEngine) PromoteImage(ctx context.Context, name string) (store.Imag
 	// Its ready snapshot is made in the background (`banger op list`
 	// shows it); until it exists, its VMs boot cold.
 	promoted, err := e.store.GetImage(ctx, img.ID)
-	if err == nil && e.builds.acquire() {
+	if err == nil && e.cfg.Image.ReadySnapshot && e.ops != nil && e.builds.acquire() {
 		if _, oerr := e.ops.start(ctx, "image.ready", img.Name, func(ctx context.Context, stage stageFunc) (any, error) {
 			defer e.builds.release()
 			return nil, e.vms.makeReadySnapshot(ctx, stage, promoted)

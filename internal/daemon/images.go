@@ -105,7 +105,7 @@ func (e *imageEngine) BuildImage(ctx context.Context, req api.BuildImageRequest)
 		if err != nil {
 			return nil, err
 		}
-		if img.Default && req.Distro != "void" {
+		if img.Default && req.Distro != "void" && e.cfg.Image.ReadySnapshot {
 			// New VMs of the default image restore from its ready
 			// snapshot; without one they boot cold, so a failure here
 			// costs speed, not the build.
