@@ -262,6 +262,9 @@ type Image struct {
 	NPM      map[string]string `json:"npm,omitempty"`
 	Services []string          `json:"services,omitempty"`
 	UsedBy   []string          `json:"used_by,omitempty"`
+	// ReadySnapshot names the image's ready snapshot, which `vm create`
+	// restores from (empty: its VMs boot cold).
+	ReadySnapshot string `json:"ready_snapshot,omitempty"`
 	// Distro is "debian" or "void"; From names the image a derived
 	// image was provisioned from.
 	Distro string `json:"distro,omitempty"`

@@ -30,6 +30,9 @@ func newImageShowCmd(g *globals) *cobra.Command {
 			if i.From != "" {
 				fmt.Fprintf(g.stdout, "derived from: %s\n", i.From)
 			}
+			if i.ReadySnapshot != "" {
+				fmt.Fprintf(g.stdout, "ready:       snapshot %s (`vm create` restores from it; --cold boots)\n", i.ReadySnapshot)
+			}
 			switch {
 			case i.VerifiedAt == nil:
 				fmt.Fprintf(g.stdout, "verified:    never (`banger image verify %s`)\n", i.Name)

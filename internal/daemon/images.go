@@ -345,6 +345,11 @@ func (e *imageEngine) imageView(ctx context.Context, img store.Image, withPackag
 			out.UsedBy = append(out.UsedBy, vm.Name)
 		}
 	}
+	if img.ReadySnapshotID != "" {
+		if s, err := e.store.GetSnapshot(ctx, img.ReadySnapshotID); err == nil {
+			out.ReadySnapshot = s.Name
+		}
+	}
 	if img.Manifest != "" {
 		var m image.Manifest
 		if json.Unmarshal([]byte(img.Manifest), &m) == nil {
