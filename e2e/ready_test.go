@@ -49,16 +49,12 @@ func TestReadyImage(t *testing.T) {
 
 	create := func(vm string, extra ...string) (api.VM, string) {
 		t.Helper()
-		args := append([]string{"vm", "create", vm, "--json"}, extra...)
+		args := append([]string{"vm", "create", vm}, extra...)
 		r := in.run(nil, args...)
 		if r.code != 0 {
 			t.Fatalf("vm create %s: %s\ndaemon log:\n%s", vm, r, in.daemonLog())
 		}
-		var v api.VM
-		if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
-			t.Fatalf("parse: %v\n%s", err, r.stdout)
-		}
-		return v, r.stderr
+		return in.vm(t, vm), r.stderr + r.stdout
 	}
 	t0 := time.Now()
 	r1, out := create("r1")
