@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
-	"net"
 	"reflect"
 	"strconv"
 	"strings"
@@ -284,7 +284,9 @@ func TestCheckSnapshot(t *testing.T) {
 		want string
 	}{
 		{"no metadata", func(dir string, m snapshotMeta) { os.Remove(filepath.Join(dir, FileSnapMeta)) }, "no Firecracker snapshot metadata"},
-		{"garbage metadata", func(dir string, m snapshotMeta) { os.WriteFile(filepath.Join(dir, FileSnapMeta), []byte("{not json"), 0o600) }, "parse"},
+		{"garbage metadata", func(dir string, m snapshotMeta) {
+			os.WriteFile(filepath.Join(dir, FileSnapMeta), []byte("{not json"), 0o600)
+		}, "parse"},
 		{"huge metadata", func(dir string, m snapshotMeta) {
 			os.WriteFile(filepath.Join(dir, FileSnapMeta), []byte(`{"format":1,"x":"`+strings.Repeat("a", maxMetaBytes)+`"}`), 0o600)
 		}, "larger than"},
@@ -293,7 +295,9 @@ func TestCheckSnapshot(t *testing.T) {
 		{"truncated memory", func(dir string, m snapshotMeta) { os.Truncate(filepath.Join(dir, FileSnapMem), 4096) }, "fc-memory is truncated"},
 		{"empty memory", func(dir string, m snapshotMeta) { os.Truncate(filepath.Join(dir, FileSnapMem), 0) }, "fc-memory is truncated"},
 		{"missing state", func(dir string, m snapshotMeta) { os.Remove(filepath.Join(dir, FileSnapState)) }, "no such file"},
-		{"changed state", func(dir string, m snapshotMeta) { os.WriteFile(filepath.Join(dir, FileSnapState), []byte("device stat3"), 0o600) }, "fc-vmstate is truncated or changed"},
+		{"changed state", func(dir string, m snapshotMeta) {
+			os.WriteFile(filepath.Join(dir, FileSnapState), []byte("device stat3"), 0o600)
+		}, "fc-vmstate is truncated or changed"},
 		{"state is a directory", func(dir string, m snapshotMeta) {
 			os.Remove(filepath.Join(dir, FileSnapState))
 			os.Mkdir(filepath.Join(dir, FileSnapState), 0o700)
