@@ -494,6 +494,9 @@ func serveFakeFirecracker(args []string) int {
 	}
 	os.WriteFile(filepath.Join(filepath.Dir(sock), "fake-pid"), []byte(strconv.Itoa(os.Getpid())), 0o600)
 	f := newFake()
+	if marker("fake-create-fails") {
+		f.faults["/snapshot/create"] = "Cannot create snapshot: No space left on device (os error 28)"
+	}
 	if marker("fake-load-fails") {
 		f.faults["/snapshot/load"] = "Load snapshot error: Failed to restore from the snapshot: injected by the test"
 	}

@@ -672,6 +672,13 @@ func TestFakeRejectsOffSchemaBodies(t *testing.T) {
 		{"PUT", "/vsock", map[string]any{"guest_cid": "3", "uds_path": "/v"}, "field `guest_cid`: value must be an integer"},
 		{"PUT", "/vsock", map[string]any{"guest_cid": 2, "uds_path": "/v"}, "field `guest_cid`: number must be at least 3"},
 		{"PATCH", "/vm", map[string]any{"state": "Stopped"}, "not one of the allowed values"},
+		{"PUT", "/snapshot/create", map[string]any{"snapshot_type": "Incremental", "snapshot_path": "/s", "mem_file_path": "/m"}, "not one of the allowed values"},
+		{"PUT", "/snapshot/create", map[string]any{"snapshot_path": "/s"}, `property "mem_file_path" is missing`},
+		{"PUT", "/snapshot/load", map[string]any{"mem_backend": map[string]any{"backend_type": "File", "backend_path": "/m"}}, `property "snapshot_path" is missing`},
+		{"PUT", "/snapshot/load", map[string]any{"snapshot_path": "/s", "mem_backend": map[string]any{"backend_type": "Memory", "backend_path": "/m"}}, "not one of the allowed values"},
+		{"PUT", "/snapshot/load", map[string]any{"snapshot_path": "/s", "mem_backend": map[string]any{"backend_type": "File"}}, `property "backend_path" is missing`},
+		{"PUT", "/snapshot/load", map[string]any{"snapshot_path": "/s", "mem_backend": map[string]any{"backend_type": "File", "backend_path": "/m"}, "network_overrides": []any{map[string]any{"iface_id": "eth0"}}}, `property "host_dev_name" is missing`},
+		{"PUT", "/snapshot/load", map[string]any{"snapshot_path": "/s", "mem_backend": map[string]any{"backend_type": "File", "backend_path": "/m"}, "vsock_override": map[string]any{"path": "/v"}}, `property "path" is unsupported`},
 		// From the swagger's property lists, closed by banger's rule
 		// denyUnknownFields (Firecracker's serde refuses unknown fields).
 		{"PUT", "/machine-config", map[string]any{"vcpu_count": 1, "mem_size_mib": 128, "memory": 1}, `property "memory" is unsupported`},

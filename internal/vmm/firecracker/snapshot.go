@@ -135,6 +135,9 @@ func saveVMM(ctx context.Context, c *Client, st State, dst string) (snapshotMeta
 	if cfg.MachineConfig == nil {
 		return snapshotMeta{}, errors.New("firecracker reported no machine config")
 	}
+	if err := restorable(cfg.Drives, st.Jail != nil); err != nil {
+		return snapshotMeta{}, err
+	}
 	meta := snapshotMeta{
 		Format:    metaFormat,
 		Version:   strings.TrimPrefix(info.VMMVersion, "v"),
@@ -162,6 +165,19 @@ func saveVMM(ctx context.Context, c *Client, st State, dst string) (snapshotMeta
 		return snapshotMeta{}, err
 	}
 	return meta, nil
+}
+
+// restorable refuses to snapshot a VM whose drives Firecracker opened
+// at paths that are not banger's fixed names (a VM booted by an older
+// banger, with absolute paths in its own directory): the snapshot could
+// never be restored anywhere else, since a load reopens exactly those.
+func restorable(drives []Drive, jailed bool) error {
+	for i, dr := range drives {
+		if dr.PathOnHost != drivePath(i, jailed) {
+			return fmt.Errorf("drive %s was opened at %q, not at banger's relocatable name %q (the VM was booted by an older banger): restart the VM, then take the snapshot", dr.DriveID, dr.PathOnHost, drivePath(i, jailed))
+		}
+	}
+	return nil
 }
 
 // finishSave brings the files out of the jail, makes them the daemon's

@@ -501,6 +501,44 @@ func TestJailSnapshotPaths(t *testing.T) {
 	}
 }
 
+// A failed snapshot create still ends the VMM (its state is unknown)
+// and surfaces Firecracker's fault.
+func TestSaveFailureEndsVMM(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d := &Driver{Binary: fakeBinary(t)}
+	dir := shortDir(t)
+	os.WriteFile(filepath.Join(dir, "fake-create-fails"), nil, 0o600)
+	proc, err := d.Start(ctx, testSpec(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Stop(context.Background(), dir, proc, true, 0) })
+	_, err = d.Save(ctx, dir, proc, t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "save snapshot: firecracker PUT /snapshot/create: 400: Cannot create snapshot: No space left") {
+		t.Fatalf("save: %v", err)
+	}
+	if d.Alive(proc) {
+		t.Fatal("firecracker runs on after a failed save")
+	}
+}
+
+// A VM whose drives were opened at other paths than banger's fixed names
+// is refused before it is paused: its snapshot could not be restored.
+func TestRestorable(t *testing.T) {
+	ok := []Drive{{DriveID: "rootfs", PathOnHost: "fc-rootfs.img"}, {DriveID: "disk1", PathOnHost: "fc-disk1.img"}}
+	if err := restorable(ok, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := restorable([]Drive{{DriveID: "rootfs", PathOnHost: "/rootfs.img"}}, true); err != nil {
+		t.Fatal(err)
+	}
+	legacy := []Drive{{DriveID: "rootfs", PathOnHost: "/var/lib/banger/vms/v1/root.ext4"}}
+	if err := restorable(legacy, false); err == nil || !strings.Contains(err.Error(), "restart the VM") {
+		t.Fatalf("legacy paths: %v", err)
+	}
+}
+
 func TestSaveNotRunning(t *testing.T) {
 	d := &Driver{}
 	if _, err := d.Save(context.Background(), shortDir(t), vmm.Process{PID: 0}, t.TempDir()); err == nil || !strings.Contains(err.Error(), "not running") {
