@@ -406,11 +406,10 @@ type starting struct {
 	exited     chan struct{}
 	stderrPath string
 	proc       vmm.Process
-	// Restores only: the snapshot's metadata, the version of the
-	// Firecracker that loads it, and its memory file as the host sees it.
+	// Restores only: the snapshot's metadata and the version of the
+	// Firecracker that loads it.
 	meta    *snapshotMeta
 	version [3]int
-	memFile string
 }
 
 func (s *starting) fail(err error) error {
@@ -471,7 +470,6 @@ func (d *Driver) makePlan(ctx context.Context, s *starting) error {
 			return fmt.Errorf("restore from %s: %w", s.spec.Restore.Dir, err)
 		}
 		p.load = &load
-		s.memFile = load.MemBackend.BackendPath
 	}
 	stateJSON, err := json.Marshal(p.state)
 	if err != nil {
