@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/bangerdev/banger/internal/agent"
@@ -547,9 +548,63 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
+// fakeJailer is the body of the fake "jailer" executable: what the
+// real one does that matters to banger's paths (docs/jailer.md), for
+// real: chroot into <chroot-base>/<exec-file name>/<id>/root and drop to
+// --uid/--gid, then run Firecracker (here the fake, in this process)
+// with the arguments after "--". Needs root.
+func fakeJailer(args []string) int {
+	var id, execFile, base string
+	uid, gid := -1, -1
+	var fcArgs []string
+	for i := 0; i < len(args); i++ {
+		if args[i] == "--" {
+			fcArgs = args[i+1:]
+			break
+		}
+		if i+1 >= len(args) {
+			break
+		}
+		switch args[i] {
+		case "--id":
+			id = args[i+1]
+		case "--exec-file":
+			execFile = args[i+1]
+		case "--chroot-base-dir":
+			base = args[i+1]
+		case "--uid":
+			uid, _ = strconv.Atoi(args[i+1])
+		case "--gid":
+			gid, _ = strconv.Atoi(args[i+1])
+		}
+		i++
+	}
+	root := filepath.Join(base, filepath.Base(execFile), id, "root")
+	if err := os.Chdir(root); err != nil {
+		fmt.Fprintln(os.Stderr, "fake jailer:", err)
+		return 1
+	}
+	if err := syscall.Chroot("."); err != nil {
+		fmt.Fprintln(os.Stderr, "fake jailer: chroot:", err)
+		return 1
+	}
+	if err := syscall.Setgid(gid); err != nil {
+		fmt.Fprintln(os.Stderr, "fake jailer: setgid:", err)
+		return 1
+	}
+	if err := syscall.Setuid(uid); err != nil {
+		fmt.Fprintln(os.Stderr, "fake jailer: setuid:", err)
+		return 1
+	}
+	return serveFakeFirecracker(fcArgs)
+}
+
 func TestMain(m *testing.M) {
-	if filepath.Base(os.Args[0]) == "firecracker" {
+	switch filepath.Base(os.Args[0]) {
+	case "firecracker":
 		os.Exit(serveFakeFirecracker(os.Args[1:]))
+	case "jailer":
+		os.Exit(fakeJailer(os.Args[1:]))
 	}
 	os.Exit(m.Run())
 }

@@ -58,6 +58,9 @@ type Driver struct {
 	Jailer JailerConfig
 	// JailAll runs every VM under the jailer ([firecracker] jailer).
 	JailAll bool
+	// setTapOwner is vmm.SetTapOwner; tests that run a fake jailer
+	// replace it so no TAP is touched on the host.
+	setTapOwner func(name string, uid, gid int) error
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -496,7 +499,11 @@ func (d *Driver) prepareFiles(ctx context.Context, s *starting) error {
 		// Firecracker opens its TAP by name inside the jail, as the
 		// jail's user: make that user the TAP's owner.
 		if s.spec.Net.TapDevice != "" {
-			if err := vmm.SetTapOwner(s.spec.Net.TapDevice, jail.UID, jail.GID); err != nil {
+			setOwner := d.setTapOwner
+			if setOwner == nil {
+				setOwner = vmm.SetTapOwner
+			}
+			if err := setOwner(s.spec.Net.TapDevice, jail.UID, jail.GID); err != nil {
 				return err
 			}
 		}

@@ -590,3 +590,105 @@ func TestSnapshotCompat(t *testing.T) {
 		t.Fatalf("no model: %q", m)
 	}
 }
+
+// The jailer's path mapping end to end, with a fake jailer that really
+// chroots and drops to the jail's user (so a path outside the jail, or a
+// file the jail's user cannot read, fails as it would under the real
+// one): Save has Firecracker write in its jail and moves the files out;
+// a restore into another VM's jail links them in under in-jail names
+// and its drives and vsock socket resolve to that jail's own.
+func TestJailedSaveAndRestore(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("the fake jailer chroots: needs root")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	jb := filepath.Join(t.TempDir(), "jailer")
+	if err := os.Symlink(exe, jb); err != nil {
+		t.Fatal(err)
+	}
+	base := shortDir(t)
+	var tapOwners []string
+	d := &Driver{
+		Binary: fakeBinary(t),
+		Jailer: JailerConfig{Binary: jb, ChrootBase: base, UID: 3000001, GID: 3000001},
+		setTapOwner: func(name string, uid, gid int) error {
+			tapOwners = append(tapOwners, name+" "+strconv.Itoa(uid))
+			return nil
+		},
+	}
+	srcDir := shortDir(t)
+	spec := testSpec(t, srcDir)
+	spec.Jailer = true
+	proc, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatalf("jailed boot: %v", err)
+	}
+	t.Cleanup(func() { d.Stop(context.Background(), srcDir, proc, true, 0); d.Remove(context.Background(), srcDir, proc) })
+	st, err := DecodeState(srcDir, proc.State)
+	if err != nil || st.Jail == nil {
+		t.Fatalf("state %+v %v", st, err)
+	}
+	snapDir := filepath.Join(shortDir(t), "snap")
+	os.Mkdir(snapDir, 0o700)
+	if _, err := d.Save(ctx, srcDir, proc, snapDir); err != nil {
+		t.Fatalf("jailed save: %v", err)
+	}
+	calls := readCalls(t, st.Jail.Root)
+	if c := findCall(t, calls, "PUT /snapshot/create"); c.body != `{"snapshot_type":"Full","snapshot_path":"/save.vmstate","mem_file_path":"/save.mem"}` || c.status != 204 {
+		t.Errorf("create: %+v", c)
+	}
+	for _, f := range []string{FileSnapState, FileSnapMem, FileSnapMeta} {
+		var fst syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(snapDir, f), &fst); err != nil || fst.Uid != 0 || fst.Mode&0o777 != 0o600 {
+			t.Errorf("%s: uid %d mode %o %v", f, fst.Uid, fst.Mode&0o777, err)
+		}
+	}
+	meta, err := readSnapshot(snapDir)
+	if err != nil || !meta.Jailed || meta.Drives[0].PathOnHost != "/rootfs.img" || meta.VsockUDS != "/vsock.sock" {
+		t.Fatalf("meta %+v %v", meta, err)
+	}
+
+	spec2 := restoreSpec(t, snapDir, true)
+	spec2.ID, spec2.Jailer = "efgh5678", true
+	proc2, err := d.Start(ctx, spec2)
+	if err != nil {
+		t.Fatalf("jailed restore: %v", err)
+	}
+	t.Cleanup(func() { d.Stop(context.Background(), spec2.Dir, proc2, true, 0); d.Remove(context.Background(), spec2.Dir, proc2) })
+	st2, _ := DecodeState(spec2.Dir, proc2.State)
+	calls2 := readCalls(t, st2.Jail.Root)
+	if want := []string{"GET /", "PUT /logger", "PUT /metrics", "PUT /snapshot/load"}; !reflect.DeepEqual(callNames(calls2), want) {
+		t.Fatalf("restore calls %q", callNames(calls2))
+	}
+	wantLoad := `{"snapshot_path":"/restore.vmstate","mem_backend":{"backend_type":"File","backend_path":"/restore.mem"},"resume_vm":true,"network_overrides":[{"iface_id":"eth0","host_dev_name":"bgtap1"}]}`
+	if c := calls2[3]; c.body != wantLoad || c.status != 204 {
+		t.Errorf("load: %+v\nwant %s", c, wantLoad)
+	}
+	if s, err := Status(ctx, spec2.Dir, proc2); err != nil || s != "Running" {
+		t.Fatalf("status %q %v", s, err)
+	}
+	// The restored guest's vsock socket is in its own jail, reached
+	// through the VM directory's link.
+	if _, err := os.Stat(st2.Jail.HostPath(jailVsock)); err != nil {
+		t.Fatalf("vsock socket not in the new jail: %v", err)
+	}
+	c, err := agentclient.WaitReady(ctx, func(ctx context.Context) (net.Conn, error) { return d.DialAgent(ctx, spec2.Dir) }, 3*time.Second)
+	if err != nil {
+		t.Fatalf("agent of the restored jailed VM: %v", err)
+	}
+	c.Close()
+	var a, b syscall.Stat_t
+	syscall.Stat(filepath.Join(snapDir, FileSnapMem), &a)
+	syscall.Stat(st2.Jail.HostPath(jailRestoreMem), &b)
+	if a.Ino != b.Ino {
+		t.Error("shared memory is not the snapshot's file")
+	}
+	if want := []string{"bgtap0 3000001", "bgtap1 3000001"}; !reflect.DeepEqual(tapOwners, want) {
+		t.Errorf("tap owners %q", tapOwners)
+	}
+}
