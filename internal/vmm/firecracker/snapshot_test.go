@@ -628,7 +628,10 @@ func TestJailedSaveAndRestore(t *testing.T) {
 	if err != nil {
 		t.Fatalf("jailed boot: %v", err)
 	}
-	t.Cleanup(func() { d.Stop(context.Background(), srcDir, proc, true, 0); d.Remove(context.Background(), srcDir, proc) })
+	t.Cleanup(func() {
+		d.Stop(context.Background(), srcDir, proc, true, 0)
+		d.Remove(context.Background(), srcDir, proc)
+	})
 	st, err := DecodeState(srcDir, proc.State)
 	if err != nil || st.Jail == nil {
 		t.Fatalf("state %+v %v", st, err)
@@ -659,7 +662,10 @@ func TestJailedSaveAndRestore(t *testing.T) {
 	if err != nil {
 		t.Fatalf("jailed restore: %v", err)
 	}
-	t.Cleanup(func() { d.Stop(context.Background(), spec2.Dir, proc2, true, 0); d.Remove(context.Background(), spec2.Dir, proc2) })
+	t.Cleanup(func() {
+		d.Stop(context.Background(), spec2.Dir, proc2, true, 0)
+		d.Remove(context.Background(), spec2.Dir, proc2)
+	})
 	st2, _ := DecodeState(spec2.Dir, proc2.State)
 	calls2 := readCalls(t, st2.Jail.Root)
 	if want := []string{"GET /", "PUT /logger", "PUT /metrics", "PUT /snapshot/load"}; !reflect.DeepEqual(callNames(calls2), want) {
