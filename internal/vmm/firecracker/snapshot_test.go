@@ -698,3 +698,35 @@ func TestJailedSaveAndRestore(t *testing.T) {
 		t.Errorf("tap owners %q", tapOwners)
 	}
 }
+
+// A restored VM can itself be saved (park after wake, fork of a fork);
+// the new snapshot goes to its own directory and the one the VM maps
+// its memory from is left as it was.
+func TestSaveRestoredVM(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d := &Driver{Binary: fakeBinary(t)}
+	_, snapDir, _ := bootForSnapshot(t, d)
+	before, err := readSnapshot(snapDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := restoreSpec(t, snapDir, true)
+	proc, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Stop(context.Background(), spec.Dir, proc, true, 0) })
+	snap2 := filepath.Join(shortDir(t), "snap2")
+	os.Mkdir(snap2, 0o700)
+	if _, err := d.Save(ctx, spec.Dir, proc, snap2); err != nil {
+		t.Fatalf("save of a restored VM: %v", err)
+	}
+	meta, err := readSnapshot(snap2)
+	if err != nil || meta.Network[0].HostDevName != "bgtap1" {
+		t.Fatalf("second snapshot %+v %v", meta, err)
+	}
+	if after, err := readSnapshot(snapDir); err != nil || !reflect.DeepEqual(after, before) {
+		t.Fatalf("first snapshot changed: %v", err)
+	}
+}
