@@ -56,6 +56,10 @@ func ParseFault(body []byte) string {
 type Client struct {
 	socket string
 	hc     *http.Client
+	// long has no overall timeout: writing or mapping a snapshot of
+	// many GiB takes longer than any fixed bound; the caller's context
+	// carries the deadline.
+	long *http.Client
 }
 
 // NewClient returns a client of the API socket at path.
@@ -68,7 +72,7 @@ func NewClient(path string) *Client {
 		// One VMM, one socket: no pooling subtleties worth having.
 		DisableKeepAlives: true,
 	}
-	return &Client{socket: path, hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+	return &Client{socket: path, hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}, long: &http.Client{Transport: tr}}
 }
 
 // Request bodies, as the swagger definitions name them. Optional fields
@@ -179,6 +183,16 @@ type SnapshotLoad struct {
 	VsockOverride    *VsockOverride    `json:"vsock_override,omitempty"`
 }
 
+// VMConfig is the part of the FullVmConfiguration definition (GET
+// /vm/config) that a snapshot depends on: the paths and names the
+// restored devices reopen.
+type VMConfig struct {
+	Drives            []Drive            `json:"drives"`
+	MachineConfig     *MachineConfig     `json:"machine-config,omitempty"`
+	NetworkInterfaces []NetworkInterface `json:"network-interfaces"`
+	Vsock             *Vsock             `json:"vsock,omitempty"`
+}
+
 // InstanceInfo is the InstanceInfo definition (GET /).
 type InstanceInfo struct {
 	AppName    string `json:"app_name"`
@@ -244,14 +258,23 @@ func (c *Client) Resume(ctx context.Context) error {
 	}{StateResumed}, nil)
 }
 
-// CreateSnapshot writes the paused microVM's state and memory.
+// CreateSnapshot writes the paused microVM's state and memory. It is
+// bounded by ctx only (see Client.long).
 func (c *Client) CreateSnapshot(ctx context.Context, s SnapshotCreate) error {
-	return c.do(ctx, http.MethodPut, "/snapshot/create", s, nil)
+	return c.send(ctx, c.long, http.MethodPut, "/snapshot/create", s, nil)
 }
 
 // LoadSnapshot restores a snapshot into a fresh (not started) Firecracker.
+// It is bounded by ctx only (see Client.long).
 func (c *Client) LoadSnapshot(ctx context.Context, s SnapshotLoad) error {
-	return c.do(ctx, http.MethodPut, "/snapshot/load", s, nil)
+	return c.send(ctx, c.long, http.MethodPut, "/snapshot/load", s, nil)
+}
+
+// VMConfig returns the microVM's device configuration (GET /vm/config).
+func (c *Client) VMConfig(ctx context.Context) (VMConfig, error) {
+	var cfg VMConfig
+	err := c.do(ctx, http.MethodGet, "/vm/config", nil, &cfg)
+	return cfg, err
 }
 
 // Describe returns the instance information (GET /).
@@ -265,6 +288,10 @@ func (c *Client) Describe(ctx context.Context) (InstanceInfo, error) {
 // PATCH and 200 with a body to a GET; anything else carries an Error
 // body whose fault_message the returned *APIError keeps.
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	return c.send(ctx, c.hc, method, path, body, out)
+}
+
+func (c *Client) send(ctx context.Context, hc *http.Client, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -281,7 +308,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("firecracker %s %s: %w", method, path, err)
 	}

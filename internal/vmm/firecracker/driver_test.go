@@ -91,12 +91,16 @@ func TestDriverHostChecks(t *testing.T) {
 
 // Start's steps, in order; their names say what Start does.
 func TestStartSteps(t *testing.T) {
-	var names []string
-	for _, s := range (&Driver{}).startSteps() {
-		names = append(names, s.name)
-	}
-	want := "check kernel, plan, prepare files, launch, wait for API, configure"
-	if got := strings.Join(names, ", "); got != want {
-		t.Fatalf("steps %q, want %q", got, want)
+	for restore, want := range map[bool]string{
+		false: "check kernel, plan, prepare files, launch, wait for API, configure",
+		true:  "check snapshot, plan, prepare files, launch, wait for API, load snapshot",
+	} {
+		var names []string
+		for _, s := range (&Driver{}).startSteps(restore) {
+			names = append(names, s.name)
+		}
+		if got := strings.Join(names, ", "); got != want {
+			t.Fatalf("steps %q, want %q", got, want)
+		}
 	}
 }

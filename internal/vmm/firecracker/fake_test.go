@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/bangerdev/banger/internal/agent"
@@ -42,6 +43,19 @@ type fakeFC struct {
 	boot     bool
 	rootDisk bool
 	vsockUDS string
+	// configured: a pre-boot resource other than the logger and the
+	// metrics was set, after which a snapshot load is refused.
+	configured bool
+	// The device configuration, for GET /vm/config and snapshots.
+	machine map[string]any
+	drives  []map[string]any
+	nics    []map[string]any
+	vsock   map[string]any
+	// cwd resolves relative paths as Firecracker's working directory
+	// does ("" is the process's own).
+	cwd string
+	// bodies records each call's body, in order.
+	bodies []string
 	// faults makes the next call to a path fail with that message.
 	faults map[string]string
 	// onStart runs after a successful InstanceStart (outside the lock).
@@ -60,7 +74,7 @@ var implemented = map[string]bool{
 	"PUT /machine-config": true, "PUT /boot-source": true, "PUT /drives/{drive_id}": true,
 	"PUT /network-interfaces/{iface_id}": true, "PUT /vsock": true, "PUT /logger": true,
 	"PUT /metrics": true, "PUT /actions": true, "PATCH /vm": true,
-	"PUT /snapshot/create": true, "PUT /snapshot/load": true,
+	"PUT /snapshot/create": true, "PUT /snapshot/load": true, "GET /vm/config": true,
 }
 
 // preBoot are the calls Firecracker documents as "Pre-boot only".
@@ -100,6 +114,7 @@ func (f *fakeFC) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fault(w, "read body: "+err.Error())
 		return
 	}
+	f.bodies = append(f.bodies, string(raw))
 	def, err := firecrackerAPI()
 	if err != nil {
 		f.mu.Unlock()
@@ -122,6 +137,17 @@ func (f *fakeFC) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !implemented[r.Method+" "+key] {
 		f.mu.Unlock()
 		fault(w, "banger's fake does not implement "+r.Method+" "+key)
+		return
+	}
+	if r.Method == http.MethodGet {
+		// GET /vm/config: what Firecracker was configured with (or
+		// restored), paths as it was given them.
+		cfg := map[string]any{"drives": orEmpty(f.drives), "network-interfaces": orEmpty(f.nics), "machine-config": f.machine}
+		if f.vsock != nil {
+			cfg["vsock"] = f.vsock
+		}
+		f.mu.Unlock()
+		json.NewEncoder(w).Encode(cfg)
 		return
 	}
 	if r.Header.Get("Content-Type") != "application/json" {
@@ -168,8 +194,12 @@ func (f *fakeFC) firecrackerBehaviour(key, path string, body map[string]any) (ms
 		if body["drive_id"] != strings.TrimPrefix(path, "/drives/") {
 			return "The id from the path does not match the id from the body!", false
 		}
-		if p, _ := body["path_on_host"].(string); p == "" {
+		p, _ := body["path_on_host"].(string)
+		if p == "" {
 			return "Unable to create the block device: path_on_host is required", false
+		}
+		if _, e := os.Stat(f.resolve(p)); e != nil {
+			return "Unable to create the block device: " + e.Error(), false
 		}
 	case "/network-interfaces/{iface_id}":
 		if body["iface_id"] != strings.TrimPrefix(path, "/network-interfaces/") {
@@ -208,17 +238,119 @@ func (f *fakeFC) firecrackerBehaviour(key, path string, body map[string]any) (ms
 		if !f.paused {
 			return "Cannot save microVM state: microVM is not paused.", false
 		}
+		if msg := f.writeSnapshot(body); msg != "" {
+			return msg, false
+		}
 	case "/snapshot/load":
 		_, hasMB := body["mem_backend"]
 		_, hasFile := body["mem_file_path"]
 		switch {
-		case f.started || f.boot:
+		case f.started || f.boot || f.configured:
 			return "Loading a microVM snapshot not allowed after configuring boot-specific resources.", false
 		case hasMB == hasFile:
 			return "Exactly one of mem_backend and mem_file_path must be given", false
 		}
+		if msg := f.checkLoad(body); msg != "" {
+			return msg, false
+		}
+		return "", body["resume_vm"] == true
 	}
 	return "", start
+}
+
+func orEmpty(l []map[string]any) []map[string]any {
+	if l == nil {
+		return []map[string]any{}
+	}
+	return l
+}
+
+// resolve is a path as the fake Firecracker opens it.
+func (f *fakeFC) resolve(p string) string {
+	if filepath.IsAbs(p) || f.cwd == "" {
+		return p
+	}
+	return filepath.Join(f.cwd, p)
+}
+
+// fakeVMState is the fake's device state file: the configuration a load
+// restores. (Firecracker's own is a versioned binary with a CRC.)
+type fakeVMState struct {
+	Magic   string           `json:"fake_firecracker_vmstate"`
+	Machine map[string]any   `json:"machine"`
+	Drives  []map[string]any `json:"drives"`
+	NICs    []map[string]any `json:"nics"`
+	Vsock   map[string]any   `json:"vsock"`
+}
+
+const fakeStateMagic = "v1"
+
+// writeSnapshot writes the state file and a memory file of the guest's
+// size, truncating existing ones as Firecracker does.
+func (f *fakeFC) writeSnapshot(body map[string]any) string {
+	st := fakeVMState{Magic: fakeStateMagic, Machine: f.machine, Drives: f.drives, NICs: f.nics, Vsock: f.vsock}
+	data, _ := json.Marshal(st)
+	if err := os.WriteFile(f.resolve(body["snapshot_path"].(string)), data, 0o644); err != nil {
+		return "Cannot save the microVM state: " + err.Error()
+	}
+	mem, err := os.OpenFile(f.resolve(body["mem_file_path"].(string)), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return "Cannot save the guest memory: " + err.Error()
+	}
+	defer mem.Close()
+	size := int64(128) << 20
+	if f.machine != nil {
+		size = int64(f.machine["mem_size_mib"].(float64)) << 20
+	}
+	if err := mem.Truncate(size); err != nil {
+		return "Cannot save the guest memory: " + err.Error()
+	}
+	// A touched page, so the memory file is not all hole.
+	mem.WriteAt([]byte("guest page"), 4096)
+	return ""
+}
+
+// checkLoad is what Firecracker checks while loading: the state file
+// parses, the memory file matches the guest's size, and every device
+// the snapshot names can be reopened at its saved path (or override).
+func (f *fakeFC) checkLoad(body map[string]any) string {
+	data, err := os.ReadFile(f.resolve(body["snapshot_path"].(string)))
+	if err != nil {
+		return "Load snapshot error: Failed to open snapshot file: " + err.Error()
+	}
+	var st fakeVMState
+	if err := json.Unmarshal(data, &st); err != nil || st.Magic != fakeStateMagic {
+		return "Load snapshot error: Failed to load microVM state: CRC64 validation failed"
+	}
+	memPath, _ := body["mem_file_path"].(string)
+	if mb, ok := body["mem_backend"].(map[string]any); ok {
+		memPath = mb["backend_path"].(string)
+	}
+	fi, err := os.Stat(f.resolve(memPath))
+	if err != nil {
+		return "Load snapshot error: Cannot restore guest memory: " + err.Error()
+	}
+	if want := int64(st.Machine["mem_size_mib"].(float64)) << 20; fi.Size() != want {
+		return fmt.Sprintf("Load snapshot error: memory file is %d bytes, the guest has %d", fi.Size(), want)
+	}
+	for _, dr := range st.Drives {
+		if _, err := os.Stat(f.resolve(dr["path_on_host"].(string))); err != nil {
+			return "Load snapshot error: Failed to restore block device: " + err.Error()
+		}
+	}
+	if ov, ok := body["network_overrides"].([]any); ok {
+		for _, o := range ov {
+			id := o.(map[string]any)["iface_id"]
+			found := false
+			for _, n := range st.NICs {
+				found = found || n["iface_id"] == id
+			}
+			if !found {
+				return fmt.Sprintf("Load snapshot error: network override for unknown interface %v", id)
+			}
+		}
+	}
+	return ""
 }
 
 // bangerFakeRules are the fake's own demands on banger's driver, stricter
@@ -233,13 +365,22 @@ func (f *fakeFC) bangerFakeRules(key string, body map[string]any) string {
 
 // apply records an accepted call's effect on the fake's state.
 func (f *fakeFC) apply(key string, body map[string]any, start bool) bool {
+	if preBoot[key] && key != "/logger" && key != "/metrics" {
+		f.configured = true
+	}
 	switch key {
+	case "/machine-config":
+		f.machine = body
 	case "/drives/{drive_id}":
 		if body["is_root_device"] == true {
 			f.rootDisk = true
 		}
+		f.drives = replaceByID(f.drives, "drive_id", body)
+	case "/network-interfaces/{iface_id}":
+		f.nics = replaceByID(f.nics, "iface_id", body)
 	case "/vsock":
-		f.vsockUDS = body["uds_path"].(string)
+		f.vsockUDS = f.resolve(body["uds_path"].(string))
+		f.vsock = body
 	case "/boot-source":
 		f.boot = true
 	case "/actions":
@@ -251,8 +392,39 @@ func (f *fakeFC) apply(key string, body map[string]any, start bool) bool {
 	case "/snapshot/load":
 		f.started = true
 		f.paused = body["resume_vm"] != true
+		data, _ := os.ReadFile(f.resolve(body["snapshot_path"].(string)))
+		var st fakeVMState
+		json.Unmarshal(data, &st)
+		f.machine, f.drives, f.nics, f.vsock = st.Machine, st.Drives, st.NICs, st.Vsock
+		if ov, ok := body["network_overrides"].([]any); ok {
+			for _, o := range ov {
+				o := o.(map[string]any)
+				for _, n := range f.nics {
+					if n["iface_id"] == o["iface_id"] {
+						n["host_dev_name"] = o["host_dev_name"]
+					}
+				}
+			}
+		}
+		if ov, ok := body["vsock_override"].(map[string]any); ok && f.vsock != nil {
+			f.vsock["uds_path"] = ov["uds_path"]
+		}
+		if f.vsock != nil {
+			f.vsockUDS = f.resolve(f.vsock["uds_path"].(string))
+		}
 	}
 	return start
+}
+
+// replaceByID puts body into l, replacing the entry with the same id.
+func replaceByID(l []map[string]any, idKey string, body map[string]any) []map[string]any {
+	for i, e := range l {
+		if e[idKey] == body[idKey] {
+			l[i] = body
+			return l
+		}
+	}
+	return append(l, body)
 }
 
 // serveVsock plays Firecracker's host side of hybrid vsock on the UDS:
@@ -292,6 +464,10 @@ func (f *fakeFC) serveVsock(path string) error {
 // (this test binary under that name): it serves the fake API on
 // --api-sock and exits when the guest "reboots".
 func serveFakeFirecracker(args []string) int {
+	if len(args) == 1 && args[0] == "--version" {
+		fmt.Printf("Firecracker %s\n", strings.TrimSpace(swaggerVersion))
+		return 0
+	}
 	var sock string
 	for i := 0; i+1 < len(args); i++ {
 		if args[i] == "--api-sock" {
@@ -317,7 +493,14 @@ func serveFakeFirecracker(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	os.WriteFile(filepath.Join(filepath.Dir(sock), "fake-pid"), []byte(strconv.Itoa(os.Getpid())), 0o600)
 	f := newFake()
+	if marker("fake-create-fails") {
+		f.faults["/snapshot/create"] = "Cannot create snapshot: No space left on device (os error 28)"
+	}
+	if marker("fake-load-fails") {
+		f.faults["/snapshot/load"] = "Load snapshot error: Failed to restore from the snapshot: injected by the test"
+	}
 	done := make(chan struct{})
 	f.onStart = func(f *fakeFC) {
 		fmt.Println("fake guest: booting")
@@ -332,15 +515,96 @@ func serveFakeFirecracker(args []string) int {
 		}
 		once.Do(func() { close(done) })
 	}
-	go http.Serve(ln, f)
+	calls, _ := os.OpenFile(filepath.Join(filepath.Dir(sock), "fake-calls.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	var loadFailed sync.Once
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		f.ServeHTTP(rec, r)
+		f.mu.Lock()
+		body := ""
+		if r.Method != http.MethodGet && len(f.bodies) > 0 {
+			body = f.bodies[len(f.bodies)-1]
+		}
+		f.mu.Unlock()
+		fmt.Fprintf(calls, "%s %s %d %s\n", r.Method, r.URL.Path, rec.status, body)
+		// Firecracker ends after a failed load: its state is undefined.
+		if r.URL.Path == "/snapshot/load" && rec.status >= 400 {
+			loadFailed.Do(func() { once.Do(func() { close(done) }) })
+		}
+	}))
 	<-done
 	ln.Close()
 	return 0
 }
 
+// statusRecorder keeps the status a handler answered with.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// fakeJailer is the body of the fake "jailer" executable: what the
+// real one does that matters to banger's paths (docs/jailer.md), for
+// real: chroot into <chroot-base>/<exec-file name>/<id>/root and drop to
+// --uid/--gid, then run Firecracker (here the fake, in this process)
+// with the arguments after "--". Needs root.
+func fakeJailer(args []string) int {
+	var id, execFile, base string
+	uid, gid := -1, -1
+	var fcArgs []string
+	for i := 0; i < len(args); i++ {
+		if args[i] == "--" {
+			fcArgs = args[i+1:]
+			break
+		}
+		if i+1 >= len(args) {
+			break
+		}
+		switch args[i] {
+		case "--id":
+			id = args[i+1]
+		case "--exec-file":
+			execFile = args[i+1]
+		case "--chroot-base-dir":
+			base = args[i+1]
+		case "--uid":
+			uid, _ = strconv.Atoi(args[i+1])
+		case "--gid":
+			gid, _ = strconv.Atoi(args[i+1])
+		}
+		i++
+	}
+	root := filepath.Join(base, filepath.Base(execFile), id, "root")
+	if err := os.Chdir(root); err != nil {
+		fmt.Fprintln(os.Stderr, "fake jailer:", err)
+		return 1
+	}
+	if err := syscall.Chroot("."); err != nil {
+		fmt.Fprintln(os.Stderr, "fake jailer: chroot:", err)
+		return 1
+	}
+	if err := syscall.Setgid(gid); err != nil {
+		fmt.Fprintln(os.Stderr, "fake jailer: setgid:", err)
+		return 1
+	}
+	if err := syscall.Setuid(uid); err != nil {
+		fmt.Fprintln(os.Stderr, "fake jailer: setuid:", err)
+		return 1
+	}
+	return serveFakeFirecracker(fcArgs)
+}
+
 func TestMain(m *testing.M) {
-	if filepath.Base(os.Args[0]) == "firecracker" {
+	switch filepath.Base(os.Args[0]) {
+	case "firecracker":
 		os.Exit(serveFakeFirecracker(os.Args[1:]))
+	case "jailer":
+		os.Exit(fakeJailer(os.Args[1:]))
 	}
 	os.Exit(m.Run())
 }

@@ -58,6 +58,9 @@ type Driver struct {
 	Jailer JailerConfig
 	// JailAll runs every VM under the jailer ([firecracker] jailer).
 	JailAll bool
+	// setTapOwner is vmm.SetTapOwner; tests that run a fake jailer
+	// replace it so no TAP is touched on the host.
+	setTapOwner func(name string, uid, gid int) error
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -209,6 +212,28 @@ type plan struct {
 	state   State
 	// fcArgs start Firecracker (after the jailer's own, when jailed).
 	fcArgs []string
+	// driveLinks (unjailed) are the symlinks in the VM directory that
+	// the drives' relative paths name: link name -> the VM's disk.
+	driveLinks map[string]string
+	// load is the snapshot load of a restore (nil for a boot).
+	load *SnapshotLoad
+}
+
+// Unjailed, Firecracker runs in the VM directory and is given the
+// drives and the vsock socket by relative names. A snapshot records the
+// paths the devices were opened at and Firecracker reopens exactly those
+// on load (docs/snapshotting/snapshot-support.md: "at the same relative
+// paths"), so fixed relative names make a snapshot restorable into any
+// other VM directory; jailed, the in-jail names do the same.
+const unjailedDrivePrefix = "fc-"
+
+// drivePath is the path Firecracker is given for drive i.
+func drivePath(i int, jailed bool) string {
+	name := driveID(i) + ".img"
+	if jailed {
+		return "/" + name
+	}
+	return unjailedDrivePrefix + name
 }
 
 // planStart turns a spec into the API calls. It is pure, and every check
@@ -230,11 +255,16 @@ func planStart(spec vmm.Spec, jail *JailPlan) (plan, error) {
 		},
 	}
 	apiSock := p.state.APISocket
-	p.vsock = Vsock{GuestCID: GuestCID, UDSPath: p.state.VsockUDS}
+	// Relative to the VM directory, Firecracker's working directory.
+	p.vsock = Vsock{GuestCID: GuestCID, UDSPath: paths.FileVsockSocket}
 	p.logger = Logger{LogPath: filepath.Join(spec.Dir, paths.FileFCLog), Level: "Info", ShowLevel: true}
 	p.metrics = Metrics{MetricsPath: filepath.Join(spec.Dir, paths.FileFCMetrics)}
+	p.driveLinks = map[string]string{}
 	for i, dk := range spec.Disks {
-		p.drives = append(p.drives, Drive{DriveID: driveID(i), PathOnHost: dk.Path, IsRootDevice: i == 0, IsReadOnly: dk.ReadOnly})
+		p.drives = append(p.drives, Drive{DriveID: driveID(i), PathOnHost: drivePath(i, jail != nil), IsRootDevice: i == 0, IsReadOnly: dk.ReadOnly})
+		if jail == nil {
+			p.driveLinks[drivePath(i, false)] = dk.Path
+		}
 	}
 	if jail != nil {
 		// Firecracker sees only the jail: every path it is given is an
@@ -242,9 +272,6 @@ func planStart(spec vmm.Spec, jail *JailPlan) (plan, error) {
 		p.boot.KernelImagePath = jailKernel
 		if spec.Initrd != "" {
 			p.boot.InitrdPath = jailInitrd
-		}
-		for i := range p.drives {
-			p.drives[i].PathOnHost = "/" + driveID(i) + ".img"
 		}
 		apiSock = jailAPISocket
 		p.vsock.UDSPath = jailVsock
@@ -285,6 +312,9 @@ func validate(spec vmm.Spec) error {
 		return errors.New("firecracker: no root disk")
 	}
 	for _, dk := range spec.Disks {
+		if !filepath.IsAbs(dk.Path) {
+			return fmt.Errorf("firecracker: disk path %q is not absolute", dk.Path)
+		}
 		if dk.Format != "raw" {
 			return fmt.Errorf("firecracker takes raw disks only, not %s (%s)", dk.Format, dk.Path)
 		}
@@ -327,7 +357,7 @@ func (p plan) configure(ctx context.Context, c *Client) error {
 // Firecracker ran, carries the tail of its stderr.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
 	s := &starting{spec: spec}
-	for _, st := range d.startSteps() {
+	for _, st := range d.startSteps(spec.Restore != nil) {
 		if err := st.fn(ctx, s); err != nil {
 			return vmm.Process{}, s.fail(err)
 		}
@@ -343,7 +373,17 @@ type startStep struct {
 }
 
 // startSteps are Start's steps in order.
-func (d *Driver) startSteps() []startStep {
+func (d *Driver) startSteps(restore bool) []startStep {
+	if restore {
+		return []startStep{
+			{"check snapshot", d.checkRestore},
+			{"plan", d.makePlan},
+			{"prepare files", d.prepareFiles},
+			{"launch", d.launch},
+			{"wait for API", d.waitForAPI},
+			{"load snapshot", d.loadSnapshot},
+		}
+	}
 	return []startStep{
 		{"check kernel", d.checkKernel},
 		{"plan", d.makePlan},
@@ -369,6 +409,10 @@ type starting struct {
 	exited     chan struct{}
 	stderrPath string
 	proc       vmm.Process
+	// Restores only: the snapshot's metadata and the version of the
+	// Firecracker that loads it.
+	meta    *snapshotMeta
+	version [3]int
 }
 
 func (s *starting) fail(err error) error {
@@ -406,15 +450,29 @@ func (d *Driver) makePlan(ctx context.Context, s *starting) error {
 		for _, dk := range s.spec.Disks {
 			disks = append(disks, dk.Path)
 		}
-		jp, err := PlanJail(s.jcfg, fcPath, s.spec.ID, s.spec.Kernel, s.spec.Initrd, disks)
+		kernel, initrd := s.spec.Kernel, s.spec.Initrd
+		if s.meta != nil {
+			kernel, initrd = "", ""
+		}
+		jp, err := PlanJail(s.jcfg, fcPath, s.spec.ID, kernel, initrd, disks)
 		if err != nil {
 			return err
+		}
+		if s.meta != nil {
+			jp.addSnapshot(s.spec.Restore.Dir, s.spec.Restore.Share)
 		}
 		s.jail = &jp
 	}
 	p, err := planStart(s.spec, s.jail)
 	if err != nil {
 		return err
+	}
+	if s.meta != nil {
+		load, err := planLoad(p, s.spec, *s.meta, s.jail, s.version)
+		if err != nil {
+			return fmt.Errorf("restore from %s: %w", s.spec.Restore.Dir, err)
+		}
+		p.load = &load
 	}
 	stateJSON, err := json.Marshal(p.state)
 	if err != nil {
@@ -441,7 +499,11 @@ func (d *Driver) prepareFiles(ctx context.Context, s *starting) error {
 		// Firecracker opens its TAP by name inside the jail, as the
 		// jail's user: make that user the TAP's owner.
 		if s.spec.Net.TapDevice != "" {
-			if err := vmm.SetTapOwner(s.spec.Net.TapDevice, jail.UID, jail.GID); err != nil {
+			setOwner := d.setTapOwner
+			if setOwner == nil {
+				setOwner = vmm.SetTapOwner
+			}
+			if err := setOwner(s.spec.Net.TapDevice, jail.UID, jail.GID); err != nil {
 				return err
 			}
 		}
@@ -451,6 +513,16 @@ func (d *Driver) prepareFiles(ctx context.Context, s *starting) error {
 			if err := os.WriteFile(f, nil, 0o600); err != nil {
 				return fmt.Errorf("create %s: %w", filepath.Base(f), err)
 			}
+		}
+		for name, target := range p.driveLinks {
+			link := filepath.Join(s.spec.Dir, name)
+			_ = os.Remove(link)
+			if err := os.Symlink(target, link); err != nil {
+				return fmt.Errorf("link drive: %w", err)
+			}
+		}
+		if err := d.prepareMemory(ctx, s); err != nil {
+			return err
 		}
 	}
 	for _, sock := range []string{p.state.APISocket, p.state.VsockUDS} {
@@ -483,6 +555,8 @@ func (d *Driver) launch(ctx context.Context, s *starting) error {
 		cmd = exec.Command(jb, JailerArgs(s.jcfg, s.fcPath, s.spec.ID, s.plan.fcArgs)...)
 	} else {
 		cmd = exec.Command(s.fcPath, s.plan.fcArgs...)
+		// The relative drive and vsock paths are the VM directory's.
+		cmd.Dir = s.spec.Dir
 	}
 	console, err := os.OpenFile(filepath.Join(s.spec.Dir, paths.FileConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {

@@ -73,13 +73,18 @@ func testSpec(t *testing.T, dir string) vmm.Spec {
 func TestConfigureSequence(t *testing.T) {
 	dir := shortDir(t)
 	f := newFake()
+	f.cwd = dir
 	c := serveFake(t, f)
-	p, err := planStart(testSpec(t, dir), nil)
+	spec := testSpec(t, dir)
+	p, err := planStart(spec, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, file := range []string{p.logger.LogPath, p.metrics.MetricsPath} {
 		os.WriteFile(file, nil, 0o600)
+	}
+	for name, target := range p.driveLinks {
+		os.Symlink(target, filepath.Join(dir, name))
 	}
 	if err := p.configure(context.Background(), c); err != nil {
 		t.Fatalf("configure: %v", err)
@@ -156,10 +161,17 @@ func TestInstanceStartNeedsBootSourceAndRoot(t *testing.T) {
 
 func TestPauseResumeSnapshot(t *testing.T) {
 	ctx := context.Background()
+	dir := shortDir(t)
 	f := newFake()
 	f.started, f.boot, f.rootDisk = true, true, true
+	f.machine = map[string]any{"vcpu_count": 1.0, "mem_size_mib": 16.0}
+	disk := filepath.Join(dir, "root.ext4")
+	os.WriteFile(disk, nil, 0o600)
+	f.drives = []map[string]any{{"drive_id": "rootfs", "path_on_host": disk, "is_root_device": true, "is_read_only": false}}
+	f.nics = []map[string]any{{"iface_id": "eth0", "host_dev_name": "bgtap0"}}
 	c := serveFake(t, f)
-	err := c.CreateSnapshot(ctx, SnapshotCreate{SnapshotPath: "/s/vm.snap", MemFilePath: "/s/vm.mem"})
+	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
+	err := c.CreateSnapshot(ctx, SnapshotCreate{SnapshotPath: snap, MemFilePath: mem})
 	if err == nil || !strings.Contains(err.Error(), "not paused") {
 		t.Fatalf("snapshot of a running VM: %v", err)
 	}
@@ -169,7 +181,7 @@ func TestPauseResumeSnapshot(t *testing.T) {
 	if info, _ := c.Describe(ctx); info.State != "Paused" {
 		t.Fatalf("state %q after pause", info.State)
 	}
-	if err := c.CreateSnapshot(ctx, SnapshotCreate{SnapshotType: SnapshotFull, SnapshotPath: "/s/vm.snap", MemFilePath: "/s/vm.mem"}); err != nil {
+	if err := c.CreateSnapshot(ctx, SnapshotCreate{SnapshotType: SnapshotFull, SnapshotPath: snap, MemFilePath: mem}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Resume(ctx); err != nil {
@@ -179,13 +191,25 @@ func TestPauseResumeSnapshot(t *testing.T) {
 		t.Fatalf("state %q after resume", info.State)
 	}
 
-	// Load goes to a fresh Firecracker.
+	// Load goes to a fresh Firecracker, before any device is configured
+	// (the logger and metrics excepted).
+	cfg := newFake()
+	c3 := serveFake(t, cfg)
+	if err := c3.PutVsock(ctx, Vsock{GuestCID: 3, UDSPath: filepath.Join(dir, "v.sock")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c3.LoadSnapshot(ctx, SnapshotLoad{SnapshotPath: snap, MemBackend: MemoryBackend{BackendType: "File", BackendPath: mem}}); err == nil || !strings.Contains(err.Error(), "not allowed after configuring") {
+		t.Fatalf("load after configuring a device: %v", err)
+	}
 	fresh := newFake()
 	c2 := serveFake(t, fresh)
+	if err := c2.PutLogger(ctx, Logger{Level: "Info"}); err != nil {
+		t.Fatal(err)
+	}
 	err = c2.LoadSnapshot(ctx, SnapshotLoad{
-		SnapshotPath: "/s/vm.snap", MemBackend: MemoryBackend{BackendType: "File", BackendPath: "/s/vm.mem"},
+		SnapshotPath: snap, MemBackend: MemoryBackend{BackendType: "File", BackendPath: mem},
 		ResumeVM: true, NetworkOverrides: []NetworkOverride{{IfaceID: "eth0", HostDevName: "bgtap9"}},
-		VsockOverride: &VsockOverride{UDSPath: "/s/v.sock"},
+		VsockOverride: &VsockOverride{UDSPath: filepath.Join(dir, "v.sock")},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -193,8 +217,18 @@ func TestPauseResumeSnapshot(t *testing.T) {
 	if info, _ := c2.Describe(ctx); info.State != "Running" {
 		t.Fatalf("state %q after load with resume", info.State)
 	}
-	if err := c2.LoadSnapshot(ctx, SnapshotLoad{SnapshotPath: "/s/vm.snap", MemBackend: MemoryBackend{BackendType: "File", BackendPath: "/m"}}); err == nil {
+	got, err := c2.VMConfig(ctx)
+	if err != nil || len(got.NetworkInterfaces) != 1 || got.NetworkInterfaces[0].HostDevName != "bgtap9" || got.Drives[0].PathOnHost != disk {
+		t.Fatalf("restored config %+v %v", got, err)
+	}
+	if err := c2.LoadSnapshot(ctx, SnapshotLoad{SnapshotPath: snap, MemBackend: MemoryBackend{BackendType: "File", BackendPath: mem}}); err == nil {
 		t.Fatal("second load accepted")
+	}
+	// A snapshot whose disk is gone cannot be loaded.
+	os.Remove(disk)
+	err = serveFake(t, newFake()).LoadSnapshot(ctx, SnapshotLoad{SnapshotPath: snap, MemBackend: MemoryBackend{BackendType: "File", BackendPath: mem}})
+	if err == nil || !strings.Contains(err.Error(), "Failed to restore block device") {
+		t.Fatalf("load without the disk: %v", err)
 	}
 }
 
@@ -336,7 +370,7 @@ func TestPlanJail(t *testing.T) {
 	if p.Dir != "/srv/jailer/firecracker-v1.12/abc" || p.Root != p.Dir+"/root" {
 		t.Errorf("dirs %q %q", p.Dir, p.Root)
 	}
-	wantLinks := []JailLink{{"/img/vmlinux", "/vmlinux", false}, {"/vm/root.ext4", "/rootfs.img", true}, {"/vm/seed.ext4", "/disk1.img", true}}
+	wantLinks := []JailLink{{Src: "/img/vmlinux", Name: "/vmlinux"}, {Src: "/vm/root.ext4", Name: "/rootfs.img", Disk: true}, {Src: "/vm/seed.ext4", Name: "/disk1.img", Disk: true}}
 	if !reflect.DeepEqual(p.Links, wantLinks) {
 		t.Errorf("links %+v", p.Links)
 	}
@@ -586,8 +620,8 @@ func TestDriverStartFailures(t *testing.T) {
 	dir3 := shortDir(t)
 	spec = testSpec(t, dir3)
 	spec.Kernel = filepath.Join(dir3, "vmlinux")
-	spec.Disks[0].Path = ""
-	if _, err := d.Start(ctx, spec); err == nil || !strings.Contains(err.Error(), "path_on_host is required") {
+	spec.Disks[0].Path = filepath.Join(dir3, "missing.ext4")
+	if _, err := d.Start(ctx, spec); err == nil || !strings.Contains(err.Error(), "Unable to create the block device") {
 		t.Fatalf("fault not surfaced: %v", err)
 	}
 }
@@ -638,6 +672,13 @@ func TestFakeRejectsOffSchemaBodies(t *testing.T) {
 		{"PUT", "/vsock", map[string]any{"guest_cid": "3", "uds_path": "/v"}, "field `guest_cid`: value must be an integer"},
 		{"PUT", "/vsock", map[string]any{"guest_cid": 2, "uds_path": "/v"}, "field `guest_cid`: number must be at least 3"},
 		{"PATCH", "/vm", map[string]any{"state": "Stopped"}, "not one of the allowed values"},
+		{"PUT", "/snapshot/create", map[string]any{"snapshot_type": "Incremental", "snapshot_path": "/s", "mem_file_path": "/m"}, "not one of the allowed values"},
+		{"PUT", "/snapshot/create", map[string]any{"snapshot_path": "/s"}, `property "mem_file_path" is missing`},
+		{"PUT", "/snapshot/load", map[string]any{"mem_backend": map[string]any{"backend_type": "File", "backend_path": "/m"}}, `property "snapshot_path" is missing`},
+		{"PUT", "/snapshot/load", map[string]any{"snapshot_path": "/s", "mem_backend": map[string]any{"backend_type": "Memory", "backend_path": "/m"}}, "not one of the allowed values"},
+		{"PUT", "/snapshot/load", map[string]any{"snapshot_path": "/s", "mem_backend": map[string]any{"backend_type": "File"}}, `property "backend_path" is missing`},
+		{"PUT", "/snapshot/load", map[string]any{"snapshot_path": "/s", "mem_backend": map[string]any{"backend_type": "File", "backend_path": "/m"}, "network_overrides": []any{map[string]any{"iface_id": "eth0"}}}, `property "host_dev_name" is missing`},
+		{"PUT", "/snapshot/load", map[string]any{"snapshot_path": "/s", "mem_backend": map[string]any{"backend_type": "File", "backend_path": "/m"}, "vsock_override": map[string]any{"path": "/v"}}, `property "path" is unsupported`},
 		// From the swagger's property lists, closed by banger's rule
 		// denyUnknownFields (Firecracker's serde refuses unknown fields).
 		{"PUT", "/machine-config", map[string]any{"vcpu_count": 1, "mem_size_mib": 128, "memory": 1}, `property "memory" is unsupported`},

@@ -75,6 +75,13 @@ type JailLink struct {
 	// shared by every VM of the image: the jail gets its own read-only
 	// copy, so the shared inode never changes owner or mode.
 	Disk bool `json:"disk,omitempty"`
+	// Shared marks a snapshot's memory file that many VMs map at once
+	// (vmm.Restore.Share): it is hard-linked, so every restored VM maps
+	// the same inode and shares its page cache, and it stays root's; its
+	// mode becomes 0444 so each jail's user can open it. Firecracker
+	// opens it read-only and maps it privately. Only root and the jails
+	// reach the inode (the snapshot and jail directories are root's).
+	Shared bool `json:"shared,omitempty"`
 }
 
 // HostPath is where an in-jail path is seen from the host.
@@ -100,7 +107,11 @@ func PlanJail(cfg JailerConfig, execFile, id, kernel, initrd string, disks []str
 	}
 	dir := filepath.Join(base, filepath.Base(execFile), id)
 	p := JailPlan{ID: id, Dir: dir, Root: filepath.Join(dir, "root"), UID: cfg.UID, GID: cfg.GID}
-	p.Links = append(p.Links, JailLink{Src: kernel, Name: jailKernel})
+	// A restore (kernel "") boots nothing: the snapshot's files are
+	// added by addSnapshot instead.
+	if kernel != "" {
+		p.Links = append(p.Links, JailLink{Src: kernel, Name: jailKernel})
+	}
 	if initrd != "" {
 		p.Links = append(p.Links, JailLink{Src: initrd, Name: jailInitrd})
 	}
@@ -169,6 +180,15 @@ func (p JailPlan) Prepare(ctx context.Context) error {
 	for _, l := range p.Links {
 		dst := p.HostPath(l.Name)
 		_ = os.Remove(dst)
+		if l.Shared {
+			if err := os.Chmod(l.Src, 0o444); err != nil {
+				return fmt.Errorf("share %s with the jail: %w", l.Src, err)
+			}
+			if err := os.Link(l.Src, dst); err != nil {
+				return fmt.Errorf("hard-link %s into the jail: %w (put [firecracker] chroot_base on the filesystem of banger's state directory)", l.Src, err)
+			}
+			continue
+		}
 		if !l.Disk {
 			if err := system.CloneFile(ctx, l.Src, dst); err != nil {
 				return fmt.Errorf("copy %s into the jail: %w", l.Src, err)
