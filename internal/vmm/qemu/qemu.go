@@ -202,7 +202,7 @@ func render(spec vmm.Spec, src sources) []string {
 	if spec.Accel == "kvm" {
 		cpu, accel = "host", "kvm"
 	}
-	if accel == "tcg" {
+	if accel == "tcg" && tcgTBSizeMiB > 0 {
 		// QEMU 7.2's default translation cache is 1 GiB, which an idle
 		// guest fills over time (host RSS); tcgTBSizeMiB is measured.
 		accel += ",tb-size=" + strconv.Itoa(tcgTBSizeMiB)
@@ -272,7 +272,7 @@ func render(spec vmm.Spec, src sources) []string {
 }
 
 // tcgTBSizeMiB is the TCG translation cache size (MiB).
-const tcgTBSizeMiB = 256
+var tcgTBSizeMiB = 256
 
 // memObject is the guest RAM's backend: the driver's memfd, or, for a
 // command line rendered with paths, a memfd QEMU makes itself. Both
