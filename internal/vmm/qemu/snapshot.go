@@ -423,32 +423,30 @@ func (d *Driver) incoming(ctx context.Context, spec vmm.Spec, m snapMeta, exited
 	}
 	// A file never blocks, so QEMU loads it in one go and its monitor
 	// answers again only afterwards.
-	for {
-		select {
-		case <-exited:
-			return errors.New("qemu exited while loading the snapshot")
-		default:
-		}
-		status, err := s.status(ctx)
-		if err != nil {
+	if err := s.waitMigration(ctx, deadline); err != nil {
+		return err
+	}
+	// The guest was paused for the save, and QEMU restores that run
+	// state: it continues only when told.
+	status, err := s.status(ctx)
+	if err != nil {
+		return err
+	}
+	if status == "paused" {
+		if _, err := s.run(ctx, qmpTimeout, "cont", nil, nil); err != nil {
 			return err
 		}
-		switch status {
-		case "running":
-			return nil
-		case "inmigrate", "prelaunch", "paused", "restore-vm":
-		default:
-			// postmigrate, internal-error, shutdown...: the load failed
-			// (QEMU explains on its log).
-			return fmt.Errorf("guest is %q after loading", status)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("guest not running after %s (status %q)", restoreTimeout, status)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+		if status, err = s.status(ctx); err != nil {
+			return err
 		}
 	}
+	select {
+	case <-exited:
+		return errors.New("qemu exited after loading the snapshot")
+	default:
+	}
+	if status != "running" {
+		return fmt.Errorf("guest is %q after loading", status)
+	}
+	return nil
 }
