@@ -345,7 +345,11 @@ func (d *Driver) Save(ctx context.Context, dir string, p vmm.Process, dst string
 	if err := system.WriteFileAtomic(filepath.Join(dst, fileSnapMeta), b, 0o600); err != nil {
 		return saved, err
 	}
-	_, _ = s.run(ctx, 2*time.Second, "quit", nil, nil)
+	// Done with the guest: QEMU exits (the deferred Stop kills one
+	// that does not).
+	if _, err := s.run(ctx, 2*time.Second, "quit", nil, nil); err == nil {
+		waitGone(ctx, d, p, 5*time.Second)
+	}
 	for _, f := range []string{fileSnapMeta, fileSnapState, fileSnapMem} {
 		if fi, err := os.Stat(filepath.Join(dst, f)); err == nil {
 			if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
