@@ -4,6 +4,11 @@
 // agent through a virtio-serial port backed by a Unix socket. QEMU runs
 // under its seccomp sandbox and, for a root daemon, as the VM's own
 // unprivileged user (launch.go).
+//
+// Guest RAM is a memfd the driver makes (memory.go), so a snapshot
+// (snapshot.go) streams only device state through QEMU's migration
+// (to a descriptor: QEMU may not exec) and copies RAM from the memfd;
+// restores map one sealed copy of a snapshot's RAM copy-on-write.
 package qemu
 
 import (
