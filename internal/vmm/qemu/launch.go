@@ -22,6 +22,8 @@ type launch struct {
 	// groups are QEMU's supplementary groups when it runs as the VM's
 	// user (the group of /dev/kvm, when that is how KVM is reachable).
 	groups []uint32
+	// ramFD is the guest RAM memfd's descriptor number in QEMU.
+	ramFD int
 }
 
 func (l *launch) add(f *os.File) int {
@@ -47,7 +49,7 @@ func (l *launch) close() {
 // rootfs through a read-only descriptor, the kernel and initrd (which
 // QEMU opens by name) through /proc/self/fd, so they must be readable by
 // others already.
-func prepare(spec vmm.Spec) (l *launch, err error) {
+func prepare(spec vmm.Spec, ram guestRAM) (l *launch, err error) {
 	l = &launch{}
 	defer func() {
 		if err != nil {
@@ -111,19 +113,23 @@ func prepare(spec vmm.Spec) (l *launch, err error) {
 			src.addFDs = append(src.addFDs, fmt.Sprintf("fd=%d,set=%d", l.add(f), set))
 		}
 		src.disks = append(src.disks, fmt.Sprintf("/dev/fdset/%d", set))
-		b := ""
-		if len(d.Backing) > 0 {
-			// The image's rootfs: read-only, whatever its mode, and
-			// never handed to anyone.
-			f, err := os.Open(d.Backing[0].Path)
+	}
+	// Backing layers (snapshot layers, the image's rootfs) are shared
+	// by many VMs: each is opened read-only here, whatever its mode,
+	// and never handed to anyone. Their fd sets follow the disks'.
+	set := len(spec.Disks)
+	for _, d := range spec.Disks {
+		var chain []string
+		for _, layer := range d.Backing {
+			f, err := os.Open(layer.Path)
 			if err != nil {
-				return l, fmt.Errorf("open %s: %w", d.Backing[0].Path, err)
+				return l, fmt.Errorf("open %s: %w", layer.Path, err)
 			}
-			bset := len(spec.Disks) + set
-			src.addFDs = append(src.addFDs, fmt.Sprintf("fd=%d,set=%d", l.add(f), bset))
-			b = fmt.Sprintf("/dev/fdset/%d", bset)
+			set++
+			src.addFDs = append(src.addFDs, fmt.Sprintf("fd=%d,set=%d", l.add(f), set))
+			chain = append(chain, fmt.Sprintf("/dev/fdset/%d", set))
 		}
-		src.backing = append(src.backing, b)
+		src.layers = append(src.layers, chain)
 	}
 	// The console log is written by the daemon (rotated, capped), not by
 	// QEMU: QEMU only gets the console's listening socket.
@@ -152,6 +158,12 @@ func prepare(spec vmm.Spec) (l *launch, err error) {
 			return l, err
 		}
 		src.tap = "fd=" + strconv.Itoa(l.add(f))
+	}
+	if ram.f != nil {
+		// Last, so the other descriptors keep their numbers.
+		src.mem = l.fdPath(ram.f)
+		src.memPrivate = ram.private
+		l.ramFD = 2 + len(l.files)
 	}
 	if drop && spec.Accel == "kvm" {
 		if l.groups, err = kvmGroups(spec.UID); err != nil {

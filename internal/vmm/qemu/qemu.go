@@ -4,6 +4,11 @@
 // agent through a virtio-serial port backed by a Unix socket. QEMU runs
 // under its seccomp sandbox and, for a root daemon, as the VM's own
 // unprivileged user (launch.go).
+//
+// Guest RAM is a memfd the driver makes (memory.go), so a snapshot
+// (snapshot.go) streams only device state through QEMU's migration
+// (to a descriptor: QEMU may not exec) and copies RAM from the memfd;
+// restores map one sealed copy of a snapshot's RAM copy-on-write.
 package qemu
 
 import (
@@ -17,6 +22,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -39,9 +45,19 @@ type Driver struct {
 	vmm.Base
 	// Binary overrides the emulator path (tests, odd installs).
 	Binary string
+
+	// shared holds the sealed memory of snapshots that VMs were
+	// restored from with Restore.Share.
+	shared sharedRAM
+	// version caches `qemu-system-x86_64 --version` (SnapshotCompat).
+	versionMu sync.Mutex
+	version   string
 }
 
-var _ vmm.Driver = (*Driver)(nil)
+var (
+	_ vmm.Driver      = (*Driver)(nil)
+	_ vmm.Snapshotter = (*Driver)(nil)
+)
 
 // Name implements vmm.Driver.
 func (d *Driver) Name() string { return "qemu" }
@@ -135,9 +151,11 @@ func optValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // are raw; render quotes them.
 type sources struct {
 	kernel, initrd string
-	// disks are the disks' file names, backing their backing files
-	// ("" keeps the overlay header's).
-	disks, backing []string
+	// disks are the disks' file names; layers, per disk, the file names
+	// of its backing chain, nearest first (none keeps the overlay
+	// header's).
+	disks  []string
+	layers [][]string
 	// console, qmp and agent are the sockets' addresses: "path=P" or
 	// "fd=N".
 	console, qmp, agent string
@@ -147,6 +165,11 @@ type sources struct {
 	tap string
 	// addFDs are the descriptors of /dev/fdset/N names: -add-fd values.
 	addFDs []string
+	// mem is the guest RAM's memfd as QEMU opens it (/proc/self/fd/N);
+	// empty has QEMU make its own memfd. memPrivate maps it
+	// copy-on-write (a sealed snapshot memfd shared by restores).
+	mem        string
+	memPrivate bool
 }
 
 // pathSources has QEMU open everything by path, as its own user.
@@ -160,11 +183,11 @@ func pathSources(spec vmm.Spec) sources {
 	}
 	for _, d := range spec.Disks {
 		src.disks = append(src.disks, d.Path)
-		b := ""
-		if len(d.Backing) > 0 {
-			b = d.Backing[0].Path
+		var chain []string
+		for _, l := range d.Backing {
+			chain = append(chain, l.Path)
 		}
-		src.backing = append(src.backing, b)
+		src.layers = append(src.layers, chain)
 	}
 	for _, name := range spec.ExtraSerialPorts {
 		src.extra = append(src.extra, "path="+optValue(vmm.ExtraSerialSocket(spec.Dir, name)))
@@ -184,11 +207,17 @@ func render(spec vmm.Spec, src sources) []string {
 	if spec.Accel == "kvm" {
 		cpu, accel = "host", "kvm"
 	}
+	if accel == "tcg" && tcgTBSizeMiB > 0 {
+		// QEMU 7.2's default translation cache is 1 GiB, which an idle
+		// guest fills over time (host RSS); tcgTBSizeMiB is measured.
+		accel += ",tb-size=" + strconv.Itoa(tcgTBSizeMiB)
+	}
 	name := optValue(spec.ProcessName)
 	args := []string{
 		"-name", name + ",process=" + name,
-		"-M", "microvm,acpi=on", "-accel", accel, "-cpu", cpu,
+		"-M", "microvm,acpi=on,memory-backend=mem", "-accel", accel, "-cpu", cpu,
 		"-smp", strconv.Itoa(spec.CPUs), "-m", strconv.Itoa(spec.MemoryMiB),
+		"-object", memObject(spec, src),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-sandbox", Sandbox,
 	}
@@ -215,9 +244,7 @@ func render(spec vmm.Spec, src sources) []string {
 	}
 	for i, d := range spec.Disks {
 		drive := fmt.Sprintf("id=d%d,if=none,driver=%s,discard=unmap,file.driver=file,file.filename=%s", i, d.Format, optValue(src.disks[i]))
-		if src.backing[i] != "" {
-			drive += ",backing.driver=raw,backing.file.driver=file,backing.file.filename=" + optValue(src.backing[i])
-		}
+		drive += backingOpts(d.Backing, src.layers[i])
 		if d.ReadOnly {
 			drive += ",readonly=on"
 		}
@@ -237,7 +264,55 @@ func render(spec vmm.Spec, src sources) []string {
 	args = append(args, netArgs(spec, src)...)
 	// Balloon with free page reporting gives freed guest memory back.
 	args = append(args, "-device", "virtio-balloon-device,free-page-reporting=on")
+	// A VM generation ID: a restored QEMU makes its own, and a guest
+	// kernel that reads it reseeds its RNG. Every VM has it, so a saved
+	// machine and its restores have the same devices.
+	args = append(args, "-device", "vmgenid,guid=auto")
+	if spec.Restore != nil {
+		// The state arrives over QMP (migrate-incoming) once the
+		// driver has handed QEMU the state file.
+		args = append(args, "-incoming", "defer")
+	}
 	return args
+}
+
+// tcgTBSizeMiB is the TCG translation cache size (MiB).
+var tcgTBSizeMiB = 256
+
+// memObject is the guest RAM's backend: the driver's memfd, or, for a
+// command line rendered with paths, a memfd QEMU makes itself. Both
+// have the RAM block id "mem", so either can be saved and restored as
+// the other.
+func memObject(spec vmm.Spec, src sources) string {
+	size := strconv.Itoa(spec.MemoryMiB) + "M"
+	if src.mem == "" {
+		return "memory-backend-memfd,id=mem,size=" + size + ",share=on"
+	}
+	share := "on"
+	if src.memPrivate {
+		share = "off"
+	}
+	return "memory-backend-file,id=mem,size=" + size + ",mem-path=" + optValue(src.mem) + ",share=" + share
+}
+
+// backingOpts renders a disk's backing chain as nested backing.*
+// options: QEMU opens each layer by the name given here (a read-only
+// descriptor's fd set), never by the path an overlay's header records.
+func backingOpts(chain []vmm.Layer, names []string) string {
+	var b strings.Builder
+	prefix := ""
+	for i, l := range chain {
+		if i >= len(names) {
+			break
+		}
+		prefix += "backing."
+		format := l.Format
+		if format == "" {
+			format = "raw"
+		}
+		b.WriteString("," + prefix + "driver=" + optValue(format) + "," + prefix + "file.driver=file," + prefix + "file.filename=" + optValue(names[i]))
+	}
+	return b.String()
 }
 
 // netArgs attaches the guest NIC. In tap mode the TAP device already
@@ -278,14 +353,42 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 	if err := d.Validate(spec); err != nil {
 		return vmm.Process{}, err
 	}
-	l, err := prepare(spec)
+	var meta *snapMeta
+	if spec.Restore != nil {
+		m, err := readSnapshot(spec.Restore.Dir)
+		if err != nil {
+			return vmm.Process{}, err
+		}
+		if err := m.fits(spec); err != nil {
+			return vmm.Process{}, fmt.Errorf("restore snapshot %s: %w", spec.Restore.Dir, err)
+		}
+		meta = &m
+		// The machine is the saved one: its kernel, initrd and
+		// command line (fw_cfg and the kernel's option ROM), where the
+		// daemon does not name them.
+		if spec.Kernel == "" {
+			spec.Kernel = m.Kernel
+		}
+		if spec.Initrd == "" {
+			spec.Initrd = m.Initrd
+		}
+		spec.Cmdline = m.Cmdline
+	}
+	ram, err := d.guestRAM(ctx, spec, meta)
 	if err != nil {
+		return vmm.Process{}, err
+	}
+	defer ram.close()
+	l, err := prepare(spec, ram)
+	if err != nil {
+		ram.abandon()
 		return vmm.Process{}, err
 	}
 	defer l.close()
 	logPath := filepath.Join(spec.Dir, paths.FileQEMULog)
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
+		ram.abandon()
 		return vmm.Process{}, fmt.Errorf("open qemu log: %w", err)
 	}
 	defer logf.Close()
@@ -301,6 +404,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(spec.UID), Gid: uint32(spec.GID), Groups: l.groups}
 	}
 	if err := cmd.Start(); err != nil {
+		ram.abandon()
 		return vmm.Process{}, fmt.Errorf("start qemu: %w", err)
 	}
 	// QEMU has its copies; ours would keep the sockets accepting (into
@@ -308,19 +412,36 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 	l.close()
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
+	p := vmm.Process{PID: cmd.Process.Pid}
 	fail := func(err error) (vmm.Process, error) {
 		_ = cmd.Process.Kill()
 		<-exited
+		ram.abandon()
+		d.shared.drop(p)
 		return vmm.Process{}, fmt.Errorf("%w: %s", err, system.TailFile(logPath, 1024))
 	}
 	st, err := system.ProcStartTime(cmd.Process.Pid)
 	if err != nil {
 		return fail(errors.New("qemu exited right after start"))
 	}
+	p.StartTime = st
+	// A shared memfd is held by this VM from here on; Stop (or a
+	// failed start) drops it.
+	ram.held(p)
 	if err := waitQMP(ctx, filepath.Join(spec.Dir, paths.FileQMPSocket), exited); err != nil {
 		return fail(err)
 	}
-	return vmm.Process{PID: cmd.Process.Pid, StartTime: st}, nil
+	if meta != nil {
+		if err := d.incoming(ctx, spec, *meta, exited); err != nil {
+			return fail(fmt.Errorf("restore snapshot %s: it is unusable (truncated or corrupt) or was saved by another QEMU or machine; delete it or boot cold: %w", spec.Restore.Dir, err))
+		}
+	}
+	p.State = procState{
+		RAM: ram.kind, RAMFD: l.ramFD,
+		Kernel: spec.Kernel, Initrd: spec.Initrd, Cmdline: spec.Cmdline,
+		MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, Accel: spec.Accel,
+	}.encode()
+	return p, nil
 }
 
 // waitQMP waits until QEMU greets on its QMP socket, which it does once
@@ -368,6 +489,9 @@ func (d *Driver) Alive(p vmm.Process) bool {
 
 // Stop implements vmm.Driver.
 func (d *Driver) Stop(ctx context.Context, dir string, p vmm.Process, force bool, timeout time.Duration) error {
+	// Whatever the outcome, this VM no longer keeps a snapshot's
+	// shared memory in the driver's cache.
+	defer d.shared.drop(p)
 	if !d.Alive(p) {
 		return nil
 	}

@@ -20,7 +20,8 @@ func TestArgs(t *testing.T) {
 	}
 	got := strings.Join(Args(spec), " ")
 	for _, want := range []string{
-		"-M microvm,acpi=on -accel tcg -cpu max -smp 2 -m 1024",
+		"-M microvm,acpi=on,memory-backend=mem -accel tcg,tb-size=256 -cpu max -smp 2 -m 1024 -object memory-backend-memfd,id=mem,size=1024M,share=on",
+		"-device vmgenid,guid=auto",
 		"-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-chardev socket,id=console,path=/v/ab12cd34/console.sock,server=on,wait=off -serial chardev:console",
 		"-chardev socket,id=qmp,path=/v/ab12cd34/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control",
@@ -38,7 +39,7 @@ func TestArgs(t *testing.T) {
 	}
 	// Forking (-daemonize) and setuid (-runas) are what the sandbox
 	// forbids: neither may appear.
-	for _, bad := range []string{"-daemonize", "-runas", "-pidfile"} {
+	for _, bad := range []string{"-daemonize", "-runas", "-pidfile", "-incoming"} {
 		if strings.Contains(got, bad) {
 			t.Errorf("args contain %s:\n%s", bad, got)
 		}
@@ -50,7 +51,7 @@ func TestArgs(t *testing.T) {
 	spec.ExtraSerialPorts = nil
 	spec.Accel, spec.Egress = "kvm", "all"
 	got = strings.Join(Args(spec), " ")
-	if !strings.Contains(got, "-accel kvm -cpu host") || strings.Contains(got, "restrict=on") {
+	if !strings.Contains(got, "-accel kvm -cpu host") || strings.Contains(got, "tb-size") || strings.Contains(got, "restrict=on") {
 		t.Errorf("kvm/egress all args wrong:\n%s", got)
 	}
 }
@@ -225,7 +226,11 @@ func TestPrepareAsVMUser(t *testing.T) {
 	for _, p := range imgFiles {
 		before[p] = ownerOf(t, p)
 	}
-	l, err := prepare(spec)
+	ram, err := newMemfd("test", 256<<20, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := prepare(spec, guestRAM{f: ram, kind: ramOwn})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,18 +254,20 @@ func TestPrepareAsVMUser(t *testing.T) {
 	if strings.Contains(joined, spec.Dir) || strings.Contains(joined, img) {
 		t.Errorf("QEMU is told paths into the state directory:\n%s", joined)
 	}
-	// kernel, initrd; root disk read-only and read-write, its backing;
-	// seed read-only; work disk twice; 3 sockets (console, QMP, agent).
-	if len(l.files) != 11 {
-		t.Errorf("%d inherited files, want 11", len(l.files))
+	// kernel, initrd; root disk read-only and read-write; seed
+	// read-only; work disk twice; the root disk's backing; 3 sockets
+	// (console, QMP, agent); guest RAM.
+	if len(l.files) != 12 || l.ramFD != 14 {
+		t.Errorf("%d inherited files, RAM fd %d; want 12, 14", len(l.files), l.ramFD)
 	}
 	for _, want := range []string{
 		"-kernel /proc/self/fd/3 ", "-initrd /proc/self/fd/4",
-		"-add-fd fd=5,set=1 -add-fd fd=6,set=1 -add-fd fd=7,set=4 -add-fd fd=8,set=2 -add-fd fd=9,set=3 -add-fd fd=10,set=3",
+		"-add-fd fd=5,set=1 -add-fd fd=6,set=1 -add-fd fd=7,set=2 -add-fd fd=8,set=3 -add-fd fd=9,set=3 -add-fd fd=10,set=4",
 		"file.filename=/dev/fdset/1,backing.driver=raw,backing.file.driver=file,backing.file.filename=/dev/fdset/4",
 		"file.filename=/dev/fdset/2,readonly=on", "file.filename=/dev/fdset/3",
 		"-chardev socket,id=console,fd=11,server=on,wait=off",
 		"socket,id=qmp,fd=12", "socket,id=agent,fd=13",
+		"-object memory-backend-file,id=mem,size=256M,mem-path=/proc/self/fd/14,share=on",
 	} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("args lack %q:\n%s", want, joined)
@@ -279,7 +286,7 @@ func TestPrepareRefuses(t *testing.T) {
 	if err := os.Chmod(spec.Kernel, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := prepare(spec)
+	_, err := prepare(spec, guestRAM{})
 	if err == nil || !strings.Contains(err.Error(), "chmod 0644") {
 		t.Fatalf("root-only kernel: %v", err)
 	}
@@ -289,7 +296,7 @@ func TestPrepareRefuses(t *testing.T) {
 	os.Chmod(spec.Kernel, 0o644)
 	shared := spec.Disks[0].Backing[0].Path
 	spec.Disks[0].Path = shared // a disk that is not the VM's own
-	if _, err := prepare(spec); err == nil || !strings.Contains(err.Error(), "not in the VM directory") {
+	if _, err := prepare(spec, guestRAM{}); err == nil || !strings.Contains(err.Error(), "not in the VM directory") {
 		t.Fatalf("disk outside the VM dir: %v", err)
 	}
 	if o := ownerOf(t, shared); o.uid != 0 || o.mode != 0o600 {
