@@ -100,6 +100,14 @@ func (d *Daemon) restoreInPlace(ctx context.Context, stage stageFunc, vm *store.
 		return err
 	}
 	if err := d.runSteps(ctx, stage, r, d.restoreSteps()); err != nil {
+		if r.proc.PID != 0 {
+			// What the VMM says of a restore that failed is the first
+			// thing to look at.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			st, serr := d.driverFor(*vm).Status(sctx, vm.Dir, r.proc)
+			cancel()
+			d.log.Warn("restore failed", "vm", vm.Name, "from", stateDir, "vmm_status", st, "status_err", serr, "err", err)
+		}
 		undo.run()
 		vm.State, vm.PID, vm.PIDStartTime, vm.LastError = api.VMStopped, 0, 0, err.Error()
 		_ = d.store.UpdateVM(context.WithoutCancel(ctx), vm)
