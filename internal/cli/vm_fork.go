@@ -121,7 +121,7 @@ func newVMParkCmd(g *globals) *cobra.Command {
 				return g.printJSON(vm)
 			}
 			fmt.Fprintf(g.stdout, "VM %s is %s: its memory and devices are saved in its directory and it uses no memory or CPU.\n", vm.Name, vm.State)
-			fmt.Fprintf(g.stdout, "Any use wakes it (banger vm exec, vm ssh, vm session attach, a forwarded connection), or: banger vm start %s\n", shellQuote(vm.Name))
+			fmt.Fprintf(g.stdout, "Any use through banger wakes it (vm exec, vm ssh, vm session, vm workspace), or: banger vm start %s\n", shellQuote(vm.Name))
 			return nil
 		},
 	}

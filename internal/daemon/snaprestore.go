@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/bangerdev/banger/api"
@@ -83,7 +84,7 @@ func (d *Daemon) restoreIdentity(ctx context.Context, r *vmRun) error {
 	if err != nil {
 		return fmt.Errorf("give %s its identity: %w", vm.Name, err)
 	}
-	fmt.Fprintf(stageOutput(ctx), "%v\n", rep.Done)
+	fmt.Fprintln(stageOutput(ctx), strings.Join(rep.Done, "; "))
 	if !r.persist {
 		return nil
 	}
