@@ -89,9 +89,35 @@ func (d *Daemon) keepConsole(ctx context.Context, vm store.VM) <-chan struct{} {
 			d.trimConsole(ctx, vm)
 			return
 		}
+		// The VMM's own log (stderr) gets what a guest can make it
+		// say again and again (QEMU 7.2 reports every failed balloon
+		// discard of a shared snapshot's memory): kept under the cap
+		// too.
+		go d.trimLog(ctx, vm, filepath.Join(vm.Dir, paths.FileQEMULog))
 		d.pumpConsole(ctx, vm.Dir)
 	}()
 	return done
+}
+
+// trimLog keeps a log its VMM appends to under the console cap while
+// the VMM lives.
+func (d *Daemon) trimLog(ctx context.Context, vm store.VM, path string) {
+	drv := d.driverFor(vm)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			if err := system.CopyTruncate(path, d.consoleMax()); err != nil {
+				d.log.Debug("trim VMM log", "vm", vm.Name, "err", err)
+			}
+		}
+		if vm.PID == 0 || !drv.Alive(d.proc(vm)) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(consoleTrimInterval):
+		}
+	}
 }
 
 // pumpConsole copies QEMU's console socket into the rotating log until
