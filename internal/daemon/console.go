@@ -104,10 +104,8 @@ func (d *Daemon) keepConsole(ctx context.Context, vm store.VM) <-chan struct{} {
 func (d *Daemon) trimLog(ctx context.Context, vm store.VM, path string) {
 	drv := d.driverFor(vm)
 	for {
-		if _, err := os.Stat(path); err == nil {
-			if err := system.CopyTruncate(path, d.consoleMax()); err != nil {
-				d.log.Debug("trim VMM log", "vm", vm.Name, "err", err)
-			}
+		if err := system.CopyTruncate(path, d.consoleMax()); err != nil && !os.IsNotExist(err) {
+			d.log.Debug("trim log", "vm", vm.Name, "log", filepath.Base(path), "err", err)
 		}
 		if vm.PID == 0 || !drv.Alive(d.proc(vm)) {
 			return
@@ -160,21 +158,7 @@ func (d *Daemon) pumpConsole(ctx context.Context, dir string) {
 // trimConsole keeps a Firecracker console log under the cap while its
 // VMM lives.
 func (d *Daemon) trimConsole(ctx context.Context, vm store.VM) {
-	path := filepath.Join(vm.Dir, paths.FileConsoleLog)
-	drv := d.driverFor(vm)
-	for {
-		if err := system.CopyTruncate(path, d.consoleMax()); err != nil {
-			d.log.Debug("trim console log", "vm", vm.Name, "err", err)
-		}
-		if vm.PID == 0 || !drv.Alive(d.proc(vm)) {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(consoleTrimInterval):
-		}
-	}
+	d.trimLog(ctx, vm, filepath.Join(vm.Dir, paths.FileConsoleLog))
 }
 
 // consoleSettled waits a moment for the pump of dir to drain what a VMM
