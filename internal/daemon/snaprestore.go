@@ -8,6 +8,7 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -199,4 +200,59 @@ func (d *Daemon) useVM(ctx context.Context, name string) (store.VM, error) {
 		return vm, err
 	}
 	return d.StartVM(context.WithoutCancel(ctx), name, api.StartVMRequest{})
+}
+
+// convertSaved turns a save whose RAM is in the state stream (dir) into
+// one with a memory file: a VMM of the stopped VM (whose disks are still
+// the saved instant) loads it and stays paused, and is saved again at
+// once, so nothing runs and no disk changes in between.
+func (d *Daemon) convertSaved(ctx context.Context, vm store.VM, img store.Image, dir string) (vmm.Saved, error) {
+	sn, err := d.snapshotter(vm)
+	if err != nil {
+		return vmm.Saved{}, err
+	}
+	var undo cleanup
+	defer undo.run()
+	spec, err := d.vmSpec(ctx, &vm, img)
+	if err != nil {
+		return vmm.Saved{}, err
+	}
+	spec.Restore = &vmm.Restore{Dir: dir, Paused: true}
+	if err := d.runAs(ctx, &vm, &spec, true, &undo); err != nil {
+		return vmm.Saved{}, err
+	}
+	drv := d.driverFor(vm)
+	p, err := drv.Start(ctx, spec)
+	if err != nil {
+		return vmm.Saved{}, fmt.Errorf("load the saved state: %w", err)
+	}
+	undo.push(func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		_ = drv.Stop(sctx, vm.Dir, p, true, 0)
+	})
+	tmp := dir + ".conv"
+	_ = os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return vmm.Saved{}, err
+	}
+	saved, err := sn.Save(ctx, vm.Dir, p, tmp)
+	if err == nil && saved.RAMInState {
+		err = errors.New("the VMM saved its RAM in the stream again")
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return vmm.Saved{}, fmt.Errorf("save again: %w", err)
+	}
+	old := dir + ".old"
+	if err := os.Rename(dir, old); err != nil {
+		os.RemoveAll(tmp)
+		return vmm.Saved{}, err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		_ = os.Rename(old, dir)
+		return vmm.Saved{}, err
+	}
+	os.RemoveAll(old)
+	return saved, nil
 }

@@ -193,6 +193,21 @@ func (d *Daemon) takeSnapshot(ctx context.Context, stage stageFunc, name, snapNa
 		dropSnap()
 		return snap, &opError{err: fmt.Errorf("save %s: %w", vm.Name, err), hint: fmt.Sprintf("the VM is stopped; `banger vm start %s` boots it", vm.Name)}
 	}
+	if saved.RAMInState {
+		// A VM that shares a snapshot's pages saves its RAM in the
+		// stream; restores of that would each load all of it. Loaded
+		// once, paused, and saved again, it has a memory file that
+		// children map and share. Failing that, the stream still works.
+		_ = stage("convert", func(ctx context.Context) error {
+			conv, err := d.convertSaved(ctx, vm, img, filepath.Join(snap.Dir, snapDirVMM))
+			if err != nil {
+				d.log.Warn("snapshot kept with its memory in the state stream", "snapshot", snapName, "err", err)
+				return err
+			}
+			saved = conv
+			return nil
+		})
+	}
 	err = stage("layers", func(ctx context.Context) error {
 		snap.State = store.SnapshotLayering
 		if err := d.store.UpdateSnapshot(ctx, &snap); err != nil {

@@ -48,6 +48,12 @@ type Saved struct {
 	// MemoryBytes is the guest memory the snapshot holds (touched
 	// pages; the rest reads as zero).
 	MemoryBytes int64
+	// RAMInState says the memory went into the device-state stream (a
+	// VM whose RAM was a private mapping of a shared snapshot): a
+	// restore must then load all of it, and cannot share its pages. The
+	// daemon converts such a save before it becomes a snapshot: a
+	// restore with Paused, saved again at once.
+	RAMInState bool
 }
 
 // Restore asks Start for a VM that continues from a snapshot instead of
@@ -63,4 +69,8 @@ type Restore struct {
 	// VM gets a private copy (a parked VM waking), which it can itself
 	// be snapshotted from fastest.
 	Share bool
+	// Paused leaves the guest paused after the load: the VMM is only
+	// there to be saved again (converting a save whose RAM is in the
+	// state stream into one with a memory file).
+	Paused bool
 }
