@@ -282,8 +282,8 @@ func render(spec vmm.Spec, src sources) []string {
 // 2-core host), QEMU's anonymous memory was 506 MiB with the default
 // (1 GiB cache), 327 MiB with 256, 180 MiB with 128, 111 MiB with 64,
 // at the same boot time and idle CPU (noise: 6-12% of a core). 128
-// keeps room for the agents' code (node). A variable so a measurement can set it (0: QEMU's
-// default).
+// keeps room for the agents' code (node). A variable so a measurement
+// can set it (0: QEMU's default).
 var tcgTBSizeMiB = 128
 
 // memObject is the guest RAM's backend: the driver's memfd, or, for a
