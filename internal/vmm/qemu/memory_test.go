@@ -145,3 +145,56 @@ func selfProc(t *testing.T, pid int) vmm.Process {
 }
 
 var procStart = system.ProcStartTime
+
+// A restore's RAM is what Restore.Share and the snapshot ask for: the
+// sealed shared copy mapped private, or an own memfd (a copy of the
+// memory file, or empty when the state stream carries RAM).
+func TestGuestRAMForRestore(t *testing.T) {
+	m := validMeta()
+	dir := writeSnap(t, m, []byte("QEVM...."))
+	f, _ := os.OpenFile(filepath.Join(dir, fileSnapMem), os.O_WRONLY, 0)
+	f.WriteAt([]byte{42}, 5*pageSize)
+	f.Close()
+	d := &Driver{}
+	spec := vmm.Spec{MemoryMiB: m.MemoryMiB, Restore: &vmm.Restore{Dir: dir, Share: true}}
+	read := func(r guestRAM) byte {
+		b := make([]byte, 1)
+		r.f.ReadAt(b, 5*pageSize)
+		return b[0]
+	}
+	shared, err := d.guestRAM(context.Background(), spec, &m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shared.kind != ramShared || !shared.private || read(shared) != 42 || d.shared.count() != 1 {
+		t.Fatalf("shared restore: %+v", shared)
+	}
+	shared.abandon()
+	shared.close()
+	if d.shared.count() != 0 {
+		t.Fatal("abandoned shared memory kept")
+	}
+	spec.Restore.Share = false
+	own, err := d.guestRAM(context.Background(), spec, &m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if own.kind != ramOwn || own.private || read(own) != 42 {
+		t.Fatalf("private restore: %+v", own)
+	}
+	if _, err := own.f.WriteAt([]byte{1}, 0); err != nil {
+		t.Fatalf("own memory not writable: %v", err)
+	}
+	own.close()
+	streamed := m
+	streamed.RAMInFile, streamed.MemBytes = false, 0
+	spec.Restore.Share = true
+	empty, err := d.guestRAM(context.Background(), spec, &streamed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if empty.kind != ramOwn || empty.private || read(empty) != 0 || d.shared.count() != 0 {
+		t.Fatalf("stream restore: %+v", empty)
+	}
+	empty.close()
+}

@@ -20,7 +20,7 @@ func TestArgs(t *testing.T) {
 	}
 	got := strings.Join(Args(spec), " ")
 	for _, want := range []string{
-		"-M microvm,acpi=on,memory-backend=mem -accel tcg,tb-size=256 -cpu max -smp 2 -m 1024 -object memory-backend-memfd,id=mem,size=1024M,share=on",
+		"-M microvm,acpi=on,memory-backend=mem -accel tcg,tb-size=128 -cpu max -smp 2 -m 1024 -object memory-backend-memfd,id=mem,size=1024M,share=on",
 		"-device vmgenid,guid=auto",
 		"-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-chardev socket,id=console,path=/v/ab12cd34/console.sock,server=on,wait=off -serial chardev:console",
