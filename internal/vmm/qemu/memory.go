@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 
@@ -424,4 +425,70 @@ func (d *Driver) guestRAM(ctx context.Context, spec vmm.Spec, meta *snapMeta) (g
 		}
 	}
 	return guestRAM{f: f, kind: ramOwn}, nil
+}
+
+// punchZeroPages turns the all-zero pages of a paused guest's own
+// memfd (QEMU's descriptor ramFD) back into holes, so they cost no host
+// memory.
+func punchZeroPages(ctx context.Context, pid, ramFD int, size int64) error {
+	f, err := os.OpenFile("/proc/"+strconv.Itoa(pid)+"/fd/"+strconv.Itoa(ramFD), os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("open guest memory: %w", err)
+	}
+	defer f.Close()
+	return punchZeros(ctx, f, size)
+}
+
+// punchZeros punches a hole over every run of all-zero pages in f's
+// data regions.
+func punchZeros(ctx context.Context, f *os.File, size int64) error {
+	const page = 4096
+	buf := make([]byte, 1<<20)
+	runStart, runEnd := int64(-1), int64(-1)
+	flush := func() error {
+		if runStart < 0 {
+			return nil
+		}
+		err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, runStart, runEnd-runStart)
+		runStart, runEnd = -1, -1
+		return err
+	}
+	for off := int64(0); off < size; {
+		start, end, err := dataExtent(f, off, size)
+		if err != nil {
+			return err
+		}
+		if start >= size {
+			break
+		}
+		for pos := start; pos < end; {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n := int(min(int64(len(buf)), end-pos))
+			if _, err := f.ReadAt(buf[:n], pos); err != nil {
+				return fmt.Errorf("read memory at %d: %w", pos, err)
+			}
+			for i := 0; i < n; i += page {
+				p := buf[i:min(i+page, n)]
+				at := pos + int64(i)
+				if allZero(p) {
+					if runStart < 0 {
+						runStart = at
+					}
+					runEnd = at + int64(len(p))
+					continue
+				}
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			pos += int64(n)
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		off = end
+	}
+	return flush()
 }

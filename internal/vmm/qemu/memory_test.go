@@ -198,3 +198,36 @@ func TestGuestRAMForRestore(t *testing.T) {
 	}
 	empty.close()
 }
+
+func TestPunchZeros(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "mem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const size = 64 << 12
+	data := make([]byte, size)
+	// Pages 3 and 40 hold data; the rest was written as zeros.
+	data[3<<12+7] = 1
+	data[40<<12] = 2
+	if _, err := f.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := punchZeros(context.Background(), f, size); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, size)
+	if _, err := f.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("content changed")
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 > 8<<12 {
+		t.Errorf("%d bytes allocated after the punch, want about 2 pages", st.Blocks*512)
+	}
+}

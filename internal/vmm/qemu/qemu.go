@@ -439,7 +439,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Process, error) 
 		return fail(err)
 	}
 	if meta != nil {
-		if err := d.incoming(ctx, spec, *meta, exited); err != nil {
+		if err := d.incoming(ctx, spec, *meta, exited, p.PID, l.ramFD); err != nil {
 			return fail(fmt.Errorf("restore snapshot %s: it is unusable (truncated or corrupt) or was saved by another QEMU or machine; delete it or boot cold: %w", spec.Restore.Dir, err))
 		}
 	}

@@ -337,6 +337,7 @@ func (d *Driver) Save(ctx context.Context, dir string, p vmm.Process, dst string
 	} else {
 		// The stream holds RAM's non-zero pages.
 		saved.MemoryBytes = stateFI.Size()
+		saved.RAMInState = true
 	}
 	b, err := json.MarshalIndent(meta, "", "  ")
 	if err != nil {
@@ -403,7 +404,7 @@ func (d *Driver) saveMemory(ctx context.Context, p vmm.Process, st procState, pa
 
 // incoming loads the snapshot's state into a QEMU started with
 // -incoming defer and waits until the guest runs.
-func (d *Driver) incoming(ctx context.Context, spec vmm.Spec, m snapMeta, exited <-chan struct{}) error {
+func (d *Driver) incoming(ctx context.Context, spec vmm.Spec, m snapMeta, exited <-chan struct{}, pid, ramFD int) error {
 	deadline := time.Now().Add(restoreTimeout)
 	s, err := dialSession(ctx, filepath.Join(spec.Dir, paths.FileQMPSocket))
 	if err != nil {
@@ -430,11 +431,26 @@ func (d *Driver) incoming(ctx context.Context, spec vmm.Spec, m snapMeta, exited
 	if err := s.waitMigration(ctx, deadline); err != nil {
 		return err
 	}
+	if !m.RAMInFile {
+		// Loading a stream reads every page of the new memory to
+		// skip the zero ones, and a read of a memfd hole allocates:
+		// the guest's untouched memory would all cost host memory.
+		// The guest is paused: its zero pages go back to holes.
+		if err := punchZeroPages(ctx, pid, ramFD, int64(m.MemoryMiB)<<20); err != nil {
+			return fmt.Errorf("give back the guest's zero pages: %w", err)
+		}
+	}
 	// The guest was paused for the save, and QEMU restores that run
 	// state: it continues only when told.
 	status, err := s.status(ctx)
 	if err != nil {
 		return err
+	}
+	if spec.Restore.Paused {
+		if status != "paused" {
+			return fmt.Errorf("guest is %q after loading, want paused", status)
+		}
+		return nil
 	}
 	if status == "paused" {
 		if _, err := s.run(ctx, qmpTimeout, "cont", nil, nil); err != nil {
