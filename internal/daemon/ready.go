@@ -87,15 +87,7 @@ func (d *Daemon) readySnapshotFor(ctx context.Context, req *api.CreateVMRequest)
 	}
 	try := *req
 	try.Snapshot = s.Name
-	if try.CPUs == 0 {
-		try.CPUs = d.cfg.VM.CPUs
-	}
-	if try.MemoryMiB == 0 {
-		try.MemoryMiB = d.cfg.VM.MemoryMiB
-	}
-	if try.DiskGiB == 0 {
-		try.DiskGiB = d.cfg.VM.DiskGiB
-	}
+	d.defaultSizes(&try)
 	if try.Jailer {
 		return nil, "--jailer VMs boot cold", false
 	}

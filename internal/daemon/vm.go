@@ -60,15 +60,7 @@ func (d *Daemon) validateCreate(ctx context.Context, req *api.CreateVMRequest) (
 	if err := api.ValidateName("VM", req.Name); err != nil {
 		return store.Image{}, err
 	}
-	if req.CPUs == 0 {
-		req.CPUs = d.cfg.VM.CPUs
-	}
-	if req.MemoryMiB == 0 {
-		req.MemoryMiB = d.cfg.VM.MemoryMiB
-	}
-	if req.DiskGiB == 0 {
-		req.DiskGiB = d.cfg.VM.DiskGiB
-	}
+	d.defaultSizes(req)
 	if req.CPUs < 1 || req.CPUs > 64 {
 		return store.Image{}, api.Errorf(api.CodeInvalid, "choose --cpus between 1 and 64", "impossible vCPU count %d", req.CPUs)
 	}
@@ -103,6 +95,19 @@ func (d *Daemon) validateCreate(ctx context.Context, req *api.CreateVMRequest) (
 		return store.Image{}, err
 	}
 	return img, nil
+}
+
+// defaultSizes fills the sizes a create leaves out from the config.
+func (d *Daemon) defaultSizes(req *api.CreateVMRequest) {
+	if req.CPUs == 0 {
+		req.CPUs = d.cfg.VM.CPUs
+	}
+	if req.MemoryMiB == 0 {
+		req.MemoryMiB = d.cfg.VM.MemoryMiB
+	}
+	if req.DiskGiB == 0 {
+		req.DiskGiB = d.cfg.VM.DiskGiB
+	}
 }
 
 func (d *Daemon) resolveImage(ctx context.Context, name string) (store.Image, error) {

@@ -1,6 +1,7 @@
 package system
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -83,9 +84,10 @@ func CloneFileFrom(ctx context.Context, in *os.File, dst string) (method CloneMe
 
 const (
 	copyChunk = 1 << 20
-	// zeroBlock is the granularity at which all-zero data is skipped;
-	// 4 KiB matches the block size of every filesystem we care about.
-	zeroBlock = 4 << 10
+	// ZeroBlock is the granularity at which all-zero data is skipped;
+	// 4 KiB matches the block size of every filesystem we care about
+	// and the guest's page size.
+	ZeroBlock = 4 << 10
 )
 
 // SparseCopy copies the regular file in to out, which must be empty,
@@ -109,9 +111,26 @@ func SparseCopy(ctx context.Context, in, out *os.File) error {
 // sparseCopy copies the data regions of in to out and leaves holes where
 // in has holes or all-zero blocks. out must be empty.
 func sparseCopy(ctx context.Context, in, out *os.File, size int64) error {
+	if err := WalkData(ctx, in, size, func(b []byte, off int64) error {
+		_, err := WriteNonZero(out, b, off)
+		return err
+	}); err != nil {
+		return err
+	}
+	// Trailing holes and skipped zero blocks leave the file short.
+	if err := out.Truncate(size); err != nil {
+		return fmt.Errorf("truncate: %w", err)
+	}
+	return nil
+}
+
+// WalkData calls fn with f's data below size, in order, a chunk of at
+// most 1 MiB at a time: holes are skipped (SEEK_DATA), so a sparse file
+// (guest memory, a disk) costs what it holds.
+func WalkData(ctx context.Context, f *os.File, size int64, fn func(b []byte, off int64) error) error {
 	buf := make([]byte, copyChunk)
 	for off := int64(0); off < size; {
-		start, end, err := nextData(in, off, size)
+		start, end, err := nextData(f, off, size)
 		if err != nil {
 			return err
 		}
@@ -123,19 +142,15 @@ func sparseCopy(ctx context.Context, in, out *os.File, size int64) error {
 				return err
 			}
 			n := int(min(int64(len(buf)), end-pos))
-			if _, err := in.ReadAt(buf[:n], pos); err != nil {
+			if _, err := f.ReadAt(buf[:n], pos); err != nil {
 				return fmt.Errorf("read at %d: %w", pos, err)
 			}
-			if err := writeNonZero(out, buf[:n], pos); err != nil {
+			if err := fn(buf[:n], pos); err != nil {
 				return err
 			}
 			pos += int64(n)
 		}
 		off = end
-	}
-	// Trailing holes and skipped zero blocks leave the file short.
-	if err := out.Truncate(size); err != nil {
-		return fmt.Errorf("truncate: %w", err)
 	}
 	return nil
 }
@@ -158,41 +173,52 @@ func nextData(f *os.File, off, size int64) (start, end int64, err error) {
 	return start, min(end, size), nil
 }
 
-// writeNonZero writes the non-zero blocks of b at offset off, coalescing
-// runs of them into single writes.
-func writeNonZero(out *os.File, b []byte, off int64) error {
+// WriteNonZero writes the non-zero 4 KiB blocks of b at offset off,
+// runs of them coalesced into single writes, and returns the bytes
+// written.
+func WriteNonZero(out *os.File, b []byte, off int64) (int64, error) {
+	var written int64
 	runStart := -1
 	flush := func(end int) error {
 		if runStart < 0 {
 			return nil
 		}
-		if _, err := out.WriteAt(b[runStart:end], off+int64(runStart)); err != nil {
+		n, err := out.WriteAt(b[runStart:end], off+int64(runStart))
+		written += int64(n)
+		if err != nil {
 			return fmt.Errorf("write at %d: %w", off+int64(runStart), err)
 		}
 		runStart = -1
 		return nil
 	}
-	for i := 0; i < len(b); i += zeroBlock {
-		j := min(i+zeroBlock, len(b))
-		if isZero(b[i:j]) {
+	for i := 0; i < len(b); i += ZeroBlock {
+		j := min(i+ZeroBlock, len(b))
+		if IsZero(b[i:j]) {
 			if err := flush(i); err != nil {
-				return err
+				return written, err
 			}
 		} else if runStart < 0 {
 			runStart = i
 		}
 	}
-	return flush(len(b))
+	return written, flush(len(b))
 }
 
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
+// IsZero says whether b holds only zero bytes (compared a block at a
+// time with the runtime's vectorised memequal: guest memory is scanned
+// by the gigabyte).
+func IsZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroes))
+		if !bytes.Equal(b[:n], zeroes[:n]) {
 			return false
 		}
+		b = b[n:]
 	}
 	return true
 }
+
+var zeroes [ZeroBlock]byte
 
 // CreateSparse creates path (mode 0600) or resizes it to size bytes
 // without allocating blocks.

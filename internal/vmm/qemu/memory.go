@@ -107,7 +107,7 @@ func sealFile(f *os.File) error {
 
 // pageSize is the granularity at which all-zero guest memory is left
 // out of a copy: the guest's own page size.
-const pageSize = 4 << 10
+const pageSize = system.ZeroBlock
 
 // copyData copies the data of in (size bytes) to out at the same
 // offsets, leaving holes for in's holes and its all-zero pages, and
@@ -115,98 +115,16 @@ const pageSize = 4 << 10
 // is written (an empty file or memfd of the right size). Guest memory
 // is mostly untouched: a 1 GiB guest with 300 MB in use costs 300 MB.
 func copyData(ctx context.Context, in, out *os.File, size int64) (int64, error) {
-	buf := make([]byte, 1<<20)
 	var written int64
-	for off := int64(0); off < size; {
-		start, end, err := dataExtent(in, off, size)
-		if err != nil {
-			return written, err
-		}
-		if start >= size {
-			break
-		}
-		for pos := start; pos < end; {
-			if err := ctx.Err(); err != nil {
-				return written, err
-			}
-			n := int(min(int64(len(buf)), end-pos))
-			if _, err := in.ReadAt(buf[:n], pos); err != nil {
-				return written, fmt.Errorf("read memory at %d: %w", pos, err)
-			}
-			w, err := writePages(out, buf[:n], pos)
-			written += w
-			if err != nil {
-				return written, err
-			}
-			pos += int64(n)
-		}
-		off = end
+	err := system.WalkData(ctx, in, size, func(b []byte, off int64) error {
+		n, err := system.WriteNonZero(out, b, off)
+		written += n
+		return err
+	})
+	if err != nil {
+		return written, fmt.Errorf("copy memory: %w", err)
 	}
 	return written, nil
-}
-
-// dataExtent is the next data region at or after off (SEEK_DATA and
-// SEEK_HOLE; tmpfs and every file system banger uses have them).
-func dataExtent(f *os.File, off, size int64) (start, end int64, err error) {
-	start, err = unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
-	switch {
-	case errors.Is(err, unix.ENXIO):
-		return size, size, nil
-	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP):
-		return off, size, nil
-	case err != nil:
-		return 0, 0, fmt.Errorf("seek data: %w", err)
-	}
-	end, err = unix.Seek(int(f.Fd()), start, unix.SEEK_HOLE)
-	if err != nil {
-		return start, size, nil
-	}
-	return start, min(end, size), nil
-}
-
-// writePages writes the non-zero pages of b at off, runs coalesced.
-func writePages(out *os.File, b []byte, off int64) (int64, error) {
-	var written int64
-	run := -1
-	flush := func(end int) error {
-		if run < 0 {
-			return nil
-		}
-		n, err := out.WriteAt(b[run:end], off+int64(run))
-		written += int64(n)
-		at := off + int64(run)
-		run = -1
-		if err != nil {
-			return fmt.Errorf("write memory at %d: %w", at, err)
-		}
-		return nil
-	}
-	for i := 0; i < len(b); i += pageSize {
-		j := min(i+pageSize, len(b))
-		if allZero(b[i:j]) {
-			if err := flush(i); err != nil {
-				return written, err
-			}
-		} else if run < 0 {
-			run = i
-		}
-	}
-	return written, flush(len(b))
-}
-
-func allZero(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // memKey identifies one snapshot's memory file: the same file (device,
@@ -442,8 +360,6 @@ func punchZeroPages(ctx context.Context, pid, ramFD int, size int64) error {
 // punchZeros punches a hole over every run of all-zero pages in f's
 // data regions.
 func punchZeros(ctx context.Context, f *os.File, size int64) error {
-	const page = 4096
-	buf := make([]byte, 1<<20)
 	runStart, runEnd := int64(-1), int64(-1)
 	flush := func() error {
 		if runStart < 0 {
@@ -453,42 +369,28 @@ func punchZeros(ctx context.Context, f *os.File, size int64) error {
 		runStart, runEnd = -1, -1
 		return err
 	}
-	for off := int64(0); off < size; {
-		start, end, err := dataExtent(f, off, size)
-		if err != nil {
-			return err
-		}
-		if start >= size {
-			break
-		}
-		for pos := start; pos < end; {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			n := int(min(int64(len(buf)), end-pos))
-			if _, err := f.ReadAt(buf[:n], pos); err != nil {
-				return fmt.Errorf("read memory at %d: %w", pos, err)
-			}
-			for i := 0; i < n; i += page {
-				p := buf[i:min(i+page, n)]
-				at := pos + int64(i)
-				if allZero(p) {
-					if runStart < 0 {
-						runStart = at
-					}
-					runEnd = at + int64(len(p))
-					continue
-				}
+	err := system.WalkData(ctx, f, size, func(b []byte, off int64) error {
+		for i := 0; i < len(b); i += pageSize {
+			p := b[i:min(i+pageSize, len(b))]
+			at := off + int64(i)
+			switch {
+			case !system.IsZero(p):
 				if err := flush(); err != nil {
 					return err
 				}
+			case runStart >= 0 && runEnd == at:
+				runEnd = at + int64(len(p))
+			default:
+				if err := flush(); err != nil {
+					return err
+				}
+				runStart, runEnd = at, at+int64(len(p))
 			}
-			pos += int64(n)
 		}
-		if err := flush(); err != nil {
-			return err
-		}
-		off = end
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	return flush()
 }
