@@ -145,6 +145,12 @@ func (in *instance) guest(t testing.TB, vm, script string) string {
 	return strings.TrimSpace(r.stdout)
 }
 
+// exists reports whether a path exists in the guest.
+func (in *instance) exists(t testing.TB, vm, path string) bool {
+	t.Helper()
+	return in.guest(t, vm, "if [ -e '"+path+"' ]; then echo yes; else echo no; fi") == "yes"
+}
+
 // tickScript prints "tick N" once a second, N counting from 0: output
 // that advances, so a test sees a session both continue and keep going.
 const tickScript = `i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 1; done`
