@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -566,6 +567,33 @@ func TestSnapshotFaults(t *testing.T) {
 		if err := os.Rename(hidden, layers[0]); err != nil {
 			t.Fatal(err)
 		}
+	})
+	t.Run("snapshot of another QEMU version", func(t *testing.T) {
+		// What an upgrade of QEMU does to a snapshot: its record and its
+		// metadata name another version than the one installed.
+		q := "SELECT compat FROM snapshots WHERE name = '" + snap + "'"
+		old := snapshotRows(t, in, q)
+		if !strings.HasPrefix(old, "qemu ") {
+			t.Fatalf("snapshot %s compat %q, want \"qemu <version>; ...\"", snap, old)
+		}
+		foreign := "qemu 0.1.0" + old[strings.Index(old+";", ";"):]
+		setCompat := func(from, to string) {
+			t.Helper()
+			if out, err := exec.Command("sqlite3", layoutOf(in.home).DBPath,
+				"UPDATE snapshots SET compat = '"+to+"' WHERE name = '"+snap+"'").CombinedOutput(); err != nil {
+				t.Fatalf("sqlite3 update: %v: %s", err, out)
+			}
+			metas, _ := filepath.Glob(filepath.Join(dir, "*.json"))
+			for _, m := range metas {
+				b, err := os.ReadFile(m)
+				if err == nil && strings.Contains(string(b), from) {
+					os.WriteFile(m, []byte(strings.ReplaceAll(string(b), from, to)), 0o600)
+				}
+			}
+		}
+		setCompat(old, foreign)
+		defer setCompat(foreign, old)
+		restoreFails(t, "another QEMU version ("+foreign+")")
 	})
 	t.Run("the repaired snapshot restores", func(t *testing.T) {
 		in.createVM(t, "e2e-fx", "--snapshot", snap)
