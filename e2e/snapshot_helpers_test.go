@@ -402,3 +402,36 @@ func (in *instance) guestUsedBytes(t testing.TB, vm string) int64 {
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+// lastOpStages is the newest operation of that kind as a line per stage
+// with its duration, for the test log (a --json CLI prints no stages).
+func (in *instance) lastOpStages(t testing.TB, kind string) string {
+	t.Helper()
+	var ops []api.Operation
+	if err := json.Unmarshal([]byte(in.must(t, "op", "list", "--json").stdout), &ops); err != nil {
+		t.Fatalf("parse op list: %v", err)
+	}
+	var newest *api.Operation
+	for i := range ops {
+		if ops[i].Kind == kind && (newest == nil || ops[i].CreatedAt.After(newest.CreatedAt)) {
+			newest = &ops[i]
+		}
+	}
+	if newest == nil {
+		return "(no " + kind + " operation)"
+	}
+	var op api.Operation
+	if err := json.Unmarshal([]byte(in.must(t, "op", "show", newest.ID, "--json").stdout), &op); err != nil {
+		t.Fatalf("parse op show: %v", err)
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%s %s %s:", op.Kind, op.Target, op.State)
+	for _, s := range op.Stages {
+		d := "running"
+		if s.FinishedAt != nil {
+			d = s.FinishedAt.Sub(s.StartedAt).Round(100 * time.Millisecond).String()
+		}
+		fmt.Fprintf(&sb, "\n  %-28s %s %s", s.Name, d, s.Error)
+	}
+	return sb.String()
+}

@@ -253,7 +253,7 @@ func TestFork(t *testing.T) {
 
 	t0 := time.Now()
 	r := in.must(t, "vm", "fork", name, "--count", "2", "--prefix", prefix, "--json")
-	t.Logf("vm fork --count 2 took %s:\n%s", time.Since(t0).Round(time.Millisecond), r.stderr)
+	t.Logf("vm fork --count 2 took %s:\n%s", time.Since(t0).Round(time.Millisecond), in.lastOpStages(t, "vm.fork"))
 	var res api.ForkResult
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
 		t.Fatalf("parse vm fork --json: %v\n%s", err, r.stdout)
@@ -721,6 +721,7 @@ func checkNoSavingRows(t testing.TB, in *instance, label string) {
 func vmUsable(t testing.TB, in *instance, name, want string) {
 	t.Helper()
 	v := in.vm(t, name)
+	t.Logf("after the restart %s is %s (pid %d, last error %q)", name, v.State, v.PID, v.LastError)
 	switch v.State {
 	case api.VMRunning:
 	case api.VMStopped:
