@@ -484,6 +484,18 @@ func (d *Daemon) reconcileSnapshots(ctx context.Context) error {
 			log.Warn("removed snapshot whose save was interrupted by a daemon restart")
 			continue
 		case store.SnapshotLayering:
+			if d.layeringOrphan(ctx, s) {
+				// Its VM was deleted after the failed snapshot: the
+				// layers can never be finished, and nothing stands on
+				// them. Kept, it would hold its disk space forever,
+				// listed nowhere and undeletable.
+				os.RemoveAll(s.Dir)
+				if err := d.store.DeleteSnapshot(ctx, s.ID); err != nil {
+					return err
+				}
+				log.Warn("removed unfinished snapshot whose VM is gone")
+				continue
+			}
 			if err := d.finishLayering(ctx, &s); err != nil {
 				log.Error("could not finish the layers of an interrupted snapshot", "err", err)
 			} else {
@@ -506,6 +518,16 @@ func (d *Daemon) reconcileSnapshots(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// layeringOrphan says whether an unfinished snapshot's VM is gone and
+// nothing stands on the snapshot.
+func (d *Daemon) layeringOrphan(ctx context.Context, s store.Snapshot) bool {
+	if _, err := d.store.GetVM(ctx, s.VMID); !errors.Is(err, store.ErrNotFound) {
+		return false
+	}
+	vms, snaps, err := d.store.SnapshotsStandingOn(ctx, s.ID)
+	return err == nil && len(vms) == 0 && len(snaps) == 0
 }
 
 func (d *Daemon) finishLayering(ctx context.Context, s *store.Snapshot) error {
