@@ -208,6 +208,17 @@ func (d *Daemon) takeSnapshot(ctx context.Context, stage stageFunc, name, snapNa
 			return nil
 		})
 	}
+	// The VMM is gone, and the disks' headers are what qemu-img (the
+	// daemon's user) follows when they become layers: a VMM its guest
+	// took over may have rewritten them.
+	root, work, err := d.vmDisks(ctx, vm, img)
+	if err == nil {
+		err = checkVMOverlays(ctx, d.runner, root, work)
+	}
+	if err != nil {
+		dropSnap()
+		return snap, &opError{err: fmt.Errorf("disks of %s: %w", vm.Name, err), hint: fmt.Sprintf("the VM is stopped; inspect its disks before `banger vm start %s`", vm.Name)}
+	}
 	err = stage("layers", func(ctx context.Context) error {
 		snap.State = store.SnapshotLayering
 		if err := d.store.UpdateSnapshot(ctx, &snap); err != nil {
