@@ -252,3 +252,32 @@ func TestSaveStateFlood(t *testing.T) {
 		t.Fatal("flooding VMM alive after save")
 	}
 }
+
+// Save and a restore's zero-page pass open QEMU's RAM descriptor as the
+// daemon's user. A QEMU taken over by its guest could have put another
+// file at that number (a shared layer it holds read-only): the daemon
+// must use guest memory only, a memfd of the guest's size.
+func TestSaveRefusesRAMThatIsNotAMemfd(t *testing.T) {
+	dir, _ := os.MkdirTemp("", "qnm")
+	defer os.RemoveAll(dir)
+	layer, err := os.CreateTemp(t.TempDir(), "layer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer.Truncate(16 << 20)
+	p, kill := fakeQEMU(t, layer)
+	layer.Close()
+	q := &migrationQMP{onCmd: func(cmd string) {
+		if cmd == "quit" {
+			kill()
+		}
+	}}
+	q.serve(t, dir)
+	d := &Driver{Binary: writeFakeVersion(t)}
+	if _, err := d.Save(context.Background(), dir, p, t.TempDir()); err == nil || !strings.Contains(err.Error(), "memfd") {
+		t.Fatalf("save of a regular file as guest memory: %v", err)
+	}
+	if err := punchZeroPages(context.Background(), p.PID, 3, 16<<20); err == nil {
+		t.Fatal("zero pages punched in a file that is not guest memory")
+	}
+}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -385,18 +384,11 @@ func (d *Driver) saveMemory(ctx context.Context, p vmm.Process, st procState, pa
 	size := int64(st.MemoryMiB) << 20
 	// Through QEMU's descriptor: the daemon may have been restarted
 	// since it made the memfd.
-	src, err := os.Open("/proc/" + strconv.Itoa(p.PID) + "/fd/" + strconv.Itoa(st.RAMFD))
-	if err != nil {
-		return 0, fmt.Errorf("open guest memory: %w", err)
-	}
-	defer src.Close()
-	fi, err := src.Stat()
+	src, err := openGuestRAM(p.PID, st.RAMFD, os.O_RDONLY, size)
 	if err != nil {
 		return 0, err
 	}
-	if fi.Size() != size {
-		return 0, fmt.Errorf("guest memory descriptor %d is %d bytes, want %d", st.RAMFD, fi.Size(), size)
-	}
+	defer src.Close()
 	// The process must still be the one whose descriptor we opened.
 	if !d.Alive(p) {
 		return 0, errors.New("qemu exited during the save")
