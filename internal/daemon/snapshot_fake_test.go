@@ -388,3 +388,41 @@ func TestFakeSnapshotLayeringVMGone(t *testing.T) {
 		t.Errorf("its directory is left: %v", err)
 	}
 }
+
+// A snapshot whose layers stage failed (not a crash: the daemon runs
+// on) leaves its VM's disks half moved; `vm start` finishes the layers
+// instead of failing on a missing disk until the daemon restarts.
+func TestFakeStartFinishesLayering(t *testing.T) {
+	t.Parallel()
+	h := newFakeHost(t, nil)
+	d := h.open()
+	h.mustCreate(d, "one")
+	s := h.mustSnapshot(d, "one", "s1", true)
+	ctx := context.Background()
+	if _, err := d.StopVM(ctx, "one", true); err != nil {
+		t.Fatal(err)
+	}
+	one := h.vm(d, "one")
+	for _, f := range []string{paths.FileRootRaw, paths.FileWorkDisk} {
+		if err := os.Remove(filepath.Join(one.Dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	one.SnapshotID = ""
+	if err := d.store.UpdateVM(ctx, &one); err != nil {
+		t.Fatal(err)
+	}
+	s.State = store.SnapshotLayering
+	if err := d.store.UpdateSnapshot(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.StartVM(ctx, "one", api.StartVMRequest{}); err != nil {
+		t.Fatalf("start after a failed layers stage: %v", err)
+	}
+	if got, err := d.store.GetSnapshot(ctx, "s1"); err != nil || got.State != store.SnapshotReady {
+		t.Fatalf("s1: %+v %v", got, err)
+	}
+	if one = h.vm(d, "one"); one.SnapshotID != s.ID {
+		t.Errorf("one does not stand on s1")
+	}
+}

@@ -227,8 +227,9 @@ func (d *Daemon) takeSnapshot(ctx context.Context, stage stageFunc, name, snapNa
 		return d.layerVM(ctx, &vm, img, &snap)
 	})
 	if err != nil {
-		// A half-moved disk is finished by reconcile (rolling forward
-		// is safe; rolling back is not once a layer moved).
+		// A half-moved disk is finished by the VM's next start or by
+		// reconcile (rolling forward is safe; rolling back is not once
+		// a layer moved).
 		return snap, fmt.Errorf("layers of %s: %w", vm.Name, err)
 	}
 	snap.SizeBytes = treeBytesOf(snap.Dir)
@@ -527,6 +528,31 @@ func (d *Daemon) reconcileSnapshots(ctx context.Context) error {
 			os.RemoveAll(filepath.Join(d.snapshotsDir(), e.Name()))
 			d.log.Warn("removed snapshot directory without a record", "dir", e.Name())
 		}
+	}
+	return nil
+}
+
+// finishVMLayering finishes the layers of a snapshot of vm (locked by
+// the caller) whose layers stage failed: until then the VM's disks are
+// half moved and it cannot boot.
+func (d *Daemon) finishVMLayering(ctx context.Context, vm *store.VM) error {
+	snaps, err := d.store.ListSnapshots(ctx)
+	if err != nil {
+		return err
+	}
+	for _, s := range snaps {
+		if s.VMID != vm.ID || s.State != store.SnapshotLayering {
+			continue
+		}
+		if err := d.finishLayering(ctx, &s); err != nil {
+			return fmt.Errorf("finish the layers of snapshot %s: %w", s.Name, err)
+		}
+		d.log.Warn("finished the layers of an unfinished snapshot", "vm", vm.Name, "snapshot", s.Name)
+		got, err := d.store.GetVM(ctx, vm.ID)
+		if err != nil {
+			return err
+		}
+		*vm = got
 	}
 	return nil
 }
