@@ -259,7 +259,7 @@ func (e *imageEngine) deriveImage(ctx context.Context, req api.BuildImageRequest
 // write, header included (checkOverlay); the convert gives the backing
 // explicitly (--image-opts), so it never opens what the header names.
 func flattenRootDisk(ctx context.Context, r system.Runner, overlay, backing, dst string) error {
-	if err := checkOverlay(ctx, r, overlay, vmm.Layer{Path: backing, Format: "raw"}); err != nil {
+	if err := checkOverlay(overlay, vmm.Layer{Path: backing, Format: "raw"}); err != nil {
 		return err
 	}
 	esc := func(p string) string { return strings.ReplaceAll(p, ",", ",,") }

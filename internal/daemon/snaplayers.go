@@ -294,7 +294,7 @@ func (d *Daemon) flattenVM(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := checkVMOverlays(ctx, d.runner, root, work); err != nil {
+	if err := checkVMOverlays(root, work); err != nil {
 		return fmt.Errorf("flatten %s: %w", vm.Name, err)
 	}
 	if root.Format == "qcow2" {

@@ -213,7 +213,7 @@ func (d *Daemon) takeSnapshot(ctx context.Context, stage stageFunc, name, snapNa
 	// took over may have rewritten them.
 	root, work, err := d.vmDisks(ctx, vm, img)
 	if err == nil {
-		err = checkVMOverlays(ctx, d.runner, root, work)
+		err = checkVMOverlays(root, work)
 	}
 	if err != nil {
 		dropSnap()
