@@ -240,7 +240,7 @@ func moveFile(ctx context.Context, src, dst string) error {
 	if !errors.Is(err, syscall.EXDEV) {
 		return fmt.Errorf("move %s out of the jail: %w", filepath.Base(src), err)
 	}
-	in, err := os.OpenFile(src, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	in, err := os.OpenFile(src, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return fmt.Errorf("move %s out of the jail: %w", filepath.Base(src), err)
 	}
@@ -258,7 +258,8 @@ func moveFile(ctx context.Context, src, dst string) error {
 // a descriptor of the file itself: a symlink or a hard link to a host
 // file (planted in the jail) is refused, never chowned or chmodded.
 func takeOwnership(path string) error {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	// O_NONBLOCK: a FIFO in its place must not hang the daemon.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", filepath.Base(path), err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -12,7 +13,7 @@ import (
 // finishSave must neither change that file's owner or mode nor take its
 // content as the snapshot (a restore would map it as guest memory).
 func TestFinishSaveRefusesLinksFromJail(t *testing.T) {
-	for _, kind := range []string{"symlink", "hardlink"} {
+	for _, kind := range []string{"symlink", "hardlink", "fifo"} {
 		t.Run(kind, func(t *testing.T) {
 			jail := JailPlan{Root: t.TempDir()}
 			outside := filepath.Join(t.TempDir(), "host-secret")
@@ -23,10 +24,14 @@ func TestFinishSaveRefusesLinksFromJail(t *testing.T) {
 				t.Fatal(err)
 			}
 			var err error
-			if kind == "symlink" {
+			switch kind {
+			case "symlink":
 				err = os.Symlink(outside, jail.HostPath(jailSaveMem))
-			} else {
+			case "hardlink":
 				err = os.Link(outside, jail.HostPath(jailSaveMem))
+			case "fifo":
+				// Opened for reading, it would block the daemon.
+				err = syscall.Mkfifo(jail.HostPath(jailSaveMem), 0o600)
 			}
 			if err != nil {
 				t.Skip(err)
