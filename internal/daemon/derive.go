@@ -256,37 +256,11 @@ func (e *imageEngine) deriveImage(ctx context.Context, req api.BuildImageRequest
 // flattenRootDisk writes the provisioning VM's overlay, read over its
 // base image's rootfs, into dst as a raw disk. The overlay is a qcow2
 // file the VM's QEMU (an unprivileged user, possibly compromised) could
-// write, header included, and this runs as the daemon's user: a header
-// naming another backing file (/etc/shadow) or an external data file
-// would have qemu-img read that host file into the new image. So the
-// header must name exactly the base's rootfs, raw, and no data file; and
-// the convert gives the backing explicitly (--image-opts), so it never
-// opens what the header names.
+// write, header included (checkOverlay); the convert gives the backing
+// explicitly (--image-opts), so it never opens what the header names.
 func flattenRootDisk(ctx context.Context, r system.Runner, overlay, backing, dst string) error {
-	out, err := r.Run(ctx, "qemu-img", "info", "-U", "--output=json", "-f", "qcow2", overlay)
-	if err != nil {
-		return fmt.Errorf("inspect root overlay: %w", err)
-	}
-	var info struct {
-		Format         string `json:"format"`
-		Backing        string `json:"backing-filename"`
-		BackingFormat  string `json:"backing-filename-format"`
-		FormatSpecific struct {
-			Data map[string]any `json:"data"`
-		} `json:"format-specific"`
-	}
-	if err := json.Unmarshal(out, &info); err != nil {
-		return fmt.Errorf("inspect root overlay: parse qemu-img info: %w", err)
-	}
-	switch _, dataFile := info.FormatSpecific.Data["data-file"]; {
-	case info.Format != "qcow2":
-		return fmt.Errorf("root overlay %s is %q, not qcow2: refusing it (the provisioning VM may have rewritten it)", overlay, info.Format)
-	case info.Backing != backing || info.BackingFormat != "raw":
-		return fmt.Errorf("root overlay %s names backing file %q (%s), not the base image's %q (raw): refusing it (the provisioning VM may have rewritten it)",
-			overlay, info.Backing, info.BackingFormat, backing)
-	case dataFile:
-		return fmt.Errorf("root overlay %s names an external data file %v: refusing it (the provisioning VM may have rewritten it)",
-			overlay, info.FormatSpecific.Data["data-file"])
+	if err := checkOverlay(overlay, vmm.Layer{Path: backing, Format: "raw"}); err != nil {
+		return err
 	}
 	esc := func(p string) string { return strings.ReplaceAll(p, ",", ",,") }
 	opts := "driver=qcow2,file.driver=file,file.filename=" + esc(overlay) +

@@ -113,15 +113,37 @@ func (d *Daemon) idleParkLoop(ctx context.Context, after time.Duration) {
 				d.act.touch(vm.ID)
 				continue
 			}
-			if now.Sub(d.act.idleSince(vm.ID, now)) < after || cpu < 0 || cpu > idleCPUPercent {
+			since := d.act.idleSince(vm.ID, now)
+			if now.Sub(since) < after || cpu < 0 || cpu > idleCPUPercent {
 				continue
 			}
-			d.log.Info("parking idle VM", "vm", vm.Name, "idle", now.Sub(d.act.idleSince(vm.ID, now)).Round(time.Second), "cpu_percent", cpu)
-			if _, err := d.ParkVM(ctx, vm.Name); err != nil {
+			parked, err := d.parkIfIdle(ctx, vm.Name, vm.ID, since)
+			if err != nil {
 				d.log.Warn("idle park failed", "vm", vm.Name, "err", err)
+			} else if parked {
+				d.log.Info("parked idle VM", "vm", vm.Name, "idle", now.Sub(since).Round(time.Second), "cpu_percent", cpu)
 			}
 		}
 	}
+}
+
+// parkIfIdle parks the VM if, under its lock, nothing used it since the
+// idle look (its last use is still since, no stream open): a wake or an
+// exec that came meanwhile, or waited for the lock, keeps it running.
+func (d *Daemon) parkIfIdle(ctx context.Context, name, id string, since time.Time) (bool, error) {
+	unlock := d.lockVM(name)
+	defer unlock()
+	vm, err := d.getVM(ctx, name)
+	if err != nil || vm.ID != id || vm.State != api.VMRunning {
+		return false, nil
+	}
+	if d.act.busy(id) || !d.act.idleSince(id, time.Now()).Equal(since) {
+		return false, nil
+	}
+	if _, err := d.parkLocked(ctx, name); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // forwardInUse says whether a host connection is established on one of

@@ -1,9 +1,12 @@
 package daemon
 
 import (
+	"context"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/bangerdev/banger/api"
 )
 
 func TestEstablishedOn(t *testing.T) {
@@ -42,5 +45,38 @@ func TestActivityHold(t *testing.T) {
 	}
 	if !a.idleSince("v", time.Now()).After(now) {
 		t.Error("closing a stream is not a use")
+	}
+}
+
+// Idle park decides on a VM outside its lock: a use between that look
+// and the park (a wake, an exec that waited for the lock) keeps it
+// running, and a VM just started counts as used.
+func TestFakeIdleParkRechecksUnderLock(t *testing.T) {
+	t.Parallel()
+	h := newFakeHost(t, nil)
+	d := h.open()
+	one := h.mustCreate(d, "one")
+	long := time.Now().Add(-time.Hour)
+	if got := d.act.idleSince(one.ID, time.Now()); got.Before(time.Now().Add(-time.Minute)) {
+		t.Fatalf("a VM just started is idle since %v", got)
+	}
+	d.act.mu.Lock()
+	d.act.last[one.ID] = long
+	d.act.mu.Unlock()
+	since := d.act.idleSince(one.ID, time.Now())
+	// Used after the look.
+	d.act.touch(one.ID)
+	if parked, err := d.parkIfIdle(context.Background(), one.Name, one.ID, since); err != nil || parked {
+		t.Fatalf("parked a VM used after the idle look: %v %v", parked, err)
+	}
+	if vm := h.vm(d, "one"); vm.State != api.VMRunning {
+		t.Fatalf("state %s", vm.State)
+	}
+	since = d.act.idleSince(one.ID, time.Now())
+	if parked, err := d.parkIfIdle(context.Background(), one.Name, one.ID, since); err != nil || !parked {
+		t.Fatalf("idle VM not parked: %v %v", parked, err)
+	}
+	if vm := h.vm(d, "one"); vm.State != api.VMParked {
+		t.Fatalf("state %s", vm.State)
 	}
 }

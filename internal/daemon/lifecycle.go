@@ -54,6 +54,9 @@ func (d *Daemon) StartVM(ctx context.Context, name string, req api.StartVMReques
 	if vm.State == api.VMCreating {
 		return vm, api.Errorf(api.CodeConflict, "wait for the create operation to finish", "VM %q is still being created", vm.Name)
 	}
+	if err := d.finishVMLayering(ctx, &vm); err != nil {
+		return vm, err
+	}
 	img, err := d.store.GetImage(ctx, vm.ImageID)
 	if err != nil {
 		return vm, fmt.Errorf("image of %s: %w", vm.Name, err)

@@ -294,6 +294,9 @@ func (d *Daemon) flattenVM(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	if err := checkVMOverlays(root, work); err != nil {
+		return fmt.Errorf("flatten %s: %w", vm.Name, err)
+	}
 	if root.Format == "qcow2" {
 		// Safe mode: the overlay gets every block that differs from
 		// the new base.

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/bangerdev/banger/api"
 	"github.com/bangerdev/banger/internal/agentapi"
@@ -85,11 +86,30 @@ func (d *Daemon) restoreIdentity(ctx context.Context, r *vmRun) error {
 	if err != nil {
 		return fmt.Errorf("give %s its identity: %w", vm.Name, err)
 	}
-	fmt.Fprintln(stageOutput(ctx), strings.Join(rep.Done, "; "))
+	fmt.Fprintln(stageOutput(ctx), guestSummary(rep.Done))
 	if !r.persist {
 		return nil
 	}
 	return d.markRunning(ctx, r)
+}
+
+// maxGuestSummary caps guestSummary: the agent's own lines are short.
+const maxGuestSummary = 1024
+
+// guestSummary is what a guest's agent reported, fit for a terminal: it
+// comes from the guest, so control characters (escape sequences, line
+// breaks that fake other output) become '?', and it is cut short.
+func guestSummary(lines []string) string {
+	s := strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, strings.Join(lines, "; "))
+	if len(s) > maxGuestSummary {
+		s = strings.ToValidUTF8(s[:maxGuestSummary], "") + " ..."
+	}
+	return s
 }
 
 // restoreInPlace restores an existing VM (locked by the caller) from

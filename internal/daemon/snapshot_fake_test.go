@@ -352,3 +352,77 @@ func TestFakeSnapshotCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A snapshot whose layering was cut short and whose VM is gone (deleted
+// after the failed snapshot) cannot be finished: the next daemon removes
+// it rather than keeping its files forever, invisible and undeletable.
+func TestFakeSnapshotLayeringVMGone(t *testing.T) {
+	t.Parallel()
+	h := newFakeHost(t, nil)
+	d := h.open()
+	h.mustCreate(d, "one")
+	s := h.mustSnapshot(d, "one", "s1", true)
+	ctx := context.Background()
+	one := h.vm(d, "one")
+	s.State = store.SnapshotLayering
+	if err := d.store.UpdateSnapshot(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+	one.SnapshotID = ""
+	if err := d.store.UpdateVM(ctx, &one); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.StopVM(ctx, "one", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.store.DeleteVM(ctx, one.ID); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(one.Dir)
+	h.close(d)
+	d = h.open()
+	if _, err := d.store.GetSnapshot(ctx, "s1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("snapshot of a deleted VM kept in state layering: %v", err)
+	}
+	if _, err := os.Stat(s.Dir); !os.IsNotExist(err) {
+		t.Errorf("its directory is left: %v", err)
+	}
+}
+
+// A snapshot whose layers stage failed (not a crash: the daemon runs
+// on) leaves its VM's disks half moved; `vm start` finishes the layers
+// instead of failing on a missing disk until the daemon restarts.
+func TestFakeStartFinishesLayering(t *testing.T) {
+	t.Parallel()
+	h := newFakeHost(t, nil)
+	d := h.open()
+	h.mustCreate(d, "one")
+	s := h.mustSnapshot(d, "one", "s1", true)
+	ctx := context.Background()
+	if _, err := d.StopVM(ctx, "one", true); err != nil {
+		t.Fatal(err)
+	}
+	one := h.vm(d, "one")
+	for _, f := range []string{paths.FileRootRaw, paths.FileWorkDisk} {
+		if err := os.Remove(filepath.Join(one.Dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	one.SnapshotID = ""
+	if err := d.store.UpdateVM(ctx, &one); err != nil {
+		t.Fatal(err)
+	}
+	s.State = store.SnapshotLayering
+	if err := d.store.UpdateSnapshot(ctx, &s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.StartVM(ctx, "one", api.StartVMRequest{}); err != nil {
+		t.Fatalf("start after a failed layers stage: %v", err)
+	}
+	if got, err := d.store.GetSnapshot(ctx, "s1"); err != nil || got.State != store.SnapshotReady {
+		t.Fatalf("s1: %+v %v", got, err)
+	}
+	if one = h.vm(d, "one"); one.SnapshotID != s.ID {
+		t.Errorf("one does not stand on s1")
+	}
+}

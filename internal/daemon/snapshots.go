@@ -208,6 +208,17 @@ func (d *Daemon) takeSnapshot(ctx context.Context, stage stageFunc, name, snapNa
 			return nil
 		})
 	}
+	// The VMM is gone, and the disks' headers are what qemu-img (the
+	// daemon's user) follows when they become layers: a VMM its guest
+	// took over may have rewritten them.
+	root, work, err := d.vmDisks(ctx, vm, img)
+	if err == nil {
+		err = checkVMOverlays(root, work)
+	}
+	if err != nil {
+		dropSnap()
+		return snap, &opError{err: fmt.Errorf("disks of %s: %w", vm.Name, err), hint: fmt.Sprintf("the VM is stopped; inspect its disks before `banger vm start %s`", vm.Name)}
+	}
 	err = stage("layers", func(ctx context.Context) error {
 		snap.State = store.SnapshotLayering
 		if err := d.store.UpdateSnapshot(ctx, &snap); err != nil {
@@ -216,8 +227,9 @@ func (d *Daemon) takeSnapshot(ctx context.Context, stage stageFunc, name, snapNa
 		return d.layerVM(ctx, &vm, img, &snap)
 	})
 	if err != nil {
-		// A half-moved disk is finished by reconcile (rolling forward
-		// is safe; rolling back is not once a layer moved).
+		// A half-moved disk is finished by the VM's next start or by
+		// reconcile (rolling forward is safe; rolling back is not once
+		// a layer moved).
 		return snap, fmt.Errorf("layers of %s: %w", vm.Name, err)
 	}
 	snap.SizeBytes = treeBytesOf(snap.Dir)
@@ -484,6 +496,18 @@ func (d *Daemon) reconcileSnapshots(ctx context.Context) error {
 			log.Warn("removed snapshot whose save was interrupted by a daemon restart")
 			continue
 		case store.SnapshotLayering:
+			if d.layeringOrphan(ctx, s) {
+				// Its VM was deleted after the failed snapshot: the
+				// layers can never be finished, and nothing stands on
+				// them. Kept, it would hold its disk space forever,
+				// listed nowhere and undeletable.
+				os.RemoveAll(s.Dir)
+				if err := d.store.DeleteSnapshot(ctx, s.ID); err != nil {
+					return err
+				}
+				log.Warn("removed unfinished snapshot whose VM is gone")
+				continue
+			}
 			if err := d.finishLayering(ctx, &s); err != nil {
 				log.Error("could not finish the layers of an interrupted snapshot", "err", err)
 			} else {
@@ -506,6 +530,41 @@ func (d *Daemon) reconcileSnapshots(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// finishVMLayering finishes the layers of a snapshot of vm (locked by
+// the caller) whose layers stage failed: until then the VM's disks are
+// half moved and it cannot boot.
+func (d *Daemon) finishVMLayering(ctx context.Context, vm *store.VM) error {
+	snaps, err := d.store.ListSnapshots(ctx)
+	if err != nil {
+		return err
+	}
+	for _, s := range snaps {
+		if s.VMID != vm.ID || s.State != store.SnapshotLayering {
+			continue
+		}
+		if err := d.finishLayering(ctx, &s); err != nil {
+			return fmt.Errorf("finish the layers of snapshot %s: %w", s.Name, err)
+		}
+		d.log.Warn("finished the layers of an unfinished snapshot", "vm", vm.Name, "snapshot", s.Name)
+		got, err := d.store.GetVM(ctx, vm.ID)
+		if err != nil {
+			return err
+		}
+		*vm = got
+	}
+	return nil
+}
+
+// layeringOrphan says whether an unfinished snapshot's VM is gone and
+// nothing stands on the snapshot.
+func (d *Daemon) layeringOrphan(ctx context.Context, s store.Snapshot) bool {
+	if _, err := d.store.GetVM(ctx, s.VMID); !errors.Is(err, store.ErrNotFound) {
+		return false
+	}
+	vms, snaps, err := d.store.SnapshotsStandingOn(ctx, s.ID)
+	return err == nil && len(vms) == 0 && len(snaps) == 0
 }
 
 func (d *Daemon) finishLayering(ctx context.Context, s *store.Snapshot) error {

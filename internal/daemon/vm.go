@@ -501,6 +501,9 @@ func (d *Daemon) markRunning(ctx context.Context, r *vmRun) error {
 	if err := d.store.UpdateVM(ctx, vm); err != nil {
 		return fmt.Errorf("record running vm: %w", err)
 	}
+	// A start (boot, restore, wake) is a use: idle park counts from
+	// here, not from before the VM stopped.
+	d.act.touch(vm.ID)
 	return nil
 }
 

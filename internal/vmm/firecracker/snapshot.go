@@ -195,10 +195,7 @@ func finishSave(ctx context.Context, st State, dst string, meta snapshotMeta) (v
 	var saved vmm.Saved
 	for _, f := range []string{statePath, memPath} {
 		// Written by the jail's user: the daemon's own from here on.
-		if err := os.Chown(f, os.Getuid(), os.Getgid()); err != nil {
-			return vmm.Saved{}, err
-		}
-		if err := os.Chmod(f, 0o600); err != nil {
+		if err := takeOwnership(f); err != nil {
 			return vmm.Saved{}, err
 		}
 	}
@@ -231,7 +228,10 @@ func finishSave(ctx context.Context, st State, dst string, meta snapshotMeta) (v
 }
 
 // moveFile renames src to dst, or copies it when the jail is on another
-// filesystem.
+// filesystem. The jail root is the jail user's, so src may be a link a
+// compromised Firecracker left to a host file: rename moves the link
+// itself (takeOwnership then refuses it), and the copy reads only a
+// regular file with no other name.
 func moveFile(ctx context.Context, src, dst string) error {
 	err := os.Rename(src, dst)
 	if err == nil {
@@ -240,10 +240,50 @@ func moveFile(ctx context.Context, src, dst string) error {
 	if !errors.Is(err, syscall.EXDEV) {
 		return fmt.Errorf("move %s out of the jail: %w", filepath.Base(src), err)
 	}
-	if err := system.CloneFile(ctx, src, dst); err != nil {
+	in, err := os.OpenFile(src, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("move %s out of the jail: %w", filepath.Base(src), err)
+	}
+	defer in.Close()
+	if err := singleRegular(in); err != nil {
+		return fmt.Errorf("move %s out of the jail: %w", filepath.Base(src), err)
+	}
+	if _, err := system.CloneFileFrom(ctx, in, dst); err != nil {
 		return fmt.Errorf("move %s out of the jail: %w", filepath.Base(src), err)
 	}
 	return os.Remove(src)
+}
+
+// takeOwnership makes a snapshot file the daemon's, mode 0600, through
+// a descriptor of the file itself: a symlink or a hard link to a host
+// file (planted in the jail) is refused, never chowned or chmodded.
+func takeOwnership(path string) error {
+	// O_NONBLOCK: a FIFO in its place must not hang the daemon.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", filepath.Base(path), err)
+	}
+	defer f.Close()
+	if err := singleRegular(f); err != nil {
+		return err
+	}
+	if err := f.Chown(os.Getuid(), os.Getgid()); err != nil {
+		return err
+	}
+	return f.Chmod(0o600)
+}
+
+// singleRegular refuses anything but a regular file with one name.
+func singleRegular(f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.Mode().IsRegular() || !ok || st.Nlink != 1 {
+		return fmt.Errorf("%s is not a regular file of its own (a link?)", filepath.Base(f.Name()))
+	}
+	return nil
 }
 
 // allocated is the space a file takes on disk (0 when it cannot tell).

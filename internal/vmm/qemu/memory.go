@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -349,12 +350,40 @@ func (d *Driver) guestRAM(ctx context.Context, spec vmm.Spec, meta *snapMeta) (g
 // memfd (QEMU's descriptor ramFD) back into holes, so they cost no host
 // memory.
 func punchZeroPages(ctx context.Context, pid, ramFD int, size int64) error {
-	f, err := os.OpenFile("/proc/"+strconv.Itoa(pid)+"/fd/"+strconv.Itoa(ramFD), os.O_RDWR, 0)
+	f, err := openGuestRAM(pid, ramFD, os.O_RDWR, size)
 	if err != nil {
-		return fmt.Errorf("open guest memory: %w", err)
+		return err
 	}
 	defer f.Close()
 	return punchZeros(ctx, f, size)
+}
+
+// openGuestRAM opens QEMU's guest memory descriptor ramFD as the
+// daemon's user and checks that it is a memfd of size bytes. Reopening
+// /proc/<pid>/fd/N gives the daemon's rights to whatever QEMU keeps at
+// N: a QEMU its guest took over could have put a read-only shared file
+// there (a snapshot layer, the image's rootfs) for the daemon to write.
+func openGuestRAM(pid, ramFD, flag int, size int64) (*os.File, error) {
+	f, err := os.OpenFile("/proc/"+strconv.Itoa(pid)+"/fd/"+strconv.Itoa(ramFD), flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open guest memory: %w", err)
+	}
+	// What the daemon now holds, not what QEMU's table says later.
+	target, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+	if err == nil && !strings.HasPrefix(target, "/memfd:") {
+		err = fmt.Errorf("descriptor %d of qemu %d is %q, not a memfd", ramFD, pid, target)
+	}
+	if err == nil {
+		var fi os.FileInfo
+		if fi, err = f.Stat(); err == nil && (!fi.Mode().IsRegular() || fi.Size() != size) {
+			err = fmt.Errorf("guest memory descriptor %d is %d bytes, want %d", ramFD, fi.Size(), size)
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open guest memory: %w", err)
+	}
+	return f, nil
 }
 
 // punchZeros punches a hole over every run of all-zero pages in f's

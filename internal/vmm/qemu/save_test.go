@@ -28,6 +28,10 @@ type migrationQMP struct {
 	args  []string
 	fail  string // a command answered with an error
 	onCmd func(cmd string)
+	// flood makes "migrate" write this many bytes of state, as a
+	// compromised QEMU would, until floodAlive says the VMM is gone.
+	flood      int64
+	floodAlive func() bool
 }
 
 func (q *migrationQMP) serve(t *testing.T, dir string) {
@@ -92,6 +96,14 @@ func (q *migrationQMP) conn(c *net.UnixConn) {
 				reply = `{"error": {"class": "GenericError", "desc": "injected failure"}}`
 			case req.Execute == "getfd" && fd == nil:
 				reply = `{"error": {"class": "GenericError", "desc": "no file descriptor supplied via SCM_RIGHTS"}}`
+			case req.Execute == "migrate" && q.flood > 0:
+				chunk := make([]byte, 1<<20)
+				for n := int64(0); n < q.flood && q.floodAlive(); n += int64(len(chunk)) {
+					if _, err := fd.Write(chunk); err != nil {
+						break
+					}
+				}
+				fd.Close()
 			case req.Execute == "migrate":
 				fd.Write([]byte("QEVM\x00\x00\x00\x03device-state"))
 				fd.Close()
@@ -210,4 +222,62 @@ func writeFakeVersion(t *testing.T) string {
 	bin := filepath.Join(t.TempDir(), "qemu")
 	os.WriteFile(bin, []byte("#!/bin/sh\necho 'QEMU emulator version 7.2.22 (Debian)'\n"), 0o755)
 	return bin
+}
+
+// A compromised QEMU that writes state without end is stopped once the
+// state file is larger than any save of its memory can be: it cannot
+// fill the host's disk.
+func TestSaveStateFlood(t *testing.T) {
+	old := stateSlack
+	stateSlack = 0
+	defer func() { stateSlack = old }()
+	dir, _ := os.MkdirTemp("", "qfl")
+	defer os.RemoveAll(dir)
+	ram, _ := newMemfd("ram", 16<<20, false)
+	p, _ := fakeQEMU(t, ram)
+	ram.Close()
+	d := &Driver{Binary: writeFakeVersion(t)}
+	q := &migrationQMP{flood: 1 << 30, floodAlive: func() bool { return d.Alive(p) }}
+	q.serve(t, dir)
+	dst := t.TempDir()
+	_, err := d.Save(context.Background(), dir, p, dst)
+	if err == nil || !strings.Contains(err.Error(), "state") {
+		t.Fatalf("save of a flooding QEMU: %v", err)
+	}
+	fi, err := os.Stat(filepath.Join(dst, fileSnapState))
+	if err == nil && fi.Size() > 256<<20 {
+		t.Fatalf("state file grew to %d bytes", fi.Size())
+	}
+	if d.Alive(p) {
+		t.Fatal("flooding VMM alive after save")
+	}
+}
+
+// Save and a restore's zero-page pass open QEMU's RAM descriptor as the
+// daemon's user. A QEMU taken over by its guest could have put another
+// file at that number (a shared layer it holds read-only): the daemon
+// must use guest memory only, a memfd of the guest's size.
+func TestSaveRefusesRAMThatIsNotAMemfd(t *testing.T) {
+	dir, _ := os.MkdirTemp("", "qnm")
+	defer os.RemoveAll(dir)
+	layer, err := os.CreateTemp(t.TempDir(), "layer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer.Truncate(16 << 20)
+	p, kill := fakeQEMU(t, layer)
+	layer.Close()
+	q := &migrationQMP{onCmd: func(cmd string) {
+		if cmd == "quit" {
+			kill()
+		}
+	}}
+	q.serve(t, dir)
+	d := &Driver{Binary: writeFakeVersion(t)}
+	if _, err := d.Save(context.Background(), dir, p, t.TempDir()); err == nil || !strings.Contains(err.Error(), "memfd") {
+		t.Fatalf("save of a regular file as guest memory: %v", err)
+	}
+	if err := punchZeroPages(context.Background(), p.PID, 3, 16<<20); err == nil {
+		t.Fatal("zero pages punched in a file that is not guest memory")
+	}
 }

@@ -10,8 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -261,11 +262,15 @@ func (d *Driver) Save(ctx context.Context, dir string, p vmm.Process, dst string
 	if !d.Alive(p) {
 		return saved, errors.New("save snapshot: the VM is not running")
 	}
+	watch := &stateWatch{}
 	defer func() {
 		// Save always ends the VMM: after a failure its guest state is
 		// unknown (paused, half-migrated).
 		if kerr := d.Stop(context.WithoutCancel(ctx), dir, p, true, 0); kerr != nil && err == nil {
 			err = fmt.Errorf("save snapshot: %w", kerr)
+		}
+		if werr := watch.stop(); werr != nil && err == nil {
+			err = werr
 		}
 		if err != nil {
 			err = fmt.Errorf("save snapshot: %w", err)
@@ -299,6 +304,14 @@ func (d *Driver) Save(ctx context.Context, dir string, p vmm.Process, dst string
 		return saved, err
 	}
 	defer sf.Close()
+	// QEMU writes the file through its own descriptor, at its own pace:
+	// one that a guest took over is killed once the file outgrows any
+	// save of this much memory, so it cannot fill the host's disk.
+	watch.start(sf, maxStateStream(st.MemoryMiB), func() {
+		if d.Alive(p) {
+			_ = syscall.Kill(p.PID, syscall.SIGKILL)
+		}
+	})
 	// QEMU may not exec (spawn=deny): it writes to a descriptor.
 	if _, err := s.run(ctx, qmpTimeout, "getfd", map[string]any{"fdname": "snapstate"}, sf); err != nil {
 		return saved, err
@@ -307,6 +320,9 @@ func (d *Driver) Save(ctx context.Context, dir string, p vmm.Process, dst string
 		return saved, err
 	}
 	if err := s.waitMigration(ctx, deadline); err != nil {
+		return saved, errors.Join(err, watch.err())
+	}
+	if err := watch.err(); err != nil {
 		return saved, err
 	}
 	if err := sf.Sync(); err != nil {
@@ -368,18 +384,11 @@ func (d *Driver) saveMemory(ctx context.Context, p vmm.Process, st procState, pa
 	size := int64(st.MemoryMiB) << 20
 	// Through QEMU's descriptor: the daemon may have been restarted
 	// since it made the memfd.
-	src, err := os.Open("/proc/" + strconv.Itoa(p.PID) + "/fd/" + strconv.Itoa(st.RAMFD))
-	if err != nil {
-		return 0, fmt.Errorf("open guest memory: %w", err)
-	}
-	defer src.Close()
-	fi, err := src.Stat()
+	src, err := openGuestRAM(p.PID, st.RAMFD, os.O_RDONLY, size)
 	if err != nil {
 		return 0, err
 	}
-	if fi.Size() != size {
-		return 0, fmt.Errorf("guest memory descriptor %d is %d bytes, want %d", st.RAMFD, fi.Size(), size)
-	}
+	defer src.Close()
 	// The process must still be the one whose descriptor we opened.
 	if !d.Alive(p) {
 		return 0, errors.New("qemu exited during the save")
@@ -469,4 +478,70 @@ func (d *Driver) incoming(ctx context.Context, spec vmm.Spec, m snapMeta, exited
 		return fmt.Errorf("guest is %q after loading", status)
 	}
 	return nil
+}
+
+// stateSlack is what a migration stream may hold besides guest RAM
+// (device state, section headers); a variable for tests.
+var stateSlack int64 = 64 << 20
+
+// maxStateStream bounds the state file of a guest with memMiB of RAM:
+// all of it streamed, page headers (8 bytes a 4 KiB page) and device
+// state.
+func maxStateStream(memMiB int) int64 {
+	ram := int64(memMiB) << 20
+	return ram + ram/256 + stateSlack
+}
+
+// stateWatch kills a VMM whose state file outgrows a limit.
+type stateWatch struct {
+	done chan struct{}
+	over chan struct{}
+	wg   sync.WaitGroup
+	size atomic.Int64
+}
+
+func (w *stateWatch) start(f *os.File, limit int64, kill func()) {
+	w.done, w.over = make(chan struct{}), make(chan struct{})
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if fi, err := f.Stat(); err == nil && fi.Size() > limit {
+				w.size.Store(fi.Size())
+				kill()
+				close(w.over)
+				return
+			}
+			select {
+			case <-w.done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+// err says whether the limit was passed.
+func (w *stateWatch) err() error {
+	if w.over == nil {
+		return nil
+	}
+	select {
+	case <-w.over:
+		return fmt.Errorf("qemu wrote %d bytes of state, more than a save of its memory can be: killed", w.size.Load())
+	default:
+		return nil
+	}
+}
+
+// stop ends the watch (after the VMM is gone) and reports as err does.
+func (w *stateWatch) stop() error {
+	if w.done == nil {
+		return nil
+	}
+	close(w.done)
+	w.wg.Wait()
+	return w.err()
 }
