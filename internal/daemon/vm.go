@@ -205,10 +205,10 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (string,
 			}
 		}
 		if coldWhy != "" {
-			_ = stage("cold", func(ctx context.Context) error {
-				fmt.Fprintln(stageOutput(ctx), coldWhy)
-				return nil
-			})
+			// The reason is in the stage's name: the stage is over
+			// before a client watching the operation has subscribed,
+			// and names are replayed where output is not.
+			_ = stage("cold: "+coldWhy, func(ctx context.Context) error { return nil })
 		}
 		vm, err := d.createVM(ctx, req, img, snap, stage)
 		if err != nil {
