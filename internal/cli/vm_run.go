@@ -130,7 +130,7 @@ func nextSteps(vm api.VM) []NextStep {
 			"banger vm session start " + n + " --name claude --pty --attach -- claude"},
 	}
 	if vm.Opencode != nil {
-		steps = append(steps, NextStep{"attach to opencode from the host, in the repository (its password is this VM's own)",
+		steps = append(steps, NextStep{"attach to opencode from the host, in the repository (`banger vm opencode-password` prints its password)",
 			opencodeAttachCommand(vm)})
 	}
 	if vm.Egress == api.EgressAllow {

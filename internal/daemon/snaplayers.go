@@ -99,7 +99,7 @@ func (d *Daemon) layerChain(ctx context.Context, id, disk, rootfs string) ([]vmm
 		}
 		l := vmm.Layer{Path: filepath.Join(s.Dir, layerName(disk, f)), Format: f}
 		if !fileExists(l.Path) {
-			return nil, api.Errorf(api.CodeUnavailable, "the snapshot's files were removed behind banger's back; delete the VM", "layer %s of snapshot %q is missing", filepath.Base(l.Path), s.Name)
+			return nil, api.Errorf(api.CodeUnavailable, "its files were removed behind banger's back: delete the VMs made from it, then the snapshot (`banger vm snapshot delete NAME`), and take a new one", "layer %s of snapshot %q is missing", filepath.Base(l.Path), s.Name)
 		}
 		chain = append(chain, l)
 		if f != "qcow2" {
