@@ -195,9 +195,16 @@ func (s *Store) SetVMState(ctx context.Context, id, state, lastError string) err
 	if !slices.Contains(vmStates, state) {
 		return fmt.Errorf("set vm %s state: unknown state %q: %w", id, state, ErrInvalid)
 	}
+	// A stopped VM has no VMM process: forget its pid, or `vm show`
+	// keeps naming a process that is gone (or, after pid reuse, someone
+	// else's). An error may leave the process alive (a stop that
+	// failed), so its pid stays for the next stop to find.
 	res, err := s.q.ExecContext(ctx,
-		`UPDATE vms SET state = ?, last_error = ?, updated_at = ? WHERE id = ?`,
-		state, lastError, formatTime(now()), id)
+		`UPDATE vms SET state = ?, last_error = ?, updated_at = ?,
+		 pid = CASE WHEN ? = 'stopped' THEN 0 ELSE pid END,
+		 pid_start_time = CASE WHEN ? = 'stopped' THEN 0 ELSE pid_start_time END
+		 WHERE id = ?`,
+		state, lastError, formatTime(now()), state, state, id)
 	if err != nil {
 		return fmt.Errorf("set vm %s state: %w", id, err)
 	}

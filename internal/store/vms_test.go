@@ -72,6 +72,23 @@ func TestVMCRUD(t *testing.T) {
 	if got, _ = s.GetVM(ctx, vm.ID); got.LastError != "" {
 		t.Errorf("LastError not cleared: %q", got.LastError)
 	}
+	// An error keeps the pid (the process may live on); stopped drops it.
+	vm.PID, vm.PIDStartTime = 4242, 99
+	if err := s.UpdateVM(ctx, &vm); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetVMState(ctx, vm.ID, VMStateError, "stop failed"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = s.GetVM(ctx, vm.ID); got.PID != 4242 {
+		t.Errorf("error state dropped the pid: %d", got.PID)
+	}
+	if err := s.SetVMState(ctx, vm.ID, VMStateStopped, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = s.GetVM(ctx, vm.ID); got.PID != 0 || got.PIDStartTime != 0 {
+		t.Errorf("stopped VM keeps pid %d (start %d)", got.PID, got.PIDStartTime)
+	}
 
 	other := mustVM(t, s, "other", img.ID)
 	list, err := s.ListVMs(ctx)
